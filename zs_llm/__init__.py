@@ -1,0 +1,10 @@
+"""zs_llm: ZeroSiam test-time adaptation for Hugging Face causal language models."""
+
+from .adapt import AdaptResult, adapt_generate
+from .config import AdaptConfig
+from .methods import METHODS, Method
+from .model import EMBEDDED, ZeroSiamLM, load, load_model
+
+__all__ = ["AdaptConfig", "AdaptResult", "EMBEDDED", "METHODS", "Method", "ZeroSiamLM", "adapt_generate", "load",
+           "load_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,200 @@
+"""The per-problem adaptation loop and `adapt_generate`, the library call.
+
+Per problem: (episodic: reset) -> method hook -> draft from the target branch -> `steps`
+optimizer steps on the loss over the draft's tokens (or the prompt's) -> the answer (the draft,
+or a new generation after the update). Non-finite losses or gradients skip the step and leave
+the state as it was before it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .config import AdaptConfig
+from .methods import LossBatch
+
+
+@dataclass
+class AdaptResult:
+    """What one problem produced: the texts, per-step stats and timings."""
+
+    problem_id: str | None
+    draft: str | None
+    answer: str
+    steps: list[dict] = field(default_factory=list)
+    method_stats: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    draft_tokens: int = 0
+    answer_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _trim(ids: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> torch.Tensor:
+    """Cut a generated row after its first end-of-sequence token (kept) and drop padding."""
+    row = ids.tolist()
+    for i, t in enumerate(row):
+        if t in eos_ids:
+            return ids[: i + 1]
+    return ids
+
+
+def _eos_ids(lm) -> set[int]:
+    ids = set()
+    for src in (lm.tokenizer.eos_token_id, getattr(lm.hf.generation_config, "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return ids
+
+
+def make_batch(prompt_ids: torch.Tensor, draft_ids: torch.Tensor | None, signal: str) -> LossBatch | None:
+    """Positions whose next-token distributions enter the loss.
+
+    response: the distributions that produced the draft's tokens (positions P-1 .. P+n-2);
+    prompt: every prompt position's next-token prediction (0 .. P-2, labels the prompt itself).
+    """
+    p = prompt_ids.shape[1]
+    if signal == "response":
+        if draft_ids is None or draft_ids.numel() == 0:
+            return None
+        seq = torch.cat([prompt_ids, draft_ids.view(1, -1).to(prompt_ids.device)], 1)
+        n = draft_ids.numel()
+        pos = torch.arange(p - 1, p - 1 + n, device=prompt_ids.device)
+        return LossBatch(seq, pos, seq[0, p:])
+    if p < 2:
+        return None
+    return LossBatch(prompt_ids, torch.arange(p - 1, device=prompt_ids.device), prompt_ids[0, 1:])
+
+
+def _grads_finite(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+def adapt_step(lm, batch: LossBatch, problem_id: str | None = None) -> dict:
+    """One optimizer step of `lm.method` on `batch`. Returns the step's stats."""
+    t0 = time.perf_counter()
+    params = lm.trainable_parameters()
+    before = lm.snapshot()
+    lm.optimizer.zero_grad(set_to_none=True)
+    stats = lm.method.backward(lm, batch)
+    ok = bool(torch.isfinite(torch.tensor(stats["loss"]))) and _grads_finite(params)
+    grad_norm = None
+    if ok:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            if lm.zs_config.grad_clip is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, lm.zs_config.grad_clip))
+            else:
+                grad_norm = float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads)))
+        lm.optimizer.step()
+        ok = all(bool(torch.isfinite(p).all()) for p in params)
+    lm.optimizer.zero_grad(set_to_none=True)
+    if not ok:
+        lm.restore(before)
+        warnings.warn(f"non-finite loss or gradient on problem {problem_id!r}: step skipped, state restored",
+                      RuntimeWarning, stacklevel=2)
+    stats.update(skipped=not ok, grad_norm=grad_norm, time_s=time.perf_counter() - t0,
+                 predictor_dev=lm.predictor.deviation() if lm.method.uses_predictor else None)
+    return stats
+
+
+def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
+    """Adapt `lm` (a `ZeroSiamLM`) on one problem and answer it."""
+    c: AdaptConfig = lm.zs_config
+    method = lm.method
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    events: list[str] = []
+    if c.schedule == "episodic":
+        lm.reset()
+    prompt_ids = lm.encode(prompt)
+    eos, pad = _eos_ids(lm), lm.tokenizer.pad_token_id
+
+    t = time.perf_counter()
+    method_stats = method.on_problem_start(lm, prompt_ids)
+    timings["method_s"] = time.perf_counter() - t
+
+    adapts = method.adapts and method.loop_update
+    draft_ids = None
+    if (adapts and c.signal == "response") or c.answer == "draft" or not adapts:
+        t = time.perf_counter()
+        draft_ids = _trim(lm.generate_ids(prompt_ids)[0], eos, pad)
+        timings["draft_s"] = time.perf_counter() - t
+
+    steps: list[dict] = []
+    t = time.perf_counter()
+    if adapts:
+        batch = make_batch(prompt_ids, draft_ids, c.signal)
+        if batch is None:
+            events.append("no tokens to adapt on: update skipped")
+        else:
+            for _ in range(c.steps):
+                steps.append(adapt_step(lm, batch, problem_id))
+                if steps[-1]["skipped"]:
+                    events.append("non-finite step skipped")
+    timings["adapt_s"] = time.perf_counter() - t
+
+    if adapts and c.answer == "regenerate":
+        t = time.perf_counter()
+        answer_ids = _trim(lm.generate_ids(prompt_ids)[0], eos, pad)
+        timings["answer_s"] = time.perf_counter() - t
+    else:
+        answer_ids = draft_ids
+    timings["total_s"] = time.perf_counter() - t_start
+    lm.problems_seen += 1
+    return AdaptResult(
+        problem_id=problem_id,
+        draft=None if draft_ids is None else lm.decode(draft_ids),
+        answer=lm.decode(answer_ids),
+        steps=steps,
+        method_stats=method_stats,
+        timings=timings,
+        events=events,
+        prompt_tokens=int(prompt_ids.shape[1]),
+        draft_tokens=0 if draft_ids is None else int(draft_ids.numel()),
+        answer_tokens=int(answer_ids.numel()),
+    )
+
+
+def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, problem_id: str | None = None,
+                   **overrides):
+    """Adapt on `prompt` and answer it: the library call.
+
+    model: a `ZeroSiamLM`, or a plain Hugging Face causal LM together with `tokenizer=` (it is
+    wrapped on the fly with `AdaptConfig(**overrides)`; note that wrapping adds LoRA layers to
+    it in place). prompt: a string or chat messages. overrides: `AdaptConfig` fields; on an
+    existing `ZeroSiamLM` only generation fields may change per call.
+    Returns the answer text, or an `AdaptResult` when `return_result=True`.
+    """
+    from .model import ZeroSiamLM
+
+    if not isinstance(model, ZeroSiamLM):
+        if tokenizer is None:
+            raise ValueError("adapt_generate needs tokenizer= to wrap a plain model (or pass a ZeroSiamLM)")
+        model = ZeroSiamLM(model, tokenizer, AdaptConfig().replace(**overrides))
+        result = model.adapt_generate(prompt, problem_id)
+    else:
+        live = {"max_new_tokens", "temperature", "top_p", "seed"}
+        bad = sorted(set(overrides) - live)
+        if bad:
+            raise ValueError(f"{bad} cannot change on an existing ZeroSiamLM (only {sorted(live)}); build a new "
+                             "ZeroSiamLM with AdaptConfig(...) instead")
+        old = model.zs_config
+        model.zs_config = old.replace(**overrides)
+        model.method.config = model.zs_config
+        try:
+            result = model.adapt_generate(prompt, problem_id)
+        finally:
+            model.zs_config = old
+            model.method.config = old
+    return result if return_result else result.answer

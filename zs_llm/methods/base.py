@@ -1,0 +1,90 @@
+"""The interface every test-time method implements, and the registry that holds them.
+
+A method is one small class: the parameters it updates (`trains`), the loss it minimizes
+per token (`token_loss`), and optional hooks where it acts at generation time. The
+adaptation loop (`zs_llm.adapt`) drives every method the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from ..objective import head_loss
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import AdaptConfig
+    from ..model import ZeroSiamLM
+
+METHODS = Registry("method")
+
+
+@dataclass
+class LossBatch:
+    """One sequence to adapt on: the rows of hidden states the loss reads."""
+
+    input_ids: torch.Tensor  # (1, T)
+    positions: torch.Tensor  # (N,) positions whose next-token distribution enters the loss
+    labels: torch.Tensor  # (N,) the token that followed each position (used by CE-type losses)
+
+
+class Method:
+    """Base class. Subclasses set `trains` and override `token_loss` (or `backward`)."""
+
+    name: ClassVar[str] = "base"
+    #: which parameter sets the optimizer updates: any of "lora", "predictor"
+    trains: ClassVar[tuple[str, ...]] = ()
+    #: the online branch goes through the predictor (the target branch never does)
+    uses_predictor: ClassVar[bool] = False
+    #: the adaptation loop steps the optimizer after the draft (SLOT adapts per prompt instead)
+    loop_update: ClassVar[bool] = True
+    #: generation-only methods can batch a whole set through `generate`
+    batchable: ClassVar[bool] = False
+
+    def __init__(self, config: AdaptConfig):
+        self.config = config
+
+    @property
+    def adapts(self) -> bool:
+        return bool(self.trains)
+
+    # --- the loss -----------------------------------------------------------------------
+    def token_loss(self, online_logits, target_logits, labels):
+        """(c, V), (c, V) detached, (c,) -> (per-token loss (c,), weight (c,) | None, extras)."""
+        raise NotImplementedError(f"method {self.name!r} defines no loss")
+
+    def loss(self, lm: ZeroSiamLM, batch: LossBatch, stats: dict | None = None) -> torch.Tensor:
+        z = lm.features(batch.input_ids, batch.positions)  # (N, H)
+        z_online = lm.predictor(z) if self.uses_predictor else z
+        z_target = z.detach() if self.uses_predictor else None
+        return head_loss(z_online, z_target, lm.head_logits, self.token_loss, labels=batch.labels,
+                         chunk_size=self.config.chunk_size, stats=stats)
+
+    def backward(self, lm: ZeroSiamLM, batch: LossBatch) -> dict:
+        """Compute the loss and leave gradients in the trained parameters. Returns stats."""
+        stats: dict = {}
+        loss = self.loss(lm, batch, stats)
+        if loss.requires_grad:
+            loss.backward()
+        stats["loss"] = float(loss.detach())
+        return stats
+
+    # --- generation-time hooks ----------------------------------------------------------
+    def on_problem_start(self, lm: ZeroSiamLM, prompt_ids: torch.Tensor) -> dict:
+        """Called once per problem before the draft (SLOT optimizes its vector here)."""
+        return {}
+
+    def logits_processors(self, lm: ZeroSiamLM) -> list:
+        """Extra `transformers` logits processors applied while generating (EM-INF)."""
+        return []
+
+    def head_pre_hook(self, lm: ZeroSiamLM):
+        """A function added to the hidden state before the head at generation (SLOT), or None."""
+        return None
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors beyond LoRA and predictor that `reset()` and checkpoints must cover."""
+        return {}

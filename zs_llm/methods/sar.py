@@ -1,0 +1,39 @@
+import torch
+
+from ..objective import confidence_objective, sar_weights
+from .base import METHODS, Method
+
+
+@METHODS.register("sar")
+class SAR(Method):
+    """SAR (Niu et al., ICLR 2023): entropy minimization on reliable tokens only (entropy below
+    `filter_margin * ln K`, paper 0.4) with a sharpness-aware update: a first pass finds the
+    gradient, the weights move by `sar_rho` (paper 0.05) along it, a second pass's gradient at
+    the perturbed point is the one applied. The paper's model-recovery reset is left to the
+    collapse guard."""
+
+    name = "sar"
+    trains = ("lora",)
+
+    def token_loss(self, online_logits, target_logits, labels):
+        w = sar_weights(target_logits, self.config.filter_margin)
+        return confidence_objective(online_logits, self.config.objective), w, {}
+
+    def backward(self, lm, batch):
+        params = [p for p in lm.trainable_parameters() if p.requires_grad]
+        first = super().backward(lm, batch)
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            return first  # no reliable token: nothing to update
+        norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads)).clamp(min=1e-12)
+        eps = [self.config.sar_rho * g / norm for g in grads]
+        with torch.no_grad():
+            for p, e in zip(params, eps):
+                p.add_(e)
+                p.grad = None
+        second = super().backward(lm, batch)
+        with torch.no_grad():
+            for p, e in zip(params, eps):
+                p.sub_(e)
+        second["loss_first_pass"] = first["loss"]
+        return second

