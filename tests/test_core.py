@@ -1,0 +1,236 @@
+import json
+
+import pytest
+import torch
+
+import zs_llm
+from zs_llm import AdaptConfig, ZeroSiamLM, adapt_generate
+from zs_llm.adapt import adapt_step, make_batch
+from zs_llm.predictor import PREDICTORS, build_predictor
+from zs_llm.testing import ARCHS, tiny_model
+
+ARCH_LIST = list(ARCHS)
+
+
+def base_state(lm):
+    """Every base-model tensor (not LoRA) by name, cloned."""
+    return {n: p.detach().clone() for n, p in lm.hf.named_parameters() if "lora_" not in n}
+
+
+def adapted_state(lm):
+    return {n: p.detach().clone() for n, p in lm.named_trainable()}
+
+
+def prompt_batch(lm, text="What is 3 + 4? Answer: 7"):
+    ids = lm.encode(text)
+    draft = lm.generate_ids(ids)[0]
+    return make_batch(ids, draft, "response")
+
+
+@pytest.mark.parametrize("arch", ARCH_LIST)
+def test_identity_predictor_reproduces_model_logits(arch, make_lm):
+    lm = make_lm(arch)
+    ids = lm.encode("Is 2 + 2 = 4?")
+    with torch.no_grad():
+        ref = lm.hf(input_ids=ids).logits[0]
+        online = lm.head_logits(lm.predictor(lm.features(ids)))
+        target = lm.head_logits(lm.features(ids))
+    assert torch.equal(online, target)
+    torch.testing.assert_close(online, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gemma2_softcapping_is_applied_to_both_branches(make_lm):
+    lm = make_lm("gemma2")
+    assert lm._post == [("softcap", 5.0)]
+    ids = lm.encode("softcap")
+    with torch.no_grad():
+        online = lm.head_logits(lm.predictor(lm.features(ids)))
+    assert online.abs().max() <= 5.0
+    torch.testing.assert_close(online, lm.hf(input_ids=ids).logits[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCH_LIST)
+def test_step_moves_only_lora_and_predictor(arch, make_lm):
+    lm = make_lm(arch, lr=1e-2, predictor_lr=1e-2)
+    base0, ad0 = base_state(lm), adapted_state(lm)
+    stats = adapt_step(lm, prompt_batch(lm))
+    assert not stats["skipped"]
+    for n, p in lm.hf.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base0[n]), f"base weight {n} changed"
+    moved = {n for n, p in lm.named_trainable() if not torch.equal(p, ad0[n])}
+    assert any(n.startswith("predictor.") for n in moved)
+    assert any("lora_B" in n for n in moved)
+    assert all("lora_" in n or n.startswith("predictor.") for n in moved)
+    # tied embeddings and the head are frozen
+    assert not lm.head.weight.requires_grad
+    assert not lm.hf.get_input_embeddings().weight.requires_grad
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_reset_restores_bitwise(arch, make_lm):
+    lm = make_lm(arch, lr=1e-2, predictor_lr=1e-2)
+    ad0 = adapted_state(lm)
+    for _ in range(2):
+        adapt_step(lm, prompt_batch(lm))
+    assert any(not torch.equal(p, ad0[n]) for n, p in lm.named_trainable())
+    lm.reset()
+    for n, p in lm.named_trainable():
+        assert torch.equal(p, ad0[n]), n
+    assert len(lm.optimizer.state) == 0
+    # a step after reset equals a step on a fresh wrapper
+    fresh = make_lm(arch, lr=1e-2, predictor_lr=1e-2)
+    adapt_step(lm, prompt_batch(lm))
+    adapt_step(fresh, prompt_batch(fresh))
+    for (n, p), (_, q) in zip(lm.named_trainable(), fresh.named_trainable()):
+        assert torch.equal(p, q), n
+
+
+def test_snapshot_restore_includes_optimizer_state(make_lm):
+    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
+    adapt_step(lm, prompt_batch(lm))
+    snap = lm.snapshot()
+    opt0 = {k: {kk: vv.clone() for kk, vv in v.items() if torch.is_tensor(vv)} for k, v in lm.optimizer.state.items()}
+    adapt_step(lm, prompt_batch(lm))
+    lm.restore(snap)
+    for k, v in lm.optimizer.state_dict()["state"].items():
+        for kk, vv in v.items():
+            if torch.is_tensor(vv):
+                assert torch.equal(vv, list(opt0.values())[k][kk])
+    for n, t in snap["tensors"].items():
+        assert torch.equal(lm._state_tensors()[n], t)
+
+
+@pytest.mark.parametrize("schedule,answer", [("online", "draft"), ("episodic", "regenerate")])
+def test_online_carries_state_episodic_does_not(schedule, answer, make_lm):
+    lm = make_lm(lr=1e-2, predictor_lr=1e-2, schedule=schedule, answer=answer)
+    ad0 = adapted_state(lm)
+    lm.adapt_generate("first problem: 1 + 1")
+    after_one = adapted_state(lm)
+    lm.adapt_generate("second problem: 2 + 2")
+    after_two = adapted_state(lm)
+    changed_from_start = any(not torch.equal(after_two[n], ad0[n]) for n in ad0)
+    assert changed_from_start
+    if schedule == "online":
+        # the second update started from the first's state: differs from one update on a fresh model
+        fresh = make_lm(lr=1e-2, predictor_lr=1e-2, schedule=schedule, answer=answer)
+        fresh.adapt_generate("second problem: 2 + 2")
+        assert any(not torch.equal(after_two[n], p) for n, p in fresh.named_trainable())
+        assert any(not torch.equal(after_two[n], after_one[n]) for n in ad0)
+    else:
+        fresh = make_lm(lr=1e-2, predictor_lr=1e-2, schedule=schedule, answer=answer)
+        fresh.adapt_generate("second problem: 2 + 2")
+        for n, p in fresh.named_trainable():
+            assert torch.equal(after_two[n], p), n
+
+
+def test_predictions_come_from_target_branch(make_lm):
+    lm = make_lm(lr=0.0, predictor_lr=1.0, optimizer="sgd", momentum=0.0, grad_clip=None)
+    ids = lm.encode("target branch")
+    before = lm.generate_ids(ids)
+    with torch.no_grad():
+        lm.predictor.weight.mul_(-3.0)  # a wildly different predictor changes nothing generated
+    assert torch.equal(lm.generate_ids(ids), before)
+
+
+@pytest.mark.parametrize("kind", sorted(PREDICTORS))
+def test_predictors_init_and_reset(kind):
+    p = build_predictor(kind, 5)
+    z = torch.randn(4, 5)
+    if kind == "fixed_random":
+        assert not any(q.requires_grad for q in p.parameters())
+        assert not torch.equal(p(z), z)
+    else:
+        assert torch.equal(p(z), z)
+        with torch.no_grad():
+            for q in p.parameters():
+                q.add_(0.1)
+        assert p.deviation() > 0
+        p.reset()
+        assert torch.equal(p(z), z) and p.deviation() == 0
+
+
+def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
+    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
+    adapt_step(lm, prompt_batch(lm))
+    before = lm.snapshot()
+    orig = lm.method.token_loss
+
+    def bad(uo, ur, labels):
+        loss, w, ex = orig(uo, ur, labels)
+        return loss * float("nan"), w, ex
+
+    monkeypatch.setattr(lm.method, "token_loss", bad)
+    with pytest.warns(RuntimeWarning, match="problem 'p7'"):
+        stats = adapt_step(lm, prompt_batch(lm), problem_id="p7")
+    assert stats["skipped"]
+    for n, t in before["tensors"].items():
+        assert torch.equal(lm._state_tensors()[n], t)
+
+
+def test_clear_errors(make_lm, tok):
+    lm = make_lm()
+    with pytest.raises(ValueError, match="empty prompt"):
+        lm.adapt_generate("   ")
+    with pytest.raises(ValueError, match="context is 512"):
+        lm.adapt_generate("x" * 600)
+    with pytest.raises(ValueError, match="AutoModelForCausalLM"):
+        ZeroSiamLM(tiny_model("llama").model, tok)
+    with pytest.raises(ValueError, match="choose one of"):
+        AdaptConfig(divergence="l2")
+    with pytest.raises(ValueError, match="answer='regenerate'"):
+        AdaptConfig(schedule="episodic", answer="draft")
+    with pytest.raises(KeyError, match="known: .*zerosiam"):
+        AdaptConfig(method="zerosim")
+    with pytest.raises(TypeError, match="valid"):
+        AdaptConfig().replace(learning_rate=1)
+    with pytest.raises(ValueError, match="lora_target_modules"):
+        make_lm(lora_target_modules=["nonexistent_proj"])
+
+
+def test_adapt_generate_plain_model_and_result(tok):
+    model = tiny_model("qwen2")
+    text = adapt_generate(model, [{"role": "user", "content": "2+2?"}], tokenizer=tok, max_new_tokens=5)
+    assert isinstance(text, str)
+    lm = ZeroSiamLM(tiny_model("llama"), tok, AdaptConfig(max_new_tokens=5))
+    res = adapt_generate(lm, "2+2?", return_result=True, max_new_tokens=3)
+    assert res.draft_tokens <= 3 and lm.zs_config.max_new_tokens == 5
+    step = res.steps[0]
+    for key in ("loss", "entropy", "divergence", "logit_norm", "logit_norm_centered", "max_prob", "predictor_dev",
+                "tokens", "time_s"):
+        assert key in step, key
+    assert res.timings["total_s"] > 0
+    with pytest.raises(ValueError, match="cannot change"):
+        adapt_generate(lm, "2+2?", lr=1.0)
+
+
+def test_prompt_signal_uses_prompt_tokens(make_lm):
+    lm = make_lm(signal="prompt", answer="regenerate")
+    res = lm.adapt_generate("a prompt of some length")
+    assert res.steps[0]["tokens"] == lm.encode("a prompt of some length").shape[1] - 1
+
+
+def test_save_and_load_roundtrip(make_lm, tok, tmp_path):
+    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
+    lm.adapt_generate("adapt me")
+    lm.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "predictor.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    meta = json.loads((tmp_path / "zs_llm_config.json").read_text())
+    assert meta["adapt_config"]["lr"] == 1e-2
+    again = ZeroSiamLM.from_pretrained(tmp_path, model=tiny_model("llama"), tokenizer=tok)
+    for (n, p), (_, q) in zip(lm.named_trainable(), again.named_trainable()):
+        assert torch.equal(p, q), n
+
+
+def test_load_local_folder_and_unwrap(tok, tmp_path):
+    model = tiny_model("gpt_neox")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = zs_llm.load(str(tmp_path), max_new_tokens=4)
+    assert type(lm.hf).__name__ == "GPTNeoXForCausalLM"
+    assert lm.head is lm.hf.get_output_embeddings()  # (embed_out in older transformers)
+    plain = lm.unwrap()
+    assert not any("lora_" in n for n, _ in plain.named_parameters())
+    with pytest.raises(FileNotFoundError):
+        zs_llm.load_model("./no/such/model")
