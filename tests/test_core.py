@@ -172,8 +172,8 @@ def test_clear_errors(make_lm, tok):
     lm = make_lm()
     with pytest.raises(ValueError, match="empty prompt"):
         lm.adapt_generate("   ")
-    with pytest.raises(ValueError, match="context is 512"):
-        lm.adapt_generate("x" * 600)
+    with pytest.raises(ValueError, match="context is 2048"):
+        lm.adapt_generate("x" * 2100)
     with pytest.raises(ValueError, match="AutoModelForCausalLM"):
         ZeroSiamLM(tiny_model("llama").model, tok)
     with pytest.raises(ValueError, match="choose one of"):

@@ -124,7 +124,7 @@ def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
     method_stats = method.on_problem_start(lm, prompt_ids)
     timings["method_s"] = time.perf_counter() - t
 
-    adapts = method.adapts and method.loop_update
+    adapts = method.adapts and method.loop_update and lm.adapt_enabled
     draft_ids = None
     if (adapts and c.signal == "response") or c.answer == "draft" or not adapts:
         t = time.perf_counter()
@@ -150,12 +150,18 @@ def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
         timings["answer_s"] = time.perf_counter() - t
     else:
         answer_ids = draft_ids
-    timings["total_s"] = time.perf_counter() - t_start
     lm.problems_seen += 1
+    answer_text = lm.decode(answer_ids)
+    if lm.guard is not None and adapts:
+        event = lm.guard.observe(answer_text, steps, problem_id)
+        if event:
+            events.append(event)
+            warnings.warn(f"problem {problem_id!r}: {event}", RuntimeWarning, stacklevel=2)
+    timings["total_s"] = time.perf_counter() - t_start
     return AdaptResult(
         problem_id=problem_id,
         draft=None if draft_ids is None else lm.decode(draft_ids),
-        answer=lm.decode(answer_ids),
+        answer=answer_text,
         steps=steps,
         method_stats=method_stats,
         timings=timings,

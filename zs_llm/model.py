@@ -98,10 +98,17 @@ class ZeroSiamLM:
                 if isinstance(m, nn.Dropout):
                     m.eval()
         self.optimizer = self._build_optimizer()
+        self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
         if check:
             self.check_identity()
         self._initial = self.snapshot()
         self.problems_seen = 0
+        self.adapt_enabled = True
+        self.guard = None
+        if config.guard and config.schedule == "online" and self.method.adapts:
+            from .guard import CollapseGuard
+
+            self.guard = CollapseGuard(self)
 
     # --- construction -------------------------------------------------------------------
     def _inject_lora(self, model):
@@ -205,7 +212,14 @@ class ZeroSiamLM:
         self.restore(self._initial)
         if self.optimizer is not None:
             self.optimizer.state.clear()
+            for g, lr in zip(self.optimizer.param_groups, self._initial_lrs):
+                g["lr"] = lr
         self.problems_seen = 0
+        self.adapt_enabled = True
+        if self.guard is not None:
+            from .guard import CollapseGuard
+
+            self.guard = CollapseGuard(self)
 
     def set_lr_scale(self, scale: float) -> None:
         """Multiply every optimizer group's learning rate (the collapse guard lowers it)."""
@@ -215,25 +229,13 @@ class ZeroSiamLM:
 
     # --- text ---------------------------------------------------------------------------
     def encode(self, prompt: str | list[dict]) -> torch.Tensor:
-        """Token ids (1, T) of a prompt. Chat messages, or a plain string, go through the chat
-        template when the tokenizer has one (a string becomes one user message)."""
+        """Token ids (1, T) of a prompt rendered by `render_prompt`."""
         tok = self.tokenizer
-        if isinstance(prompt, str) and not prompt.strip():
-            raise ValueError("empty prompt: give adapt_generate a question to answer")
-        if isinstance(prompt, list) and not prompt:
-            raise ValueError("empty chat: give adapt_generate at least one message")
-        if getattr(tok, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-        else:
-            text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
-            ids = tok(text, return_tensors="pt").input_ids
+        text = render_prompt(tok, prompt)
+        ids = tok(text, add_special_tokens=not getattr(tok, "chat_template", None), return_tensors="pt").input_ids
         limit = self.context_length
         if limit is not None and ids.shape[1] >= limit:
-            raise ValueError(
-                f"prompt is {ids.shape[1]} tokens, the model's context is {limit}: shorten the prompt"
-            )
+            raise ValueError(f"prompt is {ids.shape[1]} tokens, the model's context is {limit}: shorten the prompt")
         return ids.to(self.device)
 
     @property
@@ -376,6 +378,22 @@ class ZeroSiamLM:
     def __repr__(self):
         return (f"ZeroSiamLM({type(self.hf).__name__}, method={self.zs_config.method!r}, "
                 f"trainable={sum(p.numel() for p in self.trainable_parameters())})")
+
+
+def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
+    """The text a prompt becomes. Chat messages, or a plain string (as one user message), go
+    through the tokenizer's chat template when it has one; without a template, messages are
+    written as "role: content" lines ending in "assistant:" and a string is used as it is."""
+    if isinstance(prompt, str) and not prompt.strip():
+        raise ValueError("empty prompt: give adapt_generate a question to answer")
+    if isinstance(prompt, list) and not prompt:
+        raise ValueError("empty chat: give adapt_generate at least one message")
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
 
 
 # --- loading ------------------------------------------------------------------------------

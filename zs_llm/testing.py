@@ -40,7 +40,7 @@ def tiny_config(arch: str, vocab_size: int = VOCAB, hidden: int = 32, layers: in
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     decoder = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=512, **common)
+                   num_key_value_heads=2, max_position_embeddings=2048, **common)
     if arch == "llama":
         return tf.LlamaConfig(**decoder)
     if arch == "qwen2":
@@ -52,9 +52,9 @@ def tiny_config(arch: str, vocab_size: int = VOCAB, hidden: int = 32, layers: in
                                query_pre_attn_scalar=hidden // 4, sliding_window=64)
     if arch == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                num_attention_heads=4, max_position_embeddings=512, **common)
+                                num_attention_heads=4, max_position_embeddings=2048, **common)
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
+        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=2048, **common)
     raise ValueError(f"no tiny config for {arch!r}; choose one of {ARCHS}")
 
 

@@ -1,0 +1,113 @@
+"""`python -m eval run ...` and `python -m eval report RUN_DIR`.
+
+    python -m eval run --model smollm2-135m-instruct --methods noadapt,tent,zerosiam \
+        --datasets arith,math500 --limit 20 --out runs/demo
+    python -m eval report runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .runner import RunConfig, Runner, coerce
+
+
+def load_yaml(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} must hold a mapping of RunConfig fields")
+    return data
+
+
+def build_run_config(args: argparse.Namespace) -> RunConfig:
+    """YAML defaults, then command-line flags, then --set AdaptConfig overrides."""
+    from zs_llm.config import AdaptConfig
+
+    data = load_yaml(args.config)
+    valid = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in {args.config}; valid: {sorted(valid)}")
+    for name in valid - {"adapt"}:
+        v = getattr(args, name, None)
+        if v is not None:
+            data[name] = v
+    adapt = dict(data.get("adapt") or {})
+    defaults = {f.name: f.default for f in dataclasses.fields(AdaptConfig)}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        if k not in defaults:
+            raise ValueError(f"--set {k}: not an AdaptConfig field; valid: {sorted(defaults)}")
+        adapt[k] = coerce(v, defaults[k])
+    data["adapt"] = adapt
+    return RunConfig(**data)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
+    p.add_argument("--config", help="YAML file of RunConfig fields (flags override it)")
+    p.add_argument("--model", help=helps["model"])
+    p.add_argument("--gguf-file", dest="gguf_file", help=helps["gguf_file"])
+    p.add_argument("--dtype", help=helps["dtype"])
+    p.add_argument("--device", help=helps["device"])
+    p.add_argument("--methods", help="Comma-separated. " + helps["methods"])
+    p.add_argument("--datasets", help="Comma-separated. " + helps["datasets"])
+    p.add_argument("--limit", type=int, help=helps["limit"])
+    p.add_argument("--data-dir", dest="data_dir", help=helps["data_dir"] + " Or set ZS_LLM_DATA_DIR.")
+    p.add_argument("--prompt-style", dest="prompt_style", help=helps["prompt_style"])
+    p.add_argument("--n-samples", dest="n_samples", type=int, help=helps["n_samples"])
+    p.add_argument("--batch-size", dest="batch_size", type=int, help=helps["batch_size"])
+    p.add_argument("--backend", help=helps["backend"])
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help=helps["checkpoint_every"])
+    p.add_argument("--seed", type=int, help=helps["seed"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="AdaptConfig override for every method "
+                   "(repeatable), e.g. --set lr=1e-4 --set optimizer=sgd")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run methods on datasets into an output folder (resumable)")
+    add_run_args(run)
+    run.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
+    run.add_argument("--overwrite", action="store_true", help="delete an output folder holding another configuration")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    rep = sub.add_parser("report", help="write report.md and plots for a run folder")
+    rep.add_argument("run_dir")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "run":
+            cfg = build_run_config(args)
+            runner = Runner(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+            out = runner.run()
+            if not args.no_report:
+                from .report import write_report
+
+                md = write_report(out)
+                print(md.read_text())
+                print(f"[eval] report: {md}")
+        else:
+            from .report import write_report
+
+            md = write_report(args.run_dir)
+            print(md.read_text())
+            print(f"[eval] report: {md}")
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0

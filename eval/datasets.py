@@ -1,0 +1,351 @@
+"""Math evaluation sets as lists of `Problem`s, in a fixed order.
+
+Each set is one registry entry: its local folder, the Hugging Face Hub ids online users can load
+instead, and a row -> Problem function that applies the set's gold-answer rule (see
+`../shared/data/math/SOURCES.md`). `arith` is generated, not read.
+
+    >>> problems = load_problems("math500", limit=2)
+    >>> problems[0].id, problems[0].gold
+    ('test/precalculus/807.json', '\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zs_llm.registry import Registry
+
+ENV_DATA_DIR = "ZS_LLM_DATA_DIR"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data" / "math", Path("data") / "math")
+FOUR_SETS = ("math500", "college_math", "aime24", "minerva_math")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    gold: str
+    meta: dict = field(default_factory=dict, hash=False)  # subject, level, type, numeric, ...
+
+
+@dataclass(frozen=True)
+class HubSource:
+    path: str
+    split: str
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One evaluation set: where it lives and how a row becomes a `Problem`."""
+
+    name: str
+    folder: str | None  # under the data dir; None for generated sets
+    hub: tuple[HubSource, ...]  # tried in order when the local file is absent
+    to_problem: Callable[[dict, int], Problem] | None  # (row, line index) -> Problem
+    rows: int | None  # row count of the local file
+    generate: Callable[[int], list[Problem]] | None = None  # seed -> problems
+
+
+DATASETS: Registry = Registry("dataset")
+
+
+def dataset(name: str, rows: int, hub: tuple[HubSource, ...]):
+    """Register a row -> Problem function as the set `name` (local folder of the same name)."""
+
+    def deco(fn: Callable[[dict, int], Problem]):
+        DATASETS[name] = DatasetSpec(name, name, hub, fn, rows)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------- row helpers
+
+
+def _first(row: dict, *keys: str, default=None):
+    """The first present, non-empty field among `keys`: hub copies name the same field differently."""
+    for key in keys:
+        value = row.get(key)
+        if value is not None and value != "":
+            return value
+    return default
+
+
+def _row_id(row: dict, index: int, *keys: str) -> str:
+    return str(_first(row, *keys, default=index))
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-matched `\\boxed{...}` in a reference solution, stripped."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start + len("\\boxed"), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start + len("\\boxed{") : i].strip()
+    return None
+
+
+def _number_text(value) -> str:
+    """27.0 -> "27", 2.5 -> "2.5", "27" -> "27"."""
+    if isinstance(value, str):
+        value = value.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+    else:
+        number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+# ---------------------------------------------------------------------------- the sets
+
+
+_QUESTION = ("problem", "question", "Problem", "Question")  # local and hub spellings
+
+
+@dataset(
+    "math500",
+    rows=500,
+    hub=(HubSource("HuggingFaceH4/MATH-500", "test"), HubSource("math-ai/math500", "test")),
+)
+def _math500(row: dict, index: int) -> Problem:
+    return Problem(
+        id=_row_id(row, index, "unique_id", "id"),
+        question=_first(row, *_QUESTION),
+        gold=str(row["answer"]).strip(),
+        meta={"subject": row.get("subject"), "level": row.get("level")},
+    )
+
+
+@dataset(
+    "aime24",
+    rows=30,
+    hub=(HubSource("HuggingFaceH4/aime_2024", "train"), HubSource("math-ai/aime24", "test")),
+)
+def _aime24(row: dict, index: int) -> Problem:
+    gold = _first(row, "answer", "Answer")
+    if gold is None:  # some copies keep the answer only in the solution's box
+        gold = last_boxed(_first(row, "solution", "Solution", default=""))
+    # Keep "025" as written: grading compares numbers, so it equals 25.
+    return Problem(
+        id=_row_id(row, index, "id", "ID"),
+        question=_first(row, *_QUESTION),
+        gold=str(gold).strip(),
+        meta={"numeric": True, "url": row.get("url")},
+    )
+
+
+@dataset(
+    "minerva_math",
+    rows=272,
+    hub=(HubSource("svc-huggingface/minerva-math", "test"), HubSource("math-ai/minervamath", "test")),
+)
+def _minerva_math(row: dict, index: int) -> Problem:
+    # The local file has no answer field: the gold is the one \boxed{} of the solution.
+    solution = row.get("solution")
+    gold = last_boxed(solution) if solution else _first(row, "answer")
+    if gold is None:
+        raise ValueError(f"minerva_math row {index} has no \\boxed{{}} answer in its solution")
+    return Problem(
+        id=_row_id(row, index, "idx", "id"),
+        question=_first(row, *_QUESTION),
+        gold=str(gold).strip(),
+        meta={"type": row.get("type")},
+    )
+
+
+@dataset("college_math", rows=2818, hub=(HubSource("qq8933/College_Math_Test", "test"),))
+def _college_math(row: dict, index: int) -> Problem:
+    # question_number repeats across textbooks (2091 distinct in 2818 rows); with the source it is unique.
+    number = row.get("question_number")
+    source = str(row.get("data_source", "")).removeprefix("college_math.")
+    row_id = f"{source}/{number}" if number is not None else str(index)
+    return Problem(
+        id=row_id,
+        question=_first(row, *_QUESTION),
+        gold=str(row["answer"]).replace("$", "").strip(),
+        meta={"topic": str(row.get("data_topic", "")).removeprefix("college_math.") or None},
+    )
+
+
+@dataset("gsm8k", rows=1319, hub=(HubSource("openai/gsm8k", "test", config="main"),))
+def _gsm8k(row: dict, index: int) -> Problem:
+    answer = str(row["answer"])
+    if "####" not in answer:
+        raise ValueError(f"gsm8k row {index} has no '####' final answer")
+    return Problem(
+        id=_row_id(row, index, "idx"),
+        question=_first(row, *_QUESTION),
+        gold=answer.split("####")[-1].replace(",", "").strip(),
+        meta={"numeric": True},
+    )
+
+
+@dataset(
+    "amc23",
+    rows=40,
+    hub=(HubSource("math-ai/amc23", "test"), HubSource("AI-MO/aimo-validation-amc", "train")),
+)
+def _amc23(row: dict, index: int) -> Problem:
+    return Problem(
+        id=_row_id(row, index, "id"),
+        question=_first(row, *_QUESTION),
+        gold=_number_text(row["answer"]),
+        meta={"numeric": True, "url": row.get("url")},
+    )
+
+
+def arith_problems(seed: int = 0, size: int = 500) -> list[Problem]:
+    """Small-integer arithmetic a 135M model can partly solve: `a + b`, `a - b` (a, b in 1..30,
+    never negative) and `a * b` (a, b in 2..12). The same seed always gives the same list.
+
+    >>> arith_problems(seed=0, size=1)[0].question  # doctest: +SKIP
+    'What is 23 + 14?'
+    """
+    rng = random.Random(seed)
+    problems = []
+    for i in range(size):
+        op = rng.choices(("+", "-", "*"), weights=(4, 3, 3))[0]
+        if op == "*":
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+            value = a * b
+        else:
+            a, b = rng.randint(1, 30), rng.randint(1, 30)
+            if op == "-" and b > a:
+                a, b = b, a
+            value = a + b if op == "+" else a - b
+        # The seed is part of the id, so the fingerprints of two seeds differ.
+        problems.append(
+            Problem(
+                id=f"s{seed}-{i}",
+                question=f"What is {a} {op} {b}?",
+                gold=str(value),
+                meta={"a": a, "b": b, "op": op, "numeric": True},
+            )
+        )
+    return problems
+
+
+DATASETS["arith"] = DatasetSpec("arith", None, (), None, None, generate=arith_problems)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The folder holding `<set>/test.jsonl`: `data_dir`, else $ZS_LLM_DATA_DIR, else the first of
+    `<repo>/../shared/data/math` and `./data/math` that exists."""
+    if data_dir is None:
+        data_dir = os.environ.get(ENV_DATA_DIR) or None
+    if data_dir is not None:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"math data dir {str(path)!r} does not exist; pass --data-dir (or set {ENV_DATA_DIR}) "
+                "to the folder that holds <set>/test.jsonl"
+            )
+        return path
+    for path in DEFAULT_DATA_DIRS:
+        if path.is_dir():
+            return path
+    tried = ", ".join(str(p) for p in DEFAULT_DATA_DIRS)
+    raise FileNotFoundError(
+        f"no math data dir found (tried {tried}); pass --data-dir or set {ENV_DATA_DIR} to the folder "
+        "that holds <set>/test.jsonl, or use source='hub' to download"
+    )
+
+
+def load_problems(
+    name: str,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    source: str = "auto",
+) -> list[Problem]:
+    """The problems of set `name`, in file order (generated order for `arith`); `limit` keeps the
+    first N. `source`: "local" (the data dir), "hub" (`datasets.load_dataset`), or "auto" (local if
+    the file is there, else the hub). `seed` only changes generated sets.
+    """
+    spec = DATASETS[name]
+    if source not in ("auto", "local", "hub"):
+        raise ValueError(f"source must be 'auto', 'local' or 'hub', not {source!r}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")
+
+    if spec.generate is not None:
+        problems = spec.generate(seed)
+    elif source == "hub":
+        problems = _load_hub(spec)
+    else:
+        path = _local_file(spec, data_dir, required=source == "local")
+        problems = _load_local(spec, path) if path is not None else _load_hub(spec)
+
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"dataset {name!r} has duplicate problem ids; its row -> Problem function needs fixing")
+    return problems if limit is None else problems[:limit]
+
+
+def dataset_fingerprint(problems: list[Problem]) -> str:
+    """Short sha256 of the problem ids in order: two runs with the same fingerprint saw the same list."""
+    digest = hashlib.sha256("\n".join(p.id for p in problems).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def _local_file(spec: DatasetSpec, data_dir: str | Path | None, required: bool) -> Path | None:
+    explicit = data_dir is not None or os.environ.get(ENV_DATA_DIR)
+    try:
+        root = resolve_data_dir(data_dir)
+    except FileNotFoundError:
+        # An explicit dir that is missing is a typo, not a reason to go online.
+        if required or explicit:
+            raise
+        return None
+    path = root / spec.folder / "test.jsonl"
+    if path.is_file():
+        return path
+    if required or explicit:
+        raise FileNotFoundError(
+            f"{path} not found; point --data-dir (or {ENV_DATA_DIR}) at a folder with {spec.folder}/test.jsonl, "
+            "or use source='hub'"
+        )
+    return None
+
+
+def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
+    with path.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [spec.to_problem(row, i) for i, row in enumerate(rows)]
+
+
+def _load_hub(spec: DatasetSpec) -> list[Problem]:
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise ImportError(
+            f"dataset {spec.name!r} is not on disk and the `datasets` package is missing; "
+            "`pip install datasets` or pass --data-dir"
+        ) from e
+    errors = []
+    for hub in spec.hub:
+        try:
+            rows = load_dataset(hub.path, hub.config, split=hub.split)
+        except Exception as e:  # noqa: BLE001 - try the next mirror, report all failures below
+            errors.append(f"{hub.path}: {type(e).__name__}: {e}")
+            continue
+        return [spec.to_problem(dict(row), i) for i, row in enumerate(rows)]
+    raise RuntimeError(
+        f"could not load {spec.name!r} from the hub ({'; '.join(errors)}); pass --data-dir to a local copy"
+    )

@@ -1,0 +1,147 @@
+"""Collapse measures along a stream of problems, each defined once here.
+
+Used by the collapse guard (`zs_llm.guard`), the harness report and the stability study.
+A stream is a list of per-problem records (harness rows or guard observations) holding at
+least `response`, and optionally `extracted`, `correct` and per-step stats.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-matched `\\boxed{...}` in `text`, or None. Cheap and total:
+    used to track answers along a stream; the harness grades with `eval.grading`."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    for start in reversed(starts):
+        depth, i = 1, start
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            return text[start : i - 1].strip()
+    return None
+
+
+def is_degenerate(text: str, min_repeats: int = 4, max_unit: int = 40) -> bool:
+    """True when a response loops: its tail is one unit of 1..max_unit characters repeated at
+    least `min_repeats` times, or a line repeats 3+ times in a row, or it has no visible
+    content at all. Catches "the the the", "1+1+1+1+..." and pasted paragraphs."""
+    t = text.strip()
+    if not t:
+        return True
+    tail = t[-max_unit * min_repeats * 2 :]
+    for unit in range(1, max_unit + 1):
+        if len(tail) < unit * min_repeats:
+            break
+        piece = tail[-unit:]
+        if piece * min_repeats == tail[-unit * min_repeats :] and (unit > 1 or not piece.isspace()):
+            # short units need many repeats before they count as a loop ("100000" is fine)
+            if unit * min_repeats >= 12:
+                return True
+    lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
+    run = 1
+    for a, b in zip(lines, lines[1:]):
+        run = run + 1 if a == b else 1
+        if run >= 3:
+            return True
+    return False
+
+
+def top_answer_share(answers: Sequence[str | None]) -> float:
+    """Share of the most common extracted answer among the non-missing ones (0 if none)."""
+    vals = [a for a in answers if a not in (None, "")]
+    if not vals:
+        return 0.0
+    return Counter(vals).most_common(1)[0][1] / len(vals)
+
+
+def rolling(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over `window` (shorter at the start); NaN entries are ignored."""
+    x = np.asarray(values, dtype=float)
+    out = np.full(len(x), np.nan)
+    for i in range(len(x)):
+        w = x[max(0, i - window + 1) : i + 1]
+        w = w[~np.isnan(w)]
+        if len(w):
+            out[i] = w.mean()
+    return out
+
+
+def rolling_top_share(answers: Sequence[str | None], window: int) -> np.ndarray:
+    return np.array([top_answer_share(answers[max(0, i - window + 1) : i + 1]) for i in range(len(answers))])
+
+
+def trend(values: Sequence[float]) -> float:
+    """Mean of the last quarter over the mean of the first quarter (NaN-safe); 1 = flat."""
+    x = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=float)
+    if len(x) < 4:
+        return float("nan")
+    q = max(1, len(x) // 4)
+    first, last = x[:q].mean(), x[-q:].mean()
+    return float(last / first) if first else float("nan")
+
+
+def step_stat(row: dict, key: str) -> float:
+    """The last adaptation step's `key` in a harness row, NaN when absent."""
+    steps = row.get("steps") or []
+    v = steps[-1].get(key) if steps else row.get(key)
+    return float("nan") if v is None else float(v)
+
+
+# Thresholds of the per-run verdict, stated once.
+VERDICT_THRESHOLDS = {
+    "constant_share": 0.5,  # collapsed-constant: one answer in more than half of the last half
+    "degenerate_share": 0.3,  # degenerate: more than 30% of the last half's responses loop
+    "sharpening_entropy_trend": 0.5,  # sharpening: entropy in the last quarter below half the first's
+}
+
+
+def collapse_measures(rows: Sequence[dict]) -> dict:
+    """All collapse measures of one stream (one method on one dataset, in stream order)."""
+    n = len(rows)
+    half = rows[n // 2 :]
+    correct = [r.get("correct") for r in rows]
+    graded = [c for c in correct if c is not None]
+    graded_half = [r.get("correct") for r in half if r.get("correct") is not None]
+    ent = [step_stat(r, "entropy") for r in rows]
+    norm_c = [step_stat(r, "logit_norm_centered") for r in rows]
+    dev = [step_stat(r, "predictor_dev") for r in rows]
+    deg = [is_degenerate(r.get("response") or "") for r in rows]
+    m = {
+        "problems": n,
+        "accuracy": float(np.mean(graded)) if graded else float("nan"),
+        "accuracy_last_half": float(np.mean(graded_half)) if graded_half else float("nan"),
+        "entropy_first": float(np.nanmean(ent[: max(1, n // 4)])) if n and not np.all(np.isnan(ent)) else float("nan"),
+        "entropy_trend": trend(ent),
+        "logit_norm_centered_trend": trend(norm_c),
+        "top_answer_share": top_answer_share([r.get("extracted") for r in rows]),
+        "top_answer_share_last_half": top_answer_share([r.get("extracted") for r in half]),
+        "degenerate_share": float(np.mean(deg)) if deg else float("nan"),
+        "degenerate_share_last_half": float(np.mean(deg[n // 2 :])) if n else float("nan"),
+        "predictor_dev_final": next((d for d in reversed(dev) if not np.isnan(d)), float("nan")),
+    }
+    m["verdict"] = verdict(m)
+    return m
+
+
+def verdict(m: dict) -> str:
+    """stable | sharpening | collapsed-constant | degenerate, from `collapse_measures` (see
+    VERDICT_THRESHOLDS). Collapse outranks sharpening: a stream that both sharpens and
+    answers one thing is collapsed."""
+    t = VERDICT_THRESHOLDS
+    if m.get("top_answer_share_last_half", 0) > t["constant_share"]:
+        return "collapsed-constant"
+    if m.get("degenerate_share_last_half", 0) > t["degenerate_share"]:
+        return "degenerate"
+    et = m.get("entropy_trend", float("nan"))
+    if not np.isnan(et) and et < t["sharpening_entropy_trend"]:
+        return "sharpening"
+    return "stable"
