@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .runner import RunConfig, Runner, coerce
+from .runner import RunConfig, Runner, coerce, field_type
 
 
 def load_yaml(path: str | None) -> dict:
@@ -50,7 +50,7 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
         k, v = item.split("=", 1)
         if k not in defaults:
             raise ValueError(f"--set {k}: not an AdaptConfig field; valid: {sorted(defaults)}")
-        adapt[k] = coerce(v, defaults[k])
+        adapt[k] = coerce(v, defaults[k], field_type(AdaptConfig, k))
     data["adapt"] = adapt
     return RunConfig(**data)
 

@@ -86,28 +86,30 @@ def parse_method_spec(spec: str, base: dict | None = None) -> AdaptConfig:
         k, v = pair.split("=", 1)
         if k not in fields:
             raise ValueError(f"method spec {spec!r}: unknown AdaptConfig field {k!r}; valid: {sorted(fields)}")
-        over[k] = coerce(v, AdaptConfig.__dataclass_fields__[k].default)
+        over[k] = coerce(v, None, field_type(AdaptConfig, k))
     return AdaptConfig().replace(**over)
 
 
-def coerce(text: str, default: Any) -> Any:
-    """Parse a command-line value to the type of a field's default."""
+def coerce(text: str, default: Any, annotation: str = "") -> Any:
+    """Parse a command-line value to the type of a field (its annotation, else its default)."""
     if text.lower() in ("none", "null"):
         return None
-    if isinstance(default, bool):
+    kind = annotation or type(default).__name__
+    if "list" in kind:
+        return [x for x in text.split(",") if x]
+    if "bool" in kind:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"expected true or false, got {text!r}")
         return text.lower() in ("true", "1")
-    if isinstance(default, int) and not isinstance(default, bool):
+    if "int" in kind:
         return int(text)
-    if isinstance(default, float) or default is None:
-        try:
-            return float(text) if re.fullmatch(r"[-+0-9.eE]+", text) else text
-        except ValueError:
-            return text
-    if isinstance(default, list) or (isinstance(default, type(None)) and "," in text):
-        return [x for x in text.split(",") if x]
+    if "float" in kind:
+        return float(text)
     return text
+
+
+def field_type(cls, name: str) -> str:
+    return str(cls.__dataclass_fields__[name].type)
 
 
 def safe_name(s: str) -> str:

@@ -119,7 +119,10 @@ class ZeroSiamLM:
         try:
             lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=target, bias="none", task_type="CAUSAL_LM")
-            return get_peft_model(model, lcfg)
+            # lora_A's random init draws from the global RNG: seed it so runs are reproducible
+            with torch.random.fork_rng():
+                torch.manual_seed(c.seed)
+                return get_peft_model(model, lcfg)
         except ValueError as e:
             names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
             raise ValueError(

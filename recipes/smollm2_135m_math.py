@@ -1,0 +1,50 @@
+"""The embedded default: NoAdapt, Tent and ZeroSiam with SmolLM2-135M-Instruct on a CPU.
+
+    bash scripts/setup.sh && .venv/bin/python recipes/smollm2_135m_math.py
+
+Runs a slice of the synthetic `arith` set and of Math-500 (from ../shared/data/math or
+--data-dir), prints the accuracy table and the paths of the plots. Defaults in
+recipes/configs/smollm2_135m_math.yaml; override any field, e.g. `--limit 30 --lr 1e-4`.
+A rerun with the same --out resumes; --overwrite starts over.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes._common import log, resolve, run_distributed, split  # noqa: E402
+
+CONFIG = Path(__file__).parent / "configs" / "smollm2_135m_math.yaml"
+
+
+def main(cfg: dict) -> Path:
+    t0 = time.time()
+    run_cfg, out, overwrite = split(cfg)
+    log(f"set-up checked: {run_cfg.model}, methods {', '.join(run_cfg.methods)}, datasets "
+        f"{', '.join(run_cfg.datasets)}, {run_cfg.limit} problems each, out {out}")
+    torch_threads = os.cpu_count() or 1
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    path = run_distributed(run_cfg, out, overwrite)
+    report = (path / "report.md").read_text()
+    table = report.split("## Accuracy", 1)[1].split("## Collapse", 1)[0].strip()
+    print("\n" + table + "\n")
+    for png in sorted((path / "plots").glob("*.png")):
+        print(f"plot: {png}")
+    print(f"report: {path / 'report.md'}")
+    log(f"done in {(time.time() - t0) / 60:.1f} min")
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main(resolve(CONFIG))
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,84 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.report import load_run
+from recipes._common import resolve, split
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+KEYS = ("id", "index", "method", "dataset", "prompt", "response", "extracted", "gold", "correct", "config_hash")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from zs_llm.testing import char_tokenizer, tiny_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_model("llama").save_pretrained(d)
+    char_tokenizer().save_pretrained(d)
+    return d
+
+
+def rows(out):
+    return {k: [{f: r[f] for f in KEYS} for r in v] for k, v in load_run(out).items()}
+
+
+def launch(prefix, tiny_dir, out):
+    cmd = prefix + [str(REPO / "recipes" / "llama31_8b_math.py"), "--model", str(tiny_dir), "--limit", "3",
+                    "--methods", "noadapt,tent,zerosiam", "--datasets", "arith,gsm8k", "--dtype", "float32", "--max_new_tokens", "5", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("launcher", [
+    ["--cpu", "--num_processes", "2"],  # accelerate runs one process for --cpu
+    ["--multi_gpu", "--num_processes", "2"],  # two real processes (torchrun underneath), on CPUs here
+])
+def test_accelerate_launch_matches_single_process(launcher, tiny_dir, tmp_path):
+    single = tmp_path / "single"
+    launch([sys.executable], tiny_dir, single)
+    multi = tmp_path / "multi"
+    proc = launch([ACCELERATE, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                  + launcher, tiny_dir, multi)
+    if "--multi_gpu" in launcher:
+        assert "rank 1 of 2" in proc.stdout + proc.stderr
+    assert not list((multi / "rows").glob("*shard*"))  # merged
+    a, b = rows(single), rows(multi)
+    assert set(a) == {(m, d) for m in ("noadapt", "tent", "zerosiam") for d in ("arith", "gsm8k")}
+    assert a == b
+    assert (multi / "report.md").exists()
+
+
+def test_yaml_and_overrides_resolve(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("model: m\nmethods: [noadapt, zerosiam]\ndatasets: [arith]\nlr: 1.0e-4\nout: runs/x\n")
+    cfg = resolve(y, ["--lr", "3e-4", "--methods", "tent", "--limit=7", "--guard", "false",
+                      "--lora_target_modules", "q_proj,v_proj", "--overwrite"])
+    assert cfg["lr"] == 3e-4 and cfg["methods"] == ["tent"] and cfg["limit"] == 7 and cfg["guard"] is False
+    assert cfg["lora_target_modules"] == ["q_proj", "v_proj"] and cfg["overwrite"] is True
+    run, out, overwrite = split(cfg)
+    assert run.adapt["lr"] == 3e-4 and run.methods == ["tent"] and out == "runs/x" and overwrite
+
+
+def test_unknown_fields_list_the_valid_ones(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("model: m\nout: x\n")
+    with pytest.raises(ValueError, match="valid fields: .*alpha.*lr"):
+        resolve(y, ["--learning_rate", "1"])
+    y.write_text("model: m\nlearnig_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown field.*learnig_rate.*valid fields"):
+        resolve(y, [])
+
+
+def test_shipped_recipe_configs_resolve():
+    for name in ("llama31_8b_math", "smollm2_135m_math"):
+        run, out, _ = split(resolve(REPO / "recipes" / "configs" / f"{name}.yaml", []))
+        assert run.methods and out
+    run, _, _ = split(resolve(REPO / "recipes" / "configs" / "llama31_8b_math.yaml", []))
+    assert run.model == "meta-llama/Llama-3.1-8B-Instruct" and run.dtype == "bfloat16"
+    assert run.datasets == ["math500", "college_math", "aime24", "minerva_math"]
+    assert run.methods == ["noadapt", "tent", "come", "zerosiam"]
