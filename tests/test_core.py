@@ -157,8 +157,8 @@ def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
     orig = lm.method.token_loss
 
     def bad(uo, ur, labels):
-        loss, w, ex = orig(uo, ur, labels)
-        return loss * float("nan"), w, ex
+        loss, w, ex, grad = orig(uo, ur, labels)
+        return loss * float("nan"), w, ex, grad * float("nan")
 
     monkeypatch.setattr(lm.method, "token_loss", bad)
     with pytest.warns(RuntimeWarning, match="problem 'p7'"):

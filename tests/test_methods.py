@@ -84,11 +84,15 @@ def test_sar_filter_and_loss_equal_hand_computed(make_lm):
     confident = torch.zeros(k)
     confident[0] = 10.0
     logits = torch.stack([confident, torch.zeros(k)])  # entropy ~0 and ln 10
-    loss, w, _ = lm.method.token_loss(logits, logits, None)
+    logp = torch.log_softmax(logits, -1)
+    loss, w, _, grad = lm.method.token_loss(logits, logp, None)
     assert w.tolist() == [1.0, 0.0]  # ln 10 > 0.4 ln 10: the uniform row is unreliable
     p = torch.softmax(confident, 0)
     assert loss[0].item() == pytest.approx(float(-(p * p.log()).sum()), rel=1e-5)
     assert loss[1].item() == pytest.approx(math.log(k), rel=1e-5)
+    x = logits.clone().requires_grad_(True)
+    entropy(x).sum().backward()
+    torch.testing.assert_close(grad, x.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_sar_applies_the_gradient_at_the_perturbed_point(make_lm):

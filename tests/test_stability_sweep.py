@@ -30,10 +30,14 @@ sweep = _load("stability_sweep")
 
 
 def row(answer, entropy=1.0, correct=None, dev=0.0, response=None, norm=10.0):
-    return {"response": response if response is not None else f"The sum is \\boxed{{{answer}}}.",
-            "extracted": answer, "correct": correct,
-            "steps": [{"entropy": entropy, "logit_norm_centered": norm, "predictor_dev": dev}],
-            "timings": {"total_s": 1.5}, "events": []}
+    return {
+        "response": response if response is not None else f"The sum is \\boxed{{{answer}}}.",
+        "extracted": answer,
+        "correct": correct,
+        "steps": [{"entropy": entropy, "logit_norm_centered": norm, "predictor_dev": dev}],
+        "timings": {"total_s": 1.5},
+        "events": [],
+    }
 
 
 def healthy(n=40):
@@ -41,8 +45,9 @@ def healthy(n=40):
 
 
 def constant(n=40):
-    return [row(str(i), correct=i % 2 == 0) for i in range(n // 2)] + \
-           [row("7", entropy=0.01, correct=False) for _ in range(n - n // 2)]
+    return [row(str(i), correct=i % 2 == 0) for i in range(n // 2)] + [
+        row("7", entropy=0.01, correct=False) for _ in range(n - n // 2)
+    ]
 
 
 def looping(n=40):
@@ -51,15 +56,18 @@ def looping(n=40):
 
 
 def sharpening(n=40):
-    return [row(str(i), entropy=1.0 * (0.9 ** i), correct=True) for i in range(n)]
+    return [row(str(i), entropy=1.0 * (0.9**i), correct=True) for i in range(n)]
 
 
-@pytest.mark.parametrize("stream, expected", [
-    (healthy, "stable"),
-    (constant, "collapsed-constant"),
-    (looping, "degenerate"),
-    (sharpening, "sharpening"),
-])
+@pytest.mark.parametrize(
+    "stream, expected",
+    [
+        (healthy, "stable"),
+        (constant, "collapsed-constant"),
+        (looping, "degenerate"),
+        (sharpening, "sharpening"),
+    ],
+)
 def test_verdicts_on_hand_made_streams(stream, expected):
     assert collapse_measures(stream())["verdict"] == expected
 
@@ -77,10 +85,17 @@ GRID = {
     "base": {"model": "m", "datasets": ["arith"], "limit": 3, "adapt": {"max_new_tokens": 5, "guard": False}},
     "grid": [
         {"method": "noadapt", "seed": [0, 1]},
-        {"method": ["zerosiam", "zerosiam:alpha=0"], "optimizer": "sgd", "lr": [1e-3, 1e-2],
-         "predictor_lr_scale": [0.1, 10]},
-        {"method": "tent", "lora_target_modules": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]],
-         "guard": [False, True]},
+        {
+            "method": ["zerosiam", "zerosiam:alpha=0"],
+            "optimizer": "sgd",
+            "lr": [1e-3, 1e-2],
+            "predictor_lr_scale": [0.1, 10],
+        },
+        {
+            "method": "tent",
+            "lora_target_modules": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]],
+            "guard": [False, True],
+        },
     ],
 }
 
@@ -95,8 +110,14 @@ def test_grid_expansion_names_and_overrides():
     z = by["zerosiam_sgd_lr0.01_ps0.1"].run
     assert z.methods == ["zerosiam"] and z.limit == 3 and z.model == "m"
     # a scale axis switches the absolute predictor lr off, so the scale takes effect
-    assert z.adapt == {"max_new_tokens": 5, "guard": False, "optimizer": "sgd", "lr": 0.01,
-                       "predictor_lr_scale": 0.1, "predictor_lr": None}
+    assert z.adapt == {
+        "max_new_tokens": 5,
+        "guard": False,
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "predictor_lr_scale": 0.1,
+        "predictor_lr": None,
+    }
     from eval.runner import parse_method_spec
 
     ac = parse_method_spec(z.methods[0], z.adapt)
@@ -104,8 +125,10 @@ def test_grid_expansion_names_and_overrides():
     assert parse_method_spec(*by["zerosiam_alpha=0_sgd_lr0.001_ps10"].run.methods, {}).alpha == 0.0
     assert by["noadapt_s1"].run.seed == 1 and by["noadapt_s1"].run.adapt == GRID["base"]["adapt"]
     t = [p for p in points if p.name.startswith("tent")]
-    assert {tuple(p.run.adapt["lora_target_modules"]) for p in t} == {("q_proj", "v_proj"),
-                                                                      ("q_proj", "k_proj", "v_proj", "o_proj")}
+    assert {tuple(p.run.adapt["lora_target_modules"]) for p in t} == {
+        ("q_proj", "v_proj"),
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+    }
     assert {p.run.adapt["guard"] for p in t} == {False, True}
     assert "tent_guardon_loraq_proj+v_proj" in names
 
@@ -133,10 +156,18 @@ def tiny_dir(tmp_path_factory):
 def test_sweep_runs_skips_finished_and_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
     import yaml
 
-    grid = {"base": {"model": str(tiny_dir), "datasets": ["arith"], "limit": 3,
-                     "adapt": {"max_new_tokens": 4, "guard": False}},
-            "grid": [{"method": "noadapt"}, {"method": "zerosiam", "optimizer": "sgd", "lr": 1e-2,
-                                             "predictor_lr_scale": [1]}]}
+    grid = {
+        "base": {
+            "model": str(tiny_dir),
+            "datasets": ["arith"],
+            "limit": 3,
+            "adapt": {"max_new_tokens": 4, "guard": False},
+        },
+        "grid": [
+            {"method": "noadapt"},
+            {"method": "zerosiam", "optimizer": "sgd", "lr": 1e-2, "predictor_lr_scale": [1]},
+        ],
+    }
     gfile = tmp_path / "stability_tiny.yaml"
     gfile.write_text(yaml.safe_dump(grid))
     out = tmp_path / "out"
@@ -182,9 +213,10 @@ def test_summary_from_hand_made_rows(tmp_path):
     by = {r["point"]: r for r in recs}
     assert by["noadapt"]["verdict"] == "stable" and by["tent"]["verdict"] == "collapsed-constant"
     assert by["noadapt"]["accuracy"] == 0.5 and by["tent"]["s_per_problem"] == pytest.approx(1.5)
+    assert by["tent"]["answers_last_half"] == 20
     assert not by["tent"]["finished"]  # no run.json: not a finished harness run
     csv_text = (out / "summary_x.csv").read_text().splitlines()
     assert csv_text[0].startswith("point,method,dataset") and len(csv_text) == 3
     md = (out / "summary_x.md").read_text()
-    assert "| tent (running) | arith | 40 | 25.0% | 0.0% |" in md and "collapsed-constant" in md
+    assert "| tent (running) | arith | 40 | 25.0% | 0.0% | 100.0% |" in md and "collapsed-constant" in md
     assert math.isclose(json.loads((out / "summary_x.json").read_text())[0]["accuracy"], 0.5)

@@ -157,17 +157,107 @@ def zerosiam_loss(
 
 
 # ---------------------------------------------------------------------------------------
+# the same terms with their gradients in closed form (used by the adaptation loop)
+#
+# Each returns (value (c,), d value / d online logits (c, V)) from log-probabilities, with no
+# autograd graph: one log_softmax and one exp per chunk instead of a graph of (c, V)
+# temporaries. For a function f of p = softmax(u): df/du = p * (g - sum(p * g)), g = df/dp.
+# Tests check every term against autograd on the reference functions above.
+
+
+def _through_softmax(p, g):
+    return p * (g - (p * g).sum(-1, keepdim=True))
+
+
+def _fast_entropy(lp, p):
+    h = -(p * lp).sum(-1)
+    return h, -p * (lp + h.unsqueeze(-1))
+
+
+def _fast_slr(lp, p):
+    pc = p.clamp(max=1 - 1e-6)
+    l1 = torch.log1p(-pc)
+    v = -(p * (lp - l1)).sum(-1)
+    return v, _through_softmax(p, -(lp + 1 - l1 + pc / (1 - pc)))
+
+
+def _fast_ce_argmax(lp, p):
+    v, idx = lp.max(-1)
+    g = p.clone()
+    g.scatter_add_(-1, idx.unsqueeze(-1), -torch.ones_like(v).unsqueeze(-1))
+    return -v, g
+
+
+def _fast_neg_p2(lp, p):
+    return -(p * p).sum(-1), _through_softmax(p, -2 * p)
+
+
+FAST_OBJECTIVES = {"entropy": _fast_entropy, "slr": _fast_slr, "ce_argmax": _fast_ce_argmax, "neg_p2": _fast_neg_p2}
+
+
+def _fast_kl(lp, p, lq, q):
+    v = (p * (lp - lq)).sum(-1)
+    return v, p * (lp - lq - v.unsqueeze(-1))
+
+
+def _fast_rkl(lp, p, lq, q):
+    return (q * (lq - lp)).sum(-1), p - q
+
+
+def _fast_sym_kl(lp, p, lq, q):
+    a, ga = _fast_kl(lp, p, lq, q)
+    b, gb = _fast_rkl(lp, p, lq, q)
+    return a + b, ga + gb
+
+
+def _fast_js(lp, p, lq, q):
+    lm = torch.logaddexp(lp, lq) - math.log(2.0)
+    v = 0.5 * (p * (lp - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1)
+    return v, _through_softmax(p, 0.5 * (lp - lm))
+
+
+def _fast_mse(lp, p, lq, q):
+    d = p - q
+    return (d * d).sum(-1), _through_softmax(p, 2 * d)
+
+
+FAST_DIVERGENCES = {"sym_kl": _fast_sym_kl, "kl": _fast_kl, "rkl": _fast_rkl, "js": _fast_js, "mse": _fast_mse}
+
+
+@torch.no_grad()
+def confidence_rows(online_logits, objective: str = "entropy"):
+    """(per-row confidence term, its gradient w.r.t. the online logits), closed form."""
+    lp = F.log_softmax(online_logits.float(), -1)
+    return FAST_OBJECTIVES[objective](lp, lp.exp())
+
+
+@torch.no_grad()
+def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", objective="entropy"):
+    """Closed-form `zerosiam_token_loss`: returns (loss (c,), grad w.r.t. online logits (c, V),
+    extras). `target_logp` are the target branch's log-probabilities (already detached)."""
+    lp = F.log_softmax(online_logits.float(), -1)
+    p = lp.exp()
+    conf, g = FAST_OBJECTIVES[objective](lp, p)
+    if alpha == 0:
+        return conf, g, {"objective": conf, "divergence": torch.zeros_like(conf)}
+    div, gd = FAST_DIVERGENCES[divergence](lp, p, target_logp, target_logp.exp())
+    return conf + alpha * div, g + alpha * gd, {"objective": conf, "divergence": div}
+
+
+# ---------------------------------------------------------------------------------------
 # token filters (SAR, EATA): weights per row from the target's entropy
 
 
 def sar_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tensor:
-    """SAR's reliable-sample filter: 1 where entropy < margin * ln K, else 0. (..., V) -> (...)."""
+    """SAR's reliable-sample filter: 1 where entropy < margin * ln K, else 0. (..., V) -> (...).
+    Log-probabilities work as well as logits (softmax is shift-invariant)."""
     ent = entropy(target_logits.detach())
     return (ent < margin * math.log(target_logits.shape[-1])).float()
 
 
 def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tensor:
-    """EATA's entropy weighting: exp(-(H - H0)) on rows with H < H0 = margin * ln K, else 0."""
+    """EATA's entropy weighting: exp(-(H - H0)) on rows with H < H0 = margin * ln K, else 0.
+    Log-probabilities work as well as logits."""
     ent = entropy(target_logits.detach())
     h0 = margin * math.log(target_logits.shape[-1])
     return torch.where(ent < h0, torch.exp(h0 - ent), torch.zeros_like(ent))
@@ -176,20 +266,20 @@ def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tens
 # ---------------------------------------------------------------------------------------
 # chunked head + loss
 
-# token_loss(online_logits (c, V) fp32, target_logits (c, V) fp32 detached, labels (c,) | None)
-#   -> (loss (c,), weight (c,) | None, extras {name: (c,)})
-TokenLoss = Callable[
-    [torch.Tensor, torch.Tensor, "torch.Tensor | None"],
-    "tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]",
-]
+# token_loss(online_logits (c, V) fp32, target_logp (c, V) fp32 detached, labels (c,) | None)
+#   -> (loss (c,), weight (c,) | None, extras {name: (c,)})            autograd on the loss
+#   or (loss (c,), weight (c,) | None, extras, grad (c, V))             closed-form gradient
+# target_logp are the target branch's log-probabilities; without a predictor (z_target None)
+# they equal the online branch's, detached.
+TokenLoss = Callable[..., tuple]
 
 
-def logit_stats(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def logit_stats(logits: torch.Tensor, logp: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Collapse diagnostics per row of (c, V) logits: entropy, max-probability, L2 norm raw
     and centered. The raw norm is dominated by an offset shared by the whole vocabulary;
     the centered one (mean logit removed) tracks how far the logits spread."""
     logits = logits.float()
-    logp = F.log_softmax(logits, -1)
+    logp = F.log_softmax(logits, -1) if logp is None else logp
     return {
         "entropy": -(logp.exp() * logp).sum(-1),
         "max_prob": logp.max(-1).values.exp(),
@@ -218,22 +308,33 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             e = min(n, s + chunk_size)
             with torch.enable_grad():
                 zo = z_online[s:e].detach().requires_grad_(need_grad)
-                uo = head_fn(zo).float()  # (c, V)
-                with torch.no_grad():
-                    ur = uo.detach() if z_target is None else head_fn(z_target[s:e]).float()
-                loss, weight, extras = token_loss(uo, ur, None if labels is None else labels[s:e])
+                uo = head_fn(zo)  # (c, V)
+                uo32 = uo.float()
+            with torch.no_grad():
+                ur = uo32.detach() if z_target is None else head_fn(z_target[s:e]).float()
+                lr = F.log_softmax(ur, -1)
+            with torch.enable_grad():  # autograd.Function.forward runs with grad mode off
+                out = token_loss(uo32, lr, None if labels is None else labels[s:e])
+                loss, weight, extras = out[:3]
                 w = torch.ones_like(loss) if weight is None else weight.detach().float()
                 if mask is not None:
                     w = w * mask[s:e].float()
-                chunk_loss = (loss * w).sum()
-                if need_grad and chunk_loss.requires_grad:
-                    (g,) = torch.autograd.grad(chunk_loss, zo)
-                    grad[s:e] = g.float()
+                if len(out) == 4:  # closed-form gradient w.r.t. the online logits
+                    chunk_loss = (loss.detach() * w).sum()
+                    if need_grad:
+                        gu = (out[3] * w.unsqueeze(-1)).to(uo.dtype)
+                        (g,) = torch.autograd.grad(uo, zo, grad_outputs=gu)
+                        grad[s:e] = g.float()
+                else:
+                    chunk_loss = (loss * w).sum()
+                    if need_grad and chunk_loss.requires_grad:
+                        (g,) = torch.autograd.grad(chunk_loss, zo)
+                        grad[s:e] = g.float()
             loss_sum += chunk_loss.detach()
             weight_sum += w.sum()
             with torch.no_grad():
-                rows = {**logit_stats(ur), **extras}
-                valid = torch.ones_like(loss) if mask is None else mask[s:e].float()
+                rows = {**logit_stats(ur, lr), **extras}
+                valid = torch.ones_like(w) if mask is None else mask[s:e].float()
                 for k, v in rows.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach().float() * valid).sum()
                 sums["_count"] = sums.get("_count", 0.0) + valid.sum()

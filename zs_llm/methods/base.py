@@ -52,8 +52,11 @@ class Method:
         return bool(self.trains)
 
     # --- the loss -----------------------------------------------------------------------
-    def token_loss(self, online_logits, target_logits, labels):
-        """(c, V), (c, V) detached, (c,) -> (per-token loss (c,), weight (c,) | None, extras)."""
+    def token_loss(self, online_logits, target_logp, labels):
+        """(c, V) online logits, (c, V) target log-probabilities (detached), (c,) labels ->
+        (per-token loss (c,), weight (c,) | None, extras[, d loss / d online logits (c, V)]).
+        Return the 4th element when the gradient has a closed form; otherwise the loss must
+        carry an autograd graph to `online_logits`."""
         raise NotImplementedError(f"method {self.name!r} defines no loss")
 
     def loss(self, lm: ZeroSiamLM, batch: LossBatch, stats: dict | None = None) -> torch.Tensor:

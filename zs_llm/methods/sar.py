@@ -1,6 +1,6 @@
 import torch
 
-from ..objective import confidence_objective, sar_weights
+from ..objective import FAST_OBJECTIVES, sar_weights
 from .base import METHODS, Method
 
 
@@ -15,9 +15,10 @@ class SAR(Method):
     name = "sar"
     trains = ("lora",)
 
-    def token_loss(self, online_logits, target_logits, labels):
-        w = sar_weights(target_logits, self.config.filter_margin)
-        return confidence_objective(online_logits, self.config.objective), w, {}
+    def token_loss(self, online_logits, target_logp, labels):
+        w = sar_weights(target_logp, self.config.filter_margin)
+        value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, target_logp.exp())
+        return value, w, {}, grad
 
     def backward(self, lm, batch):
         params = [p for p in lm.trainable_parameters() if p.requires_grad]

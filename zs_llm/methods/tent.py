@@ -1,4 +1,4 @@
-from ..objective import confidence_objective
+from ..objective import FAST_OBJECTIVES
 from .base import METHODS, Method
 
 
@@ -13,5 +13,7 @@ class Tent(Method):
     name = "tent"
     trains = ("lora",)
 
-    def token_loss(self, online_logits, target_logits, labels):
-        return confidence_objective(online_logits, self.config.objective), None, {}
+    def token_loss(self, online_logits, target_logp, labels):
+        # no predictor: the target log-probabilities are the online ones (detached)
+        value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, target_logp.exp())
+        return value, None, {}, grad

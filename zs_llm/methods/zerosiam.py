@@ -1,4 +1,4 @@
-from ..objective import eata_weights, sar_weights, zerosiam_token_loss
+from ..objective import eata_weights, sar_weights, zerosiam_rows
 from .base import METHODS, Method
 
 
@@ -14,13 +14,13 @@ class ZeroSiam(Method):
     trains = ("lora", "predictor")
     uses_predictor = True
 
-    def weights(self, target_logits):
+    def weights(self, target_logp):
         return None
 
-    def token_loss(self, online_logits, target_logits, labels):
+    def token_loss(self, online_logits, target_logp, labels):
         c = self.config
-        loss, extras = zerosiam_token_loss(online_logits, target_logits, c.alpha, c.divergence, c.objective)
-        return loss, self.weights(target_logits), extras
+        loss, grad, extras = zerosiam_rows(online_logits, target_logp, c.alpha, c.divergence, c.objective)
+        return loss, self.weights(target_logp), extras, grad
 
 
 @METHODS.register("zerosiam+sar")
@@ -29,8 +29,8 @@ class ZeroSiamSAR(ZeroSiam):
 
     name = "zerosiam+sar"
 
-    def weights(self, target_logits):
-        return sar_weights(target_logits, self.config.filter_margin)
+    def weights(self, target_logp):
+        return sar_weights(target_logp, self.config.filter_margin)
 
 
 @METHODS.register("zerosiam+eata")
@@ -39,5 +39,5 @@ class ZeroSiamEATA(ZeroSiam):
 
     name = "zerosiam+eata"
 
-    def weights(self, target_logits):
-        return eata_weights(target_logits, self.config.filter_margin)
+    def weights(self, target_logp):
+        return eata_weights(target_logp, self.config.filter_margin)
