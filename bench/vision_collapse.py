@@ -1,0 +1,710 @@
+"""Vision collapse benchmark: NoAdapt, Tent, SAR, EATA and ZeroSiam on corrupted digits streams.
+
+    .venv/bin/python bench/vision_collapse.py            # full run: ~10 min on 2 busy cores (~8 cached)
+    .venv/bin/python bench/vision_collapse.py --quick    # seconds; a smoke run (the test suite's)
+    .venv/bin/python bench/vision_collapse.py --sweep    # the learning-rate sweep behind the defaults
+
+No network: the data is scikit-learn's bundled digits (1797 8x8 images, upsampled to 32x32,
+one channel), split 1000 train / 797 test. Two small classifiers are trained on the clean
+train split (weights cached under runs/vision_bench/weights/):
+
+- `gn_cnn`: a five-layer conv net with GroupNorm and a torchvision-style `fc` head;
+- `ln_vit`: a four-block ViT with LayerNorm (patch 4, width 64) exposing timm's
+  `forward_features` / `forward_head` / `get_classifier`.
+
+Each is adapted on corrupted test streams (severity 5 of 12 corruptions: noise, blur,
+contrast, brightness, pixelate, fog, occlusion) in the paper's four wild scenarios:
+
+- `mixed`: all corruptions shuffled into one stream (about 9,500 images, batch 64);
+- `label_shift`: per corruption, the test set twice (two corruption draws) sorted by label,
+  batch 64 (online imbalanced label shift at its extreme, pure class order);
+- `bs1`: per corruption, the test set shuffled, batch size 1;
+- `blind_spot`: per corruption, adapt at batch size 1 on only the images the source model
+  gets wrong, then score the adapted (frozen) model on the whole corrupted test set.
+
+Per-corruption scenarios run gaussian_noise, shot_noise, defocus_blur and contrast, each
+from the source weights, and report the mean. The table gives accuracy (%) of predictions
+made before each update (predict, then update); for `blind_spot`, the accuracy after it.
+
+Learning rates (SGD, momentum 0.9): one base rate per model for every method's
+normalization parameters, with ZeroSiam's predictor at the same rate (the paper's default),
+scaled by batch/64 as in the paper's code (so batch size 1 runs at base/64). The base rates
+are the ones that maximize *Tent's* accuracy in a mild, i.i.d. setting on a held-out
+corruption (speckle_noise, batch 64): `--sweep` reproduces that choice. SAR and EATA use
+their papers' margins (0.4 ln K), SAR rho 0.05 and model recovery at 0.2 nats; EATA runs
+without its Fisher regularizer and redundancy filter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from zs_llm.registry import Registry  # noqa: E402
+from zs_llm.vision import VISION_METHODS, Adapter, VisionAdaptConfig, wrap_classifier  # noqa: E402
+
+SIZE = 32
+NUM_CLASSES = 10
+METHODS = ("noadapt", "tent", "sar", "eata", "zerosiam")
+SCENARIOS = ("mixed", "label_shift", "bs1", "blind_spot")
+HELD_OUT = "speckle_noise"  # used only to choose the learning rates
+# base learning rates at batch 64, chosen by `--sweep` (Tent's best on the held-out corruption)
+DEFAULT_LR = {"gn_cnn": 3e-2, "ln_vit": 3e-2}
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def load_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Digits upsampled to 32x32 in [0, 1]: (x_train (1000, 1, 32, 32), y_train, x_test (797, ...), y_test)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8)
+    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).clamp(0, 1)
+    y = torch.tensor(d.target)
+    tr, te = train_test_split(np.arange(len(y)), train_size=1000, stratify=d.target, random_state=seed)
+    return x[tr], y[tr], x[te], y[te]
+
+
+# ---------------------------------------------------------------------------------------
+# corruptions: (x (N, 1, H, W) in [0, 1], severity 1..5, generator) -> same shape in [0, 1]
+
+CORRUPTIONS: Registry = Registry("corruption")
+
+
+def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    k = kernel / kernel.sum()
+    pad = k.shape[-1] // 2
+    return F.conv2d(F.pad(x, (pad,) * 4, mode="replicate"), k[None, None])
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return g[:, None] * g[None, :]
+
+
+@CORRUPTIONS.register("gaussian_noise")
+def gaussian_noise(x, s, g):
+    c = [0.08, 0.12, 0.18, 0.26, 0.38][s - 1]
+    return (x + c * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+@CORRUPTIONS.register("shot_noise")
+def shot_noise(x, s, g):
+    c = [60, 25, 12, 5, 3][s - 1]
+    return (torch.poisson(x * c, generator=g) / c).clamp(0, 1)
+
+
+@CORRUPTIONS.register("impulse_noise")
+def impulse_noise(x, s, g):
+    c = [0.03, 0.06, 0.09, 0.17, 0.27][s - 1]
+    u = torch.rand(x.shape, generator=g)
+    salt = torch.rand(x.shape, generator=g) < 0.5
+    return torch.where(u < c, salt.float(), x)
+
+
+@CORRUPTIONS.register("speckle_noise")
+def speckle_noise(x, s, g):
+    c = [0.15, 0.2, 0.35, 0.45, 0.6][s - 1]
+    return (x + x * c * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+@CORRUPTIONS.register("gaussian_blur")
+def gaussian_blur(x, s, g):
+    return _blur(x, _gaussian_kernel([0.8, 1.2, 1.6, 2.0, 2.6][s - 1])).clamp(0, 1)
+
+
+@CORRUPTIONS.register("defocus_blur")
+def defocus_blur(x, s, g):
+    r = [1.5, 2.0, 2.5, 3.0, 4.0][s - 1]
+    n = math.ceil(r)
+    t = torch.arange(-n, n + 1, dtype=torch.float32)
+    disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= r**2).float()
+    return _blur(x, disk).clamp(0, 1)
+
+
+@CORRUPTIONS.register("motion_blur")
+def motion_blur(x, s, g):
+    n = [3, 5, 7, 9, 11][s - 1]
+    out = torch.empty_like(x)
+    angles = torch.randint(0, 4, (len(x),), generator=g)
+    for a in range(4):
+        k = torch.zeros(n, n)
+        idx = torch.arange(n)
+        if a == 0:
+            k[n // 2] = 1
+        elif a == 1:
+            k[:, n // 2] = 1
+        elif a == 2:
+            k[idx, idx] = 1
+        else:
+            k[idx, n - 1 - idx] = 1
+        sel = angles == a
+        if sel.any():
+            out[sel] = _blur(x[sel], k)
+    return out.clamp(0, 1)
+
+
+@CORRUPTIONS.register("contrast")
+def contrast(x, s, g):
+    c = [0.75, 0.5, 0.4, 0.3, 0.15][s - 1]
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - m) * c + m).clamp(0, 1)
+
+
+@CORRUPTIONS.register("brightness")
+def brightness(x, s, g):
+    return (x + [0.1, 0.2, 0.3, 0.4, 0.5][s - 1]).clamp(0, 1)
+
+
+@CORRUPTIONS.register("pixelate")
+def pixelate(x, s, g):
+    side = round(SIZE * [0.6, 0.5, 0.4, 0.3, 0.25][s - 1])
+    small = F.interpolate(x, size=(side, side), mode="area")
+    return F.interpolate(small, size=x.shape[-2:], mode="nearest")
+
+
+@CORRUPTIONS.register("fog")
+def fog(x, s, g):
+    # additive low-frequency haze, then rescaled into [0, 1] (which also lowers contrast)
+    c = [0.4, 0.6, 0.8, 1.0, 1.3][s - 1]
+    haze = torch.rand(len(x), 1, 4, 4, generator=g)
+    haze = F.interpolate(haze, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    return ((x + c * haze) / (1 + c)).clamp(0, 1)
+
+
+@CORRUPTIONS.register("occlusion")
+def occlusion(x, s, g):
+    side = [6, 9, 12, 14, 16][s - 1]
+    out = x.clone()
+    pos = torch.randint(0, SIZE - side + 1, (len(x), 2), generator=g)
+    for i, (r, c) in enumerate(pos.tolist()):
+        out[i, :, r : r + side, c : c + side] = 0.0
+    return out
+
+
+def corrupt(x: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
+    """One draw of corruption `name` at `severity` (1..5) on images x (N, 1, H, W)."""
+    if not 1 <= severity <= 5:
+        raise ValueError(f"severity must be in 1..5, got {severity}")
+    g = torch.Generator().manual_seed(seed)
+    return CORRUPTIONS[name](x, severity, g)
+
+
+# ---------------------------------------------------------------------------------------
+# models
+
+
+class GNConvNet(nn.Module):
+    """A torchvision-style classifier: a conv trunk with GroupNorm, average pooling, `fc`."""
+
+    def __init__(self, width: int = 32, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        layers, c_in = [], 1
+        for c_out, stride in ((width, 1), (2 * width, 2), (2 * width, 1), (4 * width, 2), (4 * width, 2)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(8, c_out), nn.ReLU()]
+            c_in = c_out
+        self.trunk = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.trunk(2 * x - 1)).flatten(1))  # (B, K)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d/heads)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A small pre-LN ViT with a class token and timm's split: forward_features / forward_head."""
+
+    def __init__(
+        self, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4, num_classes: int = NUM_CLASSES
+    ):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(1, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, (SIZE // patch) ** 2 + 1, dim))
+        self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward_features(self, x):
+        x = self.patch_embed(2 * x - 1).flatten(2).transpose(1, 2)  # (B, T, D)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        return self.norm(self.blocks(x))  # (B, T + 1, D)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x[:, 0]  # (B, D)
+        return x if pre_logits else self.head(x)
+
+    def get_classifier(self):
+        return self.head
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], dict]] = {
+    # name: (builder, training recipe)
+    "gn_cnn": (GNConvNet, {"epochs": 12, "lr": 3e-3, "weight_decay": 1e-4}),
+    "ln_vit": (TinyViT, {"epochs": 30, "lr": 2e-3, "weight_decay": 0.05}),
+}
+
+
+def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    # random translation by up to max_shift pixels, per image
+    p = F.pad(x, (max_shift,) * 4)
+    offs = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=g).tolist()
+    return torch.stack([p[i, :, r : r + SIZE, c : c + SIZE] for i, (r, c) in enumerate(offs)])
+
+
+def train_model(
+    name: str, x: torch.Tensor, y: torch.Tensor, seed: int, max_steps: int | None = None
+) -> nn.Module:
+    """Train `name` on clean digits with AdamW, cosine schedule and small random shifts."""
+    build, recipe = MODELS[name]
+    torch.manual_seed(seed)
+    model = build()
+    g = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(x) / 64)
+    total = recipe["epochs"] * steps_per_epoch if max_steps is None else max_steps
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe["lr"], total_steps=total, pct_start=0.1)
+    model.train()
+    step = 0
+    while step < total:
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
+            if step == total:
+                break
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(_shift(x[idx], g)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    return model.eval()
+
+
+def load_or_train(name: str, x, y, seed: int, cache: Path, max_steps: int | None, log) -> nn.Module:
+    key = json.dumps([name, MODELS[name][1], seed, max_steps, len(x), float(x.sum())], sort_keys=True)
+    path = cache / f"{name}_s{seed}_{hashlib.sha256(key.encode()).hexdigest()[:10]}.pt"
+    model = MODELS[name][0]()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        log(f"[{name}] loaded {path}")
+        return model.eval()
+    t0 = time.time()
+    model = train_model(name, x, y, seed, max_steps)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    log(f"[{name}] trained in {time.time() - t0:.0f}s, cached at {path}")
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# streams and runs
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, bs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+
+
+def make_adapter(base: nn.Module, method: str, lr: float) -> Adapter:
+    model = wrap_classifier(_copy(base))
+    return Adapter(model, VISION_METHODS[method](), VisionAdaptConfig(lr=lr))
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def run_stream(base: nn.Module, method: str, stream, lr: float) -> tuple[list[dict], Adapter]:
+    adapter = make_adapter(base, method, lr)
+    for xb, yb in stream:
+        adapter(xb, yb)
+    return adapter.history, adapter
+
+
+def summarize(histories: list[list[dict]]) -> dict:
+    """Accuracy over all samples of the streams, and the per-batch curves concatenated."""
+    h = [b for hist in histories for b in hist]
+    n = np.array([b["n"] for b in h])
+    acc = np.array([b["acc"] for b in h])
+    return {
+        "acc": float((acc * n).sum() / n.sum()),
+        "n": n.tolist(),
+        "batch_acc": acc.tolist(),
+        "logit_norm": [b["logit_norm"] for b in h],
+        "logit_norm_centered": [b["logit_norm_centered"] for b in h],
+        "entropy": [b["entropy"] for b in h],
+        "predictor_dev": [b["predictor_dev"] for b in h],
+        "boundaries": np.cumsum([sum(b["n"] for b in hist) for hist in histories]).tolist(),
+    }
+
+
+def build_streams(scenario: str, x, y, source: nn.Module, args) -> list[dict]:
+    """The streams of one scenario: a list of {"batches": [(x, y)], "eval": (x, y) | None}."""
+    g = torch.Generator().manual_seed(args.seed + 1)
+    out = []
+    if scenario == "mixed":
+        xs, ys = [], []
+        for i, c in enumerate(args.mixed_corruptions):
+            xs.append(corrupt(x, c, args.severity, seed=args.seed * 1000 + i))
+            ys.append(y)
+        xs, ys = torch.cat(xs), torch.cat(ys)
+        perm = torch.randperm(len(ys), generator=g)
+        return [{"batches": batches(xs[perm], ys[perm], args.batch_size), "eval": None}]
+    for i, c in enumerate(args.corruptions):
+        seed = args.seed * 1000 + 100 + i
+        if scenario == "label_shift":
+            xs = torch.cat([corrupt(x, c, args.severity, seed=seed + 17 * r) for r in range(args.repeats)])
+            ys = y.repeat(args.repeats)
+            perm = torch.randperm(len(ys), generator=g)
+            order = perm[torch.argsort(ys[perm], stable=True)]  # by label, shuffled within a class
+            out.append({"batches": batches(xs[order], ys[order], args.batch_size), "eval": None})
+        elif scenario == "bs1":
+            xs = corrupt(x, c, args.severity, seed=seed)
+            perm = torch.randperm(len(y), generator=g)[: args.bs1_limit]
+            out.append({"batches": batches(xs[perm], y[perm], 1), "eval": None})
+        elif scenario == "blind_spot":
+            xs = corrupt(x, c, args.severity, seed=seed)
+            with torch.no_grad():
+                wrong = torch.cat([source(xb).argmax(-1) != yb for xb, yb in batches(xs, y, 256)])
+            idx = wrong.nonzero().flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)][: args.bs1_limit]
+            out.append({"batches": batches(xs[idx], y[idx], 1), "eval": (xs, y)})
+        else:
+            raise ValueError(f"unknown scenario {scenario!r}")
+    return out
+
+
+def run_scenario(scenario: str, base: nn.Module, x, y, args, base_lr: float) -> dict[str, dict]:
+    streams = build_streams(scenario, x, y, base, args)
+    results = {}
+    for method in args.methods:
+        hists, final_accs = [], []
+        for s in streams:
+            bs = len(s["batches"][0][1])
+            hist, adapter = run_stream(base, method, s["batches"], base_lr * bs / 64)
+            hists.append(hist)
+            if s["eval"] is not None:
+                xe, ye = s["eval"]
+                preds = torch.cat([adapter.predict(xb).argmax(-1) for xb, _ in batches(xe, ye, 256)])
+                final_accs.append(float((preds == ye).float().mean()))
+        res = summarize(hists)
+        res["stream_acc"] = res["acc"]
+        if final_accs:
+            res["acc"] = float(np.mean(final_accs))
+        res["n_streams"] = len(streams)
+        res["samples"] = int(sum(res["n"]))
+        results[method] = res
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# reporting
+
+
+def table(results: dict, methods, models) -> str:
+    lines = [
+        "| scenario | model | samples | " + " | ".join(methods) + " |",
+        "|---|---|---:|" + "---:|" * len(methods),
+    ]
+    for scenario, per_model in results.items():
+        for model in models:
+            cells = per_model[model]
+            row = [f"{100 * cells[m]['acc']:.1f}" for m in methods]
+            lines.append(
+                f"| {scenario} | {model} | {cells[methods[0]]['samples']} | " + " | ".join(row) + " |"
+            )
+    return "\n".join(lines)
+
+
+def norm_table(results: dict, methods, models) -> str:
+    lines = [
+        "| scenario | model | " + " | ".join(methods) + " |",
+        "|---|---|" + "---:|" * len(methods),
+    ]
+    for scenario, per_model in results.items():
+        for model in models:
+            row = []
+            for m in methods:
+                v = per_model[model][m]["logit_norm_centered"]
+                tail = v[-max(1, len(v) // 5) :]
+                row.append(f"{np.mean(tail):.1f}")
+            lines.append(f"| {scenario} | {model} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for scenario, per_model in results.items():
+        for model, per_method in per_model.items():
+            fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+            for method, r in per_method.items():
+                n = np.array(r["n"])
+                seen = np.cumsum(n)
+                running = np.cumsum(np.array(r["batch_acc"]) * n) / seen
+                norm = np.array(r["logit_norm"])
+                w = max(1, int(len(norm) // 100))  # smooth batch-size-1 curves
+                if w > 1:
+                    norm = np.convolve(
+                        np.pad(norm, (w // 2, w - 1 - w // 2), mode="edge"), np.ones(w) / w, "valid"
+                    )
+                axes[0].plot(seen, 100 * running, label=method)
+                axes[1].plot(seen, norm, label=method)
+            for ax in axes:
+                for b in list(per_method.values())[0]["boundaries"][:-1]:
+                    ax.axvline(b, color="grey", lw=0.5, ls=":")
+                ax.set_xlabel("samples seen")
+            axes[0].set_ylabel("running accuracy (%)")
+            axes[1].set_ylabel("logit norm (L2)")
+            axes[0].legend(fontsize=8)
+            fig.suptitle(f"{scenario} / {model}")
+            fig.tight_layout()
+            p = out / f"{scenario}_{model}.png"
+            fig.savefig(p, dpi=90)
+            plt.close(fig)
+            paths.append(p)
+    return paths
+
+
+def collapse_summary(results: dict, models) -> list[str]:
+    lines = []
+    for scenario, per_model in results.items():
+        for model in models:
+            r = per_model[model]
+            na, tent, zs = (r[m]["acc"] for m in ("noadapt", "tent", "zerosiam"))
+            verdict = (
+                "Tent below NoAdapt, ZeroSiam not"
+                if tent < na <= zs
+                else "both below NoAdapt"
+                if tent < na and zs < na
+                else "ZeroSiam below NoAdapt, Tent not"
+                if zs < na <= tent
+                else "neither below NoAdapt"
+            )
+            lines.append(
+                f"{scenario}/{model}: NoAdapt {100 * na:.1f}, Tent {100 * tent:.1f}, ZeroSiam {100 * zs:.1f}: {verdict}"
+            )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "vision_bench", help="output folder")
+    p.add_argument("--quick", action="store_true", help="tiny models and streams: a smoke run in seconds")
+    p.add_argument(
+        "--sweep", action="store_true", help="run the learning-rate sweep on the held-out corruption"
+    )
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(VISION_METHODS))
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    p.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=["gaussian_noise", "shot_noise", "defocus_blur", "contrast"],
+        choices=list(CORRUPTIONS),
+        help="corruptions of the per-corruption scenarios (label_shift, bs1, blind_spot)",
+    )
+    p.add_argument(
+        "--mixed-corruptions",
+        nargs="+",
+        default=[c for c in CORRUPTIONS if c != HELD_OUT],
+        choices=list(CORRUPTIONS),
+        help="corruptions mixed in the `mixed` stream",
+    )
+    p.add_argument("--severity", type=int, default=5, choices=range(1, 6))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2, help="corruption draws of the test set in label_shift")
+    p.add_argument("--bs1-limit", type=int, default=None, help="cap on the samples of a batch-size-1 stream")
+    p.add_argument(
+        "--lr", type=float, nargs="+", default=None, help="base lr per model at batch 64 (default: table)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on 2 cores shared with other work)",
+    )
+    p.add_argument("--train-steps", type=int, default=None, help="cap the training steps (quick mode: 15)")
+    p.add_argument(
+        "--test-limit", type=int, default=None, help="use only the first N test images (quick: 48)"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_steps = args.train_steps or 15
+        args.test_limit = args.test_limit or 48
+        args.corruptions = args.corruptions[:1]
+        args.mixed_corruptions = args.mixed_corruptions[:2]
+        args.batch_size = 16
+        args.repeats = 1
+        args.bs1_limit = args.bs1_limit or 8
+        if args.out == ROOT / "runs" / "vision_bench":
+            args.out = args.out / "quick"
+    if args.lr is not None and len(args.lr) not in (1, len(args.models)):
+        p.error("--lr takes one value or one per model")
+    return args
+
+
+def sweep(models: dict[str, nn.Module], x, y, args, log) -> dict:
+    """Accuracy of NoAdapt, Tent and ZeroSiam on the held-out corruption, i.i.d., over a grid of lrs."""
+    xs = corrupt(x, HELD_OUT, args.severity, seed=args.seed * 1000 + 999)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed + 2))
+    stream = batches(xs[perm], y[perm], args.batch_size)
+    grid = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    out = {}
+    for name, base in models.items():
+        na = summarize([run_stream(base, "noadapt", stream, 0.0)[0]])["acc"]
+        rows = {
+            m: [summarize([run_stream(base, m, stream, lr)[0]])["acc"] for lr in grid]
+            for m in ("tent", "zerosiam")
+        }
+        best = grid[int(np.argmax(rows["tent"]))]
+        log(
+            f"[sweep] {name} on {HELD_OUT} (severity {args.severity}, batch {args.batch_size}): noadapt {100 * na:.1f}"
+        )
+        for m, accs in rows.items():
+            log(f"[sweep]   {m:9s} " + "  ".join(f"lr {lr:g}: {100 * a:.1f}" for lr, a in zip(grid, accs)))
+        log(f"[sweep]   Tent's best lr: {best:g}")
+        out[name] = {"noadapt": na, **rows, "grid": grid, "best": best}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns {"results": {scenario: {model: {method: {...}}}}, "table": str, ...}."""
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        logs.append(msg)
+
+    t_start = time.time()
+    x_tr, y_tr, x_te, y_te = load_data(args.seed)
+    if args.test_limit:
+        x_te, y_te = x_te[: args.test_limit], y_te[: args.test_limit]
+    models = {
+        m: load_or_train(m, x_tr, y_tr, args.seed, args.out / "weights", args.train_steps, log)
+        for m in args.models
+    }
+    for name, model in models.items():
+        with torch.no_grad():
+            clean = float((model(x_te).argmax(-1) == y_te).float().mean())
+        log(f"[{name}] clean test accuracy {100 * clean:.1f}% on {len(y_te)} images")
+    if args.sweep:
+        return {"sweep": sweep(models, x_te, y_te, args, log)}
+
+    lrs = args.lr or [DEFAULT_LR[m] for m in args.models]
+    lrs = dict(zip(args.models, lrs * len(args.models) if len(lrs) == 1 else lrs))
+    results: dict = {}
+    for scenario in args.scenarios:
+        results[scenario] = {}
+        for name, model in models.items():
+            t0 = time.time()
+            results[scenario][name] = run_scenario(scenario, model, x_te, y_te, args, lrs[name])
+            accs = ", ".join(f"{m} {100 * r['acc']:.1f}" for m, r in results[scenario][name].items())
+            log(f"[{scenario}/{name}] {accs} ({time.time() - t0:.0f}s)")
+
+    md = table(results, args.methods, args.models)
+    header = [
+        "# Vision collapse benchmark (digits, 32x32)",
+        "",
+        f"Command: `{' '.join(['.venv/bin/python', 'bench/vision_collapse.py', *(argv if argv is not None else sys.argv[1:])])}`",
+        "",
+        f"Severity {args.severity}; batch {args.batch_size} (bs1 and blind_spot: 1); SGD momentum 0.9; base lr at "
+        f"batch 64 (scaled by batch/64), same for every method and for ZeroSiam's predictor: "
+        + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items())
+        + ".",
+        f"Per-corruption scenarios: {', '.join(args.corruptions)} (mean over them). "
+        f"Mixed: {', '.join(args.mixed_corruptions)}.",
+        "",
+        "Accuracy (%), predictions made before each update; blind_spot: accuracy on the whole corrupted test set "
+        "after adapting on the source model's errors only.",
+        "",
+    ]
+    norm_md = norm_table(results, args.methods, args.models)
+    summary = (
+        collapse_summary(results, args.models) if {"noadapt", "tent", "zerosiam"} <= set(args.methods) else []
+    )
+    text = "\n".join(
+        header
+        + [md, "", "Centered logit norm, mean over the last 20% of each stream:", "", norm_md, ""]
+        + (["Tent vs ZeroSiam against NoAdapt:", ""] + [f"- {s}" for s in summary] + [""] if summary else [])
+    )
+    (args.out / "results.md").write_text(text)
+    compact = {
+        s: {m: {k: {"acc": v["acc"], "samples": v["samples"]} for k, v in pm.items()} for m, pm in r.items()}
+        for s, r in results.items()
+    }
+    (args.out / "results.json").write_text(json.dumps(compact, indent=1))
+    pngs = plot(results, args.out)
+    print()
+    print(text)
+    log(f"wrote {args.out / 'results.md'} and {len(pngs)} plots in {time.time() - t_start:.0f}s")
+    return {"results": results, "table": md, "summary": summary, "plots": pngs, "lrs": lrs}
+
+
+if __name__ == "__main__":
+    main()
