@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q "$@"
+# timm needs torchvision, which imports on these CPU machines only beside torch 2.14.1: its own venv
+bash scripts/vision_env.sh
+.venv-vision/bin/python -m pytest -q tests/test_vision_timm.py

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from zs_llm.objective import (
+    DIVERGENCES,
     FAST_DIVERGENCES,
     FAST_OBJECTIVES,
-    confidence_rows,
-    zerosiam_rows,
-    DIVERGENCES,
     OBJECTIVES,
+    confidence_rows,
     divergence,
     entropy,
     head_loss,
     zerosiam_loss,
+    zerosiam_rows,
     zerosiam_token_loss,
 )
 

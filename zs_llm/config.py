@@ -40,9 +40,9 @@ class AdaptConfig:
     predictor: str = _f("linear", "Predictor before the head: linear (identity init), fixed_random (frozen), mlp.")
     # --- optimisation
     steps: int = _f(1, "Optimizer steps per problem.")
-    optimizer: str = _f("adamw", "sgd (momentum, as the paper's vision code) or adamw.")
-    lr: float = _f(1e-4, "Learning rate of the LoRA adapters (and of SLOT's vector when method=slot uses lr).")
-    predictor_lr: float | None = _f(1e-5, "Learning rate of the predictor; None uses lr * predictor_lr_scale.")
+    optimizer: str = _f("sgd", "sgd (momentum, as the paper's vision code; the default, see docs/stability.md) or adamw.")
+    lr: float = _f(1e-2, "Learning rate of the LoRA adapters (and of SLOT's vector when method=slot uses lr).")
+    predictor_lr: float | None = _f(None, "Learning rate of the predictor; None uses lr * predictor_lr_scale.")
     predictor_lr_scale: float = _f(1.0, "Predictor learning rate as a multiple of lr, used when predictor_lr is None.")
     momentum: float = _f(0.9, "SGD momentum.")
     weight_decay: float = _f(0.0, "AdamW weight decay on LoRA only (decay would pull the predictor toward zero, not I).")
