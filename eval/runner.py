@@ -350,8 +350,8 @@ class Runner:
                         n_correct += int(row["correct"])
                     done_here += 1
                     rate = done_here / max(1e-9, time.perf_counter() - t_start) * 60
-                    bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
                     bar.update(1)
+                    bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
         bar.close()
 
     def _solve(self, lm, problems, messages) -> list[dict]:

@@ -98,9 +98,11 @@ def step_stat(row: dict, key: str) -> float:
 
 # Thresholds of the per-run verdict, stated once.
 VERDICT_THRESHOLDS = {
-    "constant_share": 0.5,  # collapsed-constant: one answer in more than half of the last half
+    "constant_share": 0.5,  # collapsed-constant: one answer in more than half of the last half ...
+    "constant_min_answers": 10,  # ... counted only when the last half has at least this many answers
     "degenerate_share": 0.3,  # degenerate: more than 30% of the last half's responses loop
     "sharpening_entropy_trend": 0.5,  # sharpening: entropy in the last quarter below half the first's
+    "drift_entropy_trend": 1.25,  # degenerate (drift): entropy in the last quarter 25% above the first's
 }
 
 
@@ -124,6 +126,7 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
         "logit_norm_centered_trend": trend(norm_c),
         "top_answer_share": top_answer_share([r.get("extracted") for r in rows]),
         "top_answer_share_last_half": top_answer_share([r.get("extracted") for r in half]),
+        "answers_last_half": sum(r.get("extracted") not in (None, "") for r in half),
         "degenerate_share": float(np.mean(deg)) if deg else float("nan"),
         "degenerate_share_last_half": float(np.mean(deg[n // 2 :])) if n else float("nan"),
         "predictor_dev_final": next((d for d in reversed(dev) if not np.isnan(d)), float("nan")),
@@ -135,13 +138,17 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
 def verdict(m: dict) -> str:
     """stable | sharpening | collapsed-constant | degenerate, from `collapse_measures` (see
     VERDICT_THRESHOLDS). Collapse outranks sharpening: a stream that both sharpens and
-    answers one thing is collapsed."""
+    answers one thing is collapsed. Entropy drifting up (the predictor-driven failure, text
+    turning incoherent) counts as degenerate."""
     t = VERDICT_THRESHOLDS
-    if m.get("top_answer_share_last_half", 0) > t["constant_share"]:
+    enough = m.get("answers_last_half", t["constant_min_answers"]) >= t["constant_min_answers"]
+    if enough and m.get("top_answer_share_last_half", 0) > t["constant_share"]:
         return "collapsed-constant"
     if m.get("degenerate_share_last_half", 0) > t["degenerate_share"]:
         return "degenerate"
     et = m.get("entropy_trend", float("nan"))
+    if not np.isnan(et) and et > t["drift_entropy_trend"]:
+        return "degenerate"
     if not np.isnan(et) and et < t["sharpening_entropy_trend"]:
         return "sharpening"
     return "stable"

@@ -65,6 +65,9 @@ class CollapseGuard:
             if self.seen - self.healthy_at >= c.guard_every:
                 self.healthy, self.healthy_at = self.lm.snapshot(), self.seen
             return None
+        if self.events and self.events[-1]["restored_to"] == self.healthy_at:
+            # triggered again from the same checkpoint: it was not healthy after all
+            self.healthy, self.healthy_at = self.lm._initial, 0
         self.lm.restore(self.healthy)
         action = c.guard_action
         if action == "rollback_lower_lr":

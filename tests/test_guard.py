@@ -1,0 +1,69 @@
+import torch
+
+from zs_llm.adapt import adapt_step, make_batch
+from zs_llm.diagnostics import collapse_measures
+
+
+def step(lm):
+    ids = lm.encode("drive me")
+    return [adapt_step(lm, make_batch(ids, lm.generate_ids(ids)[0], "response"))]
+
+
+def test_guard_rolls_back_to_the_checkpoint_bitwise(make_lm):
+    lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=4, guard_every=2, guard_action="rollback_lower_lr")
+    g = lm.guard
+    lrs = [x["lr"] for x in lm.optimizer.param_groups]
+    for i in range(2):  # two healthy problems with distinct answers: a checkpoint is kept
+        assert g.observe(f"so \\boxed{{{i}}}", step(lm)) is None
+    assert g.healthy_at == 2
+    lm.zs_config.guard_every = 100  # no further checkpoint before the trigger
+    kept = {k: v.clone() for k, v in g.healthy["tensors"].items()}
+    event = None
+    for _ in range(4):  # a large learning rate and one answer for everything
+        event = event or g.observe("23 - 13 = \\boxed{6}", step(lm))
+    assert event and "one answer" in event and "halved" in event
+    for k, v in lm._state_tensors().items():
+        assert torch.equal(v, kept[k]), k
+    assert [x["lr"] for x in lm.optimizer.param_groups] == [lr / 2 for lr in lrs]
+    assert lm.guard.events[0]["restored_to"] == 2
+
+
+def test_guard_stop_action_and_stream_finishes(make_lm):
+    lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=3, guard_action="rollback_stop")
+    for _ in range(3):
+        lm.guard.observe("\\boxed{6}", step(lm))
+    assert lm.adapt_enabled is False
+    res = lm.adapt_generate("after the stop")  # the stream goes on, without adapting
+    assert res.steps == [] and isinstance(res.answer, str)
+
+
+def test_guard_changes_nothing_on_a_healthy_stream(make_lm):
+    prompts = [f"What is {i} + {i + 1}?" for i in range(6)]
+    runs = []
+    for guard in (True, False):
+        lm = make_lm(lr=1e-3, guard=guard, guard_window=3, guard_every=1)
+        rows = [lm.adapt_generate(p, problem_id=str(i)) for i, p in enumerate(prompts)]
+        runs.append([(r.answer, r.events, [s["loss"] for s in r.steps]) for r in rows])
+        if guard:
+            assert lm.guard.events == []
+    assert runs[0] == runs[1]
+
+
+def row(ans, resp=None, ent=1.0):
+    return {"extracted": ans, "response": resp or f"The answer is \\boxed{{{ans}}}.", "correct": False,
+            "steps": [{"entropy": ent}]}
+
+
+def test_verdicts_on_hand_made_streams():
+    healthy = [row(str(i)) for i in range(40)]
+    assert collapse_measures(healthy)["verdict"] == "stable"
+    constant = [row(str(i)) for i in range(20)] + [row("6") for _ in range(20)]
+    assert collapse_measures(constant)["verdict"] == "collapsed-constant"
+    loop = [row(str(i)) for i in range(20)] + [row(None, "the the the the the the the the") for _ in range(20)]
+    assert collapse_measures(loop)["verdict"] == "degenerate"
+    sharpening = [row(str(i), ent=1.0 / (1 + i)) for i in range(40)]
+    assert collapse_measures(sharpening)["verdict"] == "sharpening"
+    drifting = [row(str(i), ent=1.0 + i / 10) for i in range(40)]
+    assert collapse_measures(drifting)["verdict"] == "degenerate"
+    few = [row(None, "no answer here") for _ in range(36)] + [row("6") for _ in range(4)]
+    assert collapse_measures(few)["verdict"] != "collapsed-constant"  # 4 answers are too few to call
