@@ -137,3 +137,12 @@ def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progr
 
         log(f"report: {write_report(path)}")
     return path
+
+
+def cli(main, config: Path) -> None:
+    """The recipes' `__main__`: resolve YAML + command line, run, and turn bad input into exit 2."""
+    try:
+        main(resolve(config))
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        sys.exit(2)

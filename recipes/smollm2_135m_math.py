@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes._common import log, resolve, run_distributed, split  # noqa: E402
+from recipes._common import cli, log, run_distributed, split  # noqa: E402
 
 CONFIG = Path(__file__).parent / "configs" / "smollm2_135m_math.yaml"
 
@@ -43,8 +43,4 @@ def main(cfg: dict) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(resolve(CONFIG))
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        sys.exit(2)
+    cli(main, CONFIG)

@@ -18,3 +18,12 @@ def make_lm(tok):
         return ZeroSiamLM(tiny_model(arch, seed=seed), tok, AdaptConfig(**cfg))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama and the character tokenizer saved as a local model folder."""
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(d)
+    char_tokenizer().save_pretrained(d)
+    return d

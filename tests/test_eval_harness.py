@@ -12,17 +12,9 @@ from eval.cli import main as cli_main
 from eval.report import accuracy, load_run, write_report
 from eval.runner import RunConfig, Runner, merge_shards, parse_method_spec, pass_at_k, read_rows
 from zs_llm import AdaptConfig
-from zs_llm.testing import char_tokenizer, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(d)
-    char_tokenizer().save_pretrained(d)
-    return d
 
 
 def cfg(tiny_dir, **kw):

@@ -12,15 +12,6 @@ ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 KEYS = ("id", "index", "method", "dataset", "prompt", "response", "extracted", "gold", "correct", "config_hash")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from zs_llm.testing import char_tokenizer, tiny_model
-
-    d = tmp_path_factory.mktemp("tiny")
-    tiny_model("llama").save_pretrained(d)
-    char_tokenizer().save_pretrained(d)
-    return d
-
 
 def rows(out):
     return {k: [{f: r[f] for f in KEYS} for r in v] for k, v in load_run(out).items()}

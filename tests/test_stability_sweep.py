@@ -10,7 +10,6 @@ import pytest
 
 from eval.runner import read_rows, stream_path
 from zs_llm.diagnostics import collapse_measures
-from zs_llm.testing import char_tokenizer, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,13 +143,6 @@ def test_grid_rejects_unknown_axes_and_bad_values():
 
 # ------------------------------------------------------------------ running, resume, summary
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(d)
-    char_tokenizer().save_pretrained(d)
-    return d
 
 
 def test_sweep_runs_skips_finished_and_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
