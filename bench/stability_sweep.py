@@ -287,8 +287,7 @@ COLUMNS = [
 def summarize_rows(rows: list[dict]) -> dict:
     """collapse_measures of one stream plus the guard's events and the time per problem."""
     m = collapse_measures(rows)
-    # how many answers the top-answer share of the last half rests on (empty boxes do not count)
-    m["answers_last_half"] = sum(1 for r in rows[len(rows) // 2 :] if r.get("extracted") not in (None, ""))
+    # m["answers_last_half"] (from collapse_measures): how many answers the top-answer share rests on
     # format, apart from arithmetic: SmolLM2 often copies the prompt's empty `\boxed{}`
     m["answered"] = sum(1 for r in rows if r.get("extracted") not in (None, "")) / max(1, len(rows))
     m["guard_events"] = sum(1 for r in rows for e in r.get("events") or [] if str(e).startswith("guard"))

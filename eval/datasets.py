@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zs_llm.diagnostics import last_boxed
 from zs_llm.registry import Registry
 
 ENV_DATA_DIR = "ZS_LLM_DATA_DIR"
@@ -81,19 +82,6 @@ def _first(row: dict, *keys: str, default=None):
 
 def _row_id(row: dict, index: int, *keys: str) -> str:
     return str(_first(row, *keys, default=index))
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last brace-matched `\\boxed{...}` in a reference solution, stripped."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth = 0
-    for i in range(start + len("\\boxed"), len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start + len("\\boxed{") : i].strip()
-    return None
 
 
 def _number_text(value) -> str:
