@@ -52,7 +52,10 @@ def main():
     ap.add_argument("--response-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.llama8b:
         model, tok = llama8b_shaped(dtype, args.device, args.layers), None

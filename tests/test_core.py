@@ -156,8 +156,8 @@ def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
     before = lm.snapshot()
     orig = lm.method.token_loss
 
-    def bad(uo, ur, labels):
-        loss, w, ex, grad = orig(uo, ur, labels)
+    def bad(uo, ur, labels, target_p=None):
+        loss, w, ex, grad = orig(uo, ur, labels, target_p)
         return loss * float("nan"), w, ex, grad * float("nan")
 
     monkeypatch.setattr(lm.method, "token_loss", bad)

@@ -9,6 +9,7 @@ from zs_llm.objective import (
     FAST_OBJECTIVES,
     OBJECTIVES,
     confidence_rows,
+    logit_stats,
     divergence,
     entropy,
     head_loss,
@@ -104,7 +105,7 @@ def test_chunked_loss_and_grads_equal_unchunked(objective, chunk):
         pred.zero_grad()
         zz = z.clone().requires_grad_(True)
         if chunked:
-            def tl(uo, ur, labels):
+            def tl(uo, ur, labels, target_p=None):
                 return zerosiam_token_loss(uo, ur, objective=objective)[0], None, {}
 
             loss = head_loss(pred(zz), zz, head, tl, mask=mask, chunk_size=chunk)
@@ -125,7 +126,7 @@ def test_head_loss_weights_and_stats():
     w = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 0.0])
     stats = {}
 
-    def tl(uo, ur, labels):
+    def tl(uo, ur, labels, target_p=None):
         return entropy(uo), w[: len(uo)] if len(uo) == 6 else None, {}
 
     got = head_loss(z, None, head, tl, chunk_size=6, stats=stats)
@@ -133,8 +134,41 @@ def test_head_loss_weights_and_stats():
     assert got.item() == pytest.approx(((ent * w).sum() / w.sum()).item(), rel=1e-6)
     assert stats["tokens"] == 6 and stats["tokens_selected"] == 3
     assert stats["entropy"] == pytest.approx(ent.mean().item(), rel=1e-5)
-    assert stats["logit_norm_centered"] <= stats["logit_norm"] + 1e-6 or True  # both reported
-    assert {"max_prob", "logit_norm", "logit_norm_centered"} <= set(stats)
+    u = head(z)
+    assert stats["max_prob"] == pytest.approx(u.softmax(-1).amax(-1).mean().item(), rel=1e-5)
+    assert stats["logit_norm"] == pytest.approx(u.norm(dim=-1).mean().item(), rel=1e-5)
+    centered = (u - u.mean(-1, keepdim=True)).norm(dim=-1).mean().item()
+    assert stats["logit_norm_centered"] == pytest.approx(centered, rel=1e-5)
+
+
+def test_centered_norm_survives_a_large_shared_offset():
+    """A shared offset much larger than the spread must not eat the centered norm."""
+    torch.manual_seed(1)
+    u = 2 * torch.randn(3, 50000) + 40.0
+    got = logit_stats(u)["logit_norm_centered"]
+    torch.testing.assert_close(got, (u - u.mean(-1, keepdim=True)).norm(dim=-1), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("method", ["tent", "zerosiam", "zerosiam:alpha=0.3", "zerosiam:divergence=js"])
+def test_loop_statistics_are_the_target_branchs(method):
+    """Whatever a method's loss hands back for reuse, the logged statistics are those of the
+    target logits computed directly."""
+    from zs_llm import METHODS, AdaptConfig
+
+    name, _, kv = method.partition(":")
+    cfg = AdaptConfig(method=name, **({kv.split("=")[0]: float(kv.split("=")[1]) if kv.startswith("alpha")
+                                        else kv.split("=")[1]} if kv else {}))
+    m = METHODS[name](cfg)
+    torch.manual_seed(2)
+    head = torch.nn.Linear(5, 13).requires_grad_(False)
+    z = torch.randn(7, 5)
+    pred = torch.eye(5) + 0.3 * torch.randn(5, 5)
+    stats = {}
+    zo = (z @ pred.T if m.uses_predictor else z).requires_grad_(True)
+    head_loss(zo, z if m.uses_predictor else None, head, m.token_loss, chunk_size=3, stats=stats)
+    ref = {k: v.mean().item() for k, v in logit_stats(head(z)).items()}
+    for k, v in ref.items():
+        assert stats[k] == pytest.approx(v, rel=1e-5), k
 
 
 def test_unknown_names_are_errors():

@@ -9,7 +9,7 @@ memory grows with chunk x vocabulary, never with sequence x vocabulary.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -170,8 +170,8 @@ def _through_softmax(p, g):
 
 
 def _fast_entropy(lp, p):
-    h = -(p * lp).sum(-1)
-    return h, -p * (lp + h.unsqueeze(-1))
+    h = -_dot(p, lp)
+    return h, lp.add(h.unsqueeze(-1)).mul_(p).neg_()
 
 
 def _fast_slr(lp, p):
@@ -224,6 +224,28 @@ def _fast_mse(lp, p, lq, q):
 FAST_DIVERGENCES = {"sym_kl": _fast_sym_kl, "kl": _fast_kl, "rkl": _fast_rkl, "js": _fast_js, "mse": _fast_mse}
 
 
+def _dot(a, b):
+    """Row-wise sum(a * b) for (c, V) tensors, without a (c, V) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+
+
+def _fused_entropy_sym_kl(lp, p, lq, q, alpha):
+    """H(p) + alpha * (KL(p||q) + KL(q||p)) and its gradient w.r.t. the online logits, from
+    four row-wise dot products: with s_ab = sum(a * log b),
+    value = -s_pp + alpha * (s_pp - s_pq + s_qq - s_qp) and
+    gradient = p * ((alpha - 1) * lp - alpha * lq + (1 - alpha) * s_pp + alpha * (s_pq + 1)) - alpha * q.
+    Also returns the target's entropy (-s_qq), which the statistics reuse."""
+    s_pp, s_pq, s_qq, s_qp = _dot(p, lp), _dot(p, lq), _dot(q, lq), _dot(q, lp)
+    div = s_pp - s_pq + s_qq - s_qp
+    const = ((1 - alpha) * s_pp + alpha * (s_pq + 1)).unsqueeze(-1)
+    if alpha == 1:
+        g = lq.neg().add_(const)
+    else:
+        g = lp.mul(alpha - 1).add_(lq, alpha=-alpha).add_(const)
+    g.mul_(p).sub_(q, alpha=alpha)
+    return -s_pp + alpha * div, g, {"objective": -s_pp, "divergence": div, "entropy": -s_qq}
+
+
 @torch.no_grad()
 def confidence_rows(online_logits, objective: str = "entropy"):
     """(per-row confidence term, its gradient w.r.t. the online logits), closed form."""
@@ -232,15 +254,20 @@ def confidence_rows(online_logits, objective: str = "entropy"):
 
 
 @torch.no_grad()
-def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", objective="entropy"):
+def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", objective="entropy", target_p=None):
     """Closed-form `zerosiam_token_loss`: returns (loss (c,), grad w.r.t. online logits (c, V),
-    extras). `target_logp` are the target branch's log-probabilities (already detached)."""
+    extras). `target_logp` are the target branch's log-probabilities (already detached);
+    `target_p`, their exponent, when the caller has it. The default pair (entropy, sym_kl)
+    takes a fused path; extras then include the target's entropy."""
     lp = F.log_softmax(online_logits.float(), -1)
     p = lp.exp()
+    q = target_logp.exp() if target_p is None else target_p
+    if objective == "entropy" and divergence == "sym_kl" and alpha != 0:
+        return _fused_entropy_sym_kl(lp, p, target_logp, q, alpha)
     conf, g = FAST_OBJECTIVES[objective](lp, p)
     if alpha == 0:
         return conf, g, {"objective": conf, "divergence": torch.zeros_like(conf)}
-    div, gd = FAST_DIVERGENCES[divergence](lp, p, target_logp, target_logp.exp())
+    div, gd = FAST_DIVERGENCES[divergence](lp, p, target_logp, q)
     return conf + alpha * div, g + alpha * gd, {"objective": conf, "divergence": div}
 
 
@@ -266,7 +293,8 @@ def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tens
 # ---------------------------------------------------------------------------------------
 # chunked head + loss
 
-# token_loss(online_logits (c, V) fp32, target_logp (c, V) fp32 detached, labels (c,) | None)
+# token_loss(online_logits (c, V) fp32, target_logp (c, V) fp32 detached, labels (c,) | None,
+#            target_p (c, V), the exponent of target_logp)
 #   -> (loss (c,), weight (c,) | None, extras {name: (c,)})            autograd on the loss
 #   or (loss (c,), weight (c,) | None, extras, grad (c, V))             closed-form gradient
 # target_logp are the target branch's log-probabilities; without a predictor (z_target None)
@@ -274,18 +302,22 @@ def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tens
 TokenLoss = Callable[..., tuple]
 
 
-def logit_stats(logits: torch.Tensor, logp: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def logit_stats(logits: torch.Tensor, logp: torch.Tensor | None = None, probs: torch.Tensor | None = None,
+                skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Collapse diagnostics per row of (c, V) logits: entropy, max-probability, L2 norm raw
     and centered. The raw norm is dominated by an offset shared by the whole vocabulary;
-    the centered one (mean logit removed) tracks how far the logits spread."""
+    the centered one (mean logit removed) tracks how far the logits spread. `logp`/`probs`
+    reuse what the caller computed; names in `skip` are not computed (the caller has them)."""
     logits = logits.float()
     logp = F.log_softmax(logits, -1) if logp is None else logp
-    return {
-        "entropy": -(logp.exp() * logp).sum(-1),
-        "max_prob": logp.max(-1).values.exp(),
-        "logit_norm": logits.norm(dim=-1),
-        "logit_norm_centered": (logits - logits.mean(-1, keepdim=True)).norm(dim=-1),
-    }
+    out = {}
+    if "entropy" not in skip:
+        out["entropy"] = -_dot(logp.exp() if probs is None else probs, logp)
+    out["max_prob"] = logp.amax(-1).exp()
+    out["logit_norm"] = logits.norm(dim=-1)
+    # subtracted, not |u|^2 - V mean^2: the shared offset dominates |u|^2 and fp32 sums lose it
+    out["logit_norm_centered"] = (logits - logits.mean(-1, keepdim=True)).norm(dim=-1)
+    return out
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -313,16 +345,18 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             with torch.no_grad():
                 ur = uo32.detach() if z_target is None else head_fn(z_target[s:e]).float()
                 lr = F.log_softmax(ur, -1)
+                qr = lr.exp()
             with torch.enable_grad():  # autograd.Function.forward runs with grad mode off
-                out = token_loss(uo32, lr, None if labels is None else labels[s:e])
+                out = token_loss(uo32, lr, None if labels is None else labels[s:e], qr)
                 loss, weight, extras = out[:3]
+                uniform = weight is None and mask is None
                 w = torch.ones_like(loss) if weight is None else weight.detach().float()
                 if mask is not None:
                     w = w * mask[s:e].float()
                 if len(out) == 4:  # closed-form gradient w.r.t. the online logits
                     chunk_loss = (loss.detach() * w).sum()
                     if need_grad:
-                        gu = (out[3] * w.unsqueeze(-1)).to(uo.dtype)
+                        gu = (out[3] if uniform else out[3] * w.unsqueeze(-1)).to(uo.dtype)
                         (g,) = torch.autograd.grad(uo, zo, grad_outputs=gu)
                         grad[s:e] = g.float()
                 else:
@@ -333,7 +367,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             loss_sum += chunk_loss.detach()
             weight_sum += w.sum()
             with torch.no_grad():
-                rows = {**logit_stats(ur, lr), **extras}
+                rows = {**logit_stats(ur, lr, qr, skip=extras), **extras}
                 valid = torch.ones_like(w) if mask is None else mask[s:e].float()
                 for k, v in rows.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach().float() * valid).sum()

@@ -52,11 +52,14 @@ class Method:
         return bool(self.trains)
 
     # --- the loss -----------------------------------------------------------------------
-    def token_loss(self, online_logits, target_logp, labels):
-        """(c, V) online logits, (c, V) target log-probabilities (detached), (c,) labels ->
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
+        """(c, V) online logits, (c, V) target log-probabilities (detached), (c,) labels,
+        (c, V) target probabilities (their exponent, given to spare recomputing it) ->
         (per-token loss (c,), weight (c,) | None, extras[, d loss / d online logits (c, V)]).
         Return the 4th element when the gradient has a closed form; otherwise the loss must
-        carry an autograd graph to `online_logits`."""
+        carry an autograd graph to `online_logits`. An extra named like a `logit_stats` entry
+        (e.g. "entropy") must be that statistic of the target logits: it replaces the
+        loop's own computation."""
         raise NotImplementedError(f"method {self.name!r} defines no loss")
 
     def loss(self, lm: ZeroSiamLM, batch: LossBatch, stats: dict | None = None) -> torch.Tensor:

@@ -33,5 +33,5 @@ class COME(Method):
     name = "come"
     trains = ("lora",)
 
-    def token_loss(self, online_logits, target_logp, labels):
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
         return opinion_entropy(online_logits, self.config.come_tau), None, {"softmax_entropy": entropy(online_logits)}

@@ -15,7 +15,7 @@ class SAR(Method):
     name = "sar"
     trains = ("lora",)
 
-    def token_loss(self, online_logits, target_logp, labels):
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
         w = sar_weights(target_logp, self.config.filter_margin)
         value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, target_logp.exp())
         return value, w, {}, grad

@@ -20,7 +20,7 @@ class SLOT(Method):
         super().__init__(config)
         self.delta: torch.Tensor | None = None
 
-    def token_loss(self, online_logits, target_logp, labels):
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
         return F.cross_entropy(online_logits, labels, reduction="none"), None, {}
 
     def _ensure(self, lm):

@@ -13,7 +13,9 @@ class Tent(Method):
     name = "tent"
     trains = ("lora",)
 
-    def token_loss(self, online_logits, target_logp, labels):
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
         # no predictor: the target log-probabilities are the online ones (detached)
-        value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, target_logp.exp())
-        return value, None, {}, grad
+        objective = self.config.objective
+        q = target_logp.exp() if target_p is None else target_p
+        value, grad = FAST_OBJECTIVES[objective](target_logp, q)
+        return value, None, ({"entropy": value} if objective == "entropy" else {}), grad

@@ -17,9 +17,9 @@ class ZeroSiam(Method):
     def weights(self, target_logp):
         return None
 
-    def token_loss(self, online_logits, target_logp, labels):
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
         c = self.config
-        loss, grad, extras = zerosiam_rows(online_logits, target_logp, c.alpha, c.divergence, c.objective)
+        loss, grad, extras = zerosiam_rows(online_logits, target_logp, c.alpha, c.divergence, c.objective, target_p)
         return loss, self.weights(target_logp), extras, grad
 
 
