@@ -234,3 +234,11 @@ def test_load_local_folder_and_unwrap(tok, tmp_path):
     assert not any("lora_" in n for n, _ in plain.named_parameters())
     with pytest.raises(FileNotFoundError):
         zs_llm.load_model("./no/such/model")
+
+
+def test_linear_predictor_deviation_is_frobenius_distance_from_identity():
+    p = build_predictor("linear", 6)
+    with torch.no_grad():
+        p.weight.add_(0.01 * torch.randn(6, 6))
+    want = torch.linalg.matrix_norm(p.weight.detach() - torch.eye(6)).item()
+    assert p.deviation() == pytest.approx(want, rel=1e-6)

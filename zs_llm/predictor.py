@@ -55,6 +55,13 @@ class LinearPredictor(_Predictor):
     def _initial(self):
         return [torch.eye(self.dim, device=self.weight.device)]
 
+    def deviation(self) -> float:
+        # one temporary instead of an identity matrix plus two (the predictor is H x H: 4096^2 at 8B)
+        with torch.no_grad():
+            d = self.weight.detach().clone()
+            d.diagonal().sub_(1)
+            return float(torch.linalg.vector_norm(d))
+
 
 @PREDICTORS.register("fixed_random")
 class FixedRandomPredictor(_Predictor):
