@@ -163,6 +163,13 @@ class Grader:
         """`grade` over `(response, gold)` pairs, in order."""
         return [self.grade(response, gold, timeout) for response, gold in pairs]
 
+    def start(self) -> None:
+        """Start the worker now (it imports math-verify, ~1 s) so that the first grade needing it
+        does not wait; a no-op when it is running."""
+        with self._lock:
+            if self._worker is None or self._worker.proc.poll() is not None:
+                self._worker = _Worker()
+
     def close(self) -> None:
         with self._lock:
             if self._worker is not None:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from zs_llm.config import AdaptConfig
 
 from .datasets import DATASETS, dataset_fingerprint, load_problems, resolve_data_dir
-from .grading import extract_answer, grade
+from .grading import default_grader, extract_answer, grade
 from .prompting import PROMPT_STYLES, build_messages
 
 
@@ -268,6 +269,7 @@ class Runner:
 
     def run(self) -> Path:
         t0 = time.time()
+        default_grader().start()  # the grading worker warms up while the model loads and generates
         self._write_run_json()
         for i, (method, dataset) in enumerate(self.units()):
             mine, shard = self.assignment(method, dataset, i)
@@ -331,13 +333,16 @@ class Runner:
                    disable=not self.progress, dynamic_ncols=True)
         t_start, done_here = time.perf_counter(), 0
         batch = self.cfg.batch_size if (lm.method.batchable and self.cfg.n_samples == 1) else 1
+        # Without a checkpoint to keep in step with the rows, a batch is graded (in the grading
+        # worker) while the next one generates; its rows are written when that finishes.
+        pipelined = ckpt is None
+        pool = ThreadPoolExecutor(max_workers=1) if pipelined else None
+        pending = None
         with open(path, "a", encoding="utf-8") as f:
-            for b in range(0, len(todo), batch):
-                chunk = todo[b : b + batch]
-                messages = [build_messages(p.question, self.cfg.prompt_style) for p in chunk]
-                results = self._solve(lm, chunk, messages)
-                for p, msg, res in zip(chunk, messages, results):
-                    row = self._row(lm, method, dataset, p, msg, res, len(rows), order)
+
+            def emit(new_rows):
+                nonlocal n_graded, n_correct, done_here
+                for row in new_rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
@@ -352,7 +357,37 @@ class Runner:
                     rate = done_here / max(1e-9, time.perf_counter() - t_start) * 60
                     bar.update(1)
                     bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
+
+            try:
+                for b in range(0, len(todo), batch):
+                    chunk = todo[b : b + batch]
+                    messages = [build_messages(p.question, self.cfg.prompt_style) for p in chunk]
+                    results = self._solve(lm, chunk, messages)
+                    first = len(rows) + (len(pending[1]) if pending else 0)
+                    if not pipelined:
+                        emit(self._rows(lm, method, dataset, chunk, messages, results, first, order))
+                        continue
+                    if pending is not None:
+                        done, pending = pending, None
+                        emit(done[0].result())
+                    pending = (pool.submit(self._rows, lm, method, dataset, chunk, messages, results, first, order),
+                               chunk)
+                if pending is not None:
+                    done, pending = pending, None
+                    emit(done[0].result())
+            finally:
+                if pending is not None:  # a failure while the next batch generated: keep the graded rows
+                    try:
+                        emit(pending[0].result())
+                    except Exception:  # noqa: BLE001 - the original error is the one to raise
+                        pass
+                if pool is not None:
+                    pool.shutdown(wait=True)
         bar.close()
+
+    def _rows(self, lm, method, dataset, problems, messages, results, first, order) -> list[dict]:
+        return [self._row(lm, method, dataset, p, m, r, first + i, order)
+                for i, (p, m, r) in enumerate(zip(problems, messages, results))]
 
     def _solve(self, lm, problems, messages) -> list[dict]:
         """Answer a batch of problems; returns per problem {draft, responses, steps, ...}."""

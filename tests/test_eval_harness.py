@@ -167,3 +167,33 @@ def test_method_specs_and_vllm_translation():
     assert vllm_engine_kwargs("meta-llama/Llama-3.1-8B-Instruct", "bf16")["dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="noadapt"):
         Runner(RunConfig(backend="vllm", methods=["tent"]), "/tmp/x")
+
+
+def test_batched_rows_graded_while_the_next_batch_generates(tiny_dir, tmp_path, monkeypatch):
+    """noadapt batches are graded in the background: rows stay in order, each graded, and a
+    failure while generating a later batch keeps the rows of the batches already generated."""
+    from eval.grading import grade
+
+    out = Runner(cfg(tiny_dir, methods=["noadapt"], limit=5, batch_size=2), tmp_path / "ok", progress=False).run()
+    rows = read_rows(out / "rows" / "noadapt__arith.jsonl")
+    assert [r["index"] for r in rows] == list(range(5))
+    assert [r["correct"] for r in rows] == [grade(r["response"], r["gold"]) for r in rows]
+
+    r = Runner(cfg(tiny_dir, methods=["noadapt"], limit=5, batch_size=2), tmp_path / "dies", progress=False)
+    calls = {"n": 0}
+    solve = Runner._solve
+
+    def dying(self, lm, problems, messages):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return solve(self, lm, problems, messages)
+
+    monkeypatch.setattr(Runner, "_solve", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        r.run()
+    kept = read_rows(tmp_path / "dies" / "rows" / "noadapt__arith.jsonl")
+    assert [k["id"] for k in kept] == [x["id"] for x in rows[:4]]
+    monkeypatch.setattr(Runner, "_solve", solve)
+    Runner(cfg(tiny_dir, methods=["noadapt"], limit=5, batch_size=2), tmp_path / "dies", progress=False).run()
+    assert stable(read_rows(tmp_path / "dies" / "rows" / "noadapt__arith.jsonl")) == stable(rows)

@@ -99,7 +99,7 @@ class ZeroSiamLM:
                     m.eval()
         self.optimizer = self._build_optimizer()
         self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
-        if check:
+        if check and not self.method.batchable:  # generation-only methods never use head_logits
             self.check_identity()
         self._initial = self.snapshot()
         self.problems_seen = 0
