@@ -13,9 +13,9 @@ def test_guard_rolls_back_to_the_checkpoint_bitwise(make_lm):
     lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=4, guard_every=2, guard_action="rollback_lower_lr")
     g = lm.guard
     lrs = [x["lr"] for x in lm.optimizer.param_groups]
-    for i in range(2):  # two healthy problems with distinct answers: a checkpoint is kept
+    for i in range(4):  # a full window of healthy problems with distinct answers: a checkpoint is kept
         assert g.observe(f"so \\boxed{{{i}}}", step(lm)) is None
-    assert g.healthy_at == 2
+    assert g.healthy_at == 4
     lm.zs_config.guard_every = 100  # no further checkpoint before the trigger
     kept = {k: v.clone() for k, v in g.healthy["tensors"].items()}
     event = None
@@ -25,7 +25,7 @@ def test_guard_rolls_back_to_the_checkpoint_bitwise(make_lm):
     for k, v in lm._state_tensors().items():
         assert torch.equal(v, kept[k]), k
     assert [x["lr"] for x in lm.optimizer.param_groups] == [lr / 2 for lr in lrs]
-    assert lm.guard.events[0]["restored_to"] == 2
+    assert lm.guard.events[0]["restored_to"] == 4
 
 
 def test_guard_stop_action_and_stream_finishes(make_lm):
@@ -57,6 +57,11 @@ def row(ans, resp=None, ent=1.0):
 def test_verdicts_on_hand_made_streams():
     healthy = [row(str(i)) for i in range(40)]
     assert collapse_measures(healthy)["verdict"] == "stable"
+    format_lost = [row(str(i)) for i in range(30)] + [row(None, resp=f"words drifting {i}") for i in range(10)]
+    m = collapse_measures(format_lost)
+    assert m["answered_first"] == 1.0 and m["answered_last"] == 0.0 and m["verdict"] == "degenerate"
+    too_few = [row(str(i)) if i < 4 else row(None, resp=f"w {i}") for i in range(40)]
+    assert collapse_measures(too_few)["verdict"] == "stable"  # 4 answers in the first window: not judged
     constant = [row(str(i)) for i in range(20)] + [row("6") for _ in range(20)]
     assert collapse_measures(constant)["verdict"] == "collapsed-constant"
     loop = [row(str(i)) for i in range(20)] + [row(None, "the the the the the the the the") for _ in range(20)]
@@ -67,3 +72,38 @@ def test_verdicts_on_hand_made_streams():
     assert collapse_measures(drifting)["verdict"] == "degenerate"
     few = [row(None, "no answer here") for _ in range(36)] + [row("6") for _ in range(4)]
     assert collapse_measures(few)["verdict"] != "collapsed-constant"  # 4 answers are too few to call
+
+
+def test_guard_catches_responses_that_stop_answering(make_lm):
+    """Incoherent text that neither loops nor repeats one answer: the answered share falls."""
+    from zs_llm.guard import FORMAT_WINDOWS
+
+    lm = make_lm(guard_window=3, guard_every=1, guard_action="rollback")
+    g = lm.guard
+    span = FORMAT_WINDOWS * 3
+    for i in range(span):  # the first span: every response answers
+        assert g.observe(f"so \\boxed{{{i}}}", []) is None
+    assert g.reference_answered == 1.0 and g.healthy_at == span
+    words = ["two units in opposite directions", "the entire thing is four years left", "end result back in memory"]
+    event = None
+    for i in range(span):
+        event = event or g.observe(f"{words[i % 3]} {i}", [])
+    assert event and "answers in" in event
+    assert g.events[0]["restored_to"] >= span
+    # after the rollback no snapshot is taken until the checks can judge again
+    restored_at = g.healthy_at
+    for i in range(3):
+        g.observe(f"\\boxed{{{100 + i}}}", [])
+    assert g.healthy_at == restored_at
+
+
+def test_guard_answered_check_off_when_the_model_rarely_answers(make_lm):
+    from zs_llm.guard import FORMAT_MIN_ANSWERS, FORMAT_WINDOWS
+
+    lm = make_lm(guard_window=3)
+    g = lm.guard
+    span = FORMAT_WINDOWS * 3
+    for i in range(span):
+        g.observe(f"\\boxed{{{i}}}" if i < FORMAT_MIN_ANSWERS - 1 else f"text {i}", [])
+    assert g.reference_answered == 0.0
+    assert all(g.observe(f"more text {i}", []) is None for i in range(2 * span))

@@ -103,7 +103,15 @@ VERDICT_THRESHOLDS = {
     "degenerate_share": 0.3,  # degenerate: more than 30% of the last half's responses loop
     "sharpening_entropy_trend": 0.5,  # sharpening: entropy in the last quarter below half the first's
     "drift_entropy_trend": 1.25,  # degenerate (drift): entropy in the last quarter 25% above the first's
+    "format_ratio": 0.25,  # degenerate (format lost): answers extracted from the last window's responses
+    #                        below a quarter of the first window's share ...
+    "format_min_answers": 5,  # ... counted only when the first window has at least this many answers
 }
+
+
+def format_window(n: int) -> int:
+    """Problems in the first and last window of the answered-share measure: n/4, within 10..40."""
+    return max(10, min(40, n // 4))
 
 
 def collapse_measures(rows: Sequence[dict]) -> dict:
@@ -131,6 +139,16 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
         "degenerate_share_last_half": float(np.mean(deg[n // 2 :])) if n else float("nan"),
         "predictor_dev_final": next((d for d in reversed(dev) if not np.isnan(d)), float("nan")),
     }
+    # the share of responses with an extracted answer, first vs last window: text that turns
+    # incoherent without looping or sharpening stops answering (seen on 300-problem streams)
+    w = format_window(n)
+    answered = [r.get("extracted") not in (None, "") for r in rows]
+    if n >= 2 * w:
+        m["answered_first"], m["answered_last"] = float(np.mean(answered[:w])), float(np.mean(answered[-w:]))
+        m["answered_first_count"] = int(sum(answered[:w]))
+    else:
+        m["answered_first"] = m["answered_last"] = float("nan")
+        m["answered_first_count"] = 0
     m["verdict"] = verdict(m)
     return m
 
@@ -139,12 +157,17 @@ def verdict(m: dict) -> str:
     """stable | sharpening | collapsed-constant | degenerate, from `collapse_measures` (see
     VERDICT_THRESHOLDS). Collapse outranks sharpening: a stream that both sharpens and
     answers one thing is collapsed. Entropy drifting up (the predictor-driven failure, text
-    turning incoherent) counts as degenerate."""
+    turning incoherent) counts as degenerate, and so does a stream whose responses stop
+    giving an answer (format lost: the last window's answered share under a quarter of the
+    first window's)."""
     t = VERDICT_THRESHOLDS
     enough = m.get("answers_last_half", t["constant_min_answers"]) >= t["constant_min_answers"]
     if enough and m.get("top_answer_share_last_half", 0) > t["constant_share"]:
         return "collapsed-constant"
     if m.get("degenerate_share_last_half", 0) > t["degenerate_share"]:
+        return "degenerate"
+    if (m.get("answered_first_count", 0) >= t["format_min_answers"]
+            and m["answered_last"] < t["format_ratio"] * m["answered_first"]):
         return "degenerate"
     et = m.get("entropy_trend", float("nan"))
     if not np.isnan(et) and et > t["drift_entropy_trend"]:

@@ -4,8 +4,13 @@ After every problem it records the extracted answer, whether the response loops,
 adaptation step's entropy. Every `guard_every` healthy problems it keeps an in-memory
 snapshot of the adapted state. When the last `guard_window` problems show a collapse sign
 (one answer everywhere, looping responses, entropy far below or above the stream's first
-window), it restores the last healthy snapshot bitwise and then, per `guard_action`, keeps
-going, halves the learning rates, or stops adapting. On a healthy stream it changes nothing.
+window), or the responses of the last `FORMAT_WINDOWS` x `guard_window` problems stop giving
+an answer (under `FORMAT_RATIO` of the share in the stream's first such span, the failure in
+which text turns incoherent without looping), it restores the last healthy snapshot bitwise
+and then, per `guard_action`, keeps going, halves the learning rates, or stops adapting.
+Snapshots are taken only while every check can judge (its window is full), so after a
+rollback the next snapshot waits until the state has been judged again. On a healthy
+stream it changes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from .diagnostics import is_degenerate, last_boxed, top_answer_share
+from .diagnostics import VERDICT_THRESHOLDS, is_degenerate, last_boxed, top_answer_share
+
+#: the answered-share check spans this many guard windows ...
+FORMAT_WINDOWS = 4
+#: ... and triggers below this ratio of the stream's first span (the verdict's threshold) ...
+FORMAT_RATIO = VERDICT_THRESHOLDS["format_ratio"]
+#: ... when that first span holds at least this many answers
+FORMAT_MIN_ANSWERS = VERDICT_THRESHOLDS["format_min_answers"]
 
 
 class CollapseGuard:
@@ -21,6 +33,9 @@ class CollapseGuard:
         self.lm = lm
         c = lm.zs_config
         self.window: deque = deque(maxlen=c.guard_window)
+        self.answered: deque = deque(maxlen=FORMAT_WINDOWS * c.guard_window)
+        self.reference_answered: float | None = None
+        self._first_answered: list[bool] = []
         self.reference_entropy: float | None = None
         self._first: list[float] = []
         self.healthy = lm.snapshot()
@@ -28,9 +43,19 @@ class CollapseGuard:
         self.seen = 0
         self.events: list[dict] = []
 
+    def judging(self) -> bool:
+        """Whether every check has a full window (snapshots are taken only then)."""
+        return len(self.window) == self.window.maxlen and (
+            self.reference_answered is None or len(self.answered) == self.answered.maxlen)
+
     def check(self) -> str | None:
         """The reason the current window looks collapsed, or None."""
         c = self.lm.zs_config
+        if self.reference_answered and len(self.answered) == self.answered.maxlen:
+            share = sum(self.answered) / len(self.answered)
+            if share < FORMAT_RATIO * self.reference_answered:
+                return (f"answers in {share:.0%} of the last {len(self.answered)} responses "
+                        f"({self.reference_answered:.0%} in the stream's first {len(self.answered)})")
         if len(self.window) < self.window.maxlen:
             return None
         answers = [o["answer"] for o in self.window]
@@ -55,14 +80,22 @@ class CollapseGuard:
         c = self.lm.zs_config
         self.seen += 1
         ent = steps[-1].get("entropy") if steps else None
-        self.window.append({"answer": last_boxed(answer), "degenerate": is_degenerate(answer), "entropy": ent})
+        boxed = last_boxed(answer)
+        self.window.append({"answer": boxed, "degenerate": is_degenerate(answer), "entropy": ent})
+        self.answered.append(bool(boxed))
+        if self.reference_answered is None and len(self._first_answered) < self.answered.maxlen:
+            self._first_answered.append(bool(boxed))
+            if len(self._first_answered) == self.answered.maxlen:
+                n_ans = sum(self._first_answered)
+                # too few answers to judge a fall: the check stays off (0.0) for this stream
+                self.reference_answered = n_ans / len(self._first_answered) if n_ans >= FORMAT_MIN_ANSWERS else 0.0
         if self.reference_entropy is None and ent is not None:
             self._first.append(ent)
             if len(self._first) >= c.guard_window:
                 self.reference_entropy = sum(self._first) / len(self._first)
         reason = self.check()
         if reason is None:
-            if self.seen - self.healthy_at >= c.guard_every:
+            if self.judging() and self.seen - self.healthy_at >= c.guard_every:
                 self.healthy, self.healthy_at = self.lm.snapshot(), self.seen
             return None
         if self.events and self.events[-1]["restored_to"] == self.healthy_at:
@@ -75,6 +108,7 @@ class CollapseGuard:
         elif action == "rollback_stop":
             self.lm.adapt_enabled = False
         self.window.clear()
+        self.answered.clear()
         event = (f"guard: {reason}; restored the state after problem {self.healthy_at}"
                  + {"rollback": "", "rollback_lower_lr": ", learning rates halved",
                     "rollback_stop": ", adaptation stopped"}[action])
@@ -84,11 +118,16 @@ class CollapseGuard:
 
     def state_dict(self) -> dict:
         return {"window": list(self.window), "reference_entropy": self.reference_entropy, "first": self._first,
-                "seen": self.seen, "events": self.events}
+                "seen": self.seen, "events": self.events, "answered": list(self.answered),
+                "reference_answered": self.reference_answered, "first_answered": self._first_answered}
 
     def load_state_dict(self, d: dict) -> None:
         self.window.clear()
         self.window.extend(d["window"])
         self.reference_entropy, self._first = d["reference_entropy"], d["first"]
         self.seen, self.events = d["seen"], d["events"]
+        self.answered.clear()
+        self.answered.extend(d.get("answered", []))
+        self.reference_answered = d.get("reference_answered")
+        self._first_answered = d.get("first_answered", [])
         self.healthy, self.healthy_at = self.lm.snapshot(), self.seen  # the resumed state is the newest healthy one
