@@ -221,3 +221,12 @@ def test_chunked_closed_form_path_equals_unchunked_autograd():
     lb.backward()
     torch.testing.assert_close(la.detach(), lb.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(za.grad, zb.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_logit_stats_on_batched_rows_equal_flat_rows():
+    torch.manual_seed(6)
+    u = 3 * torch.randn(2, 3, 11)
+    got, flat = logit_stats(u), logit_stats(u.reshape(6, 11))
+    for k in flat:
+        torch.testing.assert_close(got[k].reshape(6), flat[k])
+    torch.testing.assert_close(got["entropy"], entropy(u))

@@ -225,8 +225,10 @@ FAST_DIVERGENCES = {"sym_kl": _fast_sym_kl, "kl": _fast_kl, "rkl": _fast_rkl, "j
 
 
 def _dot(a, b):
-    """Row-wise sum(a * b) for (c, V) tensors, without a (c, V) temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+    """Row-wise sum(a * b) over the last dimension of (..., V) tensors, without a (..., V)
+    temporary (one batched matmul)."""
+    v = a.shape[-1]
+    return torch.bmm(a.reshape(-1, 1, v), b.reshape(-1, v, 1)).view(a.shape[:-1])
 
 
 def _fused_entropy_sym_kl(lp, p, lq, q, alpha):
