@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zs_llm.diagnostics import last_boxed
+from zs_llm.answers import extract_boxed
 from zs_llm.registry import Registry
 
 ENV_DATA_DIR = "ZS_LLM_DATA_DIR"
@@ -125,7 +125,7 @@ def _math500(row: dict, index: int) -> Problem:
 def _aime24(row: dict, index: int) -> Problem:
     gold = _first(row, "answer", "Answer")
     if gold is None:  # some copies keep the answer only in the solution's box
-        gold = last_boxed(_first(row, "solution", "Solution", default=""))
+        gold = extract_boxed(_first(row, "solution", "Solution", default=""))
     # Keep "025" as written: grading compares numbers, so it equals 25.
     return Problem(
         id=_row_id(row, index, "id", "ID"),
@@ -143,7 +143,7 @@ def _aime24(row: dict, index: int) -> Problem:
 def _minerva_math(row: dict, index: int) -> Problem:
     # The local file has no answer field: the gold is the one \boxed{} of the solution.
     solution = row.get("solution")
-    gold = last_boxed(solution) if solution else _first(row, "answer")
+    gold = extract_boxed(solution) if solution else _first(row, "answer")
     if gold is None:
         raise ValueError(f"minerva_math row {index} has no \\boxed{{}} answer in its solution")
     return Problem(

@@ -25,77 +25,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-MAX_RESPONSE_CHARS = 1_000_000  # longer responses keep only their tail, where the final answer is
+_WORKER_MODULE = "_zs_llm_grading_worker"
+if __name__ != _WORKER_MODULE:
+    # the worker process loads this file by path and needs only math-verify: importing the
+    # zs_llm package there would pull in torch (seconds of start-up, past its memory cap)
+    from zs_llm.answers import extract_answer, extract_boxed  # noqa: F401 (extract_boxed re-exported)
+
 MAX_ANSWER_CHARS = 1_000  # longest gold in the local sets is 988 characters (college_math)
 WORKER_GRACE_S = 1.0  # how long past the limit we wait before killing the worker
 WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take several seconds
 WORKER_MEMORY_BYTES = 4 << 30  # address-space cap inside the worker: `9^9^9` must not eat the host
 
-_BOX_OR_BRACE = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
-_BOX_TOKEN = re.compile(r"\\boxed\s+([^\s{}$]+)")  # `\boxed 5`: one token, no braces
-_PHRASES = re.compile(
-    r"(?:final\s+answer\s*(?:is|:)|the\s+answer\s+is\s*:?|####)[ \t]*([^\n]+)",
-    flags=re.IGNORECASE,
-)
-_MATH_DOLLAR = re.compile(r"(?<!\\)\$")
 _PLAIN_INT = re.compile(r"[+-]?\d+")
 # math-verify reads `4.5e33` as 4.5*E*33; minerva_math has 58 gold answers written that way.
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?|\.\d+)[eE]([-+]?\d+)(?![\w.])")
-
-
-# ---------------------------------------------------------------------------- extraction
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{...}` / `\\fbox{...}` (braces matched), or None.
-
-    `\\boxed 5` (a single token, no braces) also counts. An empty box gives "". Runs in one linear
-    pass, so nested or unbalanced braces in hostile text cost no more than plain text.
-    """
-    best: tuple[int, int] | None = None  # content span of the box that closed last
-    stack: list[int | None] = []  # content start for a box opener, None for a plain "{"
-    for m in _BOX_OR_BRACE.finditer(text):
-        if m.group() == "}":
-            if stack and (start := stack.pop()) is not None:
-                best = (start, m.start())
-        else:
-            stack.append(m.end() if len(m.group()) > 1 else None)
-    last_token = _last_match(_BOX_TOKEN, text)
-    if last_token is not None and (best is None or last_token.start() > best[1]):
-        return last_token.group(1).strip()
-    return None if best is None else text[best[0] : best[1]].strip()
-
-
-def extract_answer(response: str) -> str | None:
-    """The final answer in a response: the last boxed answer, else the last "the answer is X",
-    "final answer: X" or "#### X" (rest of that line). Dollar signs and a trailing period are dropped.
-    """
-    if len(response) > MAX_RESPONSE_CHARS:
-        response = response[-MAX_RESPONSE_CHARS:]
-    answer = extract_boxed(response)
-    if answer is None:
-        last = _last_match(_PHRASES, response)
-        if last is None:
-            return None
-        answer = last.group(1)
-    return _tidy(answer)
-
-
-def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
-    last = deque(pattern.finditer(text), maxlen=1)
-    return last[0] if last else None
-
-
-def _tidy(answer: str) -> str:
-    answer = answer.strip()
-    answer = _MATH_DOLLAR.sub("", answer).strip()  # math-mode `$`, not an escaped `\$` (money)
-    if answer.endswith(".") and not answer.endswith(".."):
-        answer = answer[:-1].rstrip()
-    return answer
 
 
 # ---------------------------------------------------------------------------- grading
@@ -242,7 +188,7 @@ class _Worker:
         # -P keeps the working directory off sys.path, where a local `eval/` or `datasets/` would shadow.
         code = (
             "import importlib.util as u;"
-            f"s=u.spec_from_file_location('_zs_llm_grading_worker', {os.path.abspath(__file__)!r});"
+            f"s=u.spec_from_file_location({_WORKER_MODULE!r}, {os.path.abspath(__file__)!r});"
             "m=u.module_from_spec(s);import sys;sys.modules[s.name]=m;s.loader.exec_module(m);m._worker_main()"
         )
         flags = ["-P"] if sys.version_info >= (3, 11) else []

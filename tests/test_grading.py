@@ -125,7 +125,7 @@ def test_grade_from_worker_thread():
 @pytest.fixture(scope="module")
 def grader():
     g = Grader()
-    assert g.grade(r"\boxed{1}", "1") is True  # start the worker outside the timed part
+    assert g.grade(r"\boxed{\frac{1}{2}}", "0.5") is True  # start the worker outside the timed part
     yield g
     g.close()
 

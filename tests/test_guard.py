@@ -107,3 +107,13 @@ def test_guard_answered_check_off_when_the_model_rarely_answers(make_lm):
         g.observe(f"\\boxed{{{i}}}" if i < FORMAT_MIN_ANSWERS - 1 else f"text {i}", [])
     assert g.reference_answered == 0.0
     assert all(g.observe(f"more text {i}", []) is None for i in range(2 * span))
+
+
+def test_guard_reads_answers_the_way_the_harness_extracts_them(make_lm):
+    from eval.grading import extract_answer
+
+    g = make_lm(guard_window=3).guard
+    for text in ("So, the answer is 8.", "\\boxed{}", "Final answer: 12", "no answer here"):
+        g.observe(text, [])
+        assert g.window[-1]["answer"] == (extract_answer(text) or None)
+    assert list(g.answered) == [True, False, True, False]

@@ -7,27 +7,10 @@ least `response`, and optionally `extracted`, `correct` and per-step stats.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-
-_BOXED = re.compile(r"\\boxed\s*\{")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last brace-matched `\\boxed{...}` in `text`, or None. Cheap and total:
-    used to track answers along a stream; the harness grades with `eval.grading`."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start : i - 1].strip()
-    return None
 
 
 def is_degenerate(text: str, min_repeats: int = 4, max_unit: int = 40) -> bool:

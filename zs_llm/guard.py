@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from .diagnostics import VERDICT_THRESHOLDS, is_degenerate, last_boxed, top_answer_share
+from .answers import extract_answer
+from .diagnostics import VERDICT_THRESHOLDS, is_degenerate, top_answer_share
 
 #: the answered-share check spans this many guard windows ...
 FORMAT_WINDOWS = 4
@@ -80,11 +81,11 @@ class CollapseGuard:
         c = self.lm.zs_config
         self.seen += 1
         ent = steps[-1].get("entropy") if steps else None
-        boxed = last_boxed(answer)
-        self.window.append({"answer": boxed, "degenerate": is_degenerate(answer), "entropy": ent})
-        self.answered.append(bool(boxed))
+        extracted = extract_answer(answer) or None  # the harness's extractor; an empty box is no answer
+        self.window.append({"answer": extracted, "degenerate": is_degenerate(answer), "entropy": ent})
+        self.answered.append(extracted is not None)
         if self.reference_answered is None and len(self._first_answered) < self.answered.maxlen:
-            self._first_answered.append(bool(boxed))
+            self._first_answered.append(extracted is not None)
             if len(self._first_answered) == self.answered.maxlen:
                 n_ans = sum(self._first_answered)
                 # too few answers to judge a fall: the check stays off (0.0) for this stream
