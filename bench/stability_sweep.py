@@ -271,6 +271,8 @@ COLUMNS = [
     "accuracy",
     "accuracy_last_half",
     "answered",
+    "answered_first",
+    "answered_last",
     "entropy_first",
     "entropy_trend",
     "logit_norm_centered_trend",
@@ -349,6 +351,8 @@ def markdown_table(records: list[dict]) -> str:
         "accuracy",
         "accuracy_last_half",
         "answered",
+        "answered_first",
+        "answered_last",
         "entropy_first",
         "entropy_trend",
         "logit_norm_centered_trend",
@@ -367,6 +371,7 @@ def markdown_table(records: list[dict]) -> str:
         "acc",
         "acc 2nd half",
         "answered",
+        "answered first / last window",
         "H first",
         "H trend",
         "norm trend",
@@ -382,6 +387,8 @@ def markdown_table(records: list[dict]) -> str:
     for r in records:
         name = r["point"] + ("" if r.get("finished", True) else " (running)")
         cells = [name] + [_cell(c, r.get(c)) for c in cols[1:]]
+        i = cols.index("answered_first")  # one cell for the pair
+        cells[i:i + 2] = [f"{cells[i]} / {cells[i + 1]}"]
         if r.get("verdict") == "collapsed-constant" and r.get("answers_last_half", FEW_ANSWERS) < FEW_ANSWERS:
             cells[-1] += f" (on {r['answers_last_half']} answers)"  # a share of a handful of answers is noise
         lines.append("| " + " | ".join(cells) + " |")
