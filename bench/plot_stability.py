@@ -212,13 +212,38 @@ def seed_table(recs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_compare(sweep_dir: Path, points: list[str], path: Path, window: int = 20) -> Path:
+    """The harness report's diagnostics figure with one line per sweep point (all its streams)."""
+    from eval.report import load_run, plot_diagnostics
+
+    streams, datasets = {}, []
+    for point in points:
+        run = load_run(sweep_dir / point)
+        if not run:
+            raise SystemExit(f"{sweep_dir / point} holds no rows")
+        for (_method, dataset), rows in run.items():
+            streams[(point, dataset)] = rows
+            datasets.append(dataset)
+    dataset = datasets[0]
+    plot_diagnostics(streams, dataset, path, window,
+                     title=f"{dataset}: " + ", ".join(points) + f" (rolling {window})")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_dir", help="the --out folder of bench/stability_sweep.py")
     ap.add_argument("--out", default="docs/stability", help="folder for the PNGs")
+    ap.add_argument("--compare", nargs="+", metavar="POINT", help="only plot these points' streams together "
+                    "(every collapse diagnostic, rolling windows) into compare_<--name>.png")
+    ap.add_argument("--name", default="points", help="file name part for --compare")
+    ap.add_argument("--window", type=int, default=20, help="rolling window for --compare")
     args = ap.parse_args(argv)
     sweep_dir, out = Path(args.sweep_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        print(f"wrote {plot_compare(sweep_dir, args.compare, out / f'compare_{args.name}.png', args.window)}")
+        return
     recs = load_records(sweep_dir)
     if not recs:
         raise SystemExit(f"no summary_*.json in {sweep_dir}; run bench/stability_sweep.py (--summary-only) first")

@@ -106,6 +106,7 @@ DIAGNOSTICS = [
     ("top_share", "share of the most common answer (window)"),
     ("degenerate", "looping responses (window)"),
     ("running_acc", "accuracy (window)"),
+    ("answered", "responses with an extracted answer (window)"),
 ]
 
 
@@ -116,6 +117,7 @@ def stream_series(rows: list[dict], window: int = 20) -> dict[str, np.ndarray]:
     s["top_share"] = rolling_top_share([r.get("extracted") for r in rows], window)
     s["degenerate"] = rolling([float(is_degenerate(r.get("response") or "")) for r in rows], window)
     s["running_acc"] = rolling([float(r["correct"]) if r.get("correct") is not None else np.nan for r in rows], window)
+    s["answered"] = rolling([float(r.get("extracted") not in (None, "")) for r in rows], window)
     return s
 
 
@@ -141,26 +143,31 @@ def plot_accuracy(acc: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20) -> None:
+def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20, title: str | None = None) -> None:
+    """One panel per DIAGNOSTICS entry, one line per (label, dataset) stream of `dataset`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
-    for (m, d), rows in streams.items():
-        if d != dataset:
-            continue
+    ncols = 3
+    nrows = -(-len(DIAGNOSTICS) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.1 * nrows))
+    mine = [(m, rows) for (m, d), rows in streams.items() if d == dataset]
+    for i, (m, rows) in enumerate(mine):  # one colour per stream in every panel
         s = stream_series(rows, window)
-        for ax, (key, title) in zip(axes.flat, DIAGNOSTICS):
+        for ax, (key, panel) in zip(axes.flat, DIAGNOSTICS):
             y = s[key]
             if not np.all(np.isnan(y)):
-                ax.plot(np.arange(1, len(y) + 1), y, label=m, lw=1.2)
-            ax.set_title(title, fontsize=9)
+                ax.plot(np.arange(1, len(y) + 1), y, color=f"C{i % 10}", lw=1.2)
+            ax.set_title(panel, fontsize=9)
             ax.set_xlabel("problem", fontsize=8)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"collapse diagnostics along the stream: {dataset}", fontsize=10)
-    fig.tight_layout()
+    for ax in list(axes.flat)[len(DIAGNOSTICS):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=f"C{i % 10}", lw=1.5) for i in range(len(mine))]
+    fig.legend(handles, [m for m, _ in mine], loc="lower center", ncol=min(len(mine), 5), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.suptitle(title or f"collapse diagnostics along the stream: {dataset}", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
