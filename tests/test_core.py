@@ -242,3 +242,30 @@ def test_linear_predictor_deviation_is_frobenius_distance_from_identity():
         p.weight.add_(0.01 * torch.randn(6, 6))
     want = torch.linalg.matrix_norm(p.weight.detach() - torch.eye(6)).item()
     assert p.deviation() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_generation_with_lora_folded_in_matches_and_restores_exactly(arch, tok):
+    """Generation runs LoRA folded into temporary weights: same logits as the unmerged layers,
+    and the base weights are the very same tensors, bitwise unchanged, afterwards."""
+    lm = ZeroSiamLM(tiny_model(arch), tok, AdaptConfig(lr=0.5, predictor_lr=0.5, guard=False, max_new_tokens=4))
+    with torch.no_grad():  # a LoRA far from zero
+        for n, p in lm.hf.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ids = lm.encode("what is 2 + 3?")
+    before = {n: (p, p.detach().clone()) for n, p in lm.hf.named_parameters()}
+    with torch.no_grad():
+        unmerged = lm.hf(ids).logits
+        with lm.lora_merged():
+            merged = lm.hf(ids).logits
+            assert any(m.merged for m in lm.hf.modules() if hasattr(m, "merged_adapters"))
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    after = dict(lm.hf.named_parameters())
+    assert after.keys() == before.keys()
+    for n, (p, v) in before.items():
+        assert after[n] is p and torch.equal(p, v), n
+    assert not any(m.merged for m in lm.hf.modules() if hasattr(m, "merged_adapters"))
+    lm.generate_ids(ids)  # through the merged path, then a step still reaches the LoRA parameters
+    stats = lm.adapt_generate("what is 2 + 3?").steps[0]
+    assert stats["grad_norm"] > 0

@@ -3,6 +3,7 @@ output head, and an optimizer, composed around the model rather than subclassing
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -104,6 +105,7 @@ class ZeroSiamLM:
         self._initial = self.snapshot()
         self.problems_seen = 0
         self.adapt_enabled = True
+        self.merge_lora_for_generation = True
         self.guard = None
         if config.guard and config.schedule == "online" and self.method.adapts:
             from .guard import CollapseGuard
@@ -279,14 +281,49 @@ class ZeroSiamLM:
                 torch.manual_seed(c.seed + self.problems_seen)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            out = self.hf.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                   pad_token_id=pad, **kw)
+            with self.lora_merged():
+                out = self.hf.generate(input_ids=input_ids.to(self.device),
+                                       attention_mask=attention_mask.to(self.device), pad_token_id=pad, **kw)
         finally:
             if handle is not None:
                 handle.remove()
             if was_training:
                 self.hf.train()
         return out[:, input_ids.shape[1]:]
+
+    @contextlib.contextmanager
+    def lora_merged(self):
+        """Inside: every LoRA layer runs as one matmul on a temporary copy of its base weight with
+        the update folded in (W + scale * B A), instead of three (generation is launch- and
+        bandwidth-bound). The original weight tensors are put back untouched on exit, so nothing
+        drifts. Layers whose base is not a plain Linear / Conv1D keep the unmerged path.
+        `merge_lora_for_generation = False` on the wrapper turns it off."""
+        swapped = []
+        if self.peft is not None and self.merge_lora_for_generation:
+            from peft.tuners.lora.layer import Linear as LoraLinear
+            from transformers.pytorch_utils import Conv1D
+
+            with torch.no_grad():
+                for m in self.hf.modules():
+                    if not isinstance(m, LoraLinear) or m.merged or any(m.lora_bias.values()):
+                        continue
+                    base = m.get_base_layer()
+                    if type(base) not in (nn.Linear, Conv1D) or m.lora_variant:
+                        continue
+                    names = [a for a in m.active_adapters if a in m.lora_A]
+                    w = base.weight
+                    merged = w.detach().clone()
+                    for a in names:
+                        merged += m.get_delta_weight(a).to(w.dtype)
+                    base.weight = nn.Parameter(merged, requires_grad=False)
+                    m.merged_adapters = names
+                    swapped.append((m, base, w))
+        try:
+            yield
+        finally:
+            for m, base, w in swapped:
+                base.weight = w
+                m.merged_adapters = []
 
     def decode(self, ids: torch.Tensor) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
