@@ -12,6 +12,6 @@ run() { echo "== $*"; date +%T; "$py" "$@" 2>&1 | grep -v -i -E "warn|Loading we
   run bench/harness_overhead.py
   run bench/generate_overhead.py
   run bench/method_cost.py --problems 3
-  run bench/step_cost.py --llama8b --layers 1,2 --extrapolate 32 --prompt-tokens 64 --response-tokens 128 --repeats 4
+  run bench/step_cost.py --llama8b --layers 1,2 --extrapolate 32 --prompt-tokens 32 --response-tokens 64 --repeats 3
   date +%T
 } | tee "$log"
