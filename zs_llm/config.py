@@ -41,7 +41,7 @@ class AdaptConfig:
     # --- optimisation
     steps: int = _f(1, "Optimizer steps per problem.")
     optimizer: str = _f("sgd", "sgd (momentum, as the paper's vision code; the default, see docs/stability.md) or adamw.")
-    lr: float = _f(1e-2, "Learning rate of the LoRA adapters (and of SLOT's vector when method=slot uses lr).")
+    lr: float = _f(3e-3, "Learning rate of the LoRA adapters (and of SLOT's vector when method=slot uses lr).")
     predictor_lr: float | None = _f(None, "Learning rate of the predictor; None uses lr * predictor_lr_scale.")
     predictor_lr_scale: float = _f(1.0, "Predictor learning rate as a multiple of lr, used when predictor_lr is None.")
     momentum: float = _f(0.9, "SGD momentum.")
