@@ -154,7 +154,7 @@ def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20, title:
     nrows = -(-len(DIAGNOSTICS) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.1 * nrows))
     mine = [(m, rows) for (m, d), rows in streams.items() if d == dataset]
-    for i, (m, rows) in enumerate(mine):  # one colour per stream in every panel
+    for i, (_m, rows) in enumerate(mine):  # one colour per stream in every panel
         s = stream_series(rows, window)
         for ax, (key, panel) in zip(axes.flat, DIAGNOSTICS):
             y = s[key]
