@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:
 
 from eval.runner import RunConfig, read_rows, safe_name, stream_path  # noqa: E402
 from zs_llm.config import AdaptConfig  # noqa: E402
-from zs_llm.diagnostics import collapse_measures  # noqa: E402
+from zs_llm.diagnostics import collapse_measures, has_answer  # noqa: E402
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"methods", "adapt"}
 ADAPT_FIELDS = set(AdaptConfig.field_names()) - {"method"}
@@ -291,7 +291,7 @@ def summarize_rows(rows: list[dict]) -> dict:
     m = collapse_measures(rows)
     # m["answers_last_half"] (from collapse_measures): how many answers the top-answer share rests on
     # format, apart from arithmetic: SmolLM2 often copies the prompt's empty `\boxed{}`
-    m["answered"] = sum(1 for r in rows if r.get("extracted") not in (None, "")) / max(1, len(rows))
+    m["answered"] = sum(map(has_answer, rows)) / max(1, len(rows))
     m["guard_events"] = sum(1 for r in rows for e in r.get("events") or [] if str(e).startswith("guard"))
     times = [r.get("timings", {}).get("total_s") for r in rows]
     times = [t for t in times if t is not None]
@@ -344,26 +344,7 @@ def _cell(k: str, v) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    cols = [
-        "point",
-        "dataset",
-        "problems",
-        "accuracy",
-        "accuracy_last_half",
-        "answered",
-        "answered_first",
-        "answered_last",
-        "entropy_first",
-        "entropy_trend",
-        "logit_norm_centered_trend",
-        "top_answer_share_last_half",
-        "answers_last_half",
-        "degenerate_share_last_half",
-        "predictor_dev_final",
-        "guard_events",
-        "s_per_problem",
-        "verdict",
-    ]
+    cols = [c for c in COLUMNS if c != "method"]
     head = [
         "point",
         "data",

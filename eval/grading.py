@@ -113,8 +113,7 @@ class Grader:
         """Start the worker now (it imports math-verify, ~1 s) so that the first grade needing it
         does not wait; a no-op when it is running."""
         with self._lock:
-            if self._worker is None or self._worker.proc.poll() is not None:
-                self._worker = _Worker()
+            self._live_worker()
 
     def close(self) -> None:
         with self._lock:
@@ -122,9 +121,14 @@ class Grader:
                 self._worker.kill()
                 self._worker = None
 
-    def _ask(self, gold: str, pred: str, limit: float, **extra) -> str:
-        if self._worker is None or self._worker.proc.poll() is not None:  # never started, or died
+    def _live_worker(self) -> _Worker:
+        """The running worker, started anew when there is none or it died (call under the lock)."""
+        if self._worker is None or self._worker.proc.poll() is not None:
             self._worker = _Worker()
+        return self._worker
+
+    def _ask(self, gold: str, pred: str, limit: float, **extra) -> str:
+        self._live_worker()
         self._next_id += 1
         job_id = self._next_id
         self._worker.send({"id": job_id, "gold": gold, "pred": pred, "timeout": limit, **extra})

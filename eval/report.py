@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from zs_llm.diagnostics import collapse_measures, is_degenerate, rolling, rolling_top_share, step_stat
+from zs_llm.diagnostics import (
+    collapse_measures,
+    has_answer,
+    is_degenerate,
+    rolling,
+    rolling_top_share,
+    step_stat,
+)
 
 from .datasets import FOUR_SETS
 from .runner import pass_at_k, read_rows
@@ -117,7 +124,7 @@ def stream_series(rows: list[dict], window: int = 20) -> dict[str, np.ndarray]:
     s["top_share"] = rolling_top_share([r.get("extracted") for r in rows], window)
     s["degenerate"] = rolling([float(is_degenerate(r.get("response") or "")) for r in rows], window)
     s["running_acc"] = rolling([float(r["correct"]) if r.get("correct") is not None else np.nan for r in rows], window)
-    s["answered"] = rolling([float(r.get("extracted") not in (None, "")) for r in rows], window)
+    s["answered"] = rolling([float(has_answer(r)) for r in rows], window)
     return s
 
 

@@ -92,6 +92,11 @@ VERDICT_THRESHOLDS = {
 }
 
 
+def has_answer(row: dict) -> bool:
+    """Whether a row's response gave an extracted, non-empty answer."""
+    return row.get("extracted") not in (None, "")
+
+
 def format_window(n: int) -> int:
     """Problems in the first and last window of the answered-share measure: n/4, within 10..40."""
     return max(10, min(40, n // 4))
@@ -108,6 +113,7 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
     norm_c = [step_stat(r, "logit_norm_centered") for r in rows]
     dev = [step_stat(r, "predictor_dev") for r in rows]
     deg = [is_degenerate(r.get("response") or "") for r in rows]
+    answered = [has_answer(r) for r in rows]
     m = {
         "problems": n,
         "accuracy": float(np.mean(graded)) if graded else float("nan"),
@@ -117,7 +123,7 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
         "logit_norm_centered_trend": trend(norm_c),
         "top_answer_share": top_answer_share([r.get("extracted") for r in rows]),
         "top_answer_share_last_half": top_answer_share([r.get("extracted") for r in half]),
-        "answers_last_half": sum(r.get("extracted") not in (None, "") for r in half),
+        "answers_last_half": sum(answered[n // 2 :]),
         "degenerate_share": float(np.mean(deg)) if deg else float("nan"),
         "degenerate_share_last_half": float(np.mean(deg[n // 2 :])) if n else float("nan"),
         "predictor_dev_final": next((d for d in reversed(dev) if not np.isnan(d)), float("nan")),
@@ -125,7 +131,6 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
     # the share of responses with an extracted answer, first vs last window: text that turns
     # incoherent without looping or sharpening stops answering (seen on 300-problem streams)
     w = format_window(n)
-    answered = [r.get("extracted") not in (None, "") for r in rows]
     if n >= 2 * w:
         m["answered_first"], m["answered_last"] = float(np.mean(answered[:w])), float(np.mean(answered[-w:]))
         m["answered_first_count"] = int(sum(answered[:w]))

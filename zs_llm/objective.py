@@ -263,12 +263,13 @@ def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", ob
     takes a fused path; extras then include the target's entropy."""
     lp = F.log_softmax(online_logits.float(), -1)
     p = lp.exp()
+    if alpha == 0:  # the target branch does not enter
+        conf, g = FAST_OBJECTIVES[objective](lp, p)
+        return conf, g, {"objective": conf, "divergence": torch.zeros_like(conf)}
     q = target_logp.exp() if target_p is None else target_p
-    if objective == "entropy" and divergence == "sym_kl" and alpha != 0:
+    if objective == "entropy" and divergence == "sym_kl":
         return _fused_entropy_sym_kl(lp, p, target_logp, q, alpha)
     conf, g = FAST_OBJECTIVES[objective](lp, p)
-    if alpha == 0:
-        return conf, g, {"objective": conf, "divergence": torch.zeros_like(conf)}
     div, gd = FAST_DIVERGENCES[divergence](lp, p, target_logp, q)
     return conf + alpha * div, g + alpha * gd, {"objective": conf, "divergence": div}
 
