@@ -269,3 +269,75 @@ def test_generation_with_lora_folded_in_matches_and_restores_exactly(arch, tok):
     lm.generate_ids(ids)  # through the merged path, then a step still reaches the LoRA parameters
     stats = lm.adapt_generate("what is 2 + 3?").steps[0]
     assert stats["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt_neox", "gpt2"])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_draft_logits_are_the_target_branch_at_the_response_positions(arch, temperature, make_lm):
+    """The logits kept from generation are the raw target-branch logits (soft-capping included,
+    no temperature) that the step would otherwise recompute from the features."""
+    lm = make_lm(arch, max_new_tokens=5, temperature=temperature, top_p=0.9)
+    with torch.no_grad():  # LoRA away from zero, so the kept logits include it
+        for n, p in lm.hf.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ids = lm.encode("What is 3 + 4?")
+    new, logits = lm.generate_ids(ids, return_logits=True)
+    assert logits.shape == (1, new.shape[1], lm.head.weight.shape[0]) and logits.dtype == torch.float32
+    batch = make_batch(ids, new[0], "response")
+    with torch.no_grad():
+        want = lm.head_logits(lm.features(batch.input_ids, batch.positions))
+    torch.testing.assert_close(logits[0], want.float(), rtol=1e-4, atol=1e-4)
+
+
+def count_head_calls(lm):
+    calls = []
+    lm.head.register_forward_hook(lambda m, a, o: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_kept_draft_logits_save_a_head_matmul_and_change_nothing(steps, make_lm):
+    """With the draft's logits kept, each problem's first step runs the head once less (one
+    chunk), later steps recompute the target, and the adapted state matches the recomputing
+    run's."""
+    runs = {}
+    for mib in (512.0, 0.0):
+        lm = make_lm("llama", seed=3, steps=steps, lr=0.05, predictor_lr=0.05, guard=False, draft_logits_mib=mib)
+        calls = count_head_calls(lm)
+        kept = []
+        orig = zs_llm.adapt.adapt_step
+
+        def spy(lm_, batch, pid=None, orig=orig, kept=kept):
+            kept.append(batch.target_logits is not None)
+            return orig(lm_, batch, pid)
+
+        zs_llm.adapt.adapt_step = spy
+        try:
+            results = [lm.adapt_generate(q) for q in ("What is 1 + 2?", "What is 5 * 3?", "Name a prime.")]
+        finally:
+            zs_llm.adapt.adapt_step = orig
+        runs[mib] = (len(calls), kept, adapted_state(lm), results)
+    (calls_k, kept_k, state_k, res_k), (calls_r, kept_r, state_r, res_r) = runs[512.0], runs[0.0]
+    assert kept_k == [True] + [False] * (steps - 1) + ([True] + [False] * (steps - 1)) * 2
+    assert not any(kept_r)
+    assert calls_r - calls_k == 3  # one head matmul fewer per problem
+    for n in state_r:
+        torch.testing.assert_close(state_k[n], state_r[n], rtol=1e-4, atol=1e-6)
+    assert [r.answer for r in res_k] == [r.answer for r in res_r]
+    assert res_k[0].steps[0]["loss"] == pytest.approx(res_r[0].steps[0]["loss"], rel=1e-4)
+    assert res_k[0].steps[0]["entropy"] == pytest.approx(res_r[0].steps[0]["entropy"], rel=1e-4)
+
+
+def test_draft_logits_kept_only_when_they_fit_and_the_method_has_a_target_branch(make_lm):
+    from zs_llm.adapt import _keep_draft_logits
+
+    lm = make_lm("llama", max_new_tokens=6)
+    per_token_mib = lm.head.weight.shape[0] * 4 / 2**20
+    assert _keep_draft_logits(lm)
+    assert not _keep_draft_logits(make_lm("llama", max_new_tokens=6, draft_logits_mib=0))
+    assert not _keep_draft_logits(make_lm("llama", max_new_tokens=6, draft_logits_mib=5.9 * per_token_mib))
+    assert _keep_draft_logits(make_lm("llama", max_new_tokens=6, draft_logits_mib=6 * per_token_mib))
+    assert not _keep_draft_logits(make_lm("llama", method="tent"))  # Tent's target is its online branch
+    with pytest.raises(ValueError, match="draft_logits_mib"):
+        AdaptConfig(draft_logits_mib=-1)

@@ -230,3 +230,65 @@ def test_logit_stats_on_batched_rows_equal_flat_rows():
     for k in flat:
         torch.testing.assert_close(got[k].reshape(6), flat[k])
     torch.testing.assert_close(got["entropy"], entropy(u))
+
+
+def test_head_loss_from_known_target_logits_equals_recomputed():
+    """Target logits given up front (the draft's) give the same loss, stats and gradients as the
+    head applied to z_target, and the head runs only on the online rows."""
+    from zs_llm import METHODS, AdaptConfig
+
+    torch.manual_seed(0)
+    w = torch.randn(40, 8)
+    calls = []
+
+    def head(x):
+        calls.append(x.shape[0])
+        return x @ w.T
+
+    m = METHODS["zerosiam"](AdaptConfig())
+    z = torch.randn(10, 8)
+    pred = torch.eye(8) + 0.1 * torch.randn(8, 8)
+    out = {}
+    for known in (False, True):
+        zo = z.clone().requires_grad_(True)
+        stats = {}
+        calls.clear()
+        target = (z @ w.T) if known else None
+        loss = head_loss(zo @ pred.T, z, head, m.token_loss, chunk_size=4, stats=stats, target_logits=target)
+        loss.backward()
+        out[known] = (loss.detach(), zo.grad.clone(), stats, list(calls))
+    torch.testing.assert_close(out[True][0], out[False][0])
+    torch.testing.assert_close(out[True][1], out[False][1])
+    assert out[True][2] == pytest.approx(out[False][2])
+    assert out[False][3] == [4, 4, 4, 4, 2, 2] and out[True][3] == [4, 4, 2]
+    with pytest.raises(ValueError, match="target_logits"):
+        head_loss(z @ pred.T, z, head, m.token_loss, target_logits=torch.zeros(9, 40))
+
+
+@pytest.mark.parametrize("div,objective,alpha", [("sym_kl", "entropy", 1.0), ("sym_kl", "entropy", 0.3),
+                                                 ("js", "entropy", 1.0), ("sym_kl", "slr", 1.0),
+                                                 ("kl", "entropy", 0.0)])
+def test_inplace_rows_equal_allocating_rows_and_only_touch_the_scratch(div, objective, alpha):
+    """With inplace=True the result is the same; the online logits and the target
+    probabilities are left as they were (only target_logp, the scratch, may change)."""
+    torch.manual_seed(7)
+    uo, lq = 3 * torch.randn(6, 23), torch.log_softmax(3 * torch.randn(6, 23), -1)
+    q = lq.exp()
+    want = zerosiam_rows(uo, lq.clone(), alpha, div, objective, q.clone())
+    uo0, q0, scratch = uo.clone(), q.clone(), lq.clone()
+    got = zerosiam_rows(uo, scratch, alpha, div, objective, q, inplace=True)
+    assert torch.equal(uo, uo0) and torch.equal(q, q0)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    for k in want[2]:
+        torch.testing.assert_close(got[2][k], want[2][k])
+
+
+def test_logit_stats_from_probs_and_lse_equal_from_logp():
+    torch.manual_seed(8)
+    u = 4 * torch.randn(5, 31) + 12.0
+    lp = torch.log_softmax(u, -1)
+    ref = logit_stats(u)
+    got = logit_stats(u, probs=lp.exp(), lse=torch.logsumexp(u, -1))
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-5)

@@ -80,6 +80,16 @@ def _grads_finite(params) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
 
 
+def _keep_draft_logits(lm) -> bool:
+    """Whether the draft's logits serve as the first step's target branch: the method has one
+    apart from its online branch (a predictor), generation is that branch unaltered (no hook
+    before the head), and the logits fit `draft_logits_mib`."""
+    c, m = lm.zs_config, lm.method
+    if not m.uses_predictor or m.head_pre_hook(lm) is not None:
+        return False
+    return c.max_new_tokens * lm.head.weight.shape[0] * 4 <= c.draft_logits_mib * 2**20
+
+
 def adapt_step(lm, batch: LossBatch, problem_id: str | None = None) -> dict:
     """One optimizer step of `lm.method` on `batch`. Returns the step's stats."""
     t0 = time.perf_counter()
@@ -125,10 +135,15 @@ def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
     timings["method_s"] = time.perf_counter() - t
 
     adapts = method.adapts and method.loop_update and lm.adapt_enabled
-    draft_ids = None
+    draft_ids = draft_logits = None
     if (adapts and c.signal == "response") or c.answer == "draft" or not adapts:
         t = time.perf_counter()
-        draft_ids = _trim(lm.generate_ids(prompt_ids)[0], eos, pad)
+        if adapts and c.signal == "response" and _keep_draft_logits(lm):
+            new_ids, logits = lm.generate_ids(prompt_ids, return_logits=True)
+            draft_ids = _trim(new_ids[0], eos, pad)
+            draft_logits = logits[0, : draft_ids.numel()]
+        else:
+            draft_ids = _trim(lm.generate_ids(prompt_ids)[0], eos, pad)
         timings["draft_s"] = time.perf_counter() - t
 
     steps: list[dict] = []
@@ -138,8 +153,10 @@ def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
         if batch is None:
             events.append("no tokens to adapt on: update skipped")
         else:
+            batch.target_logits = draft_logits  # the first step's state is the draft's: its target logits
             for _ in range(c.steps):
                 steps.append(adapt_step(lm, batch, problem_id))
+                batch.target_logits = None  # stale once the step moved the state
                 if steps[-1]["skipped"]:
                     events.append("non-finite step skipped")
     timings["adapt_s"] = time.perf_counter() - t

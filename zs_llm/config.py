@@ -67,6 +67,9 @@ class AdaptConfig:
     # --- memory
     chunk_size: int = _f(512, "Tokens per chunk of the loss; peak loss memory grows with chunk_size x vocabulary.")
     gradient_checkpointing: bool = _f(False, "Recompute backbone activations in the backward pass (saves memory).")
+    draft_logits_mib: float = _f(512.0, "Keep the draft's logits (fp32) as the target branch of the first step after "
+                                 "it, which saves that step one head matmul, when max_new_tokens x vocabulary x 4 "
+                                 "bytes fits in this many MiB; 0 always recomputes the target from the features.")
     # --- method-specific
     filter_margin: float = _f(0.4, "SAR / EATA filters: keep tokens with entropy < filter_margin * ln(vocab).")
     sar_rho: float = _f(0.05, "SAR: radius of the sharpness-aware perturbation.")
@@ -94,7 +97,8 @@ class AdaptConfig:
         for name in ("steps", "max_new_tokens", "chunk_size", "lora_r", "guard_every", "guard_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AdaptConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "alpha", "predictor_lr_scale", "weight_decay", "temperature", "slot_lr", "eminf_lr"):
+        for name in ("lr", "alpha", "predictor_lr_scale", "weight_decay", "temperature", "slot_lr", "eminf_lr",
+                     "draft_logits_mib"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AdaptConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.predictor_lr is not None and self.predictor_lr < 0:

@@ -253,9 +253,10 @@ class ZeroSiamLM:
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                     max_new_tokens: int | None = None) -> torch.Tensor:
+                     max_new_tokens: int | None = None, return_logits: bool = False):
         """Generate from the target branch (LoRA active, no predictor) with the method's hooks.
-        Returns only the new tokens, (B, n)."""
+        Returns only the new tokens, (B, n); with `return_logits`, also the model's raw logits
+        (before any logits processor or sampling warper) that produced them, (B, n, V) fp32."""
         c = self.zs_config
         max_new = max_new_tokens or c.max_new_tokens
         if self.context_length is not None:
@@ -283,13 +284,16 @@ class ZeroSiamLM:
                 attention_mask = torch.ones_like(input_ids)
             with self.lora_merged():
                 out = self.hf.generate(input_ids=input_ids.to(self.device),
-                                       attention_mask=attention_mask.to(self.device), pad_token_id=pad, **kw)
+                                       attention_mask=attention_mask.to(self.device), pad_token_id=pad,
+                                       output_logits=return_logits, return_dict_in_generate=return_logits, **kw)
         finally:
             if handle is not None:
                 handle.remove()
             if was_training:
                 self.hf.train()
-        return out[:, input_ids.shape[1]:]
+        if not return_logits:
+            return out[:, input_ids.shape[1]:]
+        return out.sequences[:, input_ids.shape[1]:], torch.stack(out.logits, 1)
 
     @contextlib.contextmanager
     def lora_merged(self):

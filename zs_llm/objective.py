@@ -162,6 +162,9 @@ def zerosiam_loss(
 # Each returns (value (c,), d value / d online logits (c, V)) from log-probabilities, with no
 # autograd graph: one log_softmax and one exp per chunk instead of a graph of (c, V)
 # temporaries. For a function f of p = softmax(u): df/du = p * (g - sum(p * g)), g = df/dp.
+# Objectives take `inplace`: when true, the gradient may be built in `lp`'s storage (the
+# caller's scratch), which saves a (c, V) allocation. On CPU a fresh (c, V) tensor costs about
+# as much as a full pass over it (its pages are faulted in), so the fast paths count them.
 # Tests check every term against autograd on the reference functions above.
 
 
@@ -169,26 +172,27 @@ def _through_softmax(p, g):
     return p * (g - (p * g).sum(-1, keepdim=True))
 
 
-def _fast_entropy(lp, p):
+def _fast_entropy(lp, p, inplace=False):
     h = -_dot(p, lp)
-    return h, lp.add(h.unsqueeze(-1)).mul_(p).neg_()
+    g = lp.add_(h.unsqueeze(-1)) if inplace else lp.add(h.unsqueeze(-1))
+    return h, g.mul_(p).neg_()
 
 
-def _fast_slr(lp, p):
+def _fast_slr(lp, p, inplace=False):
     pc = p.clamp(max=1 - 1e-6)
     l1 = torch.log1p(-pc)
     v = -(p * (lp - l1)).sum(-1)
     return v, _through_softmax(p, -(lp + 1 - l1 + pc / (1 - pc)))
 
 
-def _fast_ce_argmax(lp, p):
+def _fast_ce_argmax(lp, p, inplace=False):
     v, idx = lp.max(-1)
     g = p.clone()
     g.scatter_add_(-1, idx.unsqueeze(-1), -torch.ones_like(v).unsqueeze(-1))
     return -v, g
 
 
-def _fast_neg_p2(lp, p):
+def _fast_neg_p2(lp, p, inplace=False):
     return -(p * p).sum(-1), _through_softmax(p, -2 * p)
 
 
@@ -231,20 +235,24 @@ def _dot(a, b):
     return torch.bmm(a.reshape(-1, 1, v), b.reshape(-1, v, 1)).view(a.shape[:-1])
 
 
-def _fused_entropy_sym_kl(lp, p, lq, q, alpha):
-    """H(p) + alpha * (KL(p||q) + KL(q||p)) and its gradient w.r.t. the online logits, from
-    four row-wise dot products: with s_ab = sum(a * log b),
+def _fused_entropy_sym_kl(u, lq, q, alpha, inplace=False):
+    """H(p) + alpha * (KL(p||q) + KL(q||p)) and its gradient w.r.t. the online logits `u`, with
+    p = softmax(u) and the online log-probabilities never materialised (lp = u - lse): four
+    row-wise dot products s_ab = sum(a * log b) give
     value = -s_pp + alpha * (s_pp - s_pq + s_qq - s_qp) and
     gradient = p * ((alpha - 1) * lp - alpha * lq + (1 - alpha) * s_pp + alpha * (s_pq + 1)) - alpha * q.
-    Also returns the target's entropy (-s_qq), which the statistics reuse."""
-    s_pp, s_pq, s_qq, s_qp = _dot(p, lp), _dot(p, lq), _dot(q, lq), _dot(q, lp)
+    With `inplace` the gradient is built in `lq`'s storage. Also returns the target's entropy
+    (-s_qq), which the statistics reuse."""
+    p = torch.softmax(u, -1)
+    lse = u.amax(-1) - p.amax(-1).log()  # log-sum-exp from the largest probability: no (c, V) pass
+    s_pp, s_pq, s_qq, s_qp = _dot(p, u) - lse, _dot(p, lq), _dot(q, lq), _dot(q, u) - lse
     div = s_pp - s_pq + s_qq - s_qp
-    const = ((1 - alpha) * s_pp + alpha * (s_pq + 1)).unsqueeze(-1)
-    if alpha == 1:
-        g = lq.neg().add_(const)
-    else:
-        g = lp.mul(alpha - 1).add_(lq, alpha=-alpha).add_(const)
-    g.mul_(p).sub_(q, alpha=alpha)
+    # the lp term as (alpha - 1) * u, its -(alpha - 1) * lse folded into the per-row constant
+    const = ((1 - alpha) * s_pp + alpha * (s_pq + 1) - (alpha - 1) * lse).unsqueeze(-1)
+    g = lq.mul_(-alpha) if inplace else lq.mul(-alpha)
+    if alpha != 1:
+        g.add_(u, alpha=alpha - 1)
+    g.add_(const).mul_(p).sub_(q, alpha=alpha)
     return -s_pp + alpha * div, g, {"objective": -s_pp, "divergence": div, "entropy": -s_qq}
 
 
@@ -252,26 +260,30 @@ def _fused_entropy_sym_kl(lp, p, lq, q, alpha):
 def confidence_rows(online_logits, objective: str = "entropy"):
     """(per-row confidence term, its gradient w.r.t. the online logits), closed form."""
     lp = F.log_softmax(online_logits.float(), -1)
-    return FAST_OBJECTIVES[objective](lp, lp.exp())
+    return FAST_OBJECTIVES[objective](lp, lp.exp(), inplace=True)
 
 
 @torch.no_grad()
-def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", objective="entropy", target_p=None):
+def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", objective="entropy", target_p=None,
+                  inplace=False):
     """Closed-form `zerosiam_token_loss`: returns (loss (c,), grad w.r.t. online logits (c, V),
     extras). `target_logp` are the target branch's log-probabilities (already detached);
-    `target_p`, their exponent, when the caller has it. The default pair (entropy, sym_kl)
-    takes a fused path; extras then include the target's entropy."""
-    lp = F.log_softmax(online_logits.float(), -1)
+    `target_p`, their exponent, when the caller has it; `inplace`: `target_logp` is scratch and
+    may be overwritten (the default pair builds the gradient in it). The default pair
+    (entropy, sym_kl) takes a fused path; extras then include the target's entropy."""
+    u = online_logits.float()
+    if alpha != 0 and objective == "entropy" and divergence == "sym_kl":
+        q = target_logp.exp() if target_p is None else target_p
+        return _fused_entropy_sym_kl(u, target_logp, q, alpha, inplace)
+    lp = F.log_softmax(u, -1)
     p = lp.exp()
     if alpha == 0:  # the target branch does not enter
-        conf, g = FAST_OBJECTIVES[objective](lp, p)
+        conf, g = FAST_OBJECTIVES[objective](lp, p, inplace=True)
         return conf, g, {"objective": conf, "divergence": torch.zeros_like(conf)}
     q = target_logp.exp() if target_p is None else target_p
-    if objective == "entropy" and divergence == "sym_kl":
-        return _fused_entropy_sym_kl(lp, p, target_logp, q, alpha)
-    conf, g = FAST_OBJECTIVES[objective](lp, p)
     div, gd = FAST_DIVERGENCES[divergence](lp, p, target_logp, q)
-    return conf + alpha * div, g + alpha * gd, {"objective": conf, "divergence": div}
+    conf, g = FAST_OBJECTIVES[objective](lp, p, inplace=True)  # lp is ours and no longer needed
+    return conf + alpha * div, g.add_(gd, alpha=alpha), {"objective": conf, "divergence": div}
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,22 +313,30 @@ def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tens
 #   -> (loss (c,), weight (c,) | None, extras {name: (c,)})            autograd on the loss
 #   or (loss (c,), weight (c,) | None, extras, grad (c, V))             closed-form gradient
 # target_logp are the target branch's log-probabilities; without a predictor (z_target None)
-# they equal the online branch's, detached.
+# they equal the online branch's, detached. target_logp is the caller's scratch: nothing reads
+# it after the call, so a method may overwrite it (after reading what it needs from it, its
+# weights included), e.g. to return its gradient in that storage. target_p is read afterwards
+# and must stay intact.
 TokenLoss = Callable[..., tuple]
 
 
 def logit_stats(logits: torch.Tensor, logp: torch.Tensor | None = None, probs: torch.Tensor | None = None,
-                skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+                skip: Iterable[str] = (), lse: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Collapse diagnostics per row of (c, V) logits: entropy, max-probability, L2 norm raw
     and centered. The raw norm is dominated by an offset shared by the whole vocabulary;
     the centered one (mean logit removed) tracks how far the logits spread. `logp`/`probs`
-    reuse what the caller computed; names in `skip` are not computed (the caller has them)."""
+    reuse what the caller computed, or `probs` with `lse` (the rows' log-sum-exp) when the
+    log-probabilities are gone; names in `skip` are not computed (the caller has them)."""
     logits = logits.float()
-    logp = F.log_softmax(logits, -1) if logp is None else logp
+    if logp is None and (lse is None or probs is None):
+        logp = F.log_softmax(logits, -1)
     out = {}
     if "entropy" not in skip:
-        out["entropy"] = -_dot(logp.exp() if probs is None else probs, logp)
-    out["max_prob"] = logp.amax(-1).exp()
+        if logp is not None:
+            out["entropy"] = -_dot(logp.exp() if probs is None else probs, logp)
+        else:  # H = lse - sum(p * u), since log p = u - lse and sum(p) = 1
+            out["entropy"] = lse - _dot(probs, logits)
+    out["max_prob"] = (logp.amax(-1) if logp is not None else logits.amax(-1) - lse).exp()
     out["logit_norm"] = logits.norm(dim=-1)
     # subtracted, not |u|^2 - V mean^2: the shared offset dominates |u|^2 and fp32 sums lose it
     out["logit_norm_centered"] = (logits - logits.mean(-1, keepdim=True)).norm(dim=-1)
@@ -332,7 +352,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z_online, z_target, mask, labels, head_fn, token_loss, chunk_size, stats_out):
+    def forward(ctx, z_online, z_target, target_logits, mask, labels, head_fn, token_loss, chunk_size, stats_out):
         n = z_online.shape[0]
         need_grad = z_online.requires_grad
         grad = torch.zeros_like(z_online, dtype=torch.float32) if need_grad else None
@@ -346,9 +366,15 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 uo = head_fn(zo)  # (c, V)
                 uo32 = uo.float()
             with torch.no_grad():
-                ur = uo32.detach() if z_target is None else head_fn(z_target[s:e]).float()
+                if target_logits is not None:
+                    ur = target_logits[s:e].to(uo32.device, torch.float32)
+                elif z_target is not None:
+                    ur = head_fn(z_target[s:e]).float()
+                else:
+                    ur = uo32.detach()
                 lr = F.log_softmax(ur, -1)
                 qr = lr.exp()
+                lse = ur.amax(-1) - lr.amax(-1)  # for the statistics: token_loss may overwrite lr
             with torch.enable_grad():  # autograd.Function.forward runs with grad mode off
                 out = token_loss(uo32, lr, None if labels is None else labels[s:e], qr)
                 loss, weight, extras = out[:3]
@@ -370,7 +396,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             loss_sum += chunk_loss.detach()
             weight_sum += w.sum()
             with torch.no_grad():
-                rows = {**logit_stats(ur, lr, qr, skip=extras), **extras}
+                rows = {**logit_stats(ur, probs=qr, lse=lse, skip=extras), **extras}
                 valid = torch.ones_like(w) if mask is None else mask[s:e].float()
                 for k, v in rows.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach().float() * valid).sum()
@@ -391,7 +417,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return (grad_out * grad).to(ctx.in_dtype), None, None, None, None, None, None, None
+        return (grad_out * grad).to(ctx.in_dtype), None, None, None, None, None, None, None, None
 
 
 def head_loss(
@@ -403,11 +429,15 @@ def head_loss(
     labels: torch.Tensor | None = None,
     chunk_size: int = 512,
     stats: dict | None = None,
+    target_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss from hidden states through a frozen head, computed in chunks of rows.
 
     z_online: (N, H), carries gradients (predictor output, or the hidden state itself);
     z_target: (N, H) or None (the target branch equals the online one, detached);
+    target_logits: (N, V), the target branch's logits already computed (the draft's, when the
+    state has not changed since it was generated): used instead of the head on z_target, which
+    saves one head matmul per chunk;
     head_fn: hidden (c, H) -> logits (c, V), including any post-processing (soft-capping);
     token_loss: see `TokenLoss`; mask: (N,) rows that count; labels: (N,) for losses that
     need them. Returns the weighted mean over rows; `stats`, when given, receives means of
@@ -420,4 +450,10 @@ def head_loss(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if z_target is not None:
         z_target = z_target.detach()
-    return _ChunkedHeadLoss.apply(z_online, z_target, mask, labels, head_fn, token_loss, chunk_size, stats)
+    if target_logits is not None:
+        if target_logits.dim() != 2 or target_logits.shape[0] != z_online.shape[0]:
+            raise ValueError(f"target_logits must be (N, V) with N = {z_online.shape[0]} rows of z_online, got shape "
+                             f"{tuple(target_logits.shape)}")
+        target_logits = target_logits.detach()
+    return _ChunkedHeadLoss.apply(z_online, z_target, target_logits, mask, labels, head_fn, token_loss, chunk_size,
+                                  stats)

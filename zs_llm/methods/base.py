@@ -29,6 +29,9 @@ class LossBatch:
     input_ids: torch.Tensor  # (1, T)
     positions: torch.Tensor  # (N,) positions whose next-token distribution enters the loss
     labels: torch.Tensor  # (N,) the token that followed each position (used by CE-type losses)
+    #: (N, V) the target branch's logits at `positions` when already known (the draft's, while
+    #: the state is the one that generated it); a method with a predictor then skips their head matmul
+    target_logits: torch.Tensor | None = None
 
 
 class Method:
@@ -59,15 +62,18 @@ class Method:
         Return the 4th element when the gradient has a closed form; otherwise the loss must
         carry an autograd graph to `online_logits`. An extra named like a `logit_stats` entry
         (e.g. "entropy") must be that statistic of the target logits: it replaces the
-        loop's own computation."""
+        loop's own computation. `target_logp` is the loop's scratch: nothing reads it after
+        the call, so the method may overwrite it once it has read what it needs (Tent and
+        ZeroSiam build their gradient in it); `target_p` must stay intact."""
         raise NotImplementedError(f"method {self.name!r} defines no loss")
 
     def loss(self, lm: ZeroSiamLM, batch: LossBatch, stats: dict | None = None) -> torch.Tensor:
         z = lm.features(batch.input_ids, batch.positions)  # (N, H)
         z_online = lm.predictor(z) if self.uses_predictor else z
         z_target = z.detach() if self.uses_predictor else None
+        known = batch.target_logits if self.uses_predictor else None
         return head_loss(z_online, z_target, lm.head_logits, self.token_loss, labels=batch.labels,
-                         chunk_size=self.config.chunk_size, stats=stats)
+                         chunk_size=self.config.chunk_size, stats=stats, target_logits=known)
 
     def backward(self, lm: ZeroSiamLM, batch: LossBatch) -> dict:
         """Compute the loss and leave gradients in the trained parameters. Returns stats."""

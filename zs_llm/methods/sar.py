@@ -17,7 +17,8 @@ class SAR(Method):
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
         w = sar_weights(target_logp, self.config.filter_margin)
-        value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, target_logp.exp())
+        q = target_logp.exp() if target_p is None else target_p
+        value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, q, inplace=True)
         return value, w, {}, grad
 
     def backward(self, lm, batch):

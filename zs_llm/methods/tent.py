@@ -17,5 +17,5 @@ class Tent(Method):
         # no predictor: the target log-probabilities are the online ones (detached)
         objective = self.config.objective
         q = target_logp.exp() if target_p is None else target_p
-        value, grad = FAST_OBJECTIVES[objective](target_logp, q)
+        value, grad = FAST_OBJECTIVES[objective](target_logp, q, inplace=True)  # target_logp is scratch
         return value, None, ({"entropy": value} if objective == "entropy" else {}), grad

@@ -19,8 +19,10 @@ class ZeroSiam(Method):
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
         c = self.config
-        loss, grad, extras = zerosiam_rows(online_logits, target_logp, c.alpha, c.divergence, c.objective, target_p)
-        return loss, self.weights(target_logp), extras, grad
+        w = self.weights(target_logp)  # before zerosiam_rows builds its gradient in target_logp
+        loss, grad, extras = zerosiam_rows(online_logits, target_logp, c.alpha, c.divergence, c.objective, target_p,
+                                           inplace=True)
+        return loss, w, extras, grad
 
 
 @METHODS.register("zerosiam+sar")
