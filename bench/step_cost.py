@@ -38,7 +38,6 @@ from zs_llm import METHODS, AdaptConfig, ZeroSiamLM  # noqa: E402
 from zs_llm.adapt import adapt_step  # noqa: E402
 from zs_llm.methods import LossBatch  # noqa: E402
 
-
 VARIANTS = ("tent", "zerosiam", "zs_kept")
 
 
