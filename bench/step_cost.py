@@ -4,8 +4,9 @@
     .venv/bin/python bench/step_cost.py --llama8b --device cuda --dtype bfloat16   # random 8B-shaped Llama
     .venv/bin/python bench/step_cost.py --llama8b --layers 1,2 --extrapolate 32 --threads 1   # CPU estimate
 
-One ZeroSiam wrapper; Tent's step runs on the same wrapper with Tent's method object (its loss
-never touches the predictor), so both use one copy of the weights; steps alternate (Tent,
+One ZeroSiam wrapper; Tent's step runs on the same wrapper with Tent's method object, its own
+LoRA-only optimizer and the predictor frozen (so the step's bookkeeping, snapshots, finite checks
+and clipping, covers what a Tent wrapper's would), and both use one copy of the weights; steps alternate (Tent,
 ZeroSiam, ZeroSiam with kept draft logits, Tent, ...) so machine load hits all alike; ratios of
 medians are printed. Target (issue): <= 1.05.
 
@@ -119,19 +120,24 @@ def measure(args, dtype, layers):
     lm = ZeroSiamLM(model, tok, AdaptConfig(method="zerosiam", **common), check=False)
     with torch.no_grad():  # what the draft's generation hands the first step (fp32, as generate keeps them)
         kept = LossBatch(ids, pos, ids[0, p:], target_logits=lm.head_logits(lm.features(ids, pos)).float())
-    variants = {"tent": (METHODS["tent"](AdaptConfig(method="tent", **common)), batch),
-                "zerosiam": (lm.method, batch), "zs_kept": (lm.method, kept)}
+    lm.predictor.requires_grad_(False)
+    tent_opt = lm._build_optimizer()  # LoRA only, as a Tent wrapper's
+    lm.predictor.requires_grad_(True)
+    variants = {"tent": (METHODS["tent"](AdaptConfig(method="tent", **common)), batch, tent_opt, False),
+                "zerosiam": (lm.method, batch, lm.optimizer, True), "zs_kept": (lm.method, kept, lm.optimizer, True)}
     times = {k: [] for k in variants}
     for r in range(args.repeats + 1):
-        for name_m, (method, b) in variants.items():  # alternate, so machine load hits all alike
-            lm.method = method
+        for name_m, (method, b, opt, pred) in variants.items():  # alternate, so machine load hits all alike
+            lm.method, lm.optimizer = method, opt
+            lm.predictor.requires_grad_(pred)
             sync(args.device)
             t = time.perf_counter()
             adapt_step(lm, b)
             sync(args.device)
             if r > 0:  # the first round warms up
                 times[name_m].append(time.perf_counter() - t)
-    lm.method = variants["zerosiam"][0]
+    lm.method, lm.optimizer = variants["zerosiam"][0], variants["zerosiam"][2]
+    lm.predictor.requires_grad_(True)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model: {name}, {args.dtype} on {args.device}, {torch.get_num_threads()} threads; "
           f"{p} prompt + {n} response tokens; vocab {vocab}")
