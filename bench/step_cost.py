@@ -3,6 +3,7 @@
     .venv/bin/python bench/step_cost.py                       # SmolLM2-135M-Instruct, CPU
     .venv/bin/python bench/step_cost.py --llama8b --device cuda --dtype bfloat16   # random 8B-shaped Llama
     .venv/bin/python bench/step_cost.py --llama8b --layers 1,2 --extrapolate 32 --threads 1   # CPU estimate
+    python bench/gpu_8b.py                                    # on a GPU: step ratios and peak memory, one run
 
 One ZeroSiam wrapper; Tent's step runs on the same wrapper with Tent's method object, its own
 LoRA-only optimizer and the predictor frozen (so the step's bookkeeping, snapshots, finite checks
@@ -42,15 +43,22 @@ from zs_llm.methods import LossBatch  # noqa: E402
 VARIANTS = ("tent", "zerosiam", "zs_kept")
 
 
-def llama8b_shaped(dtype, device, layers: int | None = None):
-    """A randomly initialised model with Llama-3.1-8B's shapes (weights random: cost only)."""
+def llama8b_shaped(dtype, device, layers: int | None = None, **overrides):
+    """A randomly initialised model with Llama-3.1-8B's shapes (weights random: cost only),
+    built directly in `dtype` on `device`; `overrides` change config fields (a smaller dry run)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers or 32,
-                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-                      rope_theta=500000.0, tie_word_embeddings=False)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    shape = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers or 32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                 rope_theta=500000.0, tie_word_embeddings=False)
+    cfg = LlamaConfig(**{**shape, **overrides})
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # no fp32 copy of 8B parameters on the way
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
     return model.eval()
 
 
@@ -110,47 +118,60 @@ def measure(args, dtype, layers):
 
         model, tok = load_model("smollm2-135m-instruct", dtype=args.dtype, device=args.device)
         name = "SmolLM2-135M-Instruct"
-    vocab = model.get_output_embeddings().weight.shape[0]
-    g = torch.Generator().manual_seed(0)
-    p, n = args.prompt_tokens, args.response_tokens
-    ids = torch.randint(10, vocab - 10, (1, p + n), generator=g).to(args.device)
-    pos = torch.arange(p - 1, p - 1 + n, device=args.device)
-    batch = LossBatch(ids, pos, ids[0, p:])
     common = dict(lr=1e-5, predictor_lr=1e-6, guard=False, gradient_checkpointing=args.gradient_checkpointing)
     lm = ZeroSiamLM(model, tok, AdaptConfig(method="zerosiam", **common), check=False)
+    p, n = args.prompt_tokens, args.response_tokens
+    print(f"model: {name}, {args.dtype} on {args.device}, {torch.get_num_threads()} threads; "
+          f"{p} prompt + {n} response tokens; vocab {lm.head.weight.shape[0]}")
+    med = time_variants(lm, p, n, args.repeats, args.device)
+    if str(args.device).startswith("cuda"):
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    del lm, model
+    return med
+
+
+def random_batch(lm, p: int, n: int, seed: int = 0) -> LossBatch:
+    """p random prompt tokens and n random response tokens, the loss on the response."""
+    vocab = lm.head.weight.shape[0]
+    ids = torch.randint(10, vocab - 10, (1, p + n), generator=torch.Generator().manual_seed(seed)).to(lm.device)
+    return LossBatch(ids, torch.arange(p - 1, p - 1 + n, device=lm.device), ids[0, p:])
+
+
+def time_variants(lm, p: int, n: int, repeats: int, device) -> dict[str, float]:
+    """Median step time of each of VARIANTS on one ZeroSiam wrapper (see the module docstring);
+    prints the medians and the ratios to Tent's."""
+    batch = random_batch(lm, p, n)
     with torch.no_grad():  # what the draft's generation hands the first step (fp32, as generate keeps them)
-        kept = LossBatch(ids, pos, ids[0, p:], target_logits=lm.head_logits(lm.features(ids, pos)).float())
+        logits = lm.head_logits(lm.features(batch.input_ids, batch.positions)).float()
+    kept = LossBatch(batch.input_ids, batch.positions, batch.labels, target_logits=logits)
+    cfg = lm.zs_config
     lm.predictor.requires_grad_(False)
     tent_opt = lm._build_optimizer()  # LoRA only, as a Tent wrapper's
     lm.predictor.requires_grad_(True)
-    variants = {"tent": (METHODS["tent"](AdaptConfig(method="tent", **common)), batch, tent_opt, False),
+    variants = {"tent": (METHODS["tent"](cfg.replace(method="tent")), batch, tent_opt, False),
                 "zerosiam": (lm.method, batch, lm.optimizer, True), "zs_kept": (lm.method, kept, lm.optimizer, True)}
     times = {k: [] for k in variants}
-    for r in range(args.repeats + 1):
+    for r in range(repeats + 1):
         for name_m, (method, b, opt, pred) in variants.items():  # alternate, so machine load hits all alike
             lm.method, lm.optimizer = method, opt
             lm.predictor.requires_grad_(pred)
-            sync(args.device)
+            sync(device)
             t = time.perf_counter()
             adapt_step(lm, b)
-            sync(args.device)
+            sync(device)
             if r > 0:  # the first round warms up
                 times[name_m].append(time.perf_counter() - t)
     lm.method, lm.optimizer = variants["zerosiam"][0], variants["zerosiam"][2]
     lm.predictor.requires_grad_(True)
+    del kept, logits
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"model: {name}, {args.dtype} on {args.device}, {torch.get_num_threads()} threads; "
-          f"{p} prompt + {n} response tokens; vocab {vocab}")
     for k, v in times.items():
         print(f"  {k:9s} step: median {med[k] * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in v)})")
     # per round, each variant against the Tent step next to it: drifts in machine speed cancel
     paired = {k: statistics.median(a / b for a, b in zip(times[k], times["tent"])) for k in VARIANTS[1:]}
     print(f"ZeroSiam / Tent step time: {med['zerosiam'] / med['tent']:.3f} with the target recomputed, "
           f"{med['zs_kept'] / med['tent']:.3f} with the draft's logits kept (ratio of medians); median of "
-          f"per-round ratios {paired['zerosiam']:.3f} / {paired['zs_kept']:.3f}  (target <= 1.05)")
-    if str(args.device).startswith("cuda"):
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-    del lm, model
+          f"per-round ratios {paired['zerosiam']:.3f} / {paired['zs_kept']:.3f}  (target <= 1.05)", flush=True)
     return med
 
 

@@ -168,6 +168,33 @@ def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
         assert torch.equal(lm._state_tensors()[n], t)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_non_finite_gradient_entry_skips_the_step(bad, make_lm, monkeypatch):
+    """A finite loss whose gradient has a single NaN or infinite entry is skipped too."""
+    from zs_llm.adapt import _all_finite
+
+    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
+    adapt_step(lm, prompt_batch(lm))
+    before = lm.snapshot()
+    orig = lm.method.token_loss
+
+    def one_bad(uo, ur, labels, target_p=None):
+        loss, w, ex, grad = orig(uo, ur, labels, target_p)
+        grad = grad.clone()
+        grad[0, 3] = bad
+        return loss, w, ex, grad
+
+    monkeypatch.setattr(lm.method, "token_loss", one_bad)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        assert adapt_step(lm, prompt_batch(lm))["skipped"]
+    for n, t in before["tensors"].items():
+        assert torch.equal(lm._state_tensors()[n], t)
+    t = torch.randn(5, 7)
+    assert _all_finite([t, None, torch.empty(0)]) and _all_finite([])
+    t[2, 4] = bad
+    assert not _all_finite([torch.randn(3), t])
+
+
 def test_clear_errors(make_lm, tok):
     lm = make_lm()
     with pytest.raises(ValueError, match="empty prompt"):
@@ -341,3 +368,19 @@ def test_draft_logits_kept_only_when_they_fit_and_the_method_has_a_target_branch
     assert not _keep_draft_logits(make_lm("llama", method="tent"))  # Tent's target is its online branch
     with pytest.raises(ValueError, match="draft_logits_mib"):
         AdaptConfig(draft_logits_mib=-1)
+
+
+def test_gradient_checkpointing_gives_the_same_step(make_lm):
+    """Recomputing activations in the backward pass changes memory, not the update."""
+    states = []
+    for on in (False, True):
+        lm = make_lm("llama", lr=0.05, predictor_lr=0.05, guard=False, gradient_checkpointing=on)
+        assert lm.hf.is_gradient_checkpointing == on
+        init = adapted_state(lm)
+        adapt_step(lm, prompt_batch(lm))
+        states.append(adapted_state(lm))
+        assert any(not torch.equal(v, init[n]) for n, v in states[-1].items())
+        lm.set_gradient_checkpointing(not on)
+        assert lm.hf.is_gradient_checkpointing == (not on)
+    for n in states[0]:
+        torch.testing.assert_close(states[1][n], states[0][n], rtol=1e-5, atol=1e-7)

@@ -8,6 +8,7 @@ the state as it was before it.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -76,8 +77,14 @@ def make_batch(prompt_ids: torch.Tensor, draft_ids: torch.Tensor | None, signal:
     return LossBatch(prompt_ids, torch.arange(p - 1, device=prompt_ids.device), prompt_ids[0, 1:])
 
 
-def _grads_finite(params) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+def _all_finite(tensors) -> bool:
+    """No NaN or infinity in any of `tensors` (None entries skipped). Read-only: min and max
+    per tensor, which propagate NaN, checked at once (one host sync, no (H, H) temporaries:
+    `isfinite(t).all()` costs ~30x more on a CPU for the 8B predictor)."""
+    ext = [torch.stack(torch.aminmax(t.detach())) for t in tensors if t is not None and t.numel()]
+    if not ext:
+        return True
+    return bool(torch.isfinite(torch.cat([e.to(ext[0].device) for e in ext])).all())
 
 
 def _keep_draft_logits(lm) -> bool:
@@ -97,7 +104,7 @@ def adapt_step(lm, batch: LossBatch, problem_id: str | None = None) -> dict:
     before = lm.snapshot()
     lm.optimizer.zero_grad(set_to_none=True)
     stats = lm.method.backward(lm, batch)
-    ok = bool(torch.isfinite(torch.tensor(stats["loss"]))) and _grads_finite(params)
+    ok = math.isfinite(stats["loss"]) and _all_finite(p.grad for p in params)
     grad_norm = None
     if ok:
         grads = [p.grad for p in params if p.grad is not None]
@@ -107,7 +114,7 @@ def adapt_step(lm, batch: LossBatch, problem_id: str | None = None) -> dict:
             else:
                 grad_norm = float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads)))
         lm.optimizer.step()
-        ok = all(bool(torch.isfinite(p).all()) for p in params)
+        ok = _all_finite(params)
     lm.optimizer.zero_grad(set_to_none=True)
     if not ok:
         lm.restore(before)

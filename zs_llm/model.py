@@ -93,11 +93,7 @@ class ZeroSiamLM:
         ).to(self.device)
         self.predictor.requires_grad_("predictor" in self.method.trains)
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.train()  # HF checkpoints only in train mode; keep dropout off
-            for m in model.modules():
-                if isinstance(m, nn.Dropout):
-                    m.eval()
+            self.set_gradient_checkpointing(True)
         self.optimizer = self._build_optimizer()
         self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
         if check and not self.method.batchable:  # generation-only methods never use head_logits
@@ -113,6 +109,18 @@ class ZeroSiamLM:
             self.guard = CollapseGuard(self)
 
     # --- construction -------------------------------------------------------------------
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        """Recompute backbone activations in the backward pass (on) or keep them (off)."""
+        if on:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.hf.train()  # HF checkpoints only in train mode; keep dropout off
+            for m in self.hf.modules():
+                if isinstance(m, nn.Dropout):
+                    m.eval()
+        else:
+            self.hf.gradient_checkpointing_disable()
+            self.hf.eval()
+
     def _inject_lora(self, model):
         from peft import LoraConfig, get_peft_model
 
