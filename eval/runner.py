@@ -337,7 +337,7 @@ class Runner:
         # worker) while the next one generates; its rows are written when that finishes.
         pipelined = ckpt is None
         pool = ThreadPoolExecutor(max_workers=1) if pipelined else None
-        pending = None
+        pending = None  # the future of the previous batch's rows, while they are graded
         with open(path, "a", encoding="utf-8") as f:
 
             def emit(new_rows):
@@ -358,27 +358,29 @@ class Runner:
                     bar.update(1)
                     bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
 
+            def collect():  # write the rows of the batch being graded, if any
+                nonlocal pending
+                done, pending = pending, None
+                if done is not None:
+                    emit(done.result())
+
+            first = len(rows)  # todo[b] becomes row first + b
             try:
                 for b in range(0, len(todo), batch):
                     chunk = todo[b : b + batch]
                     messages = [build_messages(p.question, self.cfg.prompt_style) for p in chunk]
                     results = self._solve(lm, chunk, messages)
-                    first = len(rows) + (len(pending[1]) if pending else 0)
+                    args = (lm, method, dataset, chunk, messages, results, first + b, order)
                     if not pipelined:
-                        emit(self._rows(lm, method, dataset, chunk, messages, results, first, order))
+                        emit(self._rows(*args))
                         continue
-                    if pending is not None:
-                        done, pending = pending, None
-                        emit(done[0].result())
-                    pending = (pool.submit(self._rows, lm, method, dataset, chunk, messages, results, first, order),
-                               chunk)
-                if pending is not None:
-                    done, pending = pending, None
-                    emit(done[0].result())
+                    collect()
+                    pending = pool.submit(self._rows, *args)
+                collect()
             finally:
                 if pending is not None:  # a failure while the next batch generated: keep the graded rows
                     try:
-                        emit(pending[0].result())
+                        collect()
                     except Exception:  # noqa: BLE001 - the original error is the one to raise
                         pass
                 if pool is not None:
