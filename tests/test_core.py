@@ -150,22 +150,24 @@ def test_predictors_init_and_reset(kind):
         assert torch.equal(p(z), z) and p.deviation() == 0
 
 
-def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
-    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
+def step_with_corrupted_loss(lm, monkeypatch, corrupt, **kw):
+    """One adapt_step whose token loss output is passed through `corrupt` first; asserts the
+    step was skipped and the adapted state and optimizer are bitwise as before it."""
     adapt_step(lm, prompt_batch(lm))
     before = lm.snapshot()
     orig = lm.method.token_loss
-
-    def bad(uo, ur, labels, target_p=None):
-        loss, w, ex, grad = orig(uo, ur, labels, target_p)
-        return loss * float("nan"), w, ex, grad * float("nan")
-
-    monkeypatch.setattr(lm.method, "token_loss", bad)
-    with pytest.warns(RuntimeWarning, match="problem 'p7'"):
-        stats = adapt_step(lm, prompt_batch(lm), problem_id="p7")
+    monkeypatch.setattr(lm.method, "token_loss", lambda *a: corrupt(*orig(*a)))
+    stats = adapt_step(lm, prompt_batch(lm), **kw)
     assert stats["skipped"]
     for n, t in before["tensors"].items():
         assert torch.equal(lm._state_tensors()[n], t)
+
+
+def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
+    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
+    with pytest.warns(RuntimeWarning, match="problem 'p7'"):
+        step_with_corrupted_loss(lm, monkeypatch, lambda loss, w, ex, grad: (loss * float("nan"), w, ex,
+                                                                              grad * float("nan")), problem_id="p7")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -173,22 +175,13 @@ def test_one_non_finite_gradient_entry_skips_the_step(bad, make_lm, monkeypatch)
     """A finite loss whose gradient has a single NaN or infinite entry is skipped too."""
     from zs_llm.adapt import _all_finite
 
-    lm = make_lm(lr=1e-2, predictor_lr=1e-2)
-    adapt_step(lm, prompt_batch(lm))
-    before = lm.snapshot()
-    orig = lm.method.token_loss
-
-    def one_bad(uo, ur, labels, target_p=None):
-        loss, w, ex, grad = orig(uo, ur, labels, target_p)
+    def one_bad(loss, w, ex, grad):
         grad = grad.clone()
         grad[0, 3] = bad
         return loss, w, ex, grad
 
-    monkeypatch.setattr(lm.method, "token_loss", one_bad)
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        assert adapt_step(lm, prompt_batch(lm))["skipped"]
-    for n, t in before["tensors"].items():
-        assert torch.equal(lm._state_tensors()[n], t)
+        step_with_corrupted_loss(make_lm(lr=1e-2, predictor_lr=1e-2), monkeypatch, one_bad)
     t = torch.randn(5, 7)
     assert _all_finite([t, None, torch.empty(0)]) and _all_finite([])
     t[2, 4] = bad
@@ -324,27 +317,25 @@ def count_head_calls(lm):
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-def test_kept_draft_logits_save_a_head_matmul_and_change_nothing(steps, make_lm):
+def test_kept_draft_logits_save_a_head_matmul_and_change_nothing(steps, make_lm, monkeypatch):
     """With the draft's logits kept, each problem's first step runs the head once less (one
     chunk), later steps recompute the target, and the adapted state matches the recomputing
     run's."""
+    kept = []
+    orig = zs_llm.adapt.adapt_step
+
+    def spy(lm_, batch, pid=None):
+        kept.append(batch.target_logits is not None)
+        return orig(lm_, batch, pid)
+
+    monkeypatch.setattr(zs_llm.adapt, "adapt_step", spy)
     runs = {}
     for mib in (512.0, 0.0):
         lm = make_lm("llama", seed=3, steps=steps, lr=0.05, predictor_lr=0.05, guard=False, draft_logits_mib=mib)
         calls = count_head_calls(lm)
-        kept = []
-        orig = zs_llm.adapt.adapt_step
-
-        def spy(lm_, batch, pid=None, orig=orig, kept=kept):
-            kept.append(batch.target_logits is not None)
-            return orig(lm_, batch, pid)
-
-        zs_llm.adapt.adapt_step = spy
-        try:
-            results = [lm.adapt_generate(q) for q in ("What is 1 + 2?", "What is 5 * 3?", "Name a prime.")]
-        finally:
-            zs_llm.adapt.adapt_step = orig
-        runs[mib] = (len(calls), kept, adapted_state(lm), results)
+        kept.clear()
+        results = [lm.adapt_generate(q) for q in ("What is 1 + 2?", "What is 5 * 3?", "Name a prime.")]
+        runs[mib] = (len(calls), list(kept), adapted_state(lm), results)
     (calls_k, kept_k, state_k, res_k), (calls_r, kept_r, state_r, res_r) = runs[512.0], runs[0.0]
     assert kept_k == [True] + [False] * (steps - 1) + ([True] + [False] * (steps - 1)) * 2
     assert not any(kept_r)
