@@ -66,7 +66,7 @@ def main():
     if args.vocab:
         overrides["vocab_size"] = args.vocab
     model = llama8b_shaped(dtype, args.device, args.layers, **overrides)
-    cfg = AdaptConfig(method="zerosiam", lr=1e-5, predictor_lr=1e-6, guard=False)
+    cfg = AdaptConfig.from_dict({"method": "zerosiam", "lr": 1e-5, "predictor_lr": 1e-6})
     lm = ZeroSiamLM(model, None, cfg, check=False)
     vocab, hidden = lm.head.weight.shape[0], lm.hidden_size
     name = torch.cuda.get_device_name() if str(args.device).startswith("cuda") else "cpu"

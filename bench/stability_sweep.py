@@ -52,11 +52,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from eval.runner import RunConfig, read_rows, safe_name, stream_path  # noqa: E402
-from zs_llm.config import AdaptConfig  # noqa: E402
+from zs_llm.config import AdaptConfig, all_settings  # noqa: E402
 from zs_llm.diagnostics import collapse_measures, has_answer  # noqa: E402
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"methods", "adapt"}
-ADAPT_FIELDS = set(AdaptConfig.field_names()) - {"method"}
+ADAPT_FIELDS = set(all_settings()) - {"method"}
 # Short names in point names; any other axis appears under its field name.
 ABBREV = {
     "optimizer": "",
@@ -144,7 +144,7 @@ def expand_grid(spec: dict) -> list[Point]:
                     adapt[k] = v
             if "predictor_lr_scale" in axes:
                 adapt["predictor_lr"] = None
-            AdaptConfig().replace(**{**adapt, "method": axes["method"].split(":")[0]})  # fail early on bad values
+            AdaptConfig.from_spec(axes["method"], adapt)  # fail early on bad values
             run = RunConfig(methods=[axes["method"]], adapt=adapt, **run_kw)
             p = Point(point_name(axes), axes, run)
             if p.name in points and points[p.name].run.hash() != run.hash():

@@ -119,7 +119,7 @@ def measure(args, dtype, layers):
         model, tok = load_model("smollm2-135m-instruct", dtype=args.dtype, device=args.device)
         name = "SmolLM2-135M-Instruct"
     common = dict(lr=1e-5, predictor_lr=1e-6, guard=False, gradient_checkpointing=args.gradient_checkpointing)
-    lm = ZeroSiamLM(model, tok, AdaptConfig(method="zerosiam", **common), check=False)
+    lm = ZeroSiamLM(model, tok, AdaptConfig.from_dict({"method": "zerosiam", **common}), check=False)
     p, n = args.prompt_tokens, args.response_tokens
     print(f"model: {name}, {args.dtype} on {args.device}, {torch.get_num_threads()} threads; "
           f"{p} prompt + {n} response tokens; vocab {lm.head.weight.shape[0]}")

@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .runner import RunConfig, Runner, coerce, field_type
+from .runner import RunConfig, Runner
 
 
 def load_yaml(path: str | None) -> dict:
@@ -31,7 +31,7 @@ def load_yaml(path: str | None) -> dict:
 
 def build_run_config(args: argparse.Namespace) -> RunConfig:
     """YAML defaults, then command-line flags, then --set AdaptConfig overrides."""
-    from zs_llm.config import AdaptConfig
+    from zs_llm.config import all_settings, parse_value
 
     data = load_yaml(args.config)
     valid = {f.name for f in dataclasses.fields(RunConfig)}
@@ -43,14 +43,17 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
         if v is not None:
             data[name] = v
     adapt = dict(data.get("adapt") or {})
-    defaults = {f.name: f.default for f in dataclasses.fields(AdaptConfig)}
+    settings = all_settings()
     for item in args.set or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        if k not in defaults:
-            raise ValueError(f"--set {k}: not an AdaptConfig field; valid: {sorted(defaults)}")
-        adapt[k] = coerce(v, defaults[k], field_type(AdaptConfig, k))
+        if k not in settings:
+            raise ValueError(f"--set {k}: not a setting of any method; valid: {sorted(settings)}")
+        try:
+            adapt[k] = parse_value(v, settings[k].type)
+        except ValueError as e:
+            raise ValueError(f"--set {k}={v}: {e}") from None
     data["adapt"] = adapt
     return RunConfig(**data)
 

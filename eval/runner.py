@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zs_llm.config import AdaptConfig
+from zs_llm.config import AdaptConfig, check_overrides
 
 from .datasets import DATASETS, dataset_fingerprint, load_problems, resolve_data_dir
 from .grading import default_grader, extract_answer, grade
@@ -76,41 +76,16 @@ class RunConfig:
 
 
 def parse_method_spec(spec: str, base: dict | None = None) -> AdaptConfig:
-    """`zerosiam:alpha=0:predictor=mlp` -> AdaptConfig(method="zerosiam", alpha=0.0, predictor="mlp", **base)."""
-    name, *pairs = spec.split(":")
-    over: dict[str, Any] = dict(base or {})
-    over["method"] = name
-    fields = {f.name: f for f in dataclasses.fields(AdaptConfig)}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"method spec {spec!r}: expected key=value after ':', got {pair!r}")
-        k, v = pair.split("=", 1)
-        if k not in fields:
-            raise ValueError(f"method spec {spec!r}: unknown AdaptConfig field {k!r}; valid: {sorted(fields)}")
-        over[k] = coerce(v, None, field_type(AdaptConfig, k))
-    return AdaptConfig().replace(**over)
+    """`zerosiam+clip:alpha=0` -> its AdaptConfig (see `AdaptConfig.from_spec`)."""
+    return AdaptConfig.from_spec(spec, base)
 
 
-def coerce(text: str, default: Any, annotation: str = "") -> Any:
-    """Parse a command-line value to the type of a field (its annotation, else its default)."""
-    if text.lower() in ("none", "null"):
-        return None
-    kind = annotation or type(default).__name__
-    if "list" in kind:
-        return [x for x in text.split(",") if x]
-    if "bool" in kind:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if "int" in kind:
-        return int(text)
-    if "float" in kind:
-        return float(text)
-    return text
-
-
-def field_type(cls, name: str) -> str:
-    return str(cls.__dataclass_fields__[name].type)
+def method_label(spec: str, cfg: AdaptConfig) -> str:
+    """The name a method's rows and tables carry: the spec with every add-on its config turns on
+    written into it (`--set guard=true` makes `tent` read `tent+guard`), so a table never mixes
+    guarded or clipped methods with plain ones silently."""
+    _, sep, rest = spec.partition(":")
+    return cfg.label() + sep + rest
 
 
 def safe_name(s: str) -> str:
@@ -191,7 +166,14 @@ class Runner:
     # --- checks before anything heavy ---------------------------------------------------
     def validate(self, overwrite: bool = False) -> None:
         cfg = self.cfg
-        self.adapt_configs = {m: parse_method_spec(m, cfg.adapt) for m in cfg.methods}
+        check_overrides(cfg.adapt, cfg.methods)
+        self.adapt_configs = {}
+        for spec in cfg.methods:
+            ac = parse_method_spec(spec, cfg.adapt)
+            label = method_label(spec, ac)
+            if label in self.adapt_configs:
+                raise ValueError(f"method {spec!r} repeats {label!r} in methods; list each once")
+            self.adapt_configs[label] = ac
         for d in cfg.datasets:
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
@@ -224,7 +206,7 @@ class Runner:
 
     # --- the run ------------------------------------------------------------------------
     def units(self) -> list[tuple[str, str]]:
-        return [(m, d) for m in self.cfg.methods for d in self.cfg.datasets]
+        return [(m, d) for m in self.adapt_configs for d in self.cfg.datasets]
 
     def assignment(self, method: str, dataset: str, index: int) -> tuple[bool, str]:
         """Which part of a unit this rank does. Online adapting streams are sequential: a rank

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from eval.runner import RunConfig, Runner, coerce, field_type, merge_shards
-from zs_llm.config import AdaptConfig
+from eval.runner import RunConfig, Runner, merge_shards
+from zs_llm.config import AdaptConfig, all_settings, check_overrides, parse_value
 
 RUN_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name != "adapt"]
-ADAPT_FIELDS = [f.name for f in dataclasses.fields(AdaptConfig)]
+ADAPT_FIELDS = [n for n in all_settings() if n not in RUN_FIELDS]
 EXTRA_FIELDS = {"out": str, "overwrite": bool}
 
 
@@ -29,9 +29,9 @@ def valid_fields() -> list[str]:
 
 def _parse_value(name: str, text: str) -> Any:
     if name in EXTRA_FIELDS:
-        return coerce(text, None, EXTRA_FIELDS[name].__name__)
-    cls = RunConfig if name in RUN_FIELDS else AdaptConfig
-    return coerce(text, None, field_type(cls, name))
+        return parse_value(text, EXTRA_FIELDS[name].__name__)
+    f = RunConfig.__dataclass_fields__[name] if name in RUN_FIELDS else all_settings()[name]
+    return parse_value(text, f.type)
 
 
 def resolve(yaml_path: str | Path, argv: list[str] | None = None) -> dict[str, Any]:
@@ -72,7 +72,11 @@ def split(cfg: dict[str, Any]) -> tuple[RunConfig, str, bool]:
     """(RunConfig with its AdaptConfig overrides, out folder, overwrite) from a resolved dict."""
     run = {k: v for k, v in cfg.items() if k in RUN_FIELDS}
     adapt = {k: v for k, v in cfg.items() if k in ADAPT_FIELDS}
-    AdaptConfig().replace(**adapt)  # validate now, before any model is loaded
+    methods = run.get("methods") or RunConfig().methods
+    methods = methods.split(",") if isinstance(methods, str) else methods
+    check_overrides(adapt, methods)  # validate now, before any model is loaded
+    for spec in methods:
+        AdaptConfig.from_spec(spec, adapt)
     if "out" not in cfg:
         raise ValueError("set out: (the run folder) in the YAML or with --out")
     return RunConfig(**run, adapt=adapt), cfg["out"], bool(cfg.get("overwrite", False))

@@ -15,7 +15,7 @@ def make_lm(tok):
 
     def make(arch="llama", seed=0, **cfg):
         cfg.setdefault("max_new_tokens", 6)
-        return ZeroSiamLM(tiny_model(arch, seed=seed), tok, AdaptConfig(**cfg))
+        return ZeroSiamLM(tiny_model(arch, seed=seed), tok, AdaptConfig.from_dict(cfg))
 
     return make
 

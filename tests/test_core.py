@@ -197,12 +197,21 @@ def test_clear_errors(make_lm, tok):
     with pytest.raises(ValueError, match="AutoModelForCausalLM"):
         ZeroSiamLM(tiny_model("llama").model, tok)
     with pytest.raises(ValueError, match="choose one of"):
-        AdaptConfig(divergence="l2")
+        AdaptConfig().replace(divergence="l2")
+    with pytest.raises(ValueError, match="choose one of"):
+        AdaptConfig(optimizer="adam")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="AdaptConfig.lr=.* not a finite number"):
+            AdaptConfig(lr=bad)
+        with pytest.raises(ValueError, match="zerosiam.alpha=.* not a finite number"):
+            AdaptConfig().replace(alpha=bad)
+    with pytest.raises(TypeError, match="tent's own: none"):
+        AdaptConfig(method="tent").replace(alpha=0.5)
     with pytest.raises(ValueError, match="answer='regenerate'"):
         AdaptConfig(schedule="episodic", answer="draft")
     with pytest.raises(KeyError, match="known: .*zerosiam"):
         AdaptConfig(method="zerosim")
-    with pytest.raises(TypeError, match="valid"):
+    with pytest.raises(TypeError, match="shared AdaptConfig fields"):
         AdaptConfig().replace(learning_rate=1)
     with pytest.raises(ValueError, match="lora_target_modules"):
         make_lm(lora_target_modules=["nonexistent_proj"])

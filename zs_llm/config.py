@@ -1,108 +1,133 @@
-"""`AdaptConfig`: every knob of test-time adaptation, with help text and validation."""
+"""`AdaptConfig`: the settings every method shares, with help text and validation. Each method's
+own settings live on its config dataclass beside its class (`zs_llm.METHODS[name].config_class`)
+and travel in `AdaptConfig.method_args`.
+
+    >>> cfg = AdaptConfig.from_spec("zerosiam+clip:alpha=0")
+    >>> cfg.method, cfg.grad_clip, cfg.method_config.alpha, cfg.label()
+    ('zerosiam', 1.0, 0.0, 'zerosiam+clip')
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
-def _f(default, help: str, **kw):
+def setting(default, help: str, **kw):
+    """A dataclass field with help text (read by `--help` and `AdaptConfig.help()`)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
-CHOICES = {
-    "divergence": ("sym_kl", "kl", "rkl", "js", "mse"),
-    "objective": ("entropy", "slr", "ce_argmax", "neg_p2"),
-    "predictor": ("linear", "fixed_random", "mlp"),
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("online", "episodic"),
-    "signal": ("response", "prompt"),
-    "answer": ("regenerate", "draft"),
-    "guard_action": ("rollback", "rollback_lower_lr", "rollback_stop"),
+def check_fields(obj, owner: str) -> None:
+    """Refuse NaN / infinite numbers and values outside a field's `choices` metadata, naming the field."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{owner}.{f.name}={v} is not a finite number; give a finite value")
+        choices = f.metadata.get("choices")
+        if choices is not None and v not in choices:
+            raise ValueError(f"{owner}.{f.name}={v!r} is not valid; choose one of {tuple(choices)}")
+        low = f.metadata.get("min")
+        if low is not None and v is not None and v < low:
+            raise ValueError(f"{owner}.{f.name} must be >= {low}, got {v}")
+
+
+def help_text(cls) -> str:
+    """One line per field of a config dataclass: name, default, help."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"{f.name} (default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+#: add-ons a method spec can carry (`tent+clip+guard`): outside every paper's code, so they show in
+#: the method's label wherever results are printed
+ADDONS: dict[str, dict[str, Any]] = {
+    "clip": {"grad_clip": 1.0},
+    "guard": {"guard": True},
 }
 
 
 @dataclass
 class AdaptConfig:
-    """How a `ZeroSiamLM` adapts at test time. Field help: `AdaptConfig.help()`."""
+    """How a `ZeroSiamLM` adapts at test time. Field help: `print(AdaptConfig.help())`.
 
-    # --- method and objective
-    method: str = _f("zerosiam", "Registered method name (zs_llm.METHODS): noadapt, tent, come, sar, slot, eminf, "
-                     "zerosiam, zerosiam+sar, zerosiam+eata.")
-    alpha: float = _f(1.0, "Weight of the alignment term D(p_o || sg[p_r]); 0 leaves pure entropy through the predictor.")
-    divergence: str = _f("sym_kl", "Alignment divergence: sym_kl (KL both ways, summed), kl, rkl, js, mse.")
-    objective: str = _f("entropy", "Confidence term: entropy, slr (soft likelihood ratio), ce_argmax, neg_p2 (-sum p^2).")
-    predictor: str = _f("linear", "Predictor before the head: linear (identity init), fixed_random (frozen), mlp.")
+    The defaults are the `paper` protocol: each method as its authors' code runs it (no collapse
+    guard, no gradient clipping), with the learning rate the method declares (`Method.default_lr`,
+    chosen for every LoRA method by the same selection on the same development stream:
+    docs/protocol.md). The guard and clipping are add-ons (`zerosiam+clip+guard`).
+    """
+
+    # --- method
+    method: str = setting("zerosiam", "Registered method name (zs_llm.METHODS), e.g. noadapt, tent, come, sar, "
+                          "slot, eminf, zerosiam.")
+    method_args: dict[str, Any] = setting({}, "The method's own settings (fields of METHODS[method].config_class; "
+                                          "unset ones take their defaults).")
     # --- optimisation
-    steps: int = _f(1, "Optimizer steps per problem.")
-    optimizer: str = _f("sgd", "sgd (momentum, as the paper's vision code; the default, see docs/stability.md) or adamw.")
-    lr: float = _f(3e-3, "Learning rate of the LoRA adapters (and of SLOT's vector when method=slot uses lr).")
-    predictor_lr: float | None = _f(None, "Learning rate of the predictor; None uses lr * predictor_lr_scale.")
-    predictor_lr_scale: float = _f(1.0, "Predictor learning rate as a multiple of lr, used when predictor_lr is None.")
-    momentum: float = _f(0.9, "SGD momentum.")
-    weight_decay: float = _f(0.0, "AdamW weight decay on LoRA only (decay would pull the predictor toward zero, not I).")
-    grad_clip: float | None = _f(1.0, "Clip the global gradient norm of the updated parameters; None disables.")
+    steps: int = setting(1, "Optimizer steps per problem.", min=1)
+    optimizer: str = setting("sgd", "sgd (momentum, as the baselines' official code) or adamw.",
+                             choices=("sgd", "adamw"))
+    lr: float | None = setting(None, "Learning rate of the LoRA adapters; None takes the method's default_lr "
+                               "(the protocol's selection, docs/protocol.md).", min=0.0)
+    momentum: float = setting(0.9, "SGD momentum.", min=0.0)
+    weight_decay: float = setting(0.0, "AdamW weight decay on LoRA only (decay would pull the predictor toward zero, "
+                                  "not I).", min=0.0)
+    grad_clip: float | None = setting(None, "Clip the global gradient norm of the updated parameters; None (the "
+                                      "paper protocol) disables. The `+clip` add-on sets 1.0.", min=0.0)
     # --- LoRA
-    lora_r: int = _f(8, "LoRA rank.")
-    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).")
-    lora_dropout: float = _f(0.0, "LoRA dropout (0 keeps the update deterministic).")
-    lora_target_modules: list[str] | None = _f(None, "Module names to adapt; None uses peft's per-architecture "
-                                               "default (q_proj/v_proj for Llama, c_attn for GPT-2, ...).")
+    lora_r: int = setting(8, "LoRA rank.", min=1)
+    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = setting(0.0, "LoRA dropout (0 keeps the update deterministic).", min=0.0)
+    lora_target_modules: list[str] | None = setting(None, "Module names to adapt; None uses peft's per-architecture "
+                                                    "default (q_proj/v_proj for Llama, c_attn for GPT-2, ...).")
     # --- protocol
-    schedule: str = _f("online", "online: state carries over problems; episodic: reset before each problem.")
-    signal: str = _f("response", "response: loss on the draft's tokens; prompt: on the prompt's next-token "
-                     "predictions (no draft needed).")
-    answer: str = _f("draft", "draft: answer with the draft, then update (predict-then-update, one generation); "
-                     "regenerate: generate again after the update.")
+    schedule: str = setting("online", "online: state carries over problems; episodic: reset before each problem.",
+                            choices=("online", "episodic"))
+    signal: str = setting("response", "response: loss on the draft's tokens; prompt: on the prompt's next-token "
+                          "predictions (no draft needed).", choices=("response", "prompt"))
+    answer: str = setting("draft", "draft: answer with the draft, then update (predict-then-update, one "
+                          "generation); regenerate: generate again after the update.", choices=("regenerate", "draft"))
     # --- generation
-    max_new_tokens: int = _f(512, "Maximum tokens generated for a draft or an answer.")
-    temperature: float = _f(0.0, "Sampling temperature; 0 is greedy.")
-    top_p: float = _f(1.0, "Nucleus sampling mass (used when temperature > 0).")
-    seed: int = _f(0, "Seed for sampling and for the fixed_random predictor.")
+    max_new_tokens: int = setting(512, "Maximum tokens generated for a draft or an answer.", min=1)
+    temperature: float = setting(0.0, "Sampling temperature; 0 is greedy.", min=0.0)
+    top_p: float = setting(1.0, "Nucleus sampling mass (used when temperature > 0).")
+    seed: int = setting(0, "Seed for sampling, LoRA's initialisation and the fixed_random predictor.")
     # --- memory
-    chunk_size: int = _f(512, "Tokens per chunk of the loss; peak loss memory grows with chunk_size x vocabulary.")
-    gradient_checkpointing: bool = _f(False, "Recompute backbone activations in the backward pass (saves memory).")
-    draft_logits_mib: float = _f(512.0, "Keep the draft's logits (fp32) as the target branch of the first step after "
-                                 "it, which saves that step one head matmul, when max_new_tokens x vocabulary x 4 "
-                                 "bytes fits in this many MiB; 0 always recomputes the target from the features.")
-    # --- method-specific
-    filter_margin: float = _f(0.4, "SAR / EATA filters: keep tokens with entropy < filter_margin * ln(vocab).")
-    sar_rho: float = _f(0.05, "SAR: radius of the sharpness-aware perturbation.")
-    come_tau: float = _f(1.0, "COME: scale of the norm-detached logits before the evidence exp().")
-    slot_steps: int = _f(5, "SLOT: optimisation steps of the per-prompt vector.")
-    slot_lr: float = _f(0.1, "SLOT: AdamW learning rate of the per-prompt vector.")
-    eminf_steps: int = _f(3, "EM-INF: optimisation steps on the logits at each decoding step.")
-    eminf_lr: float = _f(0.1, "EM-INF: learning rate of the logit optimisation.")
-    eminf_threshold: float = _f(0.3, "EM-INF: only optimise the logits when their entropy exceeds this (nats).")
-    eminf_temperature: float = _f(0.1, "EM-INF: temperature of the softmax inside the entropy being minimised.")
-    # --- collapse guard
-    guard: bool = _f(True, "Watch the stream for collapse and roll back to the last healthy state.")
-    guard_every: int = _f(5, "Keep an in-memory checkpoint every this many healthy problems.")
-    guard_window: int = _f(10, "Problems in the sliding window the guard judges.")
-    guard_action: str = _f("rollback_lower_lr", "On a trigger: rollback, rollback_lower_lr (halve lrs) or rollback_stop.")
-    guard_max_answer_share: float = _f(0.6, "Trigger when one extracted answer fills more than this share of the window.")
-    guard_max_degenerate: float = _f(0.5, "Trigger when more than this share of the window's responses loop.")
-    guard_min_entropy_ratio: float = _f(0.1, "Trigger when mean entropy falls below this ratio of the first window's.")
-    guard_max_entropy_ratio: float = _f(3.0, "Trigger when mean entropy rises above this ratio of the first window's.")
+    chunk_size: int = setting(512, "Tokens per chunk of the loss; peak loss memory grows with chunk_size x "
+                              "vocabulary.", min=1)
+    gradient_checkpointing: bool = setting(False, "Recompute backbone activations in the backward pass (saves "
+                                           "memory).")
+    draft_logits_mib: float = setting(512.0, "Keep the draft's logits (fp32) as the target branch of the first step "
+                                      "after it, which saves that step one head matmul, when max_new_tokens x "
+                                      "vocabulary x 4 bytes fits in this many MiB; 0 always recomputes the target "
+                                      "from the features.", min=0.0)
+    # --- collapse guard (an add-on: `+guard`)
+    guard: bool = setting(False, "Watch the stream for collapse and roll back to the last healthy state (not in any "
+                          "paper's code; the `+guard` add-on turns it on).")
+    guard_every: int = setting(5, "Keep an in-memory checkpoint every this many healthy problems.", min=1)
+    guard_window: int = setting(10, "Problems in the sliding window the guard judges.", min=1)
+    guard_action: str = setting("rollback_lower_lr", "On a trigger: rollback, rollback_lower_lr (halve lrs) or "
+                                "rollback_stop.", choices=("rollback", "rollback_lower_lr", "rollback_stop"))
+    guard_max_answer_share: float = setting(0.6, "Trigger when one extracted answer fills more than this share of "
+                                            "the window.")
+    guard_max_degenerate: float = setting(0.5, "Trigger when more than this share of the window's responses loop.")
+    guard_min_entropy_ratio: float = setting(0.1, "Trigger when mean entropy falls below this ratio of the first "
+                                             "window's.")
+    guard_max_entropy_ratio: float = setting(3.0, "Trigger when mean entropy rises above this ratio of the first "
+                                             "window's.")
 
     def __post_init__(self):
-        for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"AdaptConfig.{name}={getattr(self, name)!r} is not valid; choose one of {choices}")
-        for name in ("steps", "max_new_tokens", "chunk_size", "lora_r", "guard_every", "guard_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AdaptConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "alpha", "predictor_lr_scale", "weight_decay", "temperature", "slot_lr", "eminf_lr",
-                     "draft_logits_mib"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"AdaptConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.predictor_lr is not None and self.predictor_lr < 0:
-            raise ValueError(f"AdaptConfig.predictor_lr must be >= 0 or None, got {self.predictor_lr}")
+        from .methods import METHODS  # late import: methods import this module
+
+        cls = METHODS[self.method]  # raises with the known names
+        check_fields(self, "AdaptConfig")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"AdaptConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.schedule == "episodic" and self.answer == "draft" and self.signal == "response":
@@ -110,30 +135,108 @@ class AdaptConfig:
                 "schedule='episodic' with answer='draft' resets the model before every problem and answers before "
                 "adapting, so adaptation could never change an answer; use answer='regenerate' or schedule='online'"
             )
-        from .methods import METHODS  # late import: methods import this module
+        args = dict(self.method_args or {})
+        valid = [f.name for f in dataclasses.fields(cls.config_class)]
+        unknown = sorted(set(args) - set(valid))
+        if unknown:
+            raise TypeError(f"method {self.method!r} has no setting(s) {unknown}; its settings: {valid or 'none'}")
+        self._method_config = cls.config_class(**args)
+        check_fields(self._method_config, f"{self.method}")
+        self.method_args = dataclasses.asdict(self._method_config)  # every setting, defaults included
 
-        METHODS[self.method]  # raises with the known names
+    # --- the method's own settings and resolved values ------------------------------------------
+    @property
+    def method_config(self):
+        """The method's config dataclass instance (`METHODS[method].config_class`)."""
+        return self._method_config
 
     @property
-    def effective_predictor_lr(self) -> float:
-        return self.predictor_lr if self.predictor_lr is not None else self.lr * self.predictor_lr_scale
+    def effective_lr(self) -> float:
+        from .methods import METHODS
 
+        return self.lr if self.lr is not None else METHODS[self.method].default_lr
+
+    def label(self) -> str:
+        """The method's name with the add-ons this config turns on (`zerosiam+clip+guard`)."""
+        from .methods import METHODS
+
+        cls = METHODS[self.method]
+        if not (cls.trains and cls.loop_update):  # neither add-on acts on a method without loop updates
+            return self.method
+        return self.method + ("+clip" if self.grad_clip is not None else "") + ("+guard" if self.guard else "")
+
+    # --- building ---------------------------------------------------------------------------
     def replace(self, **overrides) -> AdaptConfig:
-        """A copy with fields overridden; unknown names are an error listing the valid ones."""
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        """A copy with fields overridden. A method's own settings can be given by name
+        (`replace(alpha=0)`); changing `method` keeps the settings the new method also has.
+        Unknown names are an error listing the valid ones."""
+        from .methods import METHODS
+
+        shared = {f.name for f in dataclasses.fields(self)}
+        method = overrides.get("method", self.method)
+        cls = METHODS[method]
+        own = {f.name for f in dataclasses.fields(cls.config_class)}
+        args = {k: v for k, v in self.method_args.items() if k in own} if method != self.method else \
+            dict(self.method_args)
+        args.update(overrides.pop("method_args", None) or {})
+        unknown = sorted(set(overrides) - shared - own)
         if unknown:
-            raise TypeError(f"unknown AdaptConfig field(s) {unknown}; valid: {self.field_names()}")
-        return dataclasses.replace(self, **overrides)
+            raise TypeError(f"unknown setting(s) {unknown} for method {method!r}; shared AdaptConfig fields: "
+                            f"{sorted(shared - {'method_args'})}; {method}'s own: {sorted(own) or 'none'}")
+        args.update({k: overrides.pop(k) for k in list(overrides) if k in own and k not in shared})
+        return dataclasses.replace(self, **overrides, method_args=args)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AdaptConfig:
+        """From `to_dict()` output or any flat mapping of shared and method fields."""
         return cls().replace(**d)
 
+    @classmethod
+    def from_spec(cls, spec: str, base: dict[str, Any] | None = None) -> AdaptConfig:
+        """`zerosiam+clip:alpha=0:lr=1e-3` -> the method, its add-ons, then `key=value` overrides of
+        shared or method fields. `base` holds overrides applied before the spec's own (keys that
+        this method does not have are skipped)."""
+        from .methods import METHODS
+
+        head, *pairs = spec.split(":")
+        name, addons = head, []
+        while name not in METHODS and "+" in name and name.rsplit("+", 1)[1] in ADDONS:
+            name, addon = name.rsplit("+", 1)
+            addons.insert(0, addon)
+        if name not in METHODS:
+            METHODS[name]  # KeyError naming the known methods
+        over: dict[str, Any] = {}
+        own = {f.name: f for f in dataclasses.fields(METHODS[name].config_class)}
+        shared = {f.name: f for f in dataclasses.fields(cls)}
+        for k, v in (base or {}).items():
+            if k in shared or k in own:
+                over[k] = v
+        for addon in addons:
+            over.update(ADDONS[addon])
+        for pair in pairs:
+            if "=" not in pair:
+                raise ValueError(f"method spec {spec!r}: expected key=value after ':', got {pair!r}")
+            k, v = pair.split("=", 1)
+            f = shared.get(k) or own.get(k)
+            if f is None:
+                raise ValueError(f"method spec {spec!r}: {name} has no setting {k!r}; shared: "
+                                 f"{sorted(set(shared) - {'method_args'})}; {name}'s own: {sorted(own) or 'none'}")
+            try:
+                over[k] = parse_value(v, f.type)
+            except ValueError as e:
+                raise ValueError(f"method spec {spec!r}: {k}={v!r}: {e}") from None
+        over["method"] = name
+        return cls().replace(**over)
+
+    # --- records ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field with resolved values (lr included), for run records and hashes."""
+        d = dataclasses.asdict(self)
+        d["lr"] = self.effective_lr
+        return d
 
     def hash(self) -> str:
-        """Short, stable hash of every field (for naming runs and checking resumes)."""
+        """Short, stable hash of every resolved field (for naming runs and checking resumes)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
@@ -142,5 +245,55 @@ class AdaptConfig:
 
     @classmethod
     def help(cls) -> str:
-        return "\n".join(f"{f.name} (default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r}): "
-                         f"{f.metadata['help']}" for f in dataclasses.fields(cls))
+        """The help text of every shared field, one per line (a string: print it)."""
+        return help_text(cls)
+
+
+def all_settings() -> dict[str, dataclasses.Field]:
+    """Every setting a flat config may name: the shared `AdaptConfig` fields, then each registered
+    method's own (a name several methods share appears once)."""
+    from .methods import METHODS
+
+    out = {f.name: f for f in dataclasses.fields(AdaptConfig) if f.name != "method_args"}
+    for cls in METHODS.values():
+        for f in dataclasses.fields(cls.config_class):
+            out.setdefault(f.name, f)
+    return out
+
+
+def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
+    """Overrides applied to every method of a run must each be a shared field or a setting of at
+    least one of `methods` (method specs); otherwise a misspelt name would be dropped silently."""
+    from .methods import METHODS
+
+    shared = {f.name for f in dataclasses.fields(AdaptConfig)}
+    owned: set[str] = set()
+    for spec in methods:
+        name = AdaptConfig.from_spec(spec).method
+        owned |= {f.name for f in dataclasses.fields(METHODS[name].config_class)}
+    bad = sorted(set(overrides) - shared - owned)
+    if bad:
+        raise ValueError(f"unknown setting(s) {bad} for methods {methods}; valid: {sorted((shared | owned) - {'method_args'})}")
+
+
+def parse_value(text: str, annotation: Any) -> Any:
+    """A command-line string as the type a field's annotation names (`float | None`, `list[str]` ...)."""
+    kind = str(annotation)
+    if text.lower() in ("none", "null"):
+        if "None" in kind or kind == "Any":
+            return None
+        raise ValueError(f"this setting cannot be None (type {kind})")
+    if "list" in kind:
+        return [x for x in text.split(",") if x]
+    if "bool" in kind:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    try:
+        if "int" in kind and "float" not in kind:
+            return int(text)
+        if "float" in kind:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number ({kind}), got {text!r}") from None
+    return text

@@ -88,8 +88,9 @@ class ZeroSiamLM:
         if "lora" in self.method.trains:
             self.peft = self._inject_lora(model)
         self.hidden_size = head.weight.shape[1]
+        kind = self.predictor_kind
         self.predictor = build_predictor(
-            config.predictor, self.hidden_size, **({"seed": config.seed} if config.predictor == "fixed_random" else {})
+            kind, self.hidden_size, **({"seed": config.seed} if kind == "fixed_random" else {})
         ).to(self.device)
         self.predictor.requires_grad_("predictor" in self.method.trains)
         if config.gradient_checkpointing:
@@ -103,12 +104,17 @@ class ZeroSiamLM:
         self.adapt_enabled = True
         self.merge_lora_for_generation = True
         self.guard = None
-        if config.guard and config.schedule == "online" and self.method.adapts:
+        if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
             from .guard import CollapseGuard
 
             self.guard = CollapseGuard(self)
 
     # --- construction -------------------------------------------------------------------
+    @property
+    def predictor_kind(self) -> str:
+        """The method's predictor setting; an identity linear one (frozen) for methods without it."""
+        return getattr(self.method.cfg, "predictor", "linear")
+
     def set_gradient_checkpointing(self, on: bool) -> None:
         """Recompute backbone activations in the backward pass (on) or keep them (off)."""
         if on:
@@ -145,15 +151,17 @@ class ZeroSiamLM:
         groups = []
         lora = [p for n, p in self.named_trainable() if "lora_" in n]
         if lora:
-            groups.append({"params": lora, "lr": c.lr, "weight_decay": c.weight_decay, "name": "lora"})
+            groups.append({"params": lora, "lr": c.effective_lr, "weight_decay": c.weight_decay, "name": "lora"})
         pred = [p for p in self.predictor.parameters() if p.requires_grad]
         if pred:
-            groups.append({"params": pred, "lr": c.effective_predictor_lr, "weight_decay": 0.0, "name": "predictor"})
+            mc = self.method.cfg
+            pred_lr = mc.predictor_lr if mc.predictor_lr is not None else c.effective_lr * mc.predictor_lr_scale
+            groups.append({"params": pred, "lr": pred_lr, "weight_decay": 0.0, "name": "predictor"})
         if not groups:
             return None
         if c.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)
-        return torch.optim.AdamW(groups, lr=c.lr)
+            return torch.optim.SGD(groups, lr=c.effective_lr, momentum=c.momentum)
+        return torch.optim.AdamW(groups, lr=c.effective_lr)
 
     def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything the method updates through the optimizer."""
@@ -182,7 +190,7 @@ class ZeroSiamLM:
     @torch.no_grad()
     def check_identity(self, atol: float = 1e-4) -> None:
         """Fail early when head(predictor(features)) does not reproduce the model's logits."""
-        if self.zs_config.predictor == "fixed_random":
+        if self.predictor_kind == "fixed_random":
             return
         n = min(8, getattr(self.hf.config, "vocab_size", 8))
         ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % max(1, self.head.weight.shape[0])

@@ -8,7 +8,7 @@ adaptation loop (`zs_llm.adapt`) drives every method the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from ..model import ZeroSiamLM
 
 METHODS = Registry("method")
+
+
+@dataclass
+class MethodConfig:
+    """A method's own settings. A method declares a subclass beside its class (fields made with
+    `zs_llm.config.setting`, help text included) and names it in `config_class`; the settings
+    travel in `AdaptConfig.method_args` and are read as `method.cfg.<name>`."""
 
 
 @dataclass
@@ -46,9 +53,18 @@ class Method:
     loop_update: ClassVar[bool] = True
     #: generation-only methods can batch a whole set through `generate`
     batchable: ClassVar[bool] = False
+    #: the method's own settings
+    config_class: ClassVar[type] = MethodConfig
+    #: the LoRA learning rate when `AdaptConfig.lr` is None (the protocol's selection, docs/protocol.md)
+    default_lr: ClassVar[float] = 3e-4
 
     def __init__(self, config: AdaptConfig):
         self.config = config
+
+    @property
+    def cfg(self) -> Any:
+        """This method's settings: an instance of `config_class`."""
+        return self.config.method_config
 
     @property
     def adapts(self) -> bool:

@@ -1,9 +1,16 @@
 import math
+from dataclasses import dataclass
 
 import torch
 
+from ..config import setting
 from ..objective import entropy
-from .base import METHODS, Method
+from .base import METHODS, Method, MethodConfig
+
+
+@dataclass
+class COMEConfig(MethodConfig):
+    tau: float = setting(1.0, "Scale of the norm-detached logits before the evidence exp().", min=0.0)
 
 
 def opinion_entropy(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -32,6 +39,7 @@ class COME(Method):
 
     name = "come"
     trains = ("lora",)
+    config_class = COMEConfig
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
-        return opinion_entropy(online_logits, self.config.come_tau), None, {"softmax_entropy": entropy(online_logits)}
+        return opinion_entropy(online_logits, self.cfg.tau), None, {"softmax_entropy": entropy(online_logits)}

@@ -1,8 +1,19 @@
+from dataclasses import dataclass
+
 import torch
 from transformers import LogitsProcessor
 
+from ..config import setting
 from ..objective import entropy
-from .base import METHODS, Method
+from .base import METHODS, Method, MethodConfig
+
+
+@dataclass
+class EMINFConfig(MethodConfig):
+    steps: int = setting(3, "Optimisation steps on the logits at each decoding step.", min=0)
+    lr: float = setting(0.1, "Learning rate of the logit optimisation.", min=0.0)
+    threshold: float = setting(0.3, "Only optimise the logits while their entropy exceeds this (nats).", min=0.0)
+    temperature: float = setting(0.1, "Temperature of the softmax inside the entropy being minimised.", min=0.0)
 
 
 class EntropyMinLogitsProcessor(LogitsProcessor):
@@ -41,7 +52,8 @@ class EMINF(Method):
 
     name = "eminf"
     batchable = True
+    config_class = EMINFConfig
 
     def logits_processors(self, lm):
-        c = self.config
-        return [EntropyMinLogitsProcessor(c.eminf_steps, c.eminf_lr, c.eminf_threshold, c.eminf_temperature)]
+        c = self.cfg
+        return [EntropyMinLogitsProcessor(c.steps, c.lr, c.threshold, c.temperature)]

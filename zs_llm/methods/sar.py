@@ -1,7 +1,17 @@
+from dataclasses import dataclass
+
 import torch
 
+from ..config import setting
 from ..objective import FAST_OBJECTIVES, sar_weights
-from .base import METHODS, Method
+from .base import METHODS, Method, MethodConfig
+
+
+@dataclass
+class SARConfig(MethodConfig):
+    filter_margin: float = setting(0.4, "Keep tokens with entropy < filter_margin * ln(vocab) (paper: 0.4).",
+                                   min=0.0)
+    rho: float = setting(0.05, "Radius of the sharpness-aware perturbation (paper: 0.05).", min=0.0)
 
 
 @METHODS.register("sar")
@@ -14,11 +24,12 @@ class SAR(Method):
 
     name = "sar"
     trains = ("lora",)
+    config_class = SARConfig
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
-        w = sar_weights(target_logp, self.config.filter_margin)
+        w = sar_weights(target_logp, self.cfg.filter_margin)
         q = target_logp.exp() if target_p is None else target_p
-        value, grad = FAST_OBJECTIVES[self.config.objective](target_logp, q, inplace=True)
+        value, grad = FAST_OBJECTIVES["entropy"](target_logp, q, inplace=True)
         return value, w, {}, grad
 
     def backward(self, lm, batch):
@@ -28,7 +39,7 @@ class SAR(Method):
         if any(g is None for g in grads):
             return first  # no reliable token: nothing to update
         norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads)).clamp(min=1e-12)
-        eps = [self.config.sar_rho * g / norm for g in grads]
+        eps = [self.cfg.rho * g / norm for g in grads]
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.add_(e)

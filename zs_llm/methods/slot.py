@@ -1,8 +1,17 @@
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ..config import setting
 from ..objective import head_loss
-from .base import METHODS, LossBatch, Method
+from .base import METHODS, LossBatch, Method, MethodConfig
+
+
+@dataclass
+class SLOTConfig(MethodConfig):
+    steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0)
+    lr: float = setting(0.1, "AdamW learning rate of the per-prompt vector (paper: 0.1).", min=0.0)
 
 
 @METHODS.register("slot")
@@ -15,6 +24,7 @@ class SLOT(Method):
     name = "slot"
     trains = ("slot",)
     loop_update = False
+    config_class = SLOTConfig
 
     def __init__(self, config):
         super().__init__(config)
@@ -37,9 +47,9 @@ class SLOT(Method):
         with torch.no_grad():
             z = lm.features(batch.input_ids, batch.positions)  # (N, H), computed once
         delta.requires_grad_(True)
-        opt = torch.optim.AdamW([delta], lr=self.config.slot_lr, weight_decay=1e-8, eps=1e-5)
+        opt = torch.optim.AdamW([delta], lr=self.cfg.lr, weight_decay=1e-8, eps=1e-5)
         first = last = None
-        for _ in range(self.config.slot_steps):
+        for _ in range(self.cfg.steps):
             opt.zero_grad()
             loss = head_loss((z.float() + delta).to(z.dtype), None, lm.head_logits, self.token_loss,
                              labels=batch.labels, chunk_size=self.config.chunk_size)

@@ -15,7 +15,6 @@ class Tent(Method):
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
         # no predictor: the target log-probabilities are the online ones (detached)
-        objective = self.config.objective
         q = target_logp.exp() if target_p is None else target_p
-        value, grad = FAST_OBJECTIVES[objective](target_logp, q, inplace=True)  # target_logp is scratch
-        return value, None, ({"entropy": value} if objective == "entropy" else {}), grad
+        value, grad = FAST_OBJECTIVES["entropy"](target_logp, q, inplace=True)  # target_logp is scratch
+        return value, None, {"entropy": value}, grad

@@ -1,5 +1,31 @@
-from ..objective import eata_weights, sar_weights, zerosiam_rows
-from .base import METHODS, Method
+from dataclasses import dataclass
+
+from ..config import setting
+from ..objective import DIVERGENCES, OBJECTIVES, eata_weights, sar_weights, zerosiam_rows
+from ..predictor import PREDICTORS
+from .base import METHODS, Method, MethodConfig
+
+
+@dataclass
+class ZeroSiamConfig(MethodConfig):
+    alpha: float = setting(1.0, "Weight of the alignment term D(p_o || sg[p_r]); 0 leaves pure entropy through the "
+                           "predictor.", min=0.0)
+    divergence: str = setting("sym_kl", "Alignment divergence: sym_kl (KL both ways, summed), kl, rkl, js, mse.",
+                              choices=tuple(DIVERGENCES))
+    objective: str = setting("entropy", "Confidence term: entropy, slr (soft likelihood ratio), ce_argmax, neg_p2 "
+                             "(-sum p^2).", choices=tuple(OBJECTIVES))
+    predictor: str = setting("linear", "Predictor before the head: linear (identity init), fixed_random (frozen), "
+                             "mlp.", choices=tuple(PREDICTORS))
+    predictor_lr: float | None = setting(None, "Learning rate of the predictor; None uses lr * predictor_lr_scale.",
+                                         min=0.0)
+    predictor_lr_scale: float = setting(1.0, "Predictor learning rate as a multiple of the LoRA lr, used when "
+                                        "predictor_lr is None.", min=0.0)
+
+
+@dataclass
+class FilteredZeroSiamConfig(ZeroSiamConfig):
+    filter_margin: float = setting(0.4, "Reliable tokens: entropy < filter_margin * ln(vocab) (SAR, EATA: 0.4).",
+                                   min=0.0)
 
 
 @METHODS.register("zerosiam")
@@ -13,12 +39,13 @@ class ZeroSiam(Method):
     name = "zerosiam"
     trains = ("lora", "predictor")
     uses_predictor = True
+    config_class = ZeroSiamConfig
 
     def weights(self, target_logp):
         return None
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
-        c = self.config
+        c = self.cfg
         w = self.weights(target_logp)  # before zerosiam_rows builds its gradient in target_logp
         loss, grad, extras = zerosiam_rows(online_logits, target_logp, c.alpha, c.divergence, c.objective, target_p,
                                            inplace=True)
@@ -30,9 +57,10 @@ class ZeroSiamSAR(ZeroSiam):
     """ZeroSiam's loss on SAR's reliable tokens only (the paper's plug-in ablation)."""
 
     name = "zerosiam+sar"
+    config_class = FilteredZeroSiamConfig
 
     def weights(self, target_logp):
-        return sar_weights(target_logp, self.config.filter_margin)
+        return sar_weights(target_logp, self.cfg.filter_margin)
 
 
 @METHODS.register("zerosiam+eata")
@@ -40,6 +68,7 @@ class ZeroSiamEATA(ZeroSiam):
     """ZeroSiam's loss weighted per token as EATA weights samples: exp(H0 - H) below H0."""
 
     name = "zerosiam+eata"
+    config_class = FilteredZeroSiamConfig
 
     def weights(self, target_logp):
-        return eata_weights(target_logp, self.config.filter_margin)
+        return eata_weights(target_logp, self.cfg.filter_margin)
