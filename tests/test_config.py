@@ -75,9 +75,7 @@ def test_errors_name_the_setting_and_the_method():
         AdaptConfig(lr=-1.0)
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['alpah'\]"):
         check_overrides({"alpah": 1}, ["tent", "zerosiam"])
-    check_overrides({"alpha": 0.5, "lr": 1e-3}, ["tent", "zerosiam"])  # alpha belongs to one of them: fine
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['alpha'\]"):
-        check_overrides({"alpha": 0.5}, ["tent", "come"])
+    check_overrides({"alpha": 0.5, "lr": 1e-3}, ["tent", "come"])  # some method has alpha: not a typo
 
 
 def test_run_wide_overrides_skip_methods_without_the_setting():

@@ -103,8 +103,8 @@ def test_output_folder_with_other_config_is_refused(tiny_dir, tmp_path):
     (["--datasets", "math5000"], "known"),
     (["--model", "./missing/model"], "does not exist"),
     (["--datasets", "math500", "--data-dir", "/nonexistent"], "--data-dir"),
-    (["--set", "lrr=1"], "not an AdaptConfig field"),
-    (["--methods", "zerosiam:alpah=0"], "unknown AdaptConfig field"),
+    (["--set", "lrr=1"], "lrr: not a setting of any method"),
+    (["--methods", "zerosiam:alpah=0"], "zerosiam has no setting 'alpah'"),
 ])
 def test_cli_errors_before_loading_a_model(argv, message, tiny_dir, tmp_path, capsys, monkeypatch):
     import eval.runner
@@ -156,7 +156,8 @@ def test_pass_at_k_and_sampled_accuracy():
 
 def test_method_specs_and_vllm_translation():
     c = parse_method_spec("zerosiam:alpha=0:predictor=mlp:lora_target_modules=q_proj,v_proj", {"lr": 1e-3})
-    assert (c.alpha, c.predictor, c.lr, c.lora_target_modules) == (0.0, "mlp", 1e-3, ["q_proj", "v_proj"])
+    mc = c.method_config
+    assert (mc.alpha, mc.predictor, c.lr, c.lora_target_modules) == (0.0, "mlp", 1e-3, ["q_proj", "v_proj"])
     greedy = vllm_sampling_kwargs(AdaptConfig(max_new_tokens=64))
     assert greedy == {"n": 1, "max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0,
                       "skip_special_tokens": True}

@@ -10,7 +10,7 @@ def step(lm):
 
 
 def test_guard_rolls_back_to_the_checkpoint_bitwise(make_lm):
-    lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=4, guard_every=2, guard_action="rollback_lower_lr")
+    lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=4, guard_every=2, guard_action="rollback_lower_lr", guard=True)
     g = lm.guard
     lrs = [x["lr"] for x in lm.optimizer.param_groups]
     for i in range(4):  # a full window of healthy problems with distinct answers: a checkpoint is kept
@@ -29,7 +29,7 @@ def test_guard_rolls_back_to_the_checkpoint_bitwise(make_lm):
 
 
 def test_guard_stop_action_and_stream_finishes(make_lm):
-    lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=3, guard_action="rollback_stop")
+    lm = make_lm(lr=0.5, predictor_lr=0.5, guard_window=3, guard_action="rollback_stop", guard=True)
     for _ in range(3):
         lm.guard.observe("\\boxed{6}", step(lm))
     assert lm.adapt_enabled is False
@@ -78,7 +78,7 @@ def test_guard_catches_responses_that_stop_answering(make_lm):
     """Incoherent text that neither loops nor repeats one answer: the answered share falls."""
     from zs_llm.guard import FORMAT_WINDOWS
 
-    lm = make_lm(guard_window=3, guard_every=1, guard_action="rollback")
+    lm = make_lm(guard_window=3, guard_every=1, guard_action="rollback", guard=True)
     g = lm.guard
     span = FORMAT_WINDOWS * 3
     for i in range(span):  # the first span: every response answers
@@ -100,7 +100,7 @@ def test_guard_catches_responses_that_stop_answering(make_lm):
 def test_guard_answered_check_off_when_the_model_rarely_answers(make_lm):
     from zs_llm.guard import FORMAT_MIN_ANSWERS, FORMAT_WINDOWS
 
-    lm = make_lm(guard_window=3)
+    lm = make_lm(guard_window=3, guard=True)
     g = lm.guard
     span = FORMAT_WINDOWS * 3
     for i in range(span):
@@ -112,7 +112,7 @@ def test_guard_answered_check_off_when_the_model_rarely_answers(make_lm):
 def test_guard_reads_answers_the_way_the_harness_extracts_them(make_lm):
     from eval.grading import extract_answer
 
-    g = make_lm(guard_window=3).guard
+    g = make_lm(guard_window=3, guard=True).guard
     for text in ("So, the answer is 8.", "\\boxed{}", "Final answer: 12", "no answer here"):
         g.observe(text, [])
         assert g.window[-1]["answer"] == (extract_answer(text) or None)

@@ -120,8 +120,8 @@ def test_grid_expansion_names_and_overrides():
     from eval.runner import parse_method_spec
 
     ac = parse_method_spec(z.methods[0], z.adapt)
-    assert ac.effective_predictor_lr == pytest.approx(1e-3)
-    assert parse_method_spec(*by["zerosiam_alpha=0_sgd_lr0.001_ps10"].run.methods, {}).alpha == 0.0
+    assert ac.method_config.effective_predictor_lr(ac.effective_lr) == pytest.approx(1e-3)
+    assert parse_method_spec(*by["zerosiam_alpha=0_sgd_lr0.001_ps10"].run.methods, {}).method_config.alpha == 0.0
     assert by["noadapt_s1"].run.seed == 1 and by["noadapt_s1"].run.adapt == GRID["base"]["adapt"]
     t = [p for p in points if p.name.startswith("tent")]
     assert {tuple(p.run.adapt["lora_target_modules"]) for p in t} == {
@@ -168,7 +168,7 @@ def test_sweep_runs_skips_finished_and_resumes(tiny_dir, tmp_path, monkeypatch, 
     assert all(sweep.is_finished(p, out) for p in points)
     z = next(p for p in points if p.name.startswith("zerosiam"))
     rows = read_rows(stream_path(out / z.name, "zerosiam", "arith"))
-    assert [r["index"] for r in rows] == [0, 1, 2] and rows[0]["config"]["predictor_lr"] is None
+    assert [r["index"] for r in rows] == [0, 1, 2] and rows[0]["config"]["method_args"]["predictor_lr"] is None
     summary = json.loads((out / "summary_tiny.json").read_text())
     assert {r["point"] for r in summary} == {"noadapt", "zerosiam_sgd_lr0.01_ps1"}
     assert all(r["verdict"] in ("stable", "sharpening", "collapsed-constant", "degenerate") for r in summary)

@@ -139,7 +139,9 @@ class AdaptConfig:
         valid = [f.name for f in dataclasses.fields(cls.config_class)]
         unknown = sorted(set(args) - set(valid))
         if unknown:
-            raise TypeError(f"method {self.method!r} has no setting(s) {unknown}; its settings: {valid or 'none'}")
+            shared = sorted(f.name for f in dataclasses.fields(self) if f.name != "method_args")
+            raise TypeError(f"unknown setting(s) {unknown} for method {self.method!r}; shared AdaptConfig fields: "
+                            f"{shared}; {self.method}'s own: {valid or 'none'}")
         self._method_config = cls.config_class(**args)
         check_fields(self._method_config, f"{self.method}")
         self.method_args = dataclasses.asdict(self._method_config)  # every setting, defaults included
@@ -262,18 +264,29 @@ def all_settings() -> dict[str, dataclasses.Field]:
 
 
 def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
-    """Overrides applied to every method of a run must each be a shared field or a setting of at
-    least one of `methods` (method specs); otherwise a misspelt name would be dropped silently."""
-    from .methods import METHODS
-
-    shared = {f.name for f in dataclasses.fields(AdaptConfig)}
-    owned: set[str] = set()
+    """Overrides applied to every method of a run (each takes the ones it has) must each be a
+    setting of some method; otherwise a misspelt name would be dropped silently. `methods`
+    (specs) are checked to parse."""
     for spec in methods:
-        name = AdaptConfig.from_spec(spec).method
-        owned |= {f.name for f in dataclasses.fields(METHODS[name].config_class)}
-    bad = sorted(set(overrides) - shared - owned)
+        AdaptConfig.from_spec(spec)
+    bad = sorted(set(overrides) - set(all_settings()))
     if bad:
-        raise ValueError(f"unknown setting(s) {bad} for methods {methods}; valid: {sorted((shared | owned) - {'method_args'})}")
+        raise ValueError(f"unknown setting(s) {bad}; valid: {sorted(all_settings())}")
+
+
+_SHARED = {f.name for f in dataclasses.fields(AdaptConfig)}
+_dataclass_init = AdaptConfig.__init__
+
+
+def _init(self, *args, method_args: dict[str, Any] | None = None, **kw):
+    # `AdaptConfig(alpha=0)`: a keyword that is not a shared field is one of the method's own
+    # settings (checked in __post_init__ against the method's config dataclass)
+    own = {k: kw.pop(k) for k in list(kw) if k not in _SHARED}
+    _dataclass_init(self, *args, method_args={**(method_args or {}), **own}, **kw)
+
+
+_init.__doc__ = _dataclass_init.__doc__
+AdaptConfig.__init__ = _init
 
 
 def parse_value(text: str, annotation: Any) -> Any:

@@ -154,8 +154,7 @@ class ZeroSiamLM:
             groups.append({"params": lora, "lr": c.effective_lr, "weight_decay": c.weight_decay, "name": "lora"})
         pred = [p for p in self.predictor.parameters() if p.requires_grad]
         if pred:
-            mc = self.method.cfg
-            pred_lr = mc.predictor_lr if mc.predictor_lr is not None else c.effective_lr * mc.predictor_lr_scale
+            pred_lr = self.method.cfg.effective_predictor_lr(c.effective_lr)
             groups.append({"params": pred, "lr": pred_lr, "weight_decay": 0.0, "name": "predictor"})
         if not groups:
             return None

@@ -21,6 +21,9 @@ class ZeroSiamConfig(MethodConfig):
     predictor_lr_scale: float = setting(1.0, "Predictor learning rate as a multiple of the LoRA lr, used when "
                                         "predictor_lr is None.", min=0.0)
 
+    def effective_predictor_lr(self, lora_lr: float) -> float:
+        return self.predictor_lr if self.predictor_lr is not None else lora_lr * self.predictor_lr_scale
+
 
 @dataclass
 class FilteredZeroSiamConfig(ZeroSiamConfig):
