@@ -70,6 +70,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help=helps["limit"])
     p.add_argument("--data-dir", dest="data_dir", help=helps["data_dir"] + " Or set ZS_LLM_DATA_DIR.")
     p.add_argument("--prompt-style", dest="prompt_style", help=helps["prompt_style"])
+    p.add_argument("--prompt-template", dest="prompt_template", help=helps["prompt_template"])
     p.add_argument("--n-samples", dest="n_samples", type=int, help=helps["n_samples"])
     p.add_argument("--batch-size", dest="batch_size", type=int, help=helps["batch_size"])
     p.add_argument("--backend", help=helps["backend"])

@@ -27,7 +27,7 @@ from zs_llm.config import AdaptConfig, check_overrides
 
 from .datasets import DATASETS, dataset_fingerprint, load_problems, resolve_data_dir
 from .grading import default_grader, extract_answer, grade
-from .prompting import PROMPT_STYLES, build_messages
+from .prompting import PROMPT_STYLES, build_messages, prompt_info
 
 
 @dataclass
@@ -46,6 +46,8 @@ class RunConfig:
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files."})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES)."})
+    prompt_template: str | None = field(default=None, metadata={
+        "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
     n_samples: int = field(default=1, metadata={"help": "Answers per problem; >1 samples (needs temperature > 0) "
                                                 "and reports avg@n and pass@k."})
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting."})
@@ -220,11 +222,17 @@ class Runner:
         return True, f".shard{self.rank}of{self.world}"
 
     def _write_run_json(self) -> None:
+        # on every rank, before any model loads: a published prompt whose source is missing stops the run here
+        prompt = prompt_info(self.cfg.prompt_style, self.cfg.prompt_template)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "rows").mkdir(exist_ok=True)
         run_json = self.out / "run.json"
+        recorded = json.loads(run_json.read_text()).get("prompt") if run_json.exists() else None
+        if recorded and recorded["sha256"] != prompt["sha256"]:
+            raise FileExistsError(f"{self.out} was run with another {prompt['style']} template ({recorded['origin']}, "
+                                  f"sha256 {recorded['sha256'][:12]}; now {prompt['sha256'][:12]}); use a new --out")
         if not run_json.exists() and self.rank == 0:
-            info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(),
+            info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt,
                     "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
@@ -350,7 +358,8 @@ class Runner:
             try:
                 for b in range(0, len(todo), batch):
                     chunk = todo[b : b + batch]
-                    messages = [build_messages(p.question, self.cfg.prompt_style) for p in chunk]
+                    messages = [build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
+                                for p in chunk]
                     results = self._solve(lm, chunk, messages)
                     args = (lm, method, dataset, chunk, messages, results, first + b, order)
                     if not pipelined:

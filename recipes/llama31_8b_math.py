@@ -10,6 +10,22 @@ CPU (a smoke run on a small model):
 Defaults live in recipes/configs/llama31_8b_math.yaml; any field (harness or AdaptConfig)
 can be overridden: `--lr 5e-5 --methods noadapt,zerosiam --limit 50 --out runs/x`. A rerun
 with the same --out resumes.
+
+The prompt is Meta's own Llama 3.1 math evaluation prompt (style `meta_llama31_math`), so the
+numbers sit beside Meta's published ones. The project carries no copy of it: the run reads it
+when it starts, before the model loads.
+Online: from the hub dataset meta-llama/Llama-3.1-8B-Instruct-evals (config
+    Llama-3.1-8B-Instruct-evals__math__details, split latest, field input_final_prompts). The
+    dataset is gated: accept its terms on the hub, `pip install datasets`, `hf auth login`.
+Offline: save it once where the hub is reachable, copy the file, pass it:
+    python -m eval.prompting meta_llama31_math meta_math_prompt.txt
+    accelerate launch ... recipes/llama31_8b_math.py --prompt_template meta_math_prompt.txt
+Either way run.json records the template's origin and sha256 (the same for both). The published
+text is already in Llama 3 header tokens, and Meta's llama-cookbook feeds it to the model as is;
+here its turns go through the model's chat template, which for Llama-3.1-Instruct writes its own
+"Cutting Knowledge Date" system block, so compare a row's `prompt` with the published text before
+claiming token-for-token equality. Our earlier paraphrase of Meta's instruction is
+`--prompt_style llama31_paraphrase`.
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,11 @@ def rows(out):
 
 
 def launch(prefix, tiny_dir, out):
+    template = out.parent / "prompt.txt"  # the recipe's Meta prompt comes from the hub or a file: a made-up one
+    template.write_text("<|start_header_id|>user<|end_header_id|>\n\nMade-up rules.\n\nProblem: {question}<|eot_id|>\n")
     cmd = prefix + [str(REPO / "recipes" / "llama31_8b_math.py"), "--model", str(tiny_dir), "--limit", "3",
-                    "--methods", "noadapt,tent,zerosiam", "--datasets", "arith,gsm8k", "--dtype", "float32", "--max_new_tokens", "5", "--out", str(out)]
+                    "--methods", "noadapt,tent,zerosiam", "--datasets", "arith,gsm8k", "--dtype", "float32", "--max_new_tokens", "5", "--out", str(out),
+                    "--prompt_template", str(template)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
@@ -42,6 +46,8 @@ def test_accelerate_launch_matches_single_process(launcher, tiny_dir, tmp_path):
     assert set(a) == {(m, d) for m in ("noadapt", "tent", "zerosiam") for d in ("arith", "gsm8k")}
     assert a == b
     assert (multi / "report.md").exists()
+    assert "Made-up rules.\n\nProblem: " in a[("noadapt", "arith")][0]["prompt"]
+    assert json.loads((multi / "run.json").read_text())["prompt"]["style"] == "meta_llama31_math"
 
 
 def test_yaml_and_overrides_resolve(tmp_path):
