@@ -229,6 +229,19 @@ def arith_problems(seed: int = 0, size: int = 500) -> list[Problem]:
 DATASETS["arith"] = DatasetSpec("arith", None, (), None, None, generate=arith_problems)
 
 
+def arith_dev_problems(seed: int = 0, size: int = 500) -> list[Problem]:
+    """The development stream for choosing settings (bench/select_lr.py): `arith` drawn with seed
+    1000 + `seed`, without any question that the evaluation stream (`arith`, seed 0, 500
+    problems) asks, so a setting is never chosen on the problems it is scored on."""
+    held_out = {p.question for p in arith_problems(seed=0, size=500)}
+    pool = arith_problems(seed=1000 + seed, size=4 * size)
+    kept = [p for p in pool if p.question not in held_out][:size]
+    return [Problem(f"dev{seed}-{i}", p.question, p.gold, p.meta) for i, p in enumerate(kept)]
+
+
+DATASETS["arith_dev"] = DatasetSpec("arith_dev", None, (), None, None, generate=arith_dev_problems)
+
+
 # ---------------------------------------------------------------------------- loading
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from .config import AdaptConfig
 from .methods import METHODS
 from .predictor import build_predictor
 
+logger = logging.getLogger("zs_llm")
 CONFIG_NAME = "zs_llm_config.json"
 PREDICTOR_NAME = "predictor.safetensors"
 EXTRA_NAME = "method_state.safetensors"
@@ -130,9 +132,16 @@ class ZeroSiamLM:
     def _inject_lora(self, model):
         from peft import LoraConfig, get_peft_model
 
+        from .lora_targets import lora_target_modules
+
         c = self.zs_config
-        target = c.lora_target_modules
         try:
+            target, source = lora_target_modules(model, c.lora_target_modules)
+            #: the module names LoRA was placed on, and where the choice came from
+            self.lora_targets, self.lora_targets_source = target, source
+            if source == "found":
+                logger.info("LoRA on %s of %s (no peft default for this architecture; set lora_target_modules to "
+                            "choose others)", target, type(model).__name__)
             lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=target, bias="none", task_type="CAUSAL_LM")
             # lora_A's random init draws from the global RNG: seed it so runs are reproducible

@@ -55,10 +55,22 @@ def tiny_config(arch: str, vocab_size: int = VOCAB, hidden: int = 32, layers: in
                                 num_attention_heads=4, max_position_embeddings=2048, **common)
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=2048, **common)
-    raise ValueError(f"no tiny config for {arch!r}; choose one of {ARCHS}")
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj: no peft default
+        return tf.Phi3Config(**decoder)
+    if arch == "falcon":
+        return tf.FalconConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, **common)
+    if arch == "cohere":  # logit_scale after the head
+        return tf.CohereConfig(**decoder)
+    if arch == "olmo2":
+        return tf.Olmo2Config(**decoder)
+    if arch == "starcoder2":
+        return tf.Starcoder2Config(**decoder)
+    raise ValueError(f"no tiny config for {arch!r}; choose one of {ARCHS + MORE_ARCHS}")
 
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2", "gpt_neox", "gpt2")
+#: architectures peft has no LoRA default for (or a fused one): zs_llm finds their projections
+MORE_ARCHS = ("phi3", "falcon", "cohere", "olmo2", "starcoder2")
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, **kw):
