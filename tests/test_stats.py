@@ -148,3 +148,12 @@ def test_bootstrap_resampling_matches_index_resampling_in_distribution():
     idx = rng.integers(0, len(v), size=(20_000, len(v)))
     lo, hi = np.quantile(v[idx].mean(axis=1), [0.025, 0.975])
     assert bootstrap_interval(v, n_resamples=20_000, seed=0) == pytest.approx((lo, hi), abs=0.011)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import eval.stats
+
+    result = doctest.testmod(eval.stats, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 10 and result.failed == 0
