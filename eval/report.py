@@ -1,10 +1,18 @@
-"""Tables and plots from a run folder: accuracy per method and set, the average, the change
-from `noadapt`, and collapse diagnostics along each stream."""
+"""Tables and plots from a run folder: accuracy per method and set with its 95% interval, the
+average over sets, the paired change from `noadapt` on the same problems (interval and McNemar p),
+and collapse diagnostics along each stream; `write_combined_report` puts runs of one configuration
+with different seeds side by side (per-seed values, mean, sd and range).
+
+    python -m eval report runs/demo     # report.md, metrics.json, results.csv and plots/ in runs/demo
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +28,21 @@ from zs_llm.diagnostics import (
 
 from .datasets import FOUR_SETS
 from .runner import pass_at_k, read_rows
+from .stats import (
+    N_RESAMPLES,
+    PairedDiff,
+    combine_seeds,
+    paired_difference,
+    paired_difference_over_sets,
+    stratified_interval,
+    wilson_interval,
+)
+
+BASELINE = "noadapt"
+AVERAGE = "average"  # the dataset name of the average-over-sets rows in results.csv
+CSV_COLUMNS = ("method", "dataset", "n", "correct", "accuracy", "ci_low", "ci_high", "diff_vs_noadapt",
+               "diff_ci_low", "diff_ci_high", "p_mcnemar")
+SEED_COLUMNS = ("n_runs", "accuracy_sd", "accuracy_min", "accuracy_max", "diff_sd", "diff_min", "diff_max")
 
 
 def load_run(run_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
@@ -37,53 +60,197 @@ def load_run(run_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def accuracy(rows: list[dict]) -> dict:
-    """Greedy pass@1 (or avg@n with samples) over gradable rows; ungradable ones are counted."""
+    """Greedy pass@1 (or avg@n with samples) over gradable rows with its 95% Wilson interval;
+    ungradable rows (unparseable gold) are counted, not scored."""
     graded = [r for r in rows if r.get("correct") is not None]
-    out = {"n": len(rows), "graded": len(graded), "ungradable": len(rows) - len(graded)}
-    out["acc"] = float(np.mean([bool(r["correct"]) for r in graded])) if graded else float("nan")
+    k = sum(bool(r["correct"]) for r in graded)
+    out = {"n": len(rows), "graded": len(graded), "ungradable": len(rows) - len(graded), "correct": k}
+    out["acc"] = k / len(graded) if graded else float("nan")
+    out["ci_low"], out["ci_high"] = wilson_interval(k, len(graded))
     multi = [r for r in graded if r.get("corrects")]
     if multi:
         n = len(multi[0]["corrects"])
         out["avg@n"] = float(np.mean([np.mean([bool(c) for c in r["corrects"] if c is not None]) for r in multi]))
-        for k in sorted({1, min(n, 4), n}):
-            out[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(bool(c) for c in r["corrects"]), k) for r in multi]))
+        for kk in sorted({1, min(n, 4), n}):
+            out[f"pass@{kk}"] = float(np.mean([pass_at_k(n, sum(bool(c) for c in r["corrects"]), kk) for r in multi]))
     return out
 
 
-def _fmt(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+def outcomes(rows: list[dict]) -> dict:
+    """{problem id: correct (True/False/None)} of one stream, the key that pairs methods."""
+    return {r.get("id", r["index"]): r.get("correct") for r in rows}
 
 
-def accuracy_table(streams) -> tuple[str, dict]:
+def average_sets(datasets: Sequence[str]) -> tuple[list[str], str]:
+    """The sets averaged in the report and the column's name: the four paper sets when all are present."""
+    four = [d for d in FOUR_SETS if d in datasets]
+    return (four, "avg (4 sets)") if len(four) == len(FOUR_SETS) else (list(datasets), "avg")
+
+
+def summarize(streams: dict, baseline: str = BASELINE, seed: int = 0) -> dict:
+    """Every number of the accuracy section.
+
+    sets[(method, dataset)]: `accuracy()` plus "vs" (a PairedDiff against `baseline`, except for the
+    baseline); average[method]: the mean of its per-set accuracies over `avg_sets` with a bootstrap
+    interval that resamples problems within each set, plus "vs". A method missing one of the sets
+    has no average, and a run of one set has none.
+    """
     methods = list(dict.fromkeys(m for m, _ in streams))
     datasets = list(dict.fromkeys(d for _, d in streams))
-    acc = {(m, d): accuracy(rows) for (m, d), rows in streams.items()}
-    avg_sets = [d for d in FOUR_SETS if d in datasets]
-    avg_sets = avg_sets if len(avg_sets) == len(FOUR_SETS) else datasets
-    avg_name = "avg (4 sets)" if len(avg_sets) == len(FOUR_SETS) and set(avg_sets) <= set(FOUR_SETS) else "avg"
-    avgs = {}
+    avg_sets, avg_name = average_sets(datasets)
+    outs = {k: outcomes(rows) for k, rows in streams.items()}
+    sets = {k: accuracy(rows) for k, rows in streams.items()}
+    for (m, d), a in sets.items():
+        if m != baseline and (baseline, d) in outs:
+            a["vs"] = paired_difference(outs[(m, d)], outs[(baseline, d)], seed=seed)
+    average = {}
     for m in methods:
-        vals = [acc[(m, d)]["acc"] for d in avg_sets if (m, d) in acc]
-        avgs[m] = float(np.mean(vals)) if len(vals) == len(avg_sets) else float("nan")
-    base = avgs.get("noadapt")
-    head = "| method | " + " | ".join(datasets) + f" | {avg_name} | vs noadapt |"
-    lines = [head, "|" + "---|" * (len(datasets) + 3)]
+        if len(avg_sets) < 2 or not all((m, d) in sets for d in avg_sets):  # one set: its own row says it all
+            continue
+        groups = [[bool(c) for c in outs[(m, d)].values() if c is not None] for d in avg_sets]
+        lo, hi = stratified_interval(groups, seed=seed)
+        a = {"graded": sum(len(g) for g in groups), "correct": sum(sum(g) for g in groups),
+             "acc": float(np.mean([sets[(m, d)]["acc"] for d in avg_sets])), "ci_low": lo, "ci_high": hi}
+        if m != baseline and all((baseline, d) in outs for d in avg_sets):
+            a["vs"] = paired_difference_over_sets([(outs[(m, d)], outs[(baseline, d)]) for d in avg_sets], seed=seed)
+        average[m] = a
+    return {"methods": methods, "datasets": datasets, "avg_sets": avg_sets, "avg_name": avg_name,
+            "baseline": baseline, "sets": sets, "average": average}
+
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _pct(x: float, sign: bool = False) -> str:
+    return "-" if _nan(x) else f"{100 * x:{'+' if sign else ''}.1f}"
+
+
+def _ci(x: float, lo: float, hi: float, sign: bool = False) -> str:
+    """`27.5 [19.8, 36.1]` in %; `+2.5 [-1.0, +6.0]` for a change."""
+    if _nan(x):
+        return "-"
+    return f"{_pct(x, sign)} [{_pct(lo, sign)}, {_pct(hi, sign)}]"
+
+
+def _p(p: float) -> str:
+    return "-" if _nan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _n_label(ns: set[int]) -> str:
+    return f"n={min(ns)}" if len(ns) == 1 else f"n={min(ns)}-{max(ns)}"
+
+
+def accuracy_table(summary: dict) -> str:
+    """Methods x sets (and the average): accuracy in % with its 95% interval, n graded problems."""
+    methods, datasets, sets, average = (summary[k] for k in ("methods", "datasets", "sets", "average"))
+    ns = {d: {sets[(m, d)]["graded"] for m in methods if (m, d) in sets} for d in datasets}
+    avg_ns = {a["graded"] for a in average.values()}
+    heads = [f"{d} ({_n_label(ns[d])})" if len(ns[d]) == 1 else d for d in datasets]
+    if average:
+        heads.append(summary["avg_name"] + (f" ({_n_label(avg_ns)})" if len(avg_ns) == 1 else ""))
+    lines = ["| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for m in methods:
-        cells = [_fmt(acc[(m, d)]["acc"]) if (m, d) in acc else "-" for d in datasets]
-        delta = "-" if base is None or math.isnan(base) or math.isnan(avgs[m]) else f"{100 * (avgs[m] - base):+.2f}"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(avgs[m])} | {delta} |")
-    counts = ", ".join(f"{d}: {acc[(methods[0], d)]['n']}" for d in datasets if (methods[0], d) in acc)
-    ungr = sum(a["ungradable"] for a in acc.values())
-    note = f"\nAccuracy in % (greedy pass@1 unless sampled). Problems per set: {counts}."
+        cells = []
+        for d in datasets:
+            a = sets.get((m, d))
+            cell = "-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"])
+            cells.append(cell + (f", n={a['graded']}" if a is not None and len(ns[d]) > 1 else ""))
+        a = average.get(m)
+        if average:
+            cells.append("-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"])
+                         + (f", n={a['graded']}" if len(avg_ns) > 1 else ""))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def change_table(summary: dict) -> str:
+    """Each method minus the baseline on the problems graded for both, per set and averaged."""
+    base, sets, average = summary["baseline"], summary["sets"], summary["average"]
+    lines = [f"| method | dataset | n paired | change vs {base} (points) [95% CI] | gained | lost | McNemar p |",
+             "|---|---|---|---|---|---|---|"]
+    for m in summary["methods"]:
+        if m == base:
+            continue
+        keyed = [(d, sets[(m, d)].get("vs")) for d in summary["datasets"] if (m, d) in sets]
+        keyed.append((summary["avg_name"], average.get(m, {}).get("vs")))
+        for d, v in keyed:
+            if v is not None:
+                lines.append(f"| {m} | {d} | {v.n} | {_ci(v.diff, v.ci_low, v.ci_high, sign=True)} | "
+                             f"{v.only_method} | {v.only_baseline} | {_p(v.p_mcnemar)} |")
+    return "\n".join(lines) if len(lines) > 2 else f"No `{base}` stream to compare with."
+
+
+def accuracy_section(summary: dict) -> str:
+    sets = summary["sets"]
+    note = "Accuracy in % (greedy pass@1 unless sampled) with its 95% Wilson interval; n: problems graded."
+    if summary["average"]:
+        note += (f" {summary['avg_name']}: the mean of the accuracies on {', '.join(summary['avg_sets'])}, with a "
+                 f"bootstrap interval ({N_RESAMPLES:,} resamples of problems within each set; a set at 0% or 100% "
+                 "adds no width to it).")
+    text = [accuracy_table(summary), "", note]
+    ungr = {k: a["ungradable"] for k, a in sets.items() if a["ungradable"]}
     if ungr:
-        note += f" {ungr} rows with an unparseable gold answer are excluded (not counted as wrong)."
-    extra = [(k, a) for k, a in acc.items() if "avg@n" in a]
+        where = ", ".join(f"{m} on {d}: {u}" for (m, d), u in ungr.items())
+        k = sum(ungr.values())
+        text[-1] += (f" {k} row{'s' * (k != 1)} with an unparseable gold answer {'are' if k != 1 else 'is'} excluded "
+                     f"(not counted as wrong): {where}.")
+    avg = summary["average"]
+    text += ["", f"### Change from {summary['baseline']}", "", change_table(summary), "",
+             "Paired on problem id, over the problems graded for both. Interval: paired bootstrap "
+             f"({N_RESAMPLES:,} resamples of problems, seed 0{'; within each set for the average' * bool(avg)}). "
+             f"gained / lost: problems only the method / only {summary['baseline']} solved. McNemar: exact two-sided "
+             f"binomial test on those counts{' (for the average, pooled over the sets)' * bool(avg)}."]
+    extra = [(k, a) for k, a in sets.items() if "avg@n" in a]
     if extra:
-        note += "\n\n| method | dataset | " + " | ".join(x for x in extra[0][1] if "@" in x) + " |\n"
-        note += "|---|---|" + "---|" * sum("@" in x for x in extra[0][1]) + "\n"
-        for (m, d), a in extra:
-            note += f"| {m} | {d} | " + " | ".join(_fmt(v) for x, v in a.items() if "@" in x) + " |\n"
-    return "\n".join(lines) + "\n" + note, acc
+        cols = [x for x in extra[0][1] if "@" in x]
+        text += ["", "| method | dataset | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        text += [f"| {m} | {d} | " + " | ".join(_pct(a.get(x)) for x in cols) + " |" for (m, d), a in extra]
+    return "\n".join(text)
+
+
+def _vs_cells(v: PairedDiff | None) -> dict:
+    if v is None:
+        return {}
+    return {"diff_vs_noadapt": v.diff, "diff_ci_low": v.ci_low, "diff_ci_high": v.ci_high, "p_mcnemar": v.p_mcnemar}
+
+
+def results_rows(summary: dict) -> list[dict]:
+    """One row per method x set plus one `average` row per method (fractions, not %); missing cells absent."""
+    out = []
+    for m in summary["methods"]:
+        keyed = [(d, summary["sets"][(m, d)]) for d in summary["datasets"] if (m, d) in summary["sets"]]
+        if m in summary["average"]:
+            keyed.append((AVERAGE, summary["average"][m]))
+        for d, a in keyed:
+            out.append({"method": m, "dataset": d, "n": a["graded"], "correct": a["correct"], "accuracy": a["acc"],
+                        "ci_low": a["ci_low"], "ci_high": a["ci_high"], **_vs_cells(a.get("vs"))})
+    return out
+
+
+def write_csv(rows: list[dict], path: Path, columns: Sequence[str]) -> None:
+    """Floats to 10 significant digits (p-values can be tiny); a missing or NaN value is an empty cell."""
+    def cell(v):
+        if _nan(v):
+            return ""
+        return f"{v:.10g}" if isinstance(v, float) else v
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([cell(r.get(c)) for c in columns])
+
+
+def _jsonable(x):
+    """PairedDiff/SeedSummary to dicts, tuple keys to "method|dataset", NaN to null (strict JSON)."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {("|".join(k) if isinstance(k, tuple) else k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return None if _nan(x) else x
 
 
 def collapse_table(streams) -> str:
@@ -128,82 +295,296 @@ def stream_series(rows: list[dict], window: int = 20) -> dict[str, np.ndarray]:
     return s
 
 
-def plot_accuracy(acc: dict, path: Path) -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(dict.fromkeys(m for m, _ in acc))
-    datasets = list(dict.fromkeys(d for _, d in acc))
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) + 2), 3.6))
+    return plt
+
+
+def _bar_chart(groups: list[str], labels: list[str], methods: list[str], value, path: Path, title: str) -> None:
+    """Grouped bars on a 0-100 accuracy axis, one group per entry of `groups` (ticks: `labels`).
+
+    value(method, group) -> (y, low, high, points) in %, or None for no bar: whiskers span
+    low-high, points (per-run values) are dots on the bar.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(groups) * len(methods) + 3.5), 3.8))
     w = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
-        ys = [100 * acc[(m, d)]["acc"] if (m, d) in acc else 0 for d in datasets]
-        ax.bar(np.arange(len(datasets)) + i * w - 0.4 + w / 2, ys, w, label=m)
-    ax.set_xticks(np.arange(len(datasets)), datasets)
+        labelled = False
+        for j, g in enumerate(groups):
+            v = value(m, g)
+            if v is None or _nan(v[0]):
+                continue
+            y, lo, hi, points = v
+            x = j - 0.4 + w * (i + 0.5)
+            ax.bar(x, y, w, color=f"C{i % 10}", edgecolor="black", lw=0.5, label=None if labelled else m)
+            labelled = True
+            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", capsize=3, lw=1)
+            if y == 0:  # a bar of height 0 looks like a missing one: a stroke on the axis and a label
+                ax.hlines(0, x - w / 2, x + w / 2, color=f"C{i % 10}", lw=4, clip_on=False, zorder=3)
+                ax.text(x + w * 0.08, 1.5, "0%", ha="left", va="bottom", fontsize=7)
+            if points:
+                ax.scatter(np.full(len(points), x), points, s=12, color="white", edgecolor="black", lw=0.7, zorder=3)
+    ax.set_xticks(np.arange(len(groups)), labels, fontsize=8)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(0, 100)  # a share: no negative axis at 0%, no zoom that makes small gaps look large
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 100%
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
+def plot_accuracy(summary: dict, path: Path) -> None:
+    """Accuracy per method and set (and the average) with 95% interval whiskers; n under each set."""
+    sets, average = summary["sets"], summary["average"]
+    groups = summary["datasets"] + ([AVERAGE] if average else [])
+    labels = [f"{d}\n{_n_label({a['graded'] for (_, dd), a in sets.items() if dd == d})}" for d in summary["datasets"]]
+    if average:
+        labels.append(f"{summary['avg_name']}\n{_n_label({a['graded'] for a in average.values()})}")
+
+    def value(m, g):
+        a = average.get(m) if g == AVERAGE else sets.get((m, g))
+        return None if a is None else (100 * a["acc"], 100 * a["ci_low"], 100 * a["ci_high"], None)
+
+    _bar_chart(groups, labels, summary["methods"], value, path,
+               "whiskers: 95% interval\n(Wilson per set; bootstrap over problems for the average)")
+
+
+# share panels are plotted in % on a fixed 0-100 axis; the other panels scale to their data
+SHARE_PANELS = {"top_share", "degenerate", "running_acc", "answered"}
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "x")
+
+
 def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20, title: str | None = None) -> None:
-    """One panel per DIAGNOSTICS entry, one line per (label, dataset) stream of `dataset`."""
-    import matplotlib
+    """One panel per DIAGNOSTICS entry, one line per (label, dataset) stream of `dataset`.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Streams differ in colour, dash and marker, and earlier ones are drawn wider, so a stream that
+    follows another exactly (two methods that both stay at 0%) still shows under it."""
+    from matplotlib.ticker import MaxNLocator
 
+    plt = _plt()
     ncols = 3
     nrows = -(-len(DIAGNOSTICS) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.1 * nrows))
     mine = [(m, rows) for (m, d), rows in streams.items() if d == dataset]
-    for i, (_m, rows) in enumerate(mine):  # one colour per stream in every panel
+    styles = []
+    for i, (_m, rows) in enumerate(mine):
         s = stream_series(rows, window)
-        for ax, (key, panel) in zip(axes.flat, DIAGNOSTICS):
-            y = s[key]
+        every = max(1, len(rows) // 10)
+        style = dict(color=f"C{i % 10}", ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
+                     lw=1.0 + 1.6 * (len(mine) - 1 - i) / max(1, len(mine) - 1), ms=4,
+                     markevery=(i % every, every))  # markers of overlapping lines fall on different problems
+        styles.append(style)
+        x = np.arange(1, len(rows) + 1)
+        for ax, (key, _panel) in zip(axes.flat, DIAGNOSTICS):
+            y = 100 * s[key] if key in SHARE_PANELS else s[key]
             if not np.all(np.isnan(y)):
-                ax.plot(np.arange(1, len(y) + 1), y, color=f"C{i % 10}", lw=1.2)
-            ax.set_title(panel, fontsize=9)
-            ax.set_xlabel("problem", fontsize=8)
+                ax.plot(x, y, clip_on=False, zorder=3, **style)
+    longest = max((len(rows) for _, rows in mine), default=1)
+    for ax, (key, panel) in zip(axes.flat, DIAGNOSTICS):
+        ax.set_title(panel + (" (%)" if key in SHARE_PANELS else ""), fontsize=9)
+        ax.set_xlabel("problem", fontsize=8)
+        ax.set_xlim(0.5, longest + 0.5)  # the same problem axis in every panel, empty ones included
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # problems are whole numbers
+        if key in SHARE_PANELS:
+            ax.set_ylim(0, 100)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not recorded for these streams", ha="center", va="center", fontsize=8,
+                    color="0.4", transform=ax.transAxes)
     for ax in list(axes.flat)[len(DIAGNOSTICS):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=f"C{i % 10}", lw=1.5) for i in range(len(mine))]
-    fig.legend(handles, [m for m, _ in mine], loc="lower center", ncol=min(len(mine), 5), fontsize=8)
+    handles = [plt.Line2D([], [], **{k: v for k, v in st.items() if k != "markevery"}) for st in styles]
+    labels = [f"{m} (n={len(rows)})" for m, rows in mine]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(mine), 5), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    fig.suptitle(title or f"collapse diagnostics along the stream: {dataset}", fontsize=10)
+    fig.suptitle(title or f"collapse diagnostics along the stream: {dataset} (rolling windows of {window})",
+                 fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write report.md, metrics.json and plots/ into `run_dir`; returns the report's path."""
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Write report.md, metrics.json, results.csv and plots/ into `run_dir`; returns the report's path.
+
+    Several run folders (the same methods and sets, different seeds) go to `write_combined_report`,
+    into `out` (default: a `combined` folder beside them).
+    """
+    if not isinstance(run_dir, str | Path):
+        runs = [Path(r) for r in run_dir]
+        if len(runs) > 1:
+            beside = Path(os.path.commonpath([r.resolve() for r in runs])) / "combined"
+            return write_combined_report(runs, out or beside)
+        run_dir = runs[0]
     run_dir = Path(run_dir)
     streams = load_run(run_dir)
     if not streams:
         raise FileNotFoundError(f"{run_dir}/rows holds no rows yet")
-    table, acc = accuracy_table(streams)
+    summary = summarize(streams)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    plot_accuracy(acc, plots / "accuracy.png")
-    datasets = list(dict.fromkeys(d for _, d in streams))
-    for d in datasets:
+    plot_accuracy(summary, plots / "accuracy.png")
+    for d in summary["datasets"]:
         plot_diagnostics(streams, d, plots / f"diagnostics_{d}.png")
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    info, summ = _read_json(run_dir / "run.json"), _read_json(run_dir / "summary.json")
     cfg = info.get("config", {})
     md = [f"# Run report: {run_dir.name}", "",
           f"Model `{cfg.get('model', '?')}`, prompt style `{cfg.get('prompt_style', '?')}`, "
           f"config hash `{info.get('config_hash', '?')}`, git `{(info.get('git_commit') or '?')[:10]}`"
-          + (f", wall time {summary['wall_s'] / 60:.1f} min" if "wall_s" in summary else "") + ".", "",
-          "## Accuracy", "", table, "", "## Collapse diagnostics", "", collapse_table(streams), "",
+          + (f", wall time {summ['wall_s'] / 60:.1f} min" if "wall_s" in summ else "") + ".", "",
+          "## Accuracy", "", accuracy_section(summary), "",
+          "Every number above, as fractions: `results.csv` (one row per method x set, plus an `average` row per "
+          "method when the run has several sets) and `metrics.json`.", "",
+          "## Collapse diagnostics", "", collapse_table(streams), "",
           "Verdict thresholds: see `zs_llm.diagnostics.VERDICT_THRESHOLDS`. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
-    md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in datasets]
-    (run_dir / "metrics.json").write_text(json.dumps({f"{m}|{d}": a for (m, d), a in acc.items()}, indent=2))
-    out = run_dir / "report.md"
-    out.write_text("\n".join(md) + "\n")
+    md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
+    metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
+    (run_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS)
+    path = run_dir / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def _run_labels(runs: list[Path]) -> list[str]:
+    names = [r.name for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    return [str(r) for r in runs]
+
+
+def _seeds_of(info: dict) -> str:
+    cfg = info.get("config", {})
+    adapt = {c.get("seed") for c in (info.get("adapt_configs") or {}).values() if "seed" in c}
+    parts = [f"data seed {cfg['seed']}"] if "seed" in cfg else []
+    if adapt:
+        parts.append("method seed " + "/".join(str(s) for s in sorted(adapt, key=str)))
+    return ", ".join(parts) or "seed unknown"
+
+
+def combine_runs(summaries: dict[str, dict]) -> dict:
+    """{(method, dataset or AVERAGE): {"acc": SeedSummary, "diff": SeedSummary or None}} over runs."""
+    first = next(iter(summaries.values()))
+    out = {}
+    for m in first["methods"]:
+        keys = [d for d in first["datasets"] if (m, d) in first["sets"]] + [AVERAGE] * (m in first["average"])
+        for d in keys:
+            per = {lab: s["average"].get(m) if d == AVERAGE else s["sets"].get((m, d)) for lab, s in summaries.items()}
+            acc = combine_seeds({lab: (a["acc"] if a else float("nan")) for lab, a in per.items()})
+            diffs = {lab: a["vs"].diff for lab, a in per.items() if a and a.get("vs") is not None}
+            out[(m, d)] = {"acc": acc, "diff": combine_seeds(diffs) if diffs else None, "runs": per}
     return out
+
+
+def _spread(s, sign: bool = False) -> tuple[str, str]:
+    """(`mean ± sd`, `min to max`) in %, from a SeedSummary."""
+    if s is None or s.n_seeds == 0:
+        return "-", "-"
+    sd = "" if _nan(s.sd) else f" ± {100 * s.sd:.1f}"
+    return f"{_pct(s.mean, sign)}{sd}", f"{_pct(s.min, sign)} to {_pct(s.max, sign)}"
+
+
+def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Runs of one configuration with different seeds, side by side: out/report.md, metrics.json,
+    results.csv and plots/accuracy.png; returns the report's path.
+
+    Each run is summarised as in `write_report` (intervals over problems within the run); across
+    runs the report gives each run's value, the mean, the sample sd and the range. The spread over
+    seeds is a second source of noise, not a confidence interval.
+    """
+    runs = [Path(r) for r in run_dirs]
+    if len(runs) < 2:
+        raise ValueError(f"combining seeds needs two or more run folders, got {len(runs)}")
+    labels = _run_labels(runs)
+    streams = {lab: load_run(r) for lab, r in zip(labels, runs)}
+    keys = {lab: set(s) for lab, s in streams.items()}
+    ref = keys[labels[0]]
+    for lab in labels[1:]:
+        if keys[lab] != ref:
+            missing, extra = sorted(ref - keys[lab]), sorted(keys[lab] - ref)
+            raise ValueError(f"run {lab} does not hold the same (method, dataset) streams as {labels[0]}: "
+                             f"missing {missing}, extra {extra}; combine only runs of one configuration")
+    summaries = {lab: summarize(s) for lab, s in streams.items()}
+    combined = combine_runs(summaries)
+    first = summaries[labels[0]]
+    infos = {lab: _read_json(r / "run.json") for lab, r in zip(labels, runs)}
+    out = Path(out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+
+    def dname(d):
+        return first["avg_name"] if d == AVERAGE else d
+
+    acc_lines = ["| method | dataset | " + " | ".join(labels) + " | mean ± sd | range |",
+                 "|---|---|" + "---|" * (len(labels) + 2)]
+    diff_lines = ["| method | dataset | " + " | ".join(labels) + " | mean ± sd | range |",
+                  "|---|---|" + "---|" * (len(labels) + 2)]
+    for (m, d), c in combined.items():
+        cells = ["-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"]) + f", n={a['graded']}"
+                 for a in c["runs"].values()]
+        acc_lines.append(f"| {m} | {dname(d)} | " + " | ".join(cells) + " | " + " | ".join(_spread(c["acc"])) + " |")
+        if c["diff"] is not None:
+            vs = [a.get("vs") if a else None for a in c["runs"].values()]
+            cells = ["-" if v is None else _ci(v.diff, v.ci_low, v.ci_high, sign=True) + f", p={_p(v.p_mcnemar)}"
+                     for v in vs]
+            mean, rng = _spread(c["diff"], sign=True)
+            diff_lines.append(f"| {m} | {dname(d)} | " + " | ".join(cells) + f" | {mean} | {rng} |")
+    base = first["baseline"]
+    md = [f"# Combined report: {len(runs)} runs", "", "Runs:", ""]
+    md += [f"- `{lab}`: `{r}`, config hash `{infos[lab].get('config_hash', '?')}`, {_seeds_of(infos[lab])}"
+           for lab, r in zip(labels, runs)]
+    hashes = [infos[lab].get("config_hash") for lab in labels if infos[lab].get("config_hash")]
+    if len(set(hashes)) < len(hashes):
+        md += ["", "Note: some runs share a configuration hash, so they are repeats of one configuration and seed "
+                   "(their spread is run-to-run nondeterminism, not seed variation)."]
+    md += ["", "## Accuracy", "", "\n".join(acc_lines), "",
+           "Per run: accuracy in % with its 95% interval over problems (Wilson; bootstrap within sets for the "
+           "average), n graded. mean ± sd and range: over runs (sample sd); the spread over seeds is not a "
+           "confidence interval.", "", f"### Change from {base}", ""]
+    md += ["\n".join(diff_lines) if len(diff_lines) > 2 else f"No `{base}` stream to compare with.", "",
+           f"Per run: paired change from {base} in points with its paired-bootstrap 95% interval and exact McNemar "
+           "p. Each run's diagnostics are in its own report.md.", "", "## Plots", "",
+           "![accuracy across runs](plots/accuracy.png)", ""]
+    rows = []
+    for lab, s in summaries.items():
+        rows += [{"run": lab, **r} for r in results_rows(s)]
+    for (m, d), c in combined.items():
+        a, df = c["acc"], c["diff"]
+        row = {"run": "combined", "method": m, "dataset": d, "n_runs": a.n_seeds, "accuracy": a.mean,
+               "accuracy_sd": a.sd, "accuracy_min": a.min, "accuracy_max": a.max}
+        if df is not None:
+            row |= {"diff_vs_noadapt": df.mean, "diff_sd": df.sd, "diff_min": df.min, "diff_max": df.max}
+        rows.append(row)
+    write_csv(rows, out / "results.csv", ("run", *CSV_COLUMNS, *SEED_COLUMNS))
+    metrics = {"runs": {lab: str(r) for lab, r in zip(labels, runs)},
+               "per_run": {lab: {k: s[k] for k in ("sets", "average")} for lab, s in summaries.items()},
+               "combined": {(m, d): {"acc": c["acc"], "diff_vs_noadapt": c["diff"]} for (m, d), c in combined.items()}}
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+
+    groups = first["datasets"] + ([AVERAGE] if first["average"] else [])
+    labels = [dname(g) + "\n" + _n_label({a["graded"] for (_, gg), c in combined.items() if gg == g
+                                          for a in c["runs"].values() if a}) for g in groups]
+
+    def value(m, g):
+        c = combined.get((m, g))
+        if c is None or c["acc"].n_seeds == 0:
+            return None
+        a = c["acc"]
+        return 100 * a.mean, 100 * a.min, 100 * a.max, [100 * v for v in a.per_seed.values() if not _nan(v)]
+
+    _bar_chart(groups, labels, first["methods"], value, out / "plots" / "accuracy.png",
+               f"bars: mean of {len(runs)} runs; whiskers: range over runs; dots: each run")
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path

@@ -1,0 +1,200 @@
+"""The report on hand-made run folders: results.csv values, report.md tables, seed combination, plots."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from eval.report import (
+    CSV_COLUMNS,
+    SEED_COLUMNS,
+    accuracy_section,
+    load_run,
+    plot_accuracy,
+    plot_diagnostics,
+    results_rows,
+    summarize,
+    write_report,
+)
+from eval.stats import mcnemar_p, wilson_interval
+
+# setA (10 problems): noadapt solves p0-p4; tent solves p0-p2 and p5-p9 (5 gained, 2 lost)
+# setB (4 gradable + 1 unparseable gold): noadapt solves q0; tent solves q0, q1 (1 gained)
+PATTERNS = {
+    ("noadapt", "setA"): {f"p{i}": i < 5 for i in range(10)},
+    ("tent", "setA"): {f"p{i}": i < 3 or i >= 5 for i in range(10)},
+    ("noadapt", "setB"): {"q0": True, "q1": False, "q2": False, "q3": False, "q4": None},
+    ("tent", "setB"): {"q0": True, "q1": True, "q2": False, "q3": False, "q4": None},
+}
+
+
+def make_run(path, patterns=PATTERNS, seed=0):
+    """rows/<method>__<set>.jsonl and run.json as `python -m eval run` writes them."""
+    (path / "rows").mkdir(parents=True)
+    for (m, d), outcomes in patterns.items():
+        ids = list(outcomes)
+        if m == "tent":
+            ids = ids[::-1]  # another stream order: pairing must go by id, not by index
+        with open(path / "rows" / f"{m}__{d}.jsonl", "w") as f:
+            for i, pid in enumerate(ids):
+                c = outcomes[pid]
+                f.write(json.dumps({"id": pid, "index": i, "method": m, "dataset": d, "correct": c,
+                                    "response": f"\\boxed{{{i}}}", "extracted": str(i),
+                                    "steps": [{"entropy": 1.0, "logit_norm_centered": 5.0}]}) + "\n")
+    (path / "run.json").write_text(json.dumps({"config": {"model": "tiny", "seed": seed, "prompt_style": "boxed"},
+                                               "config_hash": f"hash{seed}", "git_commit": "abc"}))
+    return path
+
+
+def read_csv(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return rows, list(rows[0])
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """One hand-made run folder with its report written (plots take seconds on a busy CPU)."""
+    run = make_run(tmp_path_factory.mktemp("report") / "run")
+    write_report(run)
+    return run
+
+
+def test_results_csv_columns_and_values(reported):
+    run = reported
+    rows, columns = read_csv(run / "results.csv")
+    assert tuple(columns) == CSV_COLUMNS
+    got = {(r["method"], r["dataset"]): r for r in rows}
+    assert list(got) == [("noadapt", "setA"), ("noadapt", "setB"), ("noadapt", "average"),
+                         ("tent", "setA"), ("tent", "setB"), ("tent", "average")]
+
+    r = got[("noadapt", "setA")]
+    assert (r["n"], r["correct"], float(r["accuracy"])) == ("10", "5", 0.5)
+    assert (float(r["ci_low"]), float(r["ci_high"])) == pytest.approx(wilson_interval(5, 10), abs=1e-6)
+    assert r["diff_vs_noadapt"] == r["diff_ci_low"] == r["p_mcnemar"] == ""  # the baseline itself
+
+    r = got[("noadapt", "setB")]  # the unparseable-gold row is excluded, not counted wrong
+    assert (r["n"], r["correct"], float(r["accuracy"])) == ("4", "1", 0.25)
+
+    r = got[("tent", "setA")]
+    assert float(r["diff_vs_noadapt"]) == pytest.approx(0.3)
+    assert float(r["p_mcnemar"]) == pytest.approx(2 * (1 + 7 + 21) / 2**7)  # b=2, c=5
+    assert float(r["diff_ci_low"]) <= 0.3 <= float(r["diff_ci_high"])
+
+    r = got[("tent", "average")]  # mean of set accuracies (0.8 + 0.5) / 2, problems pooled for n
+    assert (r["n"], r["correct"]) == ("14", "10")
+    assert float(r["accuracy"]) == pytest.approx(0.65)
+    assert float(r["ci_low"]) < 0.65 < float(r["ci_high"])
+    assert float(r["diff_vs_noadapt"]) == pytest.approx((0.3 + 0.25) / 2)
+    assert float(r["p_mcnemar"]) == pytest.approx(mcnemar_p(2, 6))  # discordant pooled: 2 lost, 6 gained
+    assert float(r["diff_ci_low"]) <= 0.275 <= float(r["diff_ci_high"])
+
+
+def test_report_md_tables_and_metrics(reported):
+    run = reported
+    text = (run / "report.md").read_text()
+    acc = text.split("## Accuracy", 1)[1].split("## Collapse", 1)[0]
+    assert "| method | setA (n=10) | setB (n=4) | avg (n=14) |" in acc
+    assert "| noadapt | 50.0 [23.7, 76.3] | 25.0 [4.6, 69.9] |" in acc
+    assert "| tent | setA | 10 | +30.0 [" in acc and "| 5 | 2 | 0.453 |" in acc
+    assert "2 rows with an unparseable gold answer are excluded" in acc
+    assert "## Collapse diagnostics" in text  # kept as it was
+    metrics = json.loads((run / "metrics.json").read_text())  # strict JSON: NaN written as null
+    assert metrics["sets"]["tent|setA"]["vs"]["only_method"] == 5
+    assert metrics["average"]["noadapt"]["acc"] == pytest.approx(0.375)
+
+
+def test_report_without_baseline_says_so(tmp_path):
+    run = make_run(tmp_path / "run", {k: v for k, v in PATTERNS.items() if k[0] == "tent"})
+    summary = summarize(load_run(run))
+    assert "No `noadapt` stream to compare with." in accuracy_section(summary)
+    rows = results_rows(summary)
+    assert len(rows) == 3 and not any("diff_vs_noadapt" in r for r in rows)
+
+
+def test_seed_runs_combined(tmp_path):
+    runs = []
+    for seed, tent_solves in enumerate([8, 6, 7]):  # tent on setA: 80%, 60%, 70% over the seeds
+        pats = dict(PATTERNS)
+        pats[("tent", "setA")] = {f"p{i}": i < tent_solves for i in range(10)}
+        runs.append(make_run(tmp_path / f"seed{seed}", pats, seed=seed))
+    md = write_report(runs, out=tmp_path / "combined")
+    assert md == tmp_path / "combined" / "report.md"
+    rows, columns = read_csv(tmp_path / "combined" / "results.csv")
+    assert tuple(columns) == ("run", *CSV_COLUMNS, *SEED_COLUMNS)
+    per_run = {(r["run"], r["method"], r["dataset"]): r for r in rows}
+    assert [float(per_run[(f"seed{s}", "tent", "setA")]["accuracy"]) for s in range(3)] == [0.8, 0.6, 0.7]
+    c = per_run[("combined", "tent", "setA")]
+    assert float(c["accuracy"]) == pytest.approx(0.7)
+    assert float(c["accuracy_sd"]) == pytest.approx(0.1)  # sqrt((0.1^2 + 0.1^2 + 0) / 2)
+    assert (float(c["accuracy_min"]), float(c["accuracy_max"]), c["n_runs"]) == (0.6, 0.8, "3")
+    # noadapt solves p0-p4, tent p0..p(k-1): change +30, +10, +20 points
+    assert float(c["diff_vs_noadapt"]) == pytest.approx(0.2)
+    assert float(c["diff_min"]) == pytest.approx(0.1) and float(c["diff_max"]) == pytest.approx(0.3)
+    assert c["ci_low"] == c["p_mcnemar"] == ""  # across seeds: spread, not an interval
+    text = md.read_text()
+    assert "| tent | setA | 80.0 [49.0, 94.3], n=10 | 60.0 [31.3, 83.2], n=10 | 70.0 [39.7, 89.2], n=10 | " \
+           "70.0 ± 10.0 | 60.0 to 80.0 |" in text
+    assert "data seed 2" in text
+    assert (tmp_path / "combined" / "plots" / "accuracy.png").stat().st_size > 1000
+
+
+def test_seed_runs_with_other_streams_are_refused(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", {k: v for k, v in PATTERNS.items() if k[1] == "setA"})
+    with pytest.raises(ValueError, match="same \\(method, dataset\\) streams"):
+        write_report([a, b], out=tmp_path / "c")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Figures the plot functions would close, kept open for inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    yield kept
+    monkeypatch.undo()
+    for fig in kept:
+        plt.close(fig)
+
+
+def test_accuracy_plot_axis_bars_and_n(tmp_path, figures):
+    pats = dict(PATTERNS)
+    pats[("tent", "setB")] = {f"q{i}": False for i in range(4)}  # 0%: a bar of height 0 and a whisker
+    summary = summarize(load_run(make_run(tmp_path / "run", pats)))
+    plot_accuracy(summary, tmp_path / "acc.png")
+    ax = figures[0].axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["setA\nn=10", "setB\nn=4", "avg\nn=14"]
+    segments = [seg for coll in ax.collections for seg in coll.get_segments()]
+    whiskers = [s for s in segments if s[0][0] == s[1][0]]
+    assert len(whiskers) == 6  # one interval per method and group, the 0% one included
+    zero = [s for s in whiskers if s[0][1] == 0.0]
+    assert zero and zero[0][1][1] == pytest.approx(100 * wilson_interval(0, 4)[1])
+    assert any(s[0][1] == s[1][1] == 0.0 for s in segments)  # the 0% bar is drawn as a stroke on the axis
+    assert "0%" in [t.get_text() for t in ax.texts]
+
+
+def test_diagnostics_plot_integer_problems_and_distinct_lines(tmp_path, figures):
+    streams = load_run(make_run(tmp_path / "run"))
+    plot_diagnostics(streams, "setA", tmp_path / "d.png")
+    axes = figures[0].axes
+    acc_ax = next(ax for ax in axes if ax.get_title().startswith("accuracy (window)"))
+    assert acc_ax.get_ylim() == (0.0, 100.0)
+    for ax in axes:
+        if ax.lines:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert all(float(t).is_integer() for t in ticks), ax.get_title()
+    # entropy is 1.0 for both streams: the lines coincide, so they must differ in dash, marker and width
+    ent = next(ax for ax in axes if ax.get_title().startswith("entropy")).lines
+    assert len(ent) == 2
+    assert ent[0].get_linestyle() != ent[1].get_linestyle() and ent[0].get_marker() != ent[1].get_marker()
+    assert ent[0].get_linewidth() > ent[1].get_linewidth()  # the one drawn first shows around the second
+    legend = [t.get_text() for t in figures[0].legends[0].get_texts()]
+    assert legend == ["noadapt (n=10)", "tent (n=10)"]
+    assert not any(math.isnan(v) for v in acc_ax.lines[0].get_ydata())
