@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     rep = sub.add_parser("report", help="write report.md and plots for a run folder")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", nargs="+", help="a run folder, or several seed runs of one configuration to combine "
+                     "(written to --out, default <their common parent>/combined)")
+    rep.add_argument("--out", help="output folder of a combined report")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "run":
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .report import write_report
 
-            md = write_report(args.run_dir)
+            md = write_report(args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir, args.out)
             print(md.read_text())
             print(f"[eval] report: {md}")
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError) as e:

@@ -446,6 +446,10 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "## Accuracy", "", accuracy_section(summary), "",
           "Every number above, as fractions: `results.csv` (one row per method x set, plus an `average` row per "
           "method when the run has several sets) and `metrics.json`.", "",
+          "## Settings", "", f"Protocol `{cfg.get('protocol', 'paper')}`: each method as its authors' code runs "
+          "it (no collapse guard, no gradient clipping) unless its name carries an add-on (`+guard`, `+clip`); the "
+          "learning rate of every LoRA method comes from one selection on one development stream (docs/protocol.md).",
+          "", settings_table(info), "",
           "## Collapse diagnostics", "", collapse_table(streams), "",
           "Verdict thresholds: see `zs_llm.diagnostics.VERDICT_THRESHOLDS`. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
@@ -456,6 +460,28 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     path = run_dir / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+SETTING_COLUMNS = ("optimizer", "lr", "momentum", "steps", "grad_clip", "guard", "schedule", "signal", "answer",
+                   "lora_r", "lora_target_modules")
+
+
+def settings_table(info: dict) -> str:
+    """Each method's effective settings (run.json's resolved AdaptConfigs): the shared ones that
+    decide how it adapts, then its own (`method_args`)."""
+    configs = info.get("adapt_configs") or {}
+    if not configs:
+        return "(run.json records no method settings)"
+
+    def cell(v):
+        return "-" if v is None else ",".join(map(str, v)) if isinstance(v, list) else f"{v:g}" \
+            if isinstance(v, float) else str(v)
+
+    lines = ["| method | " + " | ".join(SETTING_COLUMNS) + " | method settings |", "|---" * (len(SETTING_COLUMNS) + 2) + "|"]
+    for label, c in configs.items():
+        own = ", ".join(f"{k}={cell(v)}" for k, v in (c.get("method_args") or {}).items()) or "-"
+        lines.append(f"| {label} | " + " | ".join(cell(c.get(k)) for k in SETTING_COLUMNS) + f" | {own} |")
+    return "\n".join(lines)
 
 
 def _run_labels(runs: list[Path]) -> list[str]:

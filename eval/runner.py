@@ -54,6 +54,10 @@ class RunConfig:
     backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods)."})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set."})
+    protocol: str = field(default="paper", metadata={
+        "help": "paper: every method as its authors' code runs it (no guard, no clipping; the guard and clipping "
+                "only as add-ons named in the method, e.g. zerosiam+guard), LoRA learning rates from one selection "
+                "(docs/protocol.md)."})
     adapt: dict[str, Any] = field(default_factory=dict, metadata={"help": "AdaptConfig overrides for every method."})
 
     def __post_init__(self):
@@ -61,6 +65,9 @@ class RunConfig:
             self.methods = [m for m in self.methods.split(",") if m]
         if isinstance(self.datasets, str):
             self.datasets = [d for d in self.datasets.split(",") if d]
+        if self.protocol != "paper":
+            raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
+                             "clipping to a method by name instead (tent+guard, zerosiam+clip)")
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         if self.n_samples < 1 or self.batch_size < 1 or self.checkpoint_every < 1:

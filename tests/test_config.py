@@ -146,6 +146,13 @@ def test_a_method_registered_in_one_place_runs_through_the_harness(throwaway_met
     assert all(r["steps"] and r["steps"][0]["grad_norm"] > 0 for r in rows)  # it really adapted
     info = json.loads((out / "run.json").read_text())
     assert info["adapt_configs"]["half_entropy:weight=2"]["method"] == "half_entropy"
+    assert info["config"]["protocol"] == "paper"
+    from eval.report import write_report
+
+    md = write_report(out).read_text()
+    settings = md.split("## Settings", 1)[1].split("##", 1)[0]
+    assert "Protocol `paper`" in settings
+    assert "| half_entropy:weight=2 | sgd | 0.05 | 0.9 | 1 | - | False |" in settings and "weight=2" in settings
 
 
 def test_harness_labels_carry_addons_set_run_wide(tiny_dir, tmp_path):
