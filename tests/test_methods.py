@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -39,8 +40,10 @@ def kind(name):
 
 @pytest.mark.parametrize("name", sorted(DECLARED))
 def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
-    # filter_margin 1.0 keeps every token for SAR-type filters on a near-uniform random model
-    lm = make_lm(method=name, lr=5e-2, predictor_lr=5e-2, filter_margin=1.01)
+    # filter_margin 1.01 keeps every token for SAR-type filters on a near-uniform random model
+    own = {f.name for f in dataclasses.fields(METHODS[name].config_class)}
+    extra = {k: v for k, v in {"predictor_lr": 5e-2, "filter_margin": 1.01}.items() if k in own}
+    lm = make_lm(method=name, lr=5e-2, **extra)
     assert set(lm.method.trains) == DECLARED[name]
     before = everything(lm)
     res = lm.adapt_generate("What is 1 + 2?")
