@@ -115,7 +115,7 @@ def test_sar_applies_the_gradient_at_the_perturbed_point(make_lm):
 
 
 def test_eminf_lowers_entropy_of_high_entropy_rows():
-    proc = EntropyMinLogitsProcessor(steps=3, lr=0.1, threshold=0.3, temperature=1.0)
+    proc = EntropyMinLogitsProcessor(steps=3, lr=0.1, threshold=0.3, kl_weight=0.05)
     scores = torch.tensor([[1.0, 0.9, 0.8, 0.0], [20.0, 0.0, 0.0, 0.0]])
     out = proc(None, scores.clone())
     assert entropy(out[0:1]) < entropy(scores[0:1])
