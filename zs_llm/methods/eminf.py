@@ -73,6 +73,8 @@ class EMINF(Method):
     Differs from the official code: its batch (one prompt per call in its scripts) sums the
     entropies of the rows into one stopping test and divides the KL by the batch size; here
     rows are separate problems, each with its own test and full KL weight (equal at batch 1).
+    Its KL takes log(softmax), -inf where a probability underflows (a row spanning more than
+    ~104 nats in fp32), which turns the logits into NaN; log_softmax here keeps them finite.
     """
 
     name = "eminf"
