@@ -63,6 +63,19 @@ def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
         torch.testing.assert_close(fresh.method.delta, second)
 
 
+def test_method_settings_do_not_share_a_name_with_a_shared_field():
+    """A spec's key=value goes to the shared AdaptConfig field when both have the name, so a method
+    setting called `lr` or `steps` could never be set that way (as SLOT's and EM-INF's once were)."""
+    from zs_llm import AdaptConfig
+
+    shared = set(AdaptConfig.field_names())
+    for name, cls in METHODS.items():
+        clash = {f.name for f in dataclasses.fields(cls.config_class)} & shared
+        assert not clash, f"{name}: {sorted(clash)}"
+    assert AdaptConfig.from_spec("eminf:logit_lr=0.5:logit_steps=2").method_config.logit_lr == 0.5
+    assert AdaptConfig.from_spec("slot:delta_lr=0.05:delta_steps=2").method_config.delta_steps == 2
+
+
 def test_come_loss_equals_hand_computed():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
     got = opinion_entropy(logits, eps=0.0)  # the exact opinion entropy, evidence constant K

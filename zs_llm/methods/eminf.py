@@ -11,8 +11,8 @@ from .base import METHODS, Method, MethodConfig
 
 @dataclass
 class EMINFConfig(MethodConfig):
-    steps: int = setting(3, "Adam steps on the logits at each decoding step (official script: 3).", min=0)
-    lr: float = setting(0.1, "Adam learning rate of the logit optimisation (official: 0.1).", min=0.0)
+    logit_steps: int = setting(3, "Adam steps on the logits at each decoding step (official script: 3).", min=0)
+    logit_lr: float = setting(0.1, "Adam learning rate of the logit optimisation (official: 0.1).", min=0.0)
     threshold: float = setting(0.3, "Stop optimising a row as soon as its entropy falls below this, in nats "
                                "(official: 0.3).", min=0.0)
     kl_weight: float = setting(0.05, "Weight of KL(p0 || p), p0 the step's starting distribution (official script: "
@@ -83,4 +83,4 @@ class EMINF(Method):
 
     def logits_processors(self, lm):
         c = self.cfg
-        return [EntropyMinLogitsProcessor(c.steps, c.lr, c.threshold, c.kl_weight)]
+        return [EntropyMinLogitsProcessor(c.logit_steps, c.logit_lr, c.threshold, c.kl_weight)]

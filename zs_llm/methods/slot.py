@@ -10,16 +10,17 @@ from .base import METHODS, LossBatch, Method, MethodConfig
 
 @dataclass
 class SLOTConfig(MethodConfig):
-    steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0)
-    lr: float = setting(0.1, "AdamW learning rate of the per-prompt vector (paper: 0.1).", min=0.0)
-    weight_decay: float = setting(1e-8, "AdamW weight decay of the vector (official Hugging Face code: 1e-8).",
-                                  min=0.0)
+    delta_steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0)
+    delta_lr: float = setting(0.1, "AdamW learning rate of the per-prompt vector (paper: 0.1).", min=0.0)
+    delta_weight_decay: float = setting(1e-8, "AdamW weight decay of the vector (official Hugging Face code: 1e-8).",
+                                        min=0.0)
     adam_eps: float = setting(1e-5, "AdamW epsilon (official Hugging Face code: 1e-5).", min=0.0)
-    beta2: float = setting(0.999, "AdamW second-moment decay (official Hugging Face code: torch's 0.999).", min=0.0)
+    adam_beta2: float = setting(0.999, "AdamW second-moment decay (official Hugging Face code: torch's 0.999).",
+                                min=0.0)
 
     def __post_init__(self):
-        if not self.beta2 < 1:
-            raise ValueError(f"slot.beta2 must be in [0, 1), got {self.beta2}")
+        if not self.adam_beta2 < 1:
+            raise ValueError(f"slot.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
 
 
 @METHODS.register("slot")
@@ -37,7 +38,7 @@ class SLOT(Method):
     states' dtype, bf16 on a bf16 model) and the loss is computed in fp32. The repository's
     vLLM runner for AIME / MATH-500 / GPQA hand-writes Adam with betas (0.9, 0.95), eps 1e-6,
     weight decay 1e-5, and averages the gradient over positions once more (1/N smaller); the
-    first three are settings here (`beta2`, `adam_eps`, `weight_decay`), the 1/N is not."""
+    first three are settings here (`adam_beta2`, `adam_eps`, `delta_weight_decay`), the 1/N is not."""
 
     name = "slot"
     trains = ("slot",)
@@ -66,9 +67,10 @@ class SLOT(Method):
             z = lm.features(batch.input_ids, batch.positions)  # (N, H), computed once
         delta.requires_grad_(True)
         c = self.cfg
-        opt = torch.optim.AdamW([delta], lr=c.lr, weight_decay=c.weight_decay, eps=c.adam_eps, betas=(0.9, c.beta2))
+        opt = torch.optim.AdamW([delta], lr=c.delta_lr, weight_decay=c.delta_weight_decay, eps=c.adam_eps,
+                                betas=(0.9, c.adam_beta2))
         first = last = None
-        for _ in range(c.steps):
+        for _ in range(c.delta_steps):
             opt.zero_grad()
             loss = head_loss((z.float() + delta).to(z.dtype), None, lm.head_logits, self.token_loss,
                              labels=batch.labels, chunk_size=self.config.chunk_size)
