@@ -40,7 +40,7 @@ def kind(name):
 
 @pytest.mark.parametrize("name", sorted(DECLARED))
 def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
-    # filter_margin 1.0 keeps every token for SAR-type filters on a near-uniform random model
+    # filter_margin 1.01 keeps every token for SAR-type filters on a near-uniform random model
     own = {f.name for f in dataclasses.fields(METHODS[name].config_class)}
     extra = {k: v for k, v in {"predictor_lr": 5e-2, "filter_margin": 1.01}.items() if k in own}
     lm = make_lm(method=name, lr=5e-2, **extra)
@@ -63,9 +63,22 @@ def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
         torch.testing.assert_close(fresh.method.delta, second)
 
 
+def test_method_settings_do_not_share_a_name_with_a_shared_field():
+    """A spec's key=value goes to the shared AdaptConfig field when both have the name, so a method
+    setting called `lr` or `steps` could never be set that way (as SLOT's and EM-INF's once were)."""
+    from zs_llm import AdaptConfig
+
+    shared = set(AdaptConfig.field_names())
+    for name, cls in METHODS.items():
+        clash = {f.name for f in dataclasses.fields(cls.config_class)} & shared
+        assert not clash, f"{name}: {sorted(clash)}"
+    assert AdaptConfig.from_spec("eminf:logit_lr=0.5:logit_steps=2").method_config.logit_lr == 0.5
+    assert AdaptConfig.from_spec("slot:delta_lr=0.05:delta_steps=2").method_config.delta_steps == 2
+
+
 def test_come_loss_equals_hand_computed():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
-    got = opinion_entropy(logits)
+    got = opinion_entropy(logits, eps=0.0)  # the exact opinion entropy, evidence constant K
     for row, g in zip(logits.tolist(), got.tolist()):
         k = len(row)
         e = [math.exp(x) for x in row]
@@ -115,7 +128,7 @@ def test_sar_applies_the_gradient_at_the_perturbed_point(make_lm):
 
 
 def test_eminf_lowers_entropy_of_high_entropy_rows():
-    proc = EntropyMinLogitsProcessor(steps=3, lr=0.1, threshold=0.3, temperature=1.0)
+    proc = EntropyMinLogitsProcessor(steps=3, lr=0.1, threshold=0.3, kl_weight=0.05)
     scores = torch.tensor([[1.0, 0.9, 0.8, 0.0], [20.0, 0.0, 0.0, 0.0]])
     out = proc(None, scores.clone())
     assert entropy(out[0:1]) < entropy(scores[0:1])

@@ -149,16 +149,15 @@ def test_centered_norm_survives_a_large_shared_offset():
     torch.testing.assert_close(got, (u - u.mean(-1, keepdim=True)).norm(dim=-1), rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("method", ["tent", "zerosiam", "zerosiam:alpha=0.3", "zerosiam:divergence=js"])
+@pytest.mark.parametrize("method", ["tent", "come", "sar", "zerosiam", "zerosiam:alpha=0.3", "zerosiam:divergence=js",
+                                    "zerosiam+eata"])
 def test_loop_statistics_are_the_target_branchs(method):
     """Whatever a method's loss hands back for reuse, the logged statistics are those of the
     target logits computed directly."""
     from zs_llm import METHODS, AdaptConfig
 
-    name, _, kv = method.partition(":")
-    cfg = AdaptConfig(method=name, **({kv.split("=")[0]: float(kv.split("=")[1]) if kv.startswith("alpha")
-                                        else kv.split("=")[1]} if kv else {}))
-    m = METHODS[name](cfg)
+    cfg = AdaptConfig.from_spec(method)
+    m = METHODS[cfg.method](cfg)
     torch.manual_seed(2)
     head = torch.nn.Linear(5, 13).requires_grad_(False)
     z = torch.randn(7, 5)

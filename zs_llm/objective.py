@@ -306,6 +306,91 @@ def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tens
 
 
 # ---------------------------------------------------------------------------------------
+# baselines' own per-row losses, as their official code computes them (constants included):
+# a reference form (autograd) and a closed form, tested against each other and against a
+# transcription of the official code (tests/test_official_baselines.py)
+
+
+def opinion_entropy(logits: torch.Tensor, evidence: float | None = None, eps: float = 1e-7,
+                    tau: float = 1.0) -> torch.Tensor:
+    """COME's entropy of the (K+1)-way opinion, per row. (..., K) -> (...).
+
+    The logits keep their value but their norm is detached (gradients only turn their
+    direction); `tau` rescales them (1 in the official code). Evidence e_k = exp(logit_k),
+    S = sum e_k; belief b_k = e_k / (S + C), uncertainty u = C / (S + C), C = `evidence`
+    (None: the number of classes K); the entropy is of (b, u) + eps, eps inside the log too.
+    Computed in log space, so large logits do not overflow exp().
+    """
+    x = logits.float()
+    norm = x.norm(dim=-1, keepdim=True)
+    x = tau * x / norm.clamp(min=1e-12) * norm.detach()
+    log_c = torch.full_like(x[..., :1], math.log(x.shape[-1] if evidence is None else evidence))
+    log_z = torch.logsumexp(torch.cat([x, log_c], -1), -1, keepdim=True)  # log(S + C)
+    q = torch.cat([x - log_z, log_c - log_z], -1).exp() + eps  # (..., K+1)
+    return -(q * q.log()).sum(-1)
+
+
+@torch.no_grad()
+def opinion_entropy_rows(logits: torch.Tensor, evidence: float | None = None, eps: float = 1e-7,
+                         tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form `opinion_entropy`: (value (c,), d value / d logits (c, K)).
+
+    With q = (b, u) + eps and g = d H / d q = -(log q + 1), the softmax over [y, log C]
+    (y = tau * logits) gives dH/dy_k = -b_k (log q_k - sum_j b_j log q_j), the sum over all
+    K + 1 entries; the detached norm then removes the component along the logits:
+    dH/dx = tau * (G - x_hat (x_hat . G))."""
+    x = logits.float()
+    y = x * tau if tau != 1 else x
+    log_c = math.log(x.shape[-1] if evidence is None else evidence)
+    log_z = torch.logaddexp(torch.logsumexp(y, -1), torch.tensor(log_c, device=x.device))  # (c,) log(S + C)
+    log_u = log_c - log_z  # (c,)
+    b = (y - log_z.unsqueeze(-1)).exp_()  # (c, K) beliefs
+    lq = b.add(eps).log_()  # (c, K) log q
+    u = log_u.exp()  # (c,) uncertainty mass
+    lqu = (u + eps).log()
+    s_bq = _dot(b, lq)
+    value = -(s_bq + eps * lq.sum(-1)) - (u + eps) * lqu
+    mean = s_bq + u * lqu  # sum_j b_j log q_j over the K + 1 entries
+    g = lq.sub_(mean.unsqueeze(-1)).mul_(b).neg_()  # (c, K) dH/dy, built in lq
+    sq = (x * x).sum(-1).clamp(min=1e-24)
+    g.addcmul_(x, (_dot(x, g) / sq).unsqueeze(-1), value=-1.0)  # drop the part along x (detached norm)
+    return value, g.mul_(tau) if tau != 1 else g
+
+
+def _eps_entropy(lp: torch.Tensor, p: torch.Tensor, eps: float) -> torch.Tensor:
+    # -sum p * log(p + eps): EM-INF's entropy, eps inside the log as in its code
+    return -_dot(p, p.add(eps).log_())
+
+
+def eminf_loss(logits: torch.Tensor, logp0: torch.Tensor, kl_weight: float = 0.05,
+               eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """EM-INF's objective on one decoding step's logits, per row: `H_eps(p) + kl_weight * KL(p0 || p)`,
+    p = softmax(logits) at temperature 1, H_eps = -sum p log(p + eps), p0 the logits' starting
+    distribution (`logp0`, its log, detached). (..., V) -> (loss (...), H_eps (...))."""
+    lp = F.log_softmax(logits.float(), -1)
+    p = lp.exp()
+    h = -(p * (p + eps).log()).sum(-1)
+    lp0 = logp0.detach().float()
+    return h + kl_weight * (lp0.exp() * (lp0 - lp)).sum(-1), h
+
+
+@torch.no_grad()
+def eminf_rows(logits: torch.Tensor, logp0: torch.Tensor, kl_weight: float = 0.05,
+               eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form `eminf_loss`: (loss (c,), H_eps (c,), d loss / d logits (c, V)).
+    dH_eps/dp = -(log(p + eps) + p / (p + eps)) taken through the softmax; d KL(p0||p) / d logits = p - p0."""
+    lp = F.log_softmax(logits.float(), -1)
+    p = lp.exp()
+    lq = p.add(eps).log_()  # (c, V) log(p + eps)
+    h = -_dot(p, lq)
+    p0 = logp0.float().exp()
+    kl = _dot(p0, logp0.float() - lp)
+    g = lq.add_(p / (p + eps)).neg_()  # (c, V) dH/dp
+    g = _through_softmax(p, g)
+    return h + kl_weight * kl, h, g.add_(p.sub_(p0), alpha=kl_weight)
+
+
+# ---------------------------------------------------------------------------------------
 # chunked head + loss
 
 # token_loss(online_logits (c, V) fp32, target_logp (c, V) fp32 detached, labels (c,) | None,

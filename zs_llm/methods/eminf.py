@@ -1,54 +1,81 @@
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import LogitsProcessor
 
 from ..config import setting
-from ..objective import entropy
+from ..objective import eminf_rows
 from .base import METHODS, Method, MethodConfig
 
 
 @dataclass
 class EMINFConfig(MethodConfig):
-    steps: int = setting(3, "Optimisation steps on the logits at each decoding step.", min=0)
-    lr: float = setting(0.1, "Learning rate of the logit optimisation.", min=0.0)
-    threshold: float = setting(0.3, "Only optimise the logits while their entropy exceeds this (nats).", min=0.0)
-    temperature: float = setting(0.1, "Temperature of the softmax inside the entropy being minimised.", min=0.0)
+    logit_steps: int = setting(3, "Adam steps on the logits at each decoding step (official script: 3).", min=0)
+    logit_lr: float = setting(0.1, "Adam learning rate of the logit optimisation (official: 0.1).", min=0.0)
+    threshold: float = setting(0.3, "Stop optimising a row as soon as its entropy falls below this, in nats "
+                               "(official: 0.3).", min=0.0)
+    kl_weight: float = setting(0.05, "Weight of KL(p0 || p), p0 the step's starting distribution (official script: "
+                               "0.05; the code's fallback 0.001).", min=0.0)
 
 
 class EntropyMinLogitsProcessor(LogitsProcessor):
-    """At each decoding step, rows whose entropy exceeds `threshold` get their logits moved
-    `steps` Adam steps of size `lr` down the entropy of softmax(logits / temperature)."""
+    """At each decoding step, each row's logits z take up to `steps` Adam steps (lr `lr`) on
+    `H(p) + kl_weight * KL(p0 || p)`, p = softmax(z) at temperature 1, p0 = the row's starting
+    distribution, H = -sum p log(p + 1e-12); before every step a row whose H is below
+    `threshold` stops (and is left as it is). Rows are independent problems; the sampling
+    temperature and other warpers apply afterwards."""
 
-    def __init__(self, steps: int, lr: float, threshold: float, temperature: float):
-        self.steps, self.lr, self.threshold, self.temperature = steps, lr, threshold, temperature
-        self.calls = self.optimized = 0
+    def __init__(self, steps: int, lr: float, threshold: float, kl_weight: float):
+        self.steps, self.lr, self.threshold, self.kl_weight = steps, lr, threshold, kl_weight
+        self.calls = self.optimized = self.adam_steps = 0
 
     def __call__(self, input_ids, scores):  # scores (B, V)
         self.calls += 1
-        finite = torch.isfinite(scores)
-        rows = entropy(scores.masked_fill(~finite, -1e4)) > self.threshold
-        if self.steps == 0 or not bool(rows.any()):
+        if self.steps == 0:
             return scores
-        self.optimized += int(rows.sum())
-        with torch.enable_grad():
-            z = scores[rows].float().masked_fill(~finite[rows], -1e4).detach().requires_grad_(True)
-            opt = torch.optim.Adam([z], lr=self.lr)
-            for _ in range(self.steps):
-                opt.zero_grad()
-                entropy(z / self.temperature).sum().backward()
-                opt.step()
-        out = scores.clone()
-        out[rows] = z.detach().to(scores.dtype).masked_fill(~finite[rows], float("-inf"))
-        return out
+        finite = torch.isfinite(scores)
+        # masked entries (-inf) as a finite floor: probability 0, zero gradient, so Adam leaves them
+        z0 = scores.float().masked_fill(~finite, -1e4)  # (B, V)
+        logp0 = F.log_softmax(z0, -1)
+        out = z0.clone()
+        z = z0.clone()  # the rows Adam moves; a row's result is copied to `out` when it stops
+        opt = torch.optim.Adam([z], lr=self.lr)
+        live = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        for step in range(self.steps):
+            _, h, grad = eminf_rows(z, logp0, self.kl_weight)
+            stop = live & (h < self.threshold)
+            out[stop] = z[stop]
+            live &= ~stop
+            if not bool(live.any()):
+                break
+            if step == 0:
+                self.optimized += int(live.sum())
+            self.adam_steps += int(live.sum())
+            z.grad = grad  # stopped rows move too, but their result is already in `out`
+            opt.step()
+        out[live] = z[live]
+        return out.to(scores.dtype).masked_fill(~finite, float("-inf"))
 
 
 @METHODS.register("eminf")
 class EMINF(Method):
     """EM-INF (Agarwal et al., 2025): no parameter changes; at each decoding step the logits are
-    optimized a few steps to lower their entropy when it exceeds a threshold. Paper: 3 steps,
-    lr 0.1, temperature 0.1 inside the entropy. Under greedy decoding it rarely changes the
-    argmax; it matters with sampling."""
+    optimized a few steps to lower their entropy, as in the official code (`ent_sample` in
+    `min_entropy.py` / `em_inf_utils.py` of the EM_PT repository, run by `em_inf_eval.sh`):
+    Adam (lr 0.1) for up to 3 steps on the entropy at temperature 1 plus 0.05 * KL(p0 || p),
+    stopping as soon as the entropy falls below 0.3 nats; then the usual processors and
+    warpers. The official runs then sample at temperature 0.1 (`AdaptConfig.temperature`
+    here, shared with every method): each Adam step moves every logit by about lr in the
+    direction of its entropy gradient, so the most likely tokens all rise together and greedy
+    decoding rarely changes a token.
+
+    Differs from the official code: its batch (one prompt per call in its scripts) sums the
+    entropies of the rows into one stopping test and divides the KL by the batch size; here
+    rows are separate problems, each with its own test and full KL weight (equal at batch 1).
+    Its KL takes log(softmax), -inf where a probability underflows (a row spanning more than
+    ~104 nats in fp32), which turns the logits into NaN; log_softmax here keeps them finite.
+    """
 
     name = "eminf"
     batchable = True
@@ -56,4 +83,4 @@ class EMINF(Method):
 
     def logits_processors(self, lm):
         c = self.cfg
-        return [EntropyMinLogitsProcessor(c.steps, c.lr, c.threshold, c.temperature)]
+        return [EntropyMinLogitsProcessor(c.logit_steps, c.logit_lr, c.threshold, c.kl_weight)]

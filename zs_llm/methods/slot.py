@@ -10,16 +10,35 @@ from .base import METHODS, LossBatch, Method, MethodConfig
 
 @dataclass
 class SLOTConfig(MethodConfig):
-    steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0)
-    lr: float = setting(0.1, "AdamW learning rate of the per-prompt vector (paper: 0.1).", min=0.0)
+    delta_steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0)
+    delta_lr: float = setting(0.1, "AdamW learning rate of the per-prompt vector (paper: 0.1).", min=0.0)
+    delta_weight_decay: float = setting(1e-8, "AdamW weight decay of the vector (official Hugging Face code: 1e-8).",
+                                        min=0.0)
+    adam_eps: float = setting(1e-5, "AdamW epsilon (official Hugging Face code: 1e-5).", min=0.0)
+    adam_beta2: float = setting(0.999, "AdamW second-moment decay (official Hugging Face code: torch's 0.999).",
+                                min=0.0)
+
+    def __post_init__(self):
+        if not self.adam_beta2 < 1:
+            raise ValueError(f"slot.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
 
 
 @METHODS.register("slot")
 class SLOT(Method):
     """SLOT (Hu et al., 2025): a per-prompt vector delta (H,) added to the final hidden state
-    before the head, optimized on the prompt's own next-token cross-entropy, then used for
-    the whole generation of that prompt. Reset to zero for every prompt; no LoRA, and the
-    backbone's hidden states are computed once per prompt. Paper: 5 AdamW steps, lr 0.1."""
+    (after the final norm) before the head, optimized on the prompt's own next-token
+    cross-entropy (mean over the prompt's positions), then added for the whole generation of
+    that prompt, its first token included. As the official Hugging Face code
+    (`modeling_qwen2_slot.py` in maple-research-lab/SLOT, run by `run.sh`): a new zero vector
+    and a new AdamW (lr 0.1, weight decay 1e-8, eps 1e-5, betas (0.9, 0.999)) for every prompt,
+    5 steps; the backbone's hidden states are computed once per prompt (no gradient reaches
+    it); no LoRA.
+
+    Differs from the official code: the vector is fp32 (the official one takes the hidden
+    states' dtype, bf16 on a bf16 model) and the loss is computed in fp32. The repository's
+    vLLM runner for AIME / MATH-500 / GPQA hand-writes Adam with betas (0.9, 0.95), eps 1e-6,
+    weight decay 1e-5, and averages the gradient over positions once more (1/N smaller); the
+    first three are settings here (`adam_beta2`, `adam_eps`, `delta_weight_decay`), the 1/N is not."""
 
     name = "slot"
     trains = ("slot",)
@@ -47,9 +66,11 @@ class SLOT(Method):
         with torch.no_grad():
             z = lm.features(batch.input_ids, batch.positions)  # (N, H), computed once
         delta.requires_grad_(True)
-        opt = torch.optim.AdamW([delta], lr=self.cfg.lr, weight_decay=1e-8, eps=1e-5)
+        c = self.cfg
+        opt = torch.optim.AdamW([delta], lr=c.delta_lr, weight_decay=c.delta_weight_decay, eps=c.adam_eps,
+                                betas=(0.9, c.adam_beta2))
         first = last = None
-        for _ in range(self.cfg.steps):
+        for _ in range(c.delta_steps):
             opt.zero_grad()
             loss = head_loss((z.float() + delta).to(z.dtype), None, lm.head_logits, self.token_loss,
                              labels=batch.labels, chunk_size=self.config.chunk_size)

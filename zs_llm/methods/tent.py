@@ -6,8 +6,12 @@ from .base import METHODS, Method
 class Tent(Method):
     """Tent (Wang et al., ICLR 2021): minimize the entropy of the model's own predictions.
 
-    Here on the response (or prompt) tokens, updating the LoRA adapters only: the paper's
-    Tent row for LLMs. Paper defaults for vision: SGD momentum 0.9, one step per batch.
+    The loss is the official one (`softmax_entropy` and `forward_and_adapt` in DequanWang/tent
+    `tent.py`): -sum softmax * log_softmax per row, averaged over rows (here the response's,
+    or the prompt's, tokens), one optimizer step per batch. The official code updates the
+    affine parameters of BatchNorm layers under batch statistics; a causal LM has no batch
+    norm, so here the LoRA adapters are updated, as for every LLM method (the paper's Tent row
+    for LLMs). Official optimizers: SGD momentum 0.9 (ImageNet) or Adam 1e-3 (CIFAR).
     """
 
     name = "tent"

@@ -68,10 +68,26 @@ class ZeroSiamSAR(ZeroSiam):
 
 @METHODS.register("zerosiam+eata")
 class ZeroSiamEATA(ZeroSiam):
-    """ZeroSiam's loss weighted per token as EATA weights samples: exp(H0 - H) below H0."""
+    """ZeroSiam's loss weighted per token as EATA weights samples (`forward_and_adapt_eata` in
+    mr-eggplant/EATA `eata.py`): tokens whose entropy (of the predictions, the target branch)
+    is below E0 = `filter_margin * ln K` count with weight 1 / exp(H - E0); the loss is the
+    weighted sum divided by the number of those tokens (not by the sum of the weights), and no
+    optimizer step is taken when there is none. EATA's redundancy filter (cosine to a moving
+    mean of probabilities) and its Fisher regularizer (estimated on source data) are not
+    applied; E0 is a fraction of ln(vocabulary), as the official 0.4 * ln 1000 is of ImageNet's."""
 
     name = "zerosiam+eata"
     config_class = FilteredZeroSiamConfig
 
-    def weights(self, target_logp):
-        return eata_weights(target_logp, self.cfg.filter_margin)
+    def token_loss(self, online_logits, target_logp, labels, target_p=None):
+        coeff = eata_weights(target_logp, self.cfg.filter_margin)  # (c,) 0 off the reliable tokens
+        loss, _, extras, grad = super().token_loss(online_logits, target_logp, labels, target_p)
+        # the coefficient goes into the loss; the weight only selects, so the mean is over selected tokens
+        return loss * coeff, (coeff > 0).float(), extras, grad.mul_(coeff.unsqueeze(-1))
+
+    def backward(self, lm, batch):
+        stats = super().backward(lm, batch)
+        if stats.get("tokens_selected", 1) == 0:
+            for p in lm.trainable_parameters():
+                p.grad = None  # EATA steps only on a batch with a selected sample: no momentum step either
+        return stats
