@@ -18,6 +18,13 @@ def test_paper_protocol_defaults_have_no_guard_and_no_clipping():
         assert c.label() == name
         assert c.effective_lr == METHODS[name].default_lr
         assert c.to_dict()["lr"] == METHODS[name].default_lr  # records carry the resolved value
+        assert c.to_dict()["nesterov"] is METHODS[name].nesterov
+
+
+def test_tent_steps_with_nesterov_momentum_as_its_official_code(make_lm):
+    assert make_lm(method="tent").optimizer.param_groups[0]["nesterov"] is True
+    assert make_lm(method="tent", nesterov=False).optimizer.param_groups[0]["nesterov"] is False
+    assert make_lm(method="zerosiam").optimizer.param_groups[0]["nesterov"] is False
 
 
 @pytest.mark.parametrize("spec,method,label,changes", [

@@ -77,6 +77,8 @@ class AdaptConfig:
     lr: float | None = setting(None, "Learning rate of the LoRA adapters; None takes the method's default_lr "
                                "(the protocol's selection, docs/protocol.md).", min=0.0)
     momentum: float = setting(0.9, "SGD momentum.", min=0.0)
+    nesterov: bool | None = setting(None, "SGD with Nesterov momentum; None takes the method's own choice "
+                                    "(Method.nesterov: Tent's official code uses it, SAR's and EATA's do not).")
     weight_decay: float = setting(0.0, "AdamW weight decay on LoRA only (decay would pull the predictor toward zero, "
                                   "not I).", min=0.0)
     grad_clip: float | None = setting(None, "Clip the global gradient norm of the updated parameters; None (the "
@@ -158,6 +160,12 @@ class AdaptConfig:
 
         return self.lr if self.lr is not None else METHODS[self.method].default_lr
 
+    @property
+    def effective_nesterov(self) -> bool:
+        from .methods import METHODS
+
+        return self.nesterov if self.nesterov is not None else METHODS[self.method].nesterov
+
     def label(self) -> str:
         """The method's name with the add-ons this config turns on (`zerosiam+clip+guard`)."""
         from .methods import METHODS
@@ -235,6 +243,7 @@ class AdaptConfig:
         """Every field with resolved values (lr included), for run records and hashes."""
         d = dataclasses.asdict(self)
         d["lr"] = self.effective_lr
+        d["nesterov"] = self.effective_nesterov
         return d
 
     def hash(self) -> str:

@@ -168,7 +168,8 @@ class ZeroSiamLM:
         if not groups:
             return None
         if c.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=c.effective_lr, momentum=c.momentum)
+            return torch.optim.SGD(groups, lr=c.effective_lr, momentum=c.momentum,
+                                   nesterov=c.effective_nesterov and c.momentum > 0)
         return torch.optim.AdamW(groups, lr=c.effective_lr)
 
     def named_trainable(self) -> list[tuple[str, nn.Parameter]]:

@@ -57,6 +57,8 @@ class Method:
     config_class: ClassVar[type] = MethodConfig
     #: the LoRA learning rate when `AdaptConfig.lr` is None (the protocol's selection, docs/protocol.md)
     default_lr: ClassVar[float] = 3e-4
+    #: SGD with Nesterov momentum when `AdaptConfig.nesterov` is None (as the method's official code)
+    nesterov: ClassVar[bool] = False
 
     def __init__(self, config: AdaptConfig):
         self.config = config

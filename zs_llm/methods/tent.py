@@ -11,11 +11,13 @@ class Tent(Method):
     or the prompt's, tokens), one optimizer step per batch. The official code updates the
     affine parameters of BatchNorm layers under batch statistics; a causal LM has no batch
     norm, so here the LoRA adapters are updated, as for every LLM method (the paper's Tent row
-    for LLMs). Official optimizers: SGD momentum 0.9 (ImageNet) or Adam 1e-3 (CIFAR).
+    for LLMs). Official optimizers: SGD momentum 0.9 with Nesterov momentum (ImageNet; `nesterov`
+    below) or Adam 1e-3 (CIFAR).
     """
 
     name = "tent"
     trains = ("lora",)
+    nesterov = True
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
         # no predictor: the target log-probabilities are the online ones (detached)
