@@ -1,6 +1,7 @@
 """zs_llm: ZeroSiam test-time adaptation for Hugging Face causal language models."""
 
-from .adapt import AdaptResult, adapt_generate
+from .adapt import AdaptResult
+from .api import adapt_generate
 from .config import AdaptConfig
 from .methods import METHODS, Method
 from .model import EMBEDDED, ZeroSiamLM, load, load_model

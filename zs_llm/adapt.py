@@ -194,37 +194,3 @@ def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
         draft_tokens=0 if draft_ids is None else int(draft_ids.numel()),
         answer_tokens=int(answer_ids.numel()),
     )
-
-
-def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, problem_id: str | None = None,
-                   **overrides):
-    """Adapt on `prompt` and answer it: the library call.
-
-    model: a `ZeroSiamLM`, or a plain Hugging Face causal LM together with `tokenizer=` (it is
-    wrapped on the fly with `AdaptConfig(**overrides)`; note that wrapping adds LoRA layers to
-    it in place). prompt: a string or chat messages. overrides: `AdaptConfig` fields; on an
-    existing `ZeroSiamLM` only generation fields may change per call.
-    Returns the answer text, or an `AdaptResult` when `return_result=True`.
-    """
-    from .model import ZeroSiamLM
-
-    if not isinstance(model, ZeroSiamLM):
-        if tokenizer is None:
-            raise ValueError("adapt_generate needs tokenizer= to wrap a plain model (or pass a ZeroSiamLM)")
-        model = ZeroSiamLM(model, tokenizer, AdaptConfig().replace(**overrides))
-        result = model.adapt_generate(prompt, problem_id)
-    else:
-        live = {"max_new_tokens", "temperature", "top_p", "seed"}
-        bad = sorted(set(overrides) - live)
-        if bad:
-            raise ValueError(f"{bad} cannot change on an existing ZeroSiamLM (only {sorted(live)}); build a new "
-                             "ZeroSiamLM with AdaptConfig(...) instead")
-        old = model.zs_config
-        model.zs_config = old.replace(**overrides)
-        model.method.config = model.zs_config
-        try:
-            result = model.adapt_generate(prompt, problem_id)
-        finally:
-            model.zs_config = old
-            model.method.config = old
-    return result if return_result else result.answer

@@ -12,39 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .methods import METHODS
+from .settings import check_fields, help_text, parse_value, setting
 
-def setting(default, help: str, **kw):
-    """A dataclass field with help text (read by `--help` and `AdaptConfig.help()`)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-def check_fields(obj, owner: str) -> None:
-    """Refuse NaN / infinite numbers and values outside a field's `choices` metadata, naming the field."""
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{owner}.{f.name}={v} is not a finite number; give a finite value")
-        choices = f.metadata.get("choices")
-        if choices is not None and v not in choices:
-            raise ValueError(f"{owner}.{f.name}={v!r} is not valid; choose one of {tuple(choices)}")
-        low = f.metadata.get("min")
-        if low is not None and v is not None and v < low:
-            raise ValueError(f"{owner}.{f.name} must be >= {low}, got {v}")
-
-
-def help_text(cls) -> str:
-    """One line per field of a config dataclass: name, default, help."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"{f.name} (default {default!r}): {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+__all__ = ["ADDONS", "AdaptConfig", "all_settings", "check_fields", "check_overrides", "help_text", "parse_value",
+           "setting"]
 
 
 #: add-ons a method spec can carry (`tent+clip+guard`): outside every paper's code, so they show in
@@ -126,8 +101,6 @@ class AdaptConfig:
                                              "window's.")
 
     def __post_init__(self):
-        from .methods import METHODS  # late import: methods import this module
-
         cls = METHODS[self.method]  # raises with the known names
         check_fields(self, "AdaptConfig")
         if not 0 < self.top_p <= 1:
@@ -156,20 +129,14 @@ class AdaptConfig:
 
     @property
     def effective_lr(self) -> float:
-        from .methods import METHODS
-
         return self.lr if self.lr is not None else METHODS[self.method].default_lr
 
     @property
     def effective_nesterov(self) -> bool:
-        from .methods import METHODS
-
         return self.nesterov if self.nesterov is not None else METHODS[self.method].nesterov
 
     def label(self) -> str:
         """The method's name with the add-ons this config turns on (`zerosiam+clip+guard`)."""
-        from .methods import METHODS
-
         cls = METHODS[self.method]
         if not (cls.trains and cls.loop_update):  # neither add-on acts on a method without loop updates
             return self.method
@@ -180,8 +147,6 @@ class AdaptConfig:
         """A copy with fields overridden. A method's own settings can be given by name
         (`replace(alpha=0)`); changing `method` keeps the settings the new method also has.
         Unknown names are an error listing the valid ones."""
-        from .methods import METHODS
-
         shared = {f.name for f in dataclasses.fields(self)}
         method = overrides.get("method", self.method)
         cls = METHODS[method]
@@ -206,8 +171,6 @@ class AdaptConfig:
         """`zerosiam+clip:alpha=0:lr=1e-3` -> the method, its add-ons, then `key=value` overrides of
         shared or method fields. `base` holds overrides applied before the spec's own (keys that
         this method does not have are skipped)."""
-        from .methods import METHODS
-
         head, *pairs = spec.split(":")
         name, addons = head, []
         while name not in METHODS and "+" in name and name.rsplit("+", 1)[1] in ADDONS:
@@ -263,8 +226,6 @@ class AdaptConfig:
 def all_settings() -> dict[str, dataclasses.Field]:
     """Every setting a flat config may name: the shared `AdaptConfig` fields, then each registered
     method's own (a name several methods share appears once)."""
-    from .methods import METHODS
-
     out = {f.name: f for f in dataclasses.fields(AdaptConfig) if f.name != "method_args"}
     for cls in METHODS.values():
         for f in dataclasses.fields(cls.config_class):
@@ -296,26 +257,3 @@ def _init(self, *args, method_args: dict[str, Any] | None = None, **kw):
 
 _init.__doc__ = _dataclass_init.__doc__
 AdaptConfig.__init__ = _init
-
-
-def parse_value(text: str, annotation: Any) -> Any:
-    """A command-line string as the type a field's annotation names (`float | None`, `list[str]` ...)."""
-    kind = str(annotation)
-    if text.lower() in ("none", "null"):
-        if "None" in kind or kind == "Any":
-            return None
-        raise ValueError(f"this setting cannot be None (type {kind})")
-    if "list" in kind:
-        return [x for x in text.split(",") if x]
-    if "bool" in kind:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    try:
-        if "int" in kind and "float" not in kind:
-            return int(text)
-        if "float" in kind:
-            return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number ({kind}), got {text!r}") from None
-    return text

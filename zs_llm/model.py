@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapt import adapt_on_problem
 from .config import AdaptConfig
+from .guard import CollapseGuard
 from .methods import METHODS
 from .predictor import build_predictor
 
@@ -107,8 +109,6 @@ class ZeroSiamLM:
         self.merge_lora_for_generation = True
         self.guard = None
         if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
-            from .guard import CollapseGuard
-
             self.guard = CollapseGuard(self)
 
     # --- construction -------------------------------------------------------------------
@@ -247,8 +247,6 @@ class ZeroSiamLM:
         self.problems_seen = 0
         self.adapt_enabled = True
         if self.guard is not None:
-            from .guard import CollapseGuard
-
             self.guard = CollapseGuard(self)
 
     def set_lr_scale(self, scale: float) -> None:
@@ -434,8 +432,6 @@ class ZeroSiamLM:
     # --- the library call ---------------------------------------------------------------
     def adapt_generate(self, prompt, problem_id: str | None = None):
         """Adapt on one problem and answer it; returns an `AdaptResult`. See `zs_llm.adapt`."""
-        from .adapt import adapt_on_problem
-
         return adapt_on_problem(self, prompt, problem_id)
 
     def __getattr__(self, name):

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 
-from ..config import setting
 from ..objective import opinion_entropy, opinion_entropy_rows
+from ..settings import setting
 from .base import METHODS, Method, MethodConfig
 
 __all__ = ["COME", "COMEConfig", "opinion_entropy"]

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
-from ..config import setting
 from ..objective import eminf_rows
+from ..settings import setting
 from .base import METHODS, Method, MethodConfig
 
 

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import setting
 from ..objective import FAST_OBJECTIVES, head_loss
+from ..settings import setting
 from .base import METHODS, Method, MethodConfig
 
 

@@ -3,8 +3,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import setting
 from ..objective import head_loss
+from ..settings import setting
 from .base import METHODS, LossBatch, Method, MethodConfig
 
 

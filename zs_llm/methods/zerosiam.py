@@ -1,8 +1,8 @@
 from dataclasses import dataclass
 
-from ..config import setting
 from ..objective import DIVERGENCES, OBJECTIVES, eata_weights, sar_weights, zerosiam_rows
 from ..predictor import PREDICTORS
+from ..settings import setting
 from .base import METHODS, Method, MethodConfig
 
 

@@ -1,0 +1,134 @@
+"""The layer rules of the package, read from the source (every import, at module level or inside a
+function; `if TYPE_CHECKING:` blocks are annotations only and do not count):
+
+- nothing in `zs_llm/` imports `eval` or `recipes` (the library does not depend on its harness);
+- `zs_llm/objective.py` imports only torch and the standard library (text and vision share it);
+- `zs_llm/vision/` does not import the LLM methods, wrapper or loop;
+- no import cycle among the modules of `zs_llm/`.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "zs_llm"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def imports(path: Path) -> set[str]:
+    """Absolute names of everything `path` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_lines(tree)
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                prefix = ".".join(base)
+                target = f"{prefix}.{node.module}" if node.module else prefix
+            else:
+                target = node.module or ""
+            out.add(target)
+            for a in node.names:  # `from . import come` imports the submodule
+                out.add(f"{target}.{a.name}")
+    return out
+
+
+def package_graph() -> dict[str, set[str]]:
+    mods = {module_name(p): p for p in PKG.rglob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for imp in imports(path):
+            # the longest known module the import names (a package's __init__ counts as a module)
+            parts = imp.split(".")
+            for k in range(len(parts), 0, -1):
+                cand = ".".join(parts[:k])
+                if cand in mods and cand != name:
+                    deps.add(cand)
+                    break
+        graph[name] = deps
+    return graph
+
+
+def test_the_library_never_imports_the_harness_or_the_recipes():
+    bad = {module_name(p): sorted(i for i in imports(p) if i.split(".")[0] in ("eval", "recipes", "bench"))
+           for p in PKG.rglob("*.py")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_objective_module_imports_only_torch_and_the_standard_library():
+    allowed = set(sys.stdlib_module_names) | {"torch"}
+    found = {i.split(".")[0] for i in imports(PKG / "objective.py")}
+    assert found <= allowed, found - allowed
+
+
+def test_the_vision_path_does_not_import_the_llm_methods_wrapper_or_loop():
+    llm = ("zs_llm.methods", "zs_llm.model", "zs_llm.adapt", "zs_llm.api", "zs_llm.guard", "zs_llm.loading")
+    for p in (PKG / "vision").rglob("*.py"):
+        bad = [i for i in imports(p) if i.startswith(llm)]
+        assert not bad, (p.name, bad)
+
+
+def test_no_import_cycle_in_the_package():
+    graph = package_graph()
+    # a package imports its own submodules (its __init__ re-exports them): not a cycle to report
+    for name in graph:
+        graph[name] = {d for d in graph[name] if not d.startswith(name + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph[n]):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+
+
+def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
+    # the checker itself: two modules importing each other inside functions are reported
+    pkg = tmp_path / "zs_llm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from .b import g\n")
+    (pkg / "b.py").write_text("def g():\n    from . import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    try:
+        test_no_import_cycle_in_the_package()
+    except AssertionError as e:
+        assert "zs_llm.a -> zs_llm.b -> zs_llm.a" in str(e)
+    else:
+        raise AssertionError("the cycle between a and b was not found")
