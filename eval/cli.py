@@ -81,7 +81,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
+    ap = argparse.ArgumentParser(prog="zs-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run methods on datasets into an output folder (resumable)")

@@ -145,8 +145,10 @@ class ZeroSiamLM:
             lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=target, bias="none", task_type="CAUSAL_LM")
             # lora_A's random init draws from the global RNG: seed it so runs are reproducible
-            with torch.random.fork_rng():
+            with torch.random.fork_rng(), warnings.catch_warnings():
                 torch.manual_seed(c.seed)
+                # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning the user cannot act on
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 return get_peft_model(model, lcfg)
         except ValueError as e:
             names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
