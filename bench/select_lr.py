@@ -47,14 +47,19 @@ def choose(scores: dict[float, tuple[int, int]]) -> float:
     return min(scores, key=key)
 
 
-def summarize(out: Path, methods, grid, grade) -> dict:
-    """Per method: {lr: (correct, graded, answered)} from the rows, regraded with `grade`, and the choice."""
-    noadapt = [grade(r["response"], r["gold"]) for r in read_rows(stream_path(out, "noadapt", "arith_dev"))]
+def stream_rows(outs: list[Path], method: str) -> list[dict]:
+    """The longest copy of a stream among run folders (streams of one grid may run in several processes)."""
+    return max((read_rows(stream_path(o, method, "arith_dev")) for o in outs), key=len)
+
+
+def summarize(outs: list[Path], methods, grid, grade) -> dict:
+    """Per method: {lr: (correct, graded)} from the rows, regraded with `grade`, and the choice."""
+    noadapt = [grade(r["response"], r["gold"]) for r in stream_rows(outs, "noadapt")]
     table: dict = {"noadapt": {"correct": sum(bool(c) for c in noadapt), "graded": sum(c is not None for c in noadapt)}}
     for m in methods:
         scores, rows_by_lr = {}, {}
         for lr in grid:
-            rows = read_rows(stream_path(out, f"{m}:lr={lr:g}", "arith_dev"))
+            rows = stream_rows(outs, f"{m}:lr={lr:g}")
             marks = [grade(r["response"], r["gold"]) for r in rows]
             scores[lr] = (sum(bool(c) for c in marks), sum(c is not None for c in marks))
             rows_by_lr[lr] = len(rows)
@@ -83,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--grid", default=",".join(f"{x:g}" for x in GRID))
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--also", default="", help="comma-separated run folders holding more streams of the same grid "
+                    "(the grid split over processes)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -94,7 +101,7 @@ def main(argv=None):
         Runner(cfg, out, progress=not args.no_progress).run()
     from eval.grading import grade
 
-    table = summarize(out, methods, grid, grade)
+    table = summarize([out, *(Path(p) for p in args.also.split(",") if p)], methods, grid, grade)
     md = markdown(table, methods, grid, args.limit)
     (out / "selection.json").write_text(json.dumps(table, indent=2))
     (out / "selection.md").write_text(md)
