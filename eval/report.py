@@ -199,6 +199,9 @@ def write_report(run_dir: str | Path) -> Path:
           f"Model `{cfg.get('model', '?')}`, prompt style `{cfg.get('prompt_style', '?')}`, "
           f"config hash `{info.get('config_hash', '?')}`, git `{(info.get('git_commit') or '?')[:10]}`"
           + (f", wall time {summary['wall_s'] / 60:.1f} min" if "wall_s" in summary else "") + ".", "",
+          *[f"Subset of {name}: `{s['spec']}`, {s['n']} of {s['of']} problems, ids sha256 `{s['ids_sha256'][:16]}` "
+            "(run.json has the full record)." for name, s in (info.get("subsets") or {}).items()],
+          *([""] if info.get("subsets") else []),
           "## Accuracy", "", table, "", "## Collapse diagnostics", "", collapse_table(streams), "",
           "Verdict thresholds: see `zs_llm.diagnostics.VERDICT_THRESHOLDS`. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
