@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +271,7 @@ def load_problems(
     subset: str | Subset | None = None,
 ) -> list[Problem]:
     """The problems of set `name`, in file order (generated order for `arith`); `subset` (a
-    `Subset` or its spec: a file of ids, `sample:N:seedS`) keeps those problems, in that order;
+    `Subset` or its spec: a file of ids, `sample:N:seedS`) keeps those problems, in the set's order;
     `limit` then keeps the first N. `source`: "local" (the data dir), "hub"
     (`datasets.load_dataset`), or "auto" (local if the file is there, else the hub). `seed` only
     changes generated sets.
@@ -371,7 +372,7 @@ class Subset:
             keep = {p.id for p in ranked[: self.n]}
             return [p for p in problems if p.id in keep]
         ids = self.read_ids()
-        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
         if repeated:
             raise ValueError(f"subset file {self.path} lists {len(repeated)} id(s) more than once: "
                              f"{_few(repeated)}; list each id once")
