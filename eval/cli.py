@@ -68,6 +68,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", help="Comma-separated. " + helps["methods"])
     p.add_argument("--datasets", help="Comma-separated. " + helps["datasets"])
     p.add_argument("--limit", type=int, help=helps["limit"])
+    p.add_argument("--subset", help=helps["subset"])
     p.add_argument("--data-dir", dest="data_dir", help=helps["data_dir"] + " Or set ZS_LLM_DATA_DIR.")
     p.add_argument("--prompt-style", dest="prompt_style", help=helps["prompt_style"])
     p.add_argument("--prompt-template", dest="prompt_template", help=helps["prompt_template"])

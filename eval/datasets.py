@@ -7,6 +7,11 @@ instead, and a row -> Problem function that applies the set's gold-answer rule (
     >>> problems = load_problems("math500", limit=2)
     >>> problems[0].id, problems[0].gold
     ('test/precalculus/807.json', '\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)')
+
+Subsets: a run can take a named subset of any set, written `SET=FILE` (a text file of problem ids,
+one per line) or `SET=sample:N:seedS` (N problems drawn with seed S). A subset streams in its set's
+own order; run.json records its size and the sha256 of its ids (`Subset`, `subset_record`).
+`python -m eval.datasets ids SET [--subset SPEC]` prints a set's ids, e.g. to save a sample as a file.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import hashlib
 import json
 import os
 import random
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,10 +281,13 @@ def load_problems(
     limit: int | None = None,
     seed: int = 0,
     source: str = "auto",
+    subset: str | Subset | None = None,
 ) -> list[Problem]:
-    """The problems of set `name`, in file order (generated order for `arith`); `limit` keeps the
-    first N. `source`: "local" (the data dir), "hub" (`datasets.load_dataset`), or "auto" (local if
-    the file is there, else the hub). `seed` only changes generated sets.
+    """The problems of set `name`, in file order (generated order for `arith`); `subset` (a
+    `Subset` or its spec: a file of ids, `sample:N:seedS`) keeps those problems, in the set's order;
+    `limit` then keeps the first N. `source`: "local" (the data dir), "hub"
+    (`datasets.load_dataset`), or "auto" (local if the file is there, else the hub). `seed` only
+    changes generated sets.
     """
     spec = DATASETS[name]
     if source not in ("auto", "local", "hub"):
@@ -296,13 +306,144 @@ def load_problems(
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError(f"dataset {name!r} has duplicate problem ids; its row -> Problem function needs fixing")
+    if subset is not None:
+        problems = Subset.parse(subset).select(problems, name)
     return problems if limit is None else problems[:limit]
 
 
+def ids_sha256(problems: list[Problem]) -> str:
+    """sha256 (hex) of the problem ids in order, one per line: equal hashes, equal problem lists."""
+    return hashlib.sha256("\n".join(p.id for p in problems).encode("utf-8")).hexdigest()
+
+
 def dataset_fingerprint(problems: list[Problem]) -> str:
-    """Short sha256 of the problem ids in order: two runs with the same fingerprint saw the same list."""
-    digest = hashlib.sha256("\n".join(p.id for p in problems).encode("utf-8"))
-    return digest.hexdigest()[:16]
+    """Short sha256 of the problem ids in order (the first 16 hex of `ids_sha256`): two runs with
+    the same fingerprint saw the same list."""
+    return ids_sha256(problems)[:16]
+
+
+# ---------------------------------------------------------------------------- subsets
+
+SUBSET_SYNTAX = ("SET=FILE (a text file of problem ids, one per line; blank lines and lines starting with # are "
+                 "skipped) or SET=sample:N:seedS (N problems drawn with seed S; sample:N means seed 0)")
+_SAMPLE = re.compile(r"sample:(?P<n>[^:]+)(?::seed(?P<seed>-?\d+))?")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A named part of one set: the problems whose ids a file lists (`path`), or a seeded sample
+    of `n` problems. The sample takes the n problems with the smallest sha256 of "<seed>:<id>", so
+    it depends only on the ids (no RNG whose algorithm could change), and at one seed a smaller
+    sample is part of a larger one. Either way the problems keep their set's order."""
+
+    path: str | None = None
+    n: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | Subset) -> Subset:
+        """`ids.txt` -> a file subset; `sample:240:seed0` (or `sample:240`) -> a sample."""
+        if isinstance(spec, Subset):
+            return spec
+        spec = str(spec).strip()
+        if not spec.startswith("sample:"):
+            if not spec:
+                raise ValueError(f"empty subset; write {SUBSET_SYNTAX}")
+            return cls(path=spec)
+        m = _SAMPLE.fullmatch(spec)
+        if m is None or not m["n"].isdigit():
+            raise ValueError(f"subset {spec!r}: write sample:N:seedS, e.g. sample:240:seed0 (or a file of ids: "
+                             "./sample... for a file whose name starts with 'sample:')")
+        n = int(m["n"])
+        if n < 1:
+            raise ValueError(f"subset {spec!r}: N must be >= 1")
+        return cls(n=n, seed=int(m["seed"] or 0))
+
+    @property
+    def spec(self) -> str:
+        return self.path if self.path is not None else f"sample:{self.n}:seed{self.seed}"
+
+    def read_ids(self) -> list[str]:
+        """The ids a file subset lists, in file order."""
+        p = Path(self.path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"subset file {self.path} does not exist; give a text file of problem ids, one "
+                                    "per line (python -m eval.datasets ids SET prints a set's ids)")
+        ids = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        ids = [i for i in ids if i and not i.startswith("#")]
+        if not ids:
+            raise ValueError(f"subset file {self.path} lists no problem ids; write one id per line")
+        return ids
+
+    def select(self, problems: list[Problem], name: str = "dataset") -> list[Problem]:
+        """The problems of this subset, in the order of `problems` (the set's own)."""
+        if self.n is not None:
+            if self.n > len(problems):
+                raise ValueError(f"subset sample:{self.n} of {name}: {name} has {len(problems)} problems; choose "
+                                 f"N <= {len(problems)}")
+            ranked = sorted(problems, key=lambda p: hashlib.sha256(f"{self.seed}:{p.id}".encode()).digest())
+            keep = {p.id for p in ranked[: self.n]}
+            return [p for p in problems if p.id in keep]
+        ids = self.read_ids()
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise ValueError(f"subset file {self.path} lists {len(repeated)} id(s) more than once: "
+                             f"{_few(repeated)}; list each id once")
+        known = {p.id for p in problems}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            example = f"{name} ids look like {problems[0].id!r}; " if problems else ""
+            raise ValueError(f"subset file {self.path}: {len(unknown)} of its {len(ids)} ids are not in {name}: "
+                             f"{_few(unknown)}. {example}`python -m eval.datasets ids {name}` prints them all; fix or "
+                             "remove those lines")
+        wanted = set(ids)
+        return [p for p in problems if p.id in wanted]
+
+    def record(self, name: str, selected: list[Problem], total: int) -> dict:
+        """What run.json keeps of this subset of set `name`: the spec, the exact count and the
+        sha256 of the selected ids (and of the file, for a file subset)."""
+        out = {"dataset": name, "spec": self.spec, "kind": "ids" if self.path is not None else "sample",
+               "n": len(selected), "of": total, "ids_sha256": ids_sha256(selected)}
+        if self.path is not None:
+            p = Path(self.path).expanduser().resolve()
+            out.update(file=str(p), file_sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+        else:
+            out.update(sample=self.n, seed=self.seed)
+        return out
+
+
+def parse_subsets(items: list[str] | dict[str, str] | str | None) -> dict[str, Subset]:
+    """`["college_math=ids.txt", "math500=sample:100:seed1"]` (or a dict, or one comma-separated
+    string) -> {set: Subset}. Unknown sets, a set named twice and a bad spec are errors."""
+    if not items:
+        return {}
+    if isinstance(items, str):
+        items = [x for x in items.split(",") if x.strip()]
+    pairs = list(items.items()) if isinstance(items, dict) else []
+    for item in items if not isinstance(items, dict) else []:
+        name, eq, spec = str(item).partition("=")
+        if not eq:
+            raise ValueError(f"subset {item!r}: write {SUBSET_SYNTAX}")
+        pairs.append((name.strip(), spec))
+    out: dict[str, Subset] = {}
+    for name, spec in pairs:
+        DATASETS[name]  # KeyError listing the known sets
+        if name in out:
+            raise ValueError(f"subset names {name} twice; give one subset per set")
+        out[name] = Subset.parse(spec)
+    return out
+
+
+def subset_record(name: str, subset: str | Subset, data_dir: str | Path | None = None, seed: int = 0) -> dict:
+    """Load set `name`, select `subset`, and return its run.json record (`Subset.record`)."""
+    full = load_problems(name, data_dir=data_dir, seed=seed)
+    sub = Subset.parse(subset)
+    return sub.record(name, sub.select(full, name), len(full))
+
+
+def _few(items: list[str], k: int = 10) -> str:
+    shown = ", ".join(repr(i) for i in items[:k])
+    return shown + (f" and {len(items) - k} more" if len(items) > k else "")
 
 
 def _local_file(spec: DatasetSpec, data_dir: str | Path | None, required: bool) -> Path | None:
@@ -350,3 +491,29 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
     raise RuntimeError(
         f"could not load {spec.name!r} from the hub ({'; '.join(errors)}); pass --data-dir to a local copy"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m eval.datasets ids SET [--subset SPEC]`: print a set's problem ids, one per line
+    (a subset's, with --subset), e.g. to save a sample as a subset file."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m eval.datasets", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ids = sub.add_parser("ids", help="print a set's problem ids")
+    ids.add_argument("set", choices=sorted(DATASETS))
+    ids.add_argument("--subset", help="FILE or sample:N:seedS")
+    ids.add_argument("--data-dir", dest="data_dir")
+    args = ap.parse_args(argv)
+    try:
+        problems = load_problems(args.set, data_dir=args.data_dir, subset=args.subset)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(p.id for p in problems))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -443,6 +443,9 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           f"Model `{cfg.get('model', '?')}`, prompt style `{cfg.get('prompt_style', '?')}`, "
           f"config hash `{info.get('config_hash', '?')}`, git `{(info.get('git_commit') or '?')[:10]}`"
           + (f", wall time {summ['wall_s'] / 60:.1f} min" if "wall_s" in summ else "") + ".", "",
+          *[f"Subset of {name}: `{s['spec']}`, {s['n']} of {s['of']} problems, ids sha256 `{s['ids_sha256'][:16]}` "
+            "(run.json has the full record)." for name, s in (info.get("subsets") or {}).items()],
+          *([""] if info.get("subsets") else []),
           "## Accuracy", "", accuracy_section(summary), "",
           "Every number above, as fractions: `results.csv` (one row per method x set, plus an `average` row per "
           "method when the run has several sets) and `metrics.json`.", "",

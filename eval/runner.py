@@ -25,7 +25,15 @@ from typing import Any
 
 from zs_llm.config import AdaptConfig, check_overrides
 
-from .datasets import DATASETS, dataset_fingerprint, load_problems, resolve_data_dir
+from .datasets import (
+    DATASETS,
+    SUBSET_SYNTAX,
+    dataset_fingerprint,
+    load_problems,
+    parse_subsets,
+    resolve_data_dir,
+    subset_record,
+)
 from .grading import default_grader, extract_answer, grade
 from .prompting import PROMPT_STYLES, build_messages, prompt_info
 
@@ -43,7 +51,11 @@ class RunConfig:
         "help": "Method specs: a registered name, optionally with AdaptConfig overrides as name:key=value:key=value "
                 "(e.g. zerosiam:alpha=0)."})
     datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names."})
-    limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset."})
+    limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
+                                                     "it has one)."})
+    subset: list[str] = field(default_factory=list, metadata={
+        "help": f"Named subsets of datasets, comma-separated: {SUBSET_SYNTAX}; e.g. college_math=sample:240:seed0. "
+                "A subset streams in its set's order; run.json records its size and the sha256 of its ids."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files."})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES)."})
     prompt_template: str | None = field(default=None, metadata={
@@ -74,6 +86,12 @@ class RunConfig:
             raise ValueError("n_samples, batch_size and checkpoint_every must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        subsets = parse_subsets(self.subset)  # syntax and set names; ids are checked when the run starts
+        self.subset = [f"{name}={sub.spec}" for name, sub in subsets.items()]
+        stray = sorted(set(subsets) - set(self.datasets))
+        if stray:
+            raise ValueError(f"subset given for {stray}, not among datasets {self.datasets}; add them to datasets or "
+                             "drop their subsets")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,6 +99,8 @@ class RunConfig:
     def hash(self) -> str:
         # fields that change results; batch size and checkpoint cadence do not
         d = {k: v for k, v in self.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device")}
+        if not d["subset"]:
+            del d["subset"]  # run folders from before subsets existed keep their hash
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -238,8 +258,17 @@ class Runner:
         if recorded and recorded["sha256"] != prompt["sha256"]:
             raise FileExistsError(f"{self.out} was run with another {prompt['style']} template ({recorded['origin']}, "
                                   f"sha256 {recorded['sha256'][:12]}; now {prompt['sha256'][:12]}); use a new --out")
+        # before any model loads too: unknown ids or a sample larger than its set stop the run here
+        subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed)
+                   for name, sub in parse_subsets(self.cfg.subset).items()}
+        old_subsets = json.loads(run_json.read_text()).get("subsets", {}) if run_json.exists() else {}
+        for name, rec in subsets.items():
+            if name in old_subsets and old_subsets[name]["ids_sha256"] != rec["ids_sha256"]:
+                raise FileExistsError(f"{self.out} was run on other {name} problems: subset {rec['spec']} selected "
+                                      f"{old_subsets[name]['n']} ids (sha256 {old_subsets[name]['ids_sha256'][:12]}), "
+                                      f"now {rec['n']} ({rec['ids_sha256'][:12]}); use a new --out")
         if not run_json.exists() and self.rank == 0:
-            info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt,
+            info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt, "subsets": subsets,
                     "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
@@ -279,7 +308,8 @@ class Runner:
 
     def problems(self, dataset: str):
         c = self.cfg
-        return load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed)
+        return load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed,
+                             subset=parse_subsets(c.subset).get(dataset))
 
     def run_unit(self, method: str, dataset: str, shard: str = "") -> None:
         from zs_llm.model import ZeroSiamLM

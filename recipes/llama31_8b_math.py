@@ -1,4 +1,10 @@
-"""ZeroSiam and the baselines on Llama-3.1-8B-Instruct over Math-500, CollegeMath, AIME24 and Minerva.
+"""ZeroSiam and every baseline on Llama-3.1-8B-Instruct over Math-500, CollegeMath, AIME24 and Minerva.
+
+Protocol `paper` (the AdaptConfig defaults): each method as its authors' code runs it, with no
+collapse guard, no gradient clipping and its own default_lr. The methods are noadapt, tent, come,
+sar, slot, eminf, zerosiam, zerosiam+sar, zerosiam+eata, plus tent+guard and zerosiam+guard as
+separate rows labelled with the add-on. Each set is run whole unless a subset is given
+(`--subset college_math=ids.txt` or `--subset college_math=sample:240:seed0`; README, "CollegeMath").
 
 One GPU:
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/llama31_8b_math.py
@@ -9,7 +15,8 @@ CPU (a smoke run on a small model):
 
 Defaults live in recipes/configs/llama31_8b_math.yaml; any field (harness or AdaptConfig)
 can be overridden: `--lr 5e-5 --methods noadapt,zerosiam --limit 50 --out runs/x`. A rerun
-with the same --out resumes.
+with the same --out resumes. tests/test_recipe_llama31_path.py runs this file's path on a CPU with
+a small random model of Llama-3.1's shape (vocabulary, GQA, RoPE scaling, chat tokens, bf16).
 
 The prompt is Meta's own Llama 3.1 math evaluation prompt (style `meta_llama31_math`), so the
 numbers sit beside Meta's published ones. The project carries no copy of it: the run reads it

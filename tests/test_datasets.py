@@ -1,8 +1,21 @@
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from eval.datasets import DATASETS, FOUR_SETS, Problem, dataset_fingerprint, load_problems, resolve_data_dir
+from eval.datasets import (
+    DATASETS,
+    FOUR_SETS,
+    Problem,
+    Subset,
+    dataset_fingerprint,
+    ids_sha256,
+    load_problems,
+    parse_subsets,
+    resolve_data_dir,
+    subset_record,
+)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "math"
 
@@ -119,3 +132,126 @@ def test_unknown_dataset_lists_known():
 def test_bad_source_is_rejected():
     with pytest.raises(ValueError, match="hub"):
         load_problems("arith", source="web")
+
+
+# ---------------------------------------------------------------------------- subsets
+
+
+def test_subset_file_keeps_the_sets_order_then_limit(data_dir, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# three problems, listed out of order\ntest/algebra/1255.json\n\n  test/algebra/1098.json \n"
+                   "test/prealgebra/1302.json\n")
+    full = load_problems("math500", data_dir=data_dir)
+    got = load_problems("math500", data_dir=data_dir, subset=str(ids))
+    assert [p.id for p in got] == ["test/algebra/1098.json", "test/prealgebra/1302.json", "test/algebra/1255.json"]
+    assert got == [p for p in full if p.id in {q.id for q in got}]  # the set's order, whole problems
+    assert load_problems("math500", data_dir=data_dir, subset=str(ids), limit=2) == got[:2]
+
+
+def test_sample_is_seeded_nested_and_needs_no_rng():
+    a = load_problems("arith", subset="sample:20:seed0")
+    assert len(a) == 20 and a == load_problems("arith", subset="sample:20:seed0")
+    assert a == load_problems("arith", subset="sample:20")  # seed 0 unless given
+    assert {p.id for p in a} < {p.id for p in load_problems("arith", subset="sample:40:seed0")}
+    assert {p.id for p in a} != {p.id for p in load_problems("arith", subset="sample:20:seed1")}
+    full = load_problems("arith")
+    assert a == [p for p in full if p in a]  # the set's order
+    # the rule, stated in Subset's docstring: the N ids with the smallest sha256 of "<seed>:<id>"
+    rank = sorted(full, key=lambda p: hashlib.sha256(f"0:{p.id}".encode()).digest())
+    assert {p.id for p in a} == {p.id for p in rank[:20]}
+
+
+def test_college_math_sample_of_240_is_recorded_exactly(data_dir):
+    rec = subset_record("college_math", "sample:240:seed0", data_dir=data_dir)
+    chosen = load_problems("college_math", data_dir=data_dir, subset="sample:240:seed0")
+    assert (rec["n"], rec["of"], rec["kind"], rec["spec"]) == (240, 2818, "sample", "sample:240:seed0")
+    assert rec["ids_sha256"] == ids_sha256(chosen) and len(rec["ids_sha256"]) == 64
+    assert dataset_fingerprint(chosen) == rec["ids_sha256"][:16]  # the rows' `order` field
+
+
+def test_file_subset_record_holds_the_file_and_its_hash(tmp_path):
+    f = tmp_path / "ids.txt"
+    f.write_text("s0-3\ns0-1\n")
+    rec = subset_record("arith", str(f))
+    assert (rec["n"], rec["of"], rec["kind"]) == (2, 500, "ids")
+    assert rec["file"] == str(f.resolve()) and rec["file_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert rec["ids_sha256"] == hashlib.sha256(b"s0-1\ns0-3").hexdigest()  # ids in the set's order
+
+
+@pytest.mark.parametrize("text, error, match", [
+    ("s0-1\nnope\ns0-2\nalso-nope\n", ValueError, r"2 of its 4 ids are not in arith: 'nope', 'also-nope'.*s0-0"),
+    ("s0-1\ns0-1\n", ValueError, r"more than once: 's0-1'; list each id once"),
+    ("# nothing\n\n", ValueError, "lists no problem ids"),
+])
+def test_bad_subset_files_name_the_fix(tmp_path, text, error, match):
+    f = tmp_path / "ids.txt"
+    f.write_text(text)
+    with pytest.raises(error, match=match):
+        load_problems("arith", subset=str(f))
+
+
+@pytest.mark.parametrize("spec, error, match", [
+    ("sample:501", ValueError, r"arith has 500 problems; choose N <= 500"),
+    ("sample:0", ValueError, "N must be >= 1"),
+    ("sample:many", ValueError, "sample:N:seedS"),
+    ("sample:5:seven", ValueError, "sample:N:seedS"),
+    ("missing_ids.txt", FileNotFoundError, "python -m eval.datasets ids"),
+])
+def test_bad_subset_specs_name_the_fix(spec, error, match):
+    with pytest.raises(error, match=match):
+        load_problems("arith", subset=spec)
+
+
+def test_parse_subsets_forms_and_errors():
+    one = parse_subsets("arith=sample:5:seed2")
+    assert one == parse_subsets(["arith=sample:5:seed2"]) == parse_subsets({"arith": "sample:5:seed2"})
+    assert one["arith"] == Subset(n=5, seed=2) and one["arith"].spec == "sample:5:seed2"
+    assert parse_subsets("college_math=a.txt,math500=sample:9")["math500"].spec == "sample:9:seed0"
+    with pytest.raises(ValueError, match="SET=FILE"):
+        parse_subsets(["sample:5"])
+    with pytest.raises(KeyError, match="college_math"):
+        parse_subsets(["collegemath=sample:5"])
+    with pytest.raises(ValueError, match="twice"):
+        parse_subsets(["arith=sample:5", "arith=sample:6"])
+
+
+def test_run_config_takes_and_checks_subsets():
+    from eval.runner import RunConfig
+
+    cfg = RunConfig(datasets=["arith"], subset="arith=sample:7")
+    assert cfg.subset == ["arith=sample:7:seed0"]
+    assert cfg.hash() != RunConfig(datasets=["arith"], subset="arith=sample:8").hash()
+    plain = RunConfig(datasets=["arith"])
+    legacy = {k: v for k, v in plain.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device", "subset")}
+    assert plain.hash() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]  # old runs resume
+    with pytest.raises(ValueError, match="not among datasets.*add them to datasets or drop"):
+        RunConfig(datasets=["arith"], subset="math500=sample:5")
+
+
+def test_run_json_records_subsets_and_refuses_changed_ids(tmp_path):
+    from eval.runner import RunConfig, Runner
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("s0-4\ns0-2\n")
+    cfg = RunConfig(datasets=["arith"], methods=["noadapt"], subset=[f"arith={ids}"])
+    Runner(cfg, tmp_path / "run")._write_run_json()  # what a run does before its model loads
+    rec = json.loads((tmp_path / "run" / "run.json").read_text())["subsets"]["arith"]
+    assert (rec["n"], rec["of"], rec["ids_sha256"]) == (2, 500, hashlib.sha256(b"s0-2\ns0-4").hexdigest())
+    assert [p.id for p in Runner(cfg, tmp_path / "run").problems("arith")] == ["s0-2", "s0-4"]
+    ids.write_text("s0-4\ns0-3\n")  # same path, other problems: a resume would mix two subsets
+    with pytest.raises(FileExistsError, match="other arith problems.*use a new --out"):
+        Runner(cfg, tmp_path / "run")._write_run_json()
+    too_many = RunConfig(datasets=["arith"], methods=["noadapt"], subset="arith=sample:501")
+    with pytest.raises(ValueError, match="choose N <= 500"):
+        Runner(too_many, tmp_path / "run2")._write_run_json()
+    assert not (tmp_path / "run2" / "run.json").exists()
+
+
+def test_ids_command_prints_a_subset(capsys, tmp_path):
+    from eval.datasets import main
+
+    assert main(["ids", "arith", "--subset", "sample:3:seed1"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [p.id for p in load_problems("arith", subset="sample:3:seed1")]
+    assert main(["ids", "arith", "--subset", "sample:600"]) == 2
+    assert "choose N <= 500" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 
 from eval.report import load_run
 from recipes._common import resolve, split
+from zs_llm.config import AdaptConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -78,4 +79,13 @@ def test_shipped_recipe_configs_resolve():
     run, _, _ = split(resolve(REPO / "recipes" / "configs" / "llama31_8b_math.yaml", []))
     assert run.model == "meta-llama/Llama-3.1-8B-Instruct" and run.dtype == "bfloat16"
     assert run.datasets == ["math500", "college_math", "aime24", "minerva_math"]
-    assert run.methods == ["noadapt", "tent", "come", "zerosiam"]
+    # every method of the harness under the paper protocol, and the guarded two as rows of their own
+    assert run.methods == ["noadapt", "tent", "come", "sar", "slot", "eminf", "zerosiam", "zerosiam+sar",
+                           "zerosiam+eata", "tent+guard", "zerosiam+guard"]
+    from zs_llm.methods import METHODS
+
+    assert set(METHODS) <= set(run.methods)
+    configs = {spec: AdaptConfig.from_spec(spec, run.adapt) for spec in run.methods}
+    assert {spec: c.label() for spec, c in configs.items()} == {spec: spec for spec in run.methods}
+    assert all(c.grad_clip is None and c.lr is None and c.guard is spec.endswith("+guard")
+               for spec, c in configs.items())
