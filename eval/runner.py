@@ -26,7 +26,7 @@ from typing import Any
 from zs_llm.config import AdaptConfig
 
 from .datasets import DATASETS, dataset_fingerprint, load_problems, resolve_data_dir
-from .grading import default_grader, extract_answer, grade
+from .grading import check, default_grader
 from .prompting import PROMPT_STYLES, build_messages
 
 
@@ -418,8 +418,9 @@ class Runner:
 
     def _row(self, lm, method, dataset, p, messages, res, index, order) -> dict:
         responses = res["responses"]
-        corrects = [grade(r, p.gold) for r in responses]
-        extracted = extract_answer(responses[0])
+        graded = [check(r, p.gold) for r in responses]
+        corrects = [g.correct for g in graded]
+        extracted = graded[0].pred  # the answer the grader compared with the gold
         row = {
             "id": p.id, "index": index, "dataset": dataset, "method": method, "prompt": lm_render(lm, messages),
             "draft": res["draft"], "response": responses[0], "extracted": extracted, "gold": p.gold,
