@@ -186,6 +186,10 @@ def count_answers(answer: str) -> int:
     return n
 
 
+def _compact(answer: str) -> str:
+    return re.sub(r"\s+|\\left\b|\\right\b|\\[,;:!]", "", answer)
+
+
 def _digits_only(m: re.Match) -> str:
     return re.sub(r"\D", "", m.group())
 
@@ -206,7 +210,8 @@ def _several_boxes(response: str, k: int, pred: str, source: str) -> tuple[str, 
 class Grader:
     """Grades responses in a persistent worker process; safe to call from any thread.
 
-    `stats` counts calls, timeouts, worker restarts, unparseable golds and answers too long to parse.
+    `stats` counts calls, timeouts, worker restarts, unparseable and prose golds, answers too long to
+    parse, and answers found only by math-verify's reading of the whole response.
     Use one `Grader` per run to get per-run counts, or the module-level `grade` functions.
     """
 
@@ -330,9 +335,9 @@ def default_grader() -> Grader:
 
 
 def grade(response: str, gold: str, timeout: float = 5.0) -> bool | None:
-    """Is the final answer in `response` equal to `gold`? None if `gold` cannot be parsed.
+    """Is the final answer in `response` equal to `gold`? None if `gold` cannot be parsed or is prose.
 
-    No extracted answer, an empty box, or a grade that runs past `timeout` seconds give False.
+    No answer anywhere in the response, or a grade that runs past `timeout` seconds, give False.
     """
     return default_grader().grade(response, gold, timeout)
 
@@ -466,6 +471,8 @@ def _worker_main() -> None:
         gold_parsed = gold_cache[gold]
         if not gold_parsed:
             return "gold_unparseable", pred
+        if pred and _compact(pred) == _compact(gold):  # the same text: sympy can take seconds to agree
+            return "true", pred
         if pred:
             pred_parsed = parse_boxed(pred)
             if is_math(pred_parsed):

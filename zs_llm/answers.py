@@ -34,16 +34,21 @@ _LEADING_PHRASE = re.compile(r"^\s*(?:(?:the\s+)?final\s+answer\s*(?:is|:)|the\s
 _MATH_SPAN = re.compile(r"[\s:*]*(?:\$\$(.+?)\$\$|\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\])")
 # where a stated answer's sentence ends: "I hope it is correct", or a full stop before a space or
 # the end (a decimal point is followed by a digit)
-_SENTENCE_END = re.compile(
-    r"\s*(?:I\s+hope\b|\.(?:\s|$)|,?\s+(?:since|because|as|which|so|where|when)\b)", re.IGNORECASE
-)
+_SENTENCE_END = re.compile(r"\bI\s+hope\b|\.(?:\s|$)|,?\s+(?:since|because|as|which|so|where|when)\b", re.IGNORECASE)
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")
 # a phrase answer must look like one: math, a digit, or a token as short as "(B)"; "the answer is
 # correct" or "the answer is within the box" state nothing
 _LOOKS_LIKE_ANSWER = re.compile(r"[\d\\^_=+*/<>|(\[{-]")
-# a word of prose in a phrase answer ("5 because 2 + 3 = 5"): after a box, the box is the cleaner answer
+# prose inside a phrase answer ("5 because 2 + 3 = 5"): after a box, the box is the cleaner answer;
+# unit words at the end ("70 miles per hour") are not prose of that kind
 _PROSE = re.compile(r"(?<![A-Za-z\\])[a-z]{3,}(?![A-Za-z])")
-_TEXT_ARG = re.compile(r"\\(?:text|mathrm|mbox)\s*\{[^{}]*\}")
+_LAST_MATH = re.compile(r"[\d=][^\d=]*$")
+_NOT_PROSE = frozenset(
+    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log exp sqrt det max min mod".split()
+)
+_LATEX_ARG = re.compile(
+    r"\\begin\s*\{array\}\s*\{[^{}]*\}|\\(?:text|mathrm|mbox|mathbf|mathbb|operatorname|begin|end)\s*\{[^{}]*\}"
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ def final_answer(response: str) -> Answer | None:
         text = _phrase_answer(m.group(1)[:MAX_PHRASE_CHARS])
         if not text or (len(text) > 3 and not _LOOKS_LIKE_ANSWER.search(text)):
             continue
-        if last_box is not None and _PROSE.search(_TEXT_ARG.sub("", text)):
+        if last_box is not None and _has_prose(text):
             continue
         return Answer(text, m.start(1), "phrase")
     if last_box is not None:
@@ -127,6 +132,13 @@ def extract_answer(response: str) -> str | None:
 def _has_box_within(starts: list[int], lo: int, hi: int) -> bool:
     i = bisect_left(starts, lo)
     return i < len(starts) and starts[i] <= hi
+
+
+def _has_prose(text: str) -> bool:
+    """Whether a word of prose comes before a later digit or `=`."""
+    text = _LATEX_ARG.sub("", text)
+    last = _LAST_MATH.search(text)
+    return last is not None and any(w not in _NOT_PROSE for w in _PROSE.findall(text, 0, last.start()))
 
 
 def _phrase_answer(rest: str) -> str:
