@@ -1,7 +1,21 @@
-"""Answer extraction and grading for math sets.
+"""Grading math answers: is the final answer in a model response equal to the gold answer?
 
-`grade(response, gold)` pulls the final answer out of a model response (the last `\\boxed{}`, else a
-"the answer is ..." phrase) and checks it against the gold answer with math-verify.
+`grade(response, gold)` reads the answer the response states last (`zs_llm.answers.final_answer`:
+the last `\\boxed{}` or a later "final answer is X" line), normalises what math-verify misreads,
+and compares it with the gold answer using math-verify. When the response states no answer (or
+its answer does not parse), math-verify's own extraction reads the response's tail, the way
+lighteval and open-r1 grade (LaTeX and plain expressions, boxed answers first).
+
+Normalisation applied before math-verify sees either side:
+- thousands separators: `10\\,000`, `10{,}000`, `10\\ 000`, thin spaces, and in an answer `1 000`;
+- units: trailing unit words or `\\text{}` units after a number (`10 weeks`, `5\\text{ dollars}`);
+- primes: `f'(x)` becomes `f^{\\prime}(x)` (math-verify drops the prime and equates it with `f(x)`);
+- `\\mathrm{e}` and `\\mathrm{i}` become the constants `e` and `i`; `4.5e33` becomes `4.5\\times10^{33}`;
+- several boxes against a gold of several answers: `\\boxed{-2}` and `\\boxed{1}` answer `1,-2`.
+
+A gold answer that is prose ("min at x=-1, max at x=1") is not graded: status `gold_free_text`,
+correct None, like a gold that does not parse (`gold_unparseable`); both are counted in `stats` and
+excluded from accuracy, never scored 0.
 
 Why a worker process: math-verify's own timeouts use `signal.alarm`, which only works on the main
 thread, and sympy can spend minutes (or gigabytes) inside C code on inputs such as `9^9^9^9`, where
@@ -11,6 +25,8 @@ is killed and a fresh one is started. A timed-out grade is False and is counted 
 text is only ever parsed, never executed.
 
     >>> grade("... so the total is $\\boxed{\\frac{1}{2}}$.", "0.5")
+    True
+    >>> grade("Final Answer: The final answer is $10\\,000$. I hope it is correct.", "10000")
     True
 """
 
@@ -32,9 +48,12 @@ _WORKER_MODULE = "_zs_llm_grading_worker"
 if __name__ != _WORKER_MODULE:
     # the worker process loads this file by path and needs only math-verify: importing the
     # zs_llm package there would pull in torch (seconds of start-up, past its memory cap)
-    from zs_llm.answers import extract_answer, extract_boxed  # noqa: F401 (extract_boxed re-exported)
+    from zs_llm.answers import Answer, boxed_answers, extract_answer, extract_boxed, final_answer  # noqa: F401
 
 MAX_ANSWER_CHARS = 1_000  # longest gold in the local sets is 988 characters (college_math)
+# math-verify's own extraction reads only this tail of a response: its patterns cost more than
+# linear time on hostile text, and a response's final answer is at its end
+MAX_TEXT_CHARS = 10_000
 WORKER_GRACE_S = 1.0  # how long past the limit we wait before killing the worker
 WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take several seconds
 WORKER_MEMORY_BYTES = 4 << 30  # address-space cap inside the worker: `9^9^9` must not eat the host
@@ -42,6 +61,41 @@ WORKER_MEMORY_BYTES = 4 << 30  # address-space cap inside the worker: `9^9^9` mu
 _PLAIN_INT = re.compile(r"[+-]?\d+")
 # math-verify reads `4.5e33` as 4.5*E*33; minerva_math has 58 gold answers written that way.
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?|\.\d+)[eE]([-+]?\d+)(?![\w.])")
+_CONSTANT = re.compile(r"\\(?:mathrm|mathit|textrm|text|operatorname|rm)\s*\{\s*([ei])\s*\}")
+_NUMPY = re.compile(r"\bnp\.([a-z]+)\b")  # one minerva gold is `np.arcsin(10/13)`
+# `f'(x)`, `y''`: a single letter and its primes, not an apostrophe inside a word ("it's")
+_PRIME = re.compile(r"(?<![A-Za-z\\])([A-Za-z])('+)(?![A-Za-z'])")
+# thousands groups: 10\,000, 10{,}000, 10,\!000, 10\ 000, 10~000 and Unicode thin or no-break spaces;
+# a first group never starts with 0, so the decimal comma of `0{,}125` is left alone
+_THOUSANDS = re.compile(
+    r"(?<![\d.])[1-9]\d{0,2}(?:(?:,\\!|\\[,;:! ]|\\thinspace\b|\{,\}|~|[\u2009\u202f\u00a0])\s?\d{3})+(?!\d)"
+)
+_SPACE_THOUSANDS = re.compile(r"(?<![\d.,])[1-9]\d{0,2}(?: \d{3})+(?![\d]|[.,]\d)")  # `1 000`: in an answer only
+_ANSWER_IS = re.compile(
+    r"^\s*(?:the\s+)?(?:solution|answer)s?\s*(?:(?:is|are)\s*:?|:)\s*", re.IGNORECASE
+)  # "Solution is: k=4"
+_PERCENT_WORD = re.compile(r"\s*\bper\s?cent\b", re.IGNORECASE)
+_TEXT_WRAPPER = re.compile(r"\\(?:textrm|text|mathrm|mbox|rm|mathit|operatorname)\s*\{([^{}]*)\}")
+# unit words at the end of an answer: words (whole runs of letters, not LaTeX commands), each with
+# an optional power, joined by spaces, `/`, `\cdot` or LaTeX spacing
+_UNIT_TAIL = re.compile(
+    r"(?:(?:\s|~|\\[,;:! ]|/|\\cdot|\*|\.)*(?<![A-Za-z\\])[A-Za-z]+(?:\s*\^\s*(?:\{\s*-?\d+\s*\}|-?\d))?)+[\s.]*$"
+)
+_SI_LETTERS = frozenset("m s g h L N J W V K".split())  # one-letter units; other single letters are variables
+_LETTER_IN_VALUE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]")  # a letter that is not part of a LaTeX command
+# words that are maths, not units or prose
+_MATH_WORDS = frozenset(
+    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp pi sqrt det max min mod and or".split()
+)
+# a word as prose writes it ("at", "Solution"), not an acronym (MR), a LaTeX command or `dM`
+_PROSE_WORD = re.compile(r"(?<![A-Za-z\\])(?:[A-Z]?[a-z]{2,}|[A-Z][a-z])(?![A-Za-z])")
+_TWO_LETTER_WORDS = frozenset("at is in of to so be by an no on up it we if as do or".split())  # not `dt`
+# names, not words: subscripts (`\lambda_{\text{red}}`) and the arguments of `\begin{pmatrix}`,
+# `\mathbb{R}`, `\mathrm{gb}`
+_NAMES = re.compile(
+    r"_\s*\{(?:[^{}]|\{[^{}]*\})*\}|\\begin\s*\{array\}\s*\{[^{}]*\}"
+    r"|\\(?:begin|end|operatorname|mathbb|mathcal|mathfrak|mathrm|mathbf|vec|hat)\s*\{[^{}]*\}"
+)
 
 
 # ---------------------------------------------------------------------------- grading
@@ -49,57 +103,172 @@ _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?|\.\d+)[eE]([-+]?\d+)(?![\w.]
 
 @dataclass(frozen=True)
 class GradeResult:
-    """One graded response. `correct` is None when the gold answer could not be parsed."""
+    """One graded response. `correct` is None when the gold answer is not graded (it does not parse,
+    or it is prose).
+
+    `pred` is the answer string the grade used (None if there was none); `source` says where it
+    came from: "boxed", "phrase" (a "final answer is" line), "boxes" (several boxes read as one
+    answer) or "response" (math-verify's extraction from the whole response).
+    """
 
     correct: bool | None
-    pred: str | None  # the extracted answer, None if there was none
-    status: str  # ok | no_answer | too_long | gold_unparseable | timeout
+    pred: str | None
+    status: str  # ok | no_answer | too_long | gold_unparseable | gold_free_text | timeout
+    source: str | None = None
+
+
+def normalise(text: str, answer: bool = True) -> str:
+    """`text` rewritten where math-verify misreads it (see the module docstring). `answer=False`
+    (a whole response) skips the rewrites that only make sense for a bare answer: spaces between
+    digit groups and unit words."""
+    text = _SCIENTIFIC.sub(r"\1\\times10^{\2}", text)
+    text = _CONSTANT.sub(r"\1", text)
+    text = _NUMPY.sub(r"\\\1", text)
+    text = _THOUSANDS.sub(_digits_only, text)
+    text = _PRIME.sub(lambda m: m.group(1) + "^{" + "\\prime" * len(m.group(2)) + "}", text)
+    if answer:
+        text = _ANSWER_IS.sub("", text)
+        text = _SPACE_THOUSANDS.sub(_digits_only, text)
+        text = _PERCENT_WORD.sub(r"\\%", text)
+        text = strip_units(text)
+    return text.strip()
+
+
+def strip_units(answer: str) -> str:
+    """`answer` without unit words after a number: "10 cm^2" -> "10", "5\\text{ dollars}" -> "5".
+
+    Only when what precedes the units is a number (digits and LaTeX commands, after an optional
+    `x =`), so "2 x" and "\\text{(B)}" are kept.
+    """
+    plain = _TEXT_WRAPPER.sub(r" \1 ", answer)
+    m = _UNIT_TAIL.search(plain)
+    if m is None:
+        return answer
+    words = re.findall(r"[A-Za-z]+", m.group())
+    if any(w.lower() in _MATH_WORDS or (len(w) == 1 and w not in _SI_LETTERS) for w in words):
+        return answer
+    value = plain[: m.start()].rstrip()
+    number = value.rsplit("=", 1)[-1]
+    if not re.search(r"\d", number) or _LETTER_IN_VALUE.search(number):
+        return answer
+    return value
+
+
+def is_free_text(gold: str) -> bool:
+    """Whether a gold answer is prose rather than maths: two or more words ("all real numbers",
+    "min at x=-1, max at x=1"), or one word beside numbers ("\\max at x=7"). A lone word such as
+    `\\text{Evelyn}` is an answer math-verify compares as text."""
+    words = [
+        w
+        for w in _PROSE_WORD.findall(_NAMES.sub(" ", gold))
+        if w.lower() not in _MATH_WORDS and (len(w) > 2 or w.lower() in _TWO_LETTER_WORDS)
+    ]
+    return len(words) >= 2 or (len(words) == 1 and re.search(r"[\d=<>]", gold) is not None)
+
+
+def count_answers(answer: str) -> int:
+    """How many answers a comma list holds: "1,-2" -> 2, "\\{1, 2, 3\\}" -> 3; a tuple or interval
+    "(1,2)" and a number "1,000" are one."""
+    s = answer.strip()
+    for left, right in (("\\left\\{", "\\right\\}"), ("\\{", "\\}")):
+        if s.startswith(left) and s.endswith(right):
+            s = s[len(left) : -len(right)]
+            break
+    thousands = {m.start() for m in re.finditer(r"(?<=\d),(?=\d{3}(?!\d))", s)}
+    depth, n = 0, 1
+    for i, ch in enumerate(s):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0 and i not in thousands:
+            n += 1
+    return n
+
+
+def _compact(answer: str) -> str:
+    return re.sub(r"\s+|\\left\b|\\right\b|\\[,;:!]", "", answer)
+
+
+def _digits_only(m: re.Match) -> str:
+    return re.sub(r"\D", "", m.group())
+
+
+def _several_boxes(response: str, k: int, pred: str, source: str) -> tuple[str, str]:
+    """For a gold of `k` answers: the last `k` distinct boxed answers joined as one list
+    ("\\boxed{-2} ... \\boxed{1}" -> "-2, 1"), or the last box alone when there are fewer."""
+    seen: list[str] = []
+    for box in reversed(boxed_answers(response[-MAX_TEXT_CHARS:])):
+        text = box.text.strip().strip("$").strip()
+        if text and text not in seen:
+            seen.append(text)
+            if len(seen) == k:
+                return ", ".join(reversed(seen)), "boxes"
+    return pred, source
 
 
 class Grader:
     """Grades responses in a persistent worker process; safe to call from any thread.
 
-    `stats` counts calls, timeouts, worker restarts, unparseable golds and answers too long to parse.
+    `stats` counts calls, timeouts, worker restarts, unparseable and prose golds, answers too long to
+    parse, and answers found only by math-verify's reading of the whole response.
     Use one `Grader` per run to get per-run counts, or the module-level `grade` functions.
     """
 
     def __init__(self, timeout: float = 5.0):
         self.timeout = timeout
-        self.stats = {"calls": 0, "timeouts": 0, "restarts": 0, "gold_unparseable": 0, "too_long": 0}
+        self.stats = {
+            "calls": 0,
+            "timeouts": 0,
+            "restarts": 0,
+            "gold_unparseable": 0,
+            "gold_free_text": 0,
+            "too_long": 0,
+            "from_response": 0,  # answers found by math-verify's extraction, not by `final_answer`
+        }
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
         self._next_id = 0
 
     def check(self, response: str, gold: str, timeout: float | None = None) -> GradeResult:
-        """Extract the answer from `response` and compare it with `gold`, within `timeout` seconds."""
+        """Find the final answer in `response` and compare it with `gold`, within `timeout` seconds."""
         limit = self.timeout if timeout is None else timeout
         gold = "" if gold is None else str(gold).strip()
+        response = response or ""
         with self._lock:
             self.stats["calls"] += 1
             if not gold or len(gold) > MAX_ANSWER_CHARS:
                 self.stats["gold_unparseable"] += 1
                 return GradeResult(None, None, "gold_unparseable")
-            pred = extract_answer(response or "")
-            if not pred:  # no answer, or an empty box
-                return GradeResult(False, pred, "no_answer")
-            if len(pred) > MAX_ANSWER_CHARS:
+            gold = normalise(gold)
+            answer = final_answer(response)
+            pred, source = (answer.text, answer.source) if answer is not None and answer.text else (None, None)
+            if is_free_text(gold):
+                self.stats["gold_free_text"] += 1
+                return GradeResult(None, pred, "gold_free_text", source)
+            if pred is not None and source == "boxed" and (k := count_answers(gold)) > count_answers(pred):
+                pred, source = _several_boxes(response, k, pred, source)
+            if pred is not None and len(pred) > MAX_ANSWER_CHARS:
                 self.stats["too_long"] += 1
-                return GradeResult(False, pred, "too_long")
-            gold, pred = (
-                _SCIENTIFIC.sub(r"\1\\times10^{\2}", gold),
-                _SCIENTIFIC.sub(r"\1\\times10^{\2}", pred),
-            )
-            if _PLAIN_INT.fullmatch(gold) and _PLAIN_INT.fullmatch(pred):
+                return GradeResult(False, pred, "too_long", source)
+            pred_n = None if pred is None else normalise(pred)
+            if pred_n is not None and _PLAIN_INT.fullmatch(gold) and _PLAIN_INT.fullmatch(pred_n):
                 # The common case for arithmetic and AIME ("025" vs "25") needs no sympy.
-                return GradeResult(int(gold) == int(pred), pred, "ok")
-            status = self._ask(gold, pred, limit)
+                return GradeResult(int(gold) == int(pred_n), pred, "ok", source)
+            text = normalise(response[-MAX_TEXT_CHARS:], answer=False)
+            status, used = self._ask(gold, pred_n, limit, text=text)
+            if used is not None and used != pred_n:  # the answer came from math-verify's extraction
+                pred, source = used, "response"
+                self.stats["from_response"] += 1
             if status == "gold_unparseable":
                 self.stats["gold_unparseable"] += 1
-                return GradeResult(None, pred, status)
+                return GradeResult(None, pred, status, source)
             if status == "timeout":
                 self.stats["timeouts"] += 1
-                return GradeResult(False, pred, status)
-            return GradeResult(status == "true", pred, "ok")
+                return GradeResult(False, pred, status, source)
+            if status == "no_answer":
+                return GradeResult(False, None, status)
+            return GradeResult(status == "true", pred, "ok", source)
 
     def grade(self, response: str, gold: str, timeout: float | None = None) -> bool | None:
         """True/False, or None when the gold answer cannot be parsed (callers report and skip it)."""
@@ -127,7 +296,9 @@ class Grader:
             self._worker = _Worker()
         return self._worker
 
-    def _ask(self, gold: str, pred: str, limit: float, **extra) -> str:
+    def _ask(self, gold: str, pred: str | None, limit: float, **extra) -> tuple[str, str | None]:
+        """The worker's verdict ("true", "false", "no_answer", "gold_unparseable" or "timeout") and
+        the answer it graded."""
         self._live_worker()
         self._next_id += 1
         job_id = self._next_id
@@ -139,9 +310,9 @@ class Grader:
                 self._worker.kill()
                 self._worker = _Worker()
                 self.stats["restarts"] += 1
-                return "timeout"
+                return "timeout", pred
             if reply.get("id") == job_id:
-                return reply["status"]
+                return reply["status"], reply.get("pred", pred)
 
     def __del__(self):
         worker = getattr(self, "_worker", None)
@@ -164,9 +335,9 @@ def default_grader() -> Grader:
 
 
 def grade(response: str, gold: str, timeout: float = 5.0) -> bool | None:
-    """Is the final answer in `response` equal to `gold`? None if `gold` cannot be parsed.
+    """Is the final answer in `response` equal to `gold`? None if `gold` cannot be parsed or is prose.
 
-    No extracted answer, an empty box, or a grade that runs past `timeout` seconds give False.
+    No answer anywhere in the response, or a grade that runs past `timeout` seconds, give False.
     """
     return default_grader().grade(response, gold, timeout)
 
@@ -176,8 +347,14 @@ def grade_many(pairs: Iterable[tuple[str, str]], timeout: float = 5.0) -> list[b
     return default_grader().grade_many(pairs, timeout)
 
 
+def check(response: str, gold: str, timeout: float = 5.0) -> GradeResult:
+    """`grade` with its reasons: the answer used, where it came from, and a status."""
+    return default_grader().check(response, gold, timeout)
+
+
 def grading_stats() -> dict[str, int]:
-    """Counts from the shared grader: calls, timeouts, restarts, gold_unparseable, too_long."""
+    """Counts from the shared grader: calls, timeouts, restarts, gold_unparseable, gold_free_text,
+    too_long, from_response."""
     return dict(default_grader().stats)
 
 
@@ -265,7 +442,7 @@ def _worker_main() -> None:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
     sys.stdout = sys.stderr
 
-    from math_verify import parse, verify
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     def on_alarm(signum, frame):
         raise _SoftTimeout
@@ -277,23 +454,38 @@ def _worker_main() -> None:
         # A \boxed{} wrapper makes math-verify read the whole string as one LaTeX answer.
         return parse("\\boxed{" + answer + "}", parsing_timeout=None)
 
-    def judge(gold: str, pred: str) -> str:
+    def is_math(parsed: list) -> bool:
+        # Only a string fallback (no sympy object) means nothing we can compare.
+        return any(not isinstance(p, str) for p in parsed)
+
+    # lighteval's and open-r1's reading of a whole response: boxed answers first, then LaTeX
+    # after "final answer is" / "answer:", then any LaTeX or plain expression, rightmost first
+    whole_response = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+    def judge(gold: str, pred: str | None, text: str | None) -> tuple[str, str | None]:
         if gold not in gold_cache:
             parsed = parse_boxed(gold)
-            # Only a string fallback (no sympy object) means the gold is not math we can compare.
-            ok = any(not isinstance(p, str) for p in parsed)
             if len(gold_cache) > 10_000:
                 gold_cache.clear()
-            gold_cache[gold] = parsed if ok else []
+            gold_cache[gold] = parsed if is_math(parsed) else []
         gold_parsed = gold_cache[gold]
         if not gold_parsed:
-            return "gold_unparseable"
-        pred_parsed = parse_boxed(pred)
-        if not pred_parsed:
-            return "false"
-        return "true" if verify(gold_parsed, pred_parsed, timeout_seconds=None) else "false"
+            return "gold_unparseable", pred
+        if pred and _compact(pred) == _compact(gold):  # the same text: sympy can take seconds to agree
+            return "true", pred
+        if pred:
+            pred_parsed = parse_boxed(pred)
+            if is_math(pred_parsed):
+                return ("true" if verify(gold_parsed, pred_parsed, timeout_seconds=None) else "false"), pred
+        if text:
+            found = parse(text, whole_response, parsing_timeout=None)
+            if is_math(found):
+                used = next((p for p in found if isinstance(p, str)), None) or str(found[0])
+                return ("true" if verify(gold_parsed, found, timeout_seconds=None) else "false"), used
+        return ("false", pred) if pred else ("no_answer", None)
 
-    judge("\\frac{1}{2}", "0.5")  # the first verify imports and builds sympy internals: do it before timing
+    judge("\\frac{1}{2}", "0.5", None)  # the first verify imports and builds sympy internals: do it before timing
+    judge("1", None, "The answer is $1$.")
     gold_cache.clear()
     out.write(json.dumps({"status": "ready"}) + "\n")
     for line in sys.stdin:
@@ -304,11 +496,11 @@ def _worker_main() -> None:
                 if "stall" in job:  # tests: behave like C code that no signal can interrupt
                     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
                     time.sleep(job["stall"])
-                status = judge(job["gold"], job["pred"])
+                status, used = judge(job["gold"], job["pred"], job.get("text"))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _SoftTimeout:  # also if the timer fires between judge() returning and the reset
-            status = "timeout"
+            status, used = "timeout", job["pred"]
         except Exception:  # RecursionError, MemoryError, sympy's own errors
-            status = "false"
-        out.write(json.dumps({"id": job["id"], "status": status}) + "\n")
+            status, used = "false", job["pred"]
+        out.write(json.dumps({"id": job["id"], "status": status, "pred": used}) + "\n")

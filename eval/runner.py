@@ -34,7 +34,7 @@ from .datasets import (
     resolve_data_dir,
     subset_record,
 )
-from .grading import default_grader, extract_answer, grade
+from .grading import check, default_grader
 from .prompting import PROMPT_STYLES, build_messages, prompt_info
 
 
@@ -446,8 +446,9 @@ class Runner:
 
     def _row(self, lm, method, dataset, p, messages, res, index, order) -> dict:
         responses = res["responses"]
-        corrects = [grade(r, p.gold) for r in responses]
-        extracted = extract_answer(responses[0])
+        graded = [check(r, p.gold) for r in responses]
+        corrects = [g.correct for g in graded]
+        extracted = graded[0].pred  # the answer the grader compared with the gold
         row = {
             "id": p.id, "index": index, "dataset": dataset, "method": method, "prompt": lm_render(lm, messages),
             "draft": res["draft"], "response": responses[0], "extracted": extracted, "gold": p.gold,
