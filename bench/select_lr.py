@@ -88,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--grid", default=",".join(f"{x:g}" for x in GRID))
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--skip-noadapt", action="store_true", help="run only the grid's streams (when another folder "
+                    "named with --also holds the noadapt reference)")
     ap.add_argument("--also", default="", help="comma-separated run folders holding more streams of the same grid "
                     "(the grid split over processes)")
     ap.add_argument("--no-progress", action="store_true")
@@ -96,7 +98,8 @@ def main(argv=None):
     grid = [float(x) for x in args.grid.split(",") if x]
     out = Path(args.out)
     if not args.summary_only:
-        cfg = RunConfig(model=args.model, methods=["noadapt", *specs(methods, grid)], datasets=["arith_dev"],
+        reference = [] if args.skip_noadapt else ["noadapt"]
+        cfg = RunConfig(model=args.model, methods=[*reference, *specs(methods, grid)], datasets=["arith_dev"],
                         limit=args.limit, adapt={"max_new_tokens": args.max_new_tokens})
         Runner(cfg, out, progress=not args.no_progress).run()
     from eval.grading import grade
