@@ -64,13 +64,15 @@ def summarize(outs: list[Path], methods, grid, grade) -> dict:
             scores[lr] = (sum(bool(c) for c in marks), sum(c is not None for c in marks))
             rows_by_lr[lr] = len(rows)
         table[m] = {"scores": {f"{lr:g}": list(v) for lr, v in scores.items()}, "rows": rows_by_lr,
-                    "chosen": choose(scores) if all(v[1] for v in scores.values()) else None}
+                    "chosen": choose(scores) if len(set(rows_by_lr.values())) == 1 and all(v[1] for v in scores.values())
+                    else None}
     return table
 
 
 def markdown(table: dict, methods, grid, limit: int) -> str:
     base = table["noadapt"]
-    lines = [f"Dev stream `arith_dev`, {limit} problems; noadapt {base['correct']}/{base['graded']}.", "",
+    lines = [f"Dev stream `arith_dev`, first {limit} problems (each cell: correct / graded rows present); noadapt "
+             f"{base['correct']}/{base['graded']}. A method is chosen only when all its streams have rows.", "",
              "| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |", "|---" * (len(grid) + 2) + "|"]
     for m in methods:
         cells = [f"{k}/{n}" for k, n in (table[m]["scores"][f"{lr:g}"] for lr in grid)]
@@ -105,7 +107,7 @@ def main(argv=None):
     from eval.grading import grade
 
     table = summarize([out, *(Path(p) for p in args.also.split(",") if p)], methods, grid, grade)
-    md = markdown(table, methods, grid, args.limit)
+    md = markdown(table, methods, grid, args.limit)  # --limit: the run's (pass the same one with --summary-only)
     (out / "selection.json").write_text(json.dumps(table, indent=2))
     (out / "selection.md").write_text(md)
     print(md)
