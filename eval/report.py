@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zs_llm.checkpoint import atomic_path, atomic_write_text
 from zs_llm.diagnostics import (
     collapse_measures,
     has_answer,
@@ -19,17 +20,32 @@ from zs_llm.diagnostics import (
 )
 
 from .datasets import FOUR_SETS
-from .runner import pass_at_k, read_rows
+from .rows import read_rows_strict
 
 
-def load_run(run_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
-    """{(method, dataset): rows in stream order}; shard files of a multi-process run included."""
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def load_run(run_dir: str | Path, notes: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
+    """{(method, dataset): rows in stream order}; shard files of a multi-process run included.
+    A rows file with a corrupted line raises `eval.rows.DamagedRows` (naming file, line and fix);
+    a torn last line or missing rows are appended to `notes`."""
     run_dir = Path(run_dir)
     if not (run_dir / "rows").is_dir():
         raise FileNotFoundError(f"{run_dir} has no rows/ folder: pass a folder written by `python -m eval run`")
     streams: dict[tuple[str, str], list[dict]] = {}
     for path in sorted((run_dir / "rows").glob("*.jsonl")):
-        for row in read_rows(path):
+        rows, found = read_rows_strict(path)
+        if notes is not None:
+            notes.extend(found)
+        for row in rows:
             streams.setdefault((row["method"], row["dataset"]), []).append(row)
     for rows in streams.values():
         rows.sort(key=lambda r: r["index"])
@@ -146,7 +162,8 @@ def plot_accuracy(acc: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
 
 
@@ -175,14 +192,25 @@ def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20, title:
     fig.legend(handles, [m for m, _ in mine], loc="lower center", ncol=min(len(mine), 5), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.suptitle(title or f"collapse diagnostics along the stream: {dataset}", fontsize=10)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); restore it, or delete it to report without it") from None
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write report.md, metrics.json and plots/ into `run_dir`; returns the report's path."""
     run_dir = Path(run_dir)
-    streams = load_run(run_dir)
+    notes: list[str] = []
+    streams = load_run(run_dir, notes)
     if not streams:
         raise FileNotFoundError(f"{run_dir}/rows holds no rows yet")
     table, acc = accuracy_table(streams)
@@ -192,18 +220,18 @@ def write_report(run_dir: str | Path) -> Path:
     datasets = list(dict.fromkeys(d for _, d in streams))
     for d in datasets:
         plot_diagnostics(streams, d, plots / f"diagnostics_{d}.png")
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    info, summary = _read_json(run_dir / "run.json"), _read_json(run_dir / "summary.json")
     cfg = info.get("config", {})
     md = [f"# Run report: {run_dir.name}", "",
           f"Model `{cfg.get('model', '?')}`, prompt style `{cfg.get('prompt_style', '?')}`, "
           f"config hash `{info.get('config_hash', '?')}`, git `{(info.get('git_commit') or '?')[:10]}`"
           + (f", wall time {summary['wall_s'] / 60:.1f} min" if "wall_s" in summary else "") + ".", "",
+          *([f"**Incomplete:** {n}" for n in notes] + [""] if notes else []),
           "## Accuracy", "", table, "", "## Collapse diagnostics", "", collapse_table(streams), "",
           "Verdict thresholds: see `zs_llm.diagnostics.VERDICT_THRESHOLDS`. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in datasets]
-    (run_dir / "metrics.json").write_text(json.dumps({f"{m}|{d}": a for (m, d), a in acc.items()}, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps({f"{m}|{d}": a for (m, d), a in acc.items()}, indent=2))
     out = run_dir / "report.md"
-    out.write_text("\n".join(md) + "\n")
+    atomic_write_text(out, "\n".join(md) + "\n")
     return out

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from eval.runner import RunConfig, Runner, merge_shards
+from eval.rows import merge_shards
+from eval.runner import RunConfig, Runner
 from zs_llm.config import AdaptConfig, all_settings, check_overrides, parse_value
 
 RUN_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name != "adapt"]
