@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,35 @@ def write_cache(model: nn.Module, tokenizer, folder: Path) -> bool:
 
 
 # --- loading --------------------------------------------------------------------------------
+def check_hub_reachable(name: str, filename: str = "config.json") -> None:
+    """Fail at once, in one line, for a hub id that is neither cached nor reachable: without it,
+    transformers retries the unreachable hub for about a minute before its error."""
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return
+    try:
+        if isinstance(try_to_load_from_cache(name, filename), str):
+            return  # cached: transformers can load it offline
+    except ValueError:  # not a valid repo id
+        raise FileNotFoundError(f"model {name!r} is neither a local folder nor a valid hub id (org/name); give a "
+                                "hub id, a local model folder or a .gguf file") from None
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                                "download it while online, or give a local model folder or a .gguf file")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # the proxy resolves names, not us
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise FileNotFoundError(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the hub "
+                                f"({host}) cannot be reached from here; give a local model folder or a .gguf file, "
+                                "or download the model while online") from None
+
+
 def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
                device: str | None = None, cache: bool = True):
     """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file.
@@ -155,6 +185,8 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     kw: dict[str, Any] = {}
     if gguf_file:
         kw["gguf_file"] = gguf_file
+    if not Path(name_or_path).exists():
+        check_hub_reachable(name_or_path, gguf_file or "config.json")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
