@@ -107,7 +107,7 @@ def scan_rows(path: str | os.PathLike) -> RowsFile:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             why = "torn last line (no newline: a write cut short)" if last_torn else (
-                f"not JSON ({e.msg} at column {e.colno})" if text.strip() else "blank line")
+                f"not JSON ({e.msg}, column {e.colno})" if text.strip() else "blank line")
             out.bad.append(BadLine(n, text, why))
             continue
         why = _why_not_a_row(obj)
@@ -260,10 +260,9 @@ def make_run_folder(out: Path) -> None:
         parent = next((p for p in out.parents if p.exists() and not p.is_dir()), out.parent)
         raise NotADirectoryError(f"--out {out}: {parent} is a file, so no folder can be made under it; "
                                  "choose another --out") from None
-    except PermissionError:
-        raise PermissionError(f"--out {out}: no permission to create it (read-only place?); choose a writable "
-                              "--out") from None
     except OSError as e:
+        if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+            raise PermissionError(f"--out {out} is not writable ({e.strerror}); choose a writable --out") from None
         raise OSError(f"--out {out}: cannot create it ({e.strerror}); choose another --out") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {out} is not writable (read-only?); choose a writable --out")
@@ -285,8 +284,8 @@ class RunLock:
     def _take(self, path: Path, mode: int) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:
-            raise PermissionError(f"--out {self.out} is not writable (read-only?); choose a writable --out") from None
+        except OSError as e:
+            raise PermissionError(f"--out {self.out} is not writable ({e.strerror}); choose a writable --out") from None
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError as e:
