@@ -465,7 +465,9 @@ class Runner:
                     _log(f"{folder.name}: resuming from the checkpoint after {n} problems{again}")
                     return n
                 _log(f"{folder.name}: checkpoint {n} not used: {why}; removed")
-                shutil.rmtree(p)
+                drop = p.with_name(f".{p.name}.tmp-{os.getpid()}")  # hidden first: a kill mid-delete leaves no half
+                p.rename(drop)
+                shutil.rmtree(drop)
             except ValueError as e:
                 q = self.out / "quarantine"
                 q.mkdir(exist_ok=True)
