@@ -61,29 +61,27 @@ class RowsFile:
         """Bad lines other than a torn last line: corruption, not an interrupted write."""
         return self.bad[:-1] if self.torn_tail else self.bad
 
-    def by_index(self) -> dict[int, tuple[dict, str]]:
-        return {r["index"]: (r, line) for r, line in zip(self.rows, self.lines)}
-
     def describe_bad(self) -> str:
         return "; ".join(f"line {b.lineno}: {b.reason}" for b in self.bad[:5]) + (
             f"; and {len(self.bad) - 5} more" if len(self.bad) > 5 else "")
 
 
-def _why_not_a_row(obj) -> str | None:
+def _why_not_a_row(obj, require: dict[str, type]) -> str | None:
     if not isinstance(obj, dict):
         return f"a JSON {type(obj).__name__}, not an object"
-    for key, kind in REQUIRED.items():
+    for key, kind in require.items():
         if key not in obj:
             return f"no {key!r} field"
         if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
             return f"{key!r} is not a {kind.__name__}"
-    if obj["index"] < 0:
+    if isinstance(obj.get("index"), int) and obj["index"] < 0:
         return "negative 'index'"
     return None
 
 
-def scan_rows(path: str | os.PathLike) -> RowsFile:
-    """Every line of a rows file sorted into valid rows and bad lines (never raises on content)."""
+def scan_rows(path: str | os.PathLike, require: dict[str, type] = REQUIRED) -> RowsFile:
+    """Every line of a rows file sorted into valid rows (JSON objects with the `require`d fields)
+    and bad lines (never raises on content)."""
     path = Path(path)
     out = RowsFile(path)
     if not path.exists():
@@ -110,13 +108,14 @@ def scan_rows(path: str | os.PathLike) -> RowsFile:
                 f"not JSON ({e.msg}, column {e.colno})" if text.strip() else "blank line")
             out.bad.append(BadLine(n, text, why))
             continue
-        why = _why_not_a_row(obj)
-        if why is None and obj["index"] in seen:
+        why = _why_not_a_row(obj, require)
+        if why is None and "index" in obj and obj["index"] in seen:
             why = f"repeats index {obj['index']} of line {seen[obj['index']]}"
         if why is not None:
             out.bad.append(BadLine(n, text, why))
             continue
-        seen[obj["index"]] = n
+        if "index" in obj:
+            seen[obj["index"]] = n
         out.rows.append(obj)
         out.lines.append(text)
     if out.torn_tail and (not out.bad or out.bad[-1].lineno != len(pieces)):
@@ -125,8 +124,9 @@ def scan_rows(path: str | os.PathLike) -> RowsFile:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
-    """The valid rows of a JSONL file, in file order; bad lines are skipped (see `scan_rows`)."""
-    return scan_rows(path).rows
+    """The JSON objects of a JSONL file, in file order; other lines are skipped (see `scan_rows`
+    for the strict reading the harness and the report use)."""
+    return scan_rows(path, require={}).rows
 
 
 class DamagedRows(ValueError):

@@ -36,6 +36,7 @@ from .rows import (
     RowsAppender,
     RunLock,
     chain_hash,
+    make_run_folder,
     prefix_hashes,
     quarantine,
     row_line,
@@ -327,10 +328,12 @@ class Runner:
             return index % self.world == self.rank, ""
         return True, f".shard{self.rank}of{self.world}"
 
-    def _write_run_json(self, prompt: dict) -> None:
+    def _write_run_json(self, prompt: dict | None = None) -> None:
         """Under the lock: check the folder again (another run may have written it meanwhile), then
         record this run (rank 0) unless the folder already records it."""
+        prompt = prompt or prompt_info(self.cfg.prompt_style, self.cfg.prompt_template)
         self.check_folder()
+        make_run_folder(self.out)
         (self.out / "rows").mkdir(exist_ok=True)
         run_json = self.out / "run.json"
         old = None
