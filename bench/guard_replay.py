@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.runner import read_rows  # noqa: E402
+from eval.rows import read_rows  # noqa: E402
 from zs_llm.config import AdaptConfig  # noqa: E402
 from zs_llm.guard import CollapseGuard  # noqa: E402
 

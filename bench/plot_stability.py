@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from eval.report import stream_series  # noqa: E402
-from eval.runner import read_rows, stream_path  # noqa: E402
+from eval.rows import read_rows, stream_path  # noqa: E402
 
 VERDICT_COLOURS = {
     "stable": "#4caf50",

@@ -51,7 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from eval.runner import RunConfig, read_rows, safe_name, stream_path  # noqa: E402
+from eval.rows import read_rows, safe_name, stream_path  # noqa: E402
+from eval.runner import RunConfig  # noqa: E402
 from zs_llm.config import AdaptConfig, all_settings  # noqa: E402
 from zs_llm.diagnostics import collapse_measures, has_answer  # noqa: E402
 

@@ -133,6 +133,8 @@ def _aime24(row: dict, index: int) -> Problem:
     gold = _first(row, "answer", "Answer")
     if gold is None:  # some copies keep the answer only in the solution's box
         gold = extract_boxed(_first(row, "solution", "Solution", default=""))
+    if gold is None:
+        raise ValueError(f"aime24 row {index} has no answer (no 'answer' field, no \\boxed{{}} in its solution)")
     # Keep "025" as written: grading compares numbers, so it equals 25.
     return Problem(
         id=_row_id(row, index, "id", "ID"),
@@ -467,9 +469,26 @@ def _local_file(spec: DatasetSpec, data_dir: str | Path | None, required: bool) 
 
 
 def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
+    """Problems of a local JSONL file; a line that is not JSON, or a row the set's rule cannot
+    read, is an error naming the file and the line."""
+    problems = []
     with path.open(encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [spec.to_problem(row, i) for i, row in enumerate(rows)]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+            problem = spec.to_problem(row, i)
+            if not isinstance(problem.question, str) or not problem.question.strip():
+                raise ValueError("no question text")
+        except (ValueError, KeyError, TypeError) as e:
+            what = f"no {e} field" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"{path} line {n}: {what}; fix or remove that line") from None
+        problems.append(problem)
+    if not problems:
+        raise ValueError(f"{path} holds no problems; point --data-dir at a folder with a filled {spec.folder}/test.jsonl")
+    return problems
 
 
 def _load_hub(spec: DatasetSpec) -> list[Problem]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zs_llm.checkpoint import atomic_path, atomic_write_text
 from zs_llm.diagnostics import (
     collapse_measures,
     has_answer,
@@ -27,7 +28,7 @@ from zs_llm.diagnostics import (
 )
 
 from .datasets import FOUR_SETS
-from .runner import pass_at_k, read_rows
+from .rows import read_rows_strict
 from .stats import (
     N_RESAMPLES,
     PairedDiff,
@@ -45,14 +46,29 @@ CSV_COLUMNS = ("method", "dataset", "n", "correct", "accuracy", "ci_low", "ci_hi
 SEED_COLUMNS = ("n_runs", "accuracy_sd", "accuracy_min", "accuracy_max", "diff_sd", "diff_min", "diff_max")
 
 
-def load_run(run_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
-    """{(method, dataset): rows in stream order}; shard files of a multi-process run included."""
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def load_run(run_dir: str | Path, notes: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
+    """{(method, dataset): rows in stream order}; shard files of a multi-process run included.
+    A rows file with a corrupted line raises `eval.rows.DamagedRows` (naming file, line and fix);
+    a torn last line or missing rows are appended to `notes`."""
     run_dir = Path(run_dir)
     if not (run_dir / "rows").is_dir():
         raise FileNotFoundError(f"{run_dir} has no rows/ folder: pass a folder written by `python -m eval run`")
     streams: dict[tuple[str, str], list[dict]] = {}
     for path in sorted((run_dir / "rows").glob("*.jsonl")):
-        for row in read_rows(path):
+        rows, found = read_rows_strict(path)
+        if notes is not None:
+            notes.extend(found)
+        for row in rows:
             streams.setdefault((row["method"], row["dataset"]), []).append(row)
     for rows in streams.values():
         rows.sort(key=lambda r: r["index"])
@@ -235,7 +251,7 @@ def write_csv(rows: list[dict], path: Path, columns: Sequence[str]) -> None:
             return ""
         return f"{v:.10g}" if isinstance(v, float) else v
 
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for r in rows:
@@ -337,7 +353,8 @@ def _bar_chart(groups: list[str], labels: list[str], methods: list[str], value, 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 100%
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
 
 
@@ -407,12 +424,18 @@ def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20, title:
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.suptitle(title or f"collapse diagnostics along the stream: {dataset} (rolling windows of {window})",
                  fontsize=10)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); restore it, or delete it to report without it") from None
 
 
 def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None) -> Path:
@@ -428,7 +451,8 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
             return write_combined_report(runs, out or beside)
         run_dir = runs[0]
     run_dir = Path(run_dir)
-    streams = load_run(run_dir)
+    notes: list[str] = []
+    streams = load_run(run_dir, notes)
     if not streams:
         raise FileNotFoundError(f"{run_dir}/rows holds no rows yet")
     summary = summarize(streams)
@@ -446,6 +470,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           *[f"Subset of {name}: `{s['spec']}`, {s['n']} of {s['of']} problems, ids sha256 `{s['ids_sha256'][:16]}` "
             "(run.json has the full record)." for name, s in (info.get("subsets") or {}).items()],
           *([""] if info.get("subsets") else []),
+          *([f"**Incomplete:** {n}" for n in notes] + [""] if notes else []),
           "## Accuracy", "", accuracy_section(summary), "",
           "Every number above, as fractions: `results.csv` (one row per method x set, plus an `average` row per "
           "method when the run has several sets) and `metrics.json`.", "",
@@ -458,10 +483,10 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
     metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
-    (run_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
     write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS)
     path = run_dir / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path
 
 
@@ -599,7 +624,7 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path) -> Pa
     metrics = {"runs": {lab: str(r) for lab, r in zip(labels, runs)},
                "per_run": {lab: {k: s[k] for k in ("sets", "average")} for lab, s in summaries.items()},
                "combined": {(m, d): {"acc": c["acc"], "diff_vs_noadapt": c["diff"]} for (m, d), c in combined.items()}}
-    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
 
     groups = first["datasets"] + ([AVERAGE] if first["average"] else [])
     labels = [dname(g) + "\n" + _n_label({a["graded"] for (_, gg), c in combined.items() if gg == g
@@ -615,5 +640,5 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path) -> Pa
     _bar_chart(groups, labels, first["methods"], value, out / "plots" / "accuracy.png",
                f"bars: mean of {len(runs)} runs; whiskers: range over runs; dots: each run")
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path

@@ -1,13 +1,16 @@
 """Stream problems through test-time methods and write one JSONL row per problem.
 
 Work is split into units, one per (method, dataset): a stream. Rows are appended and
-flushed as they finish; an adapting online stream also checkpoints its state (LoRA,
-predictor, optimizer) so a rerun with the same output folder continues exactly where it
-stopped: rows past the last checkpoint are dropped and recomputed, never duplicated.
+fsynced as they finish (`eval.rows`); an adapting online stream also checkpoints its state
+(LoRA, predictor, optimizer) with the hash of the rows it follows, so a rerun with the same
+output folder continues exactly where it stopped. Rows past the checkpoint are computed
+again and checked against the stored ones; nothing is duplicated, and nothing is deleted:
+lines that are not valid rows go to quarantine/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zs_llm.checkpoint import atomic_write_text
 from zs_llm.config import AdaptConfig, check_overrides
 
 from .datasets import (
@@ -36,6 +40,19 @@ from .datasets import (
 )
 from .grading import check, default_grader
 from .prompting import PROMPT_STYLES, build_messages, prompt_info
+from .rows import (
+    RowsAppender,
+    RunLock,
+    chain_hash,
+    make_run_folder,
+    prefix_hashes,
+    quarantine,
+    row_line,
+    safe_name,
+    scan_rows,
+    stream_path,
+    write_lines,
+)
 
 
 @dataclass
@@ -117,44 +134,93 @@ def method_label(spec: str, cfg: AdaptConfig) -> str:
     return cfg.label() + sep + rest
 
 
-def safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", s.replace(":", "@"))
+
+#: what a run writes into its folder: all that --overwrite removes (unrelated files stay)
+RUN_OUTPUTS = ("rows", "state", "quarantine", "plots", "run.json", "summary.json", "report.md", "metrics.json")
+RUN_OUTPUT_GLOBS = (".done.rank*", ".overwritten.*", ".*.tmp-*")
+#: checkpoints kept per stream besides the newest two: every this many problems (replay points
+#: when a row turns out damaged long after it was written)
+KEEP_EVERY = 100
 
 
-def stream_path(out: Path, method: str, dataset: str, shard: str = "") -> Path:
-    return out / "rows" / f"{safe_name(method)}__{dataset}{shard}.jsonl"
+def has_results(out: Path) -> bool:
+    """Whether a run folder holds rows or checkpoints (a run.json alone is not a result)."""
+    rows = out / "rows"
+    if rows.is_dir() and any(p.stat().st_size for p in rows.glob("*.jsonl")):
+        return True
+    state = out / "state"
+    return state.is_dir() and any(state.iterdir())
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a run killed mid-write) is dropped."""
-    if not path.exists():
+def remove_run_outputs(out: Path) -> None:
+    """Delete what a run writes into `out` (RUN_OUTPUTS), nothing else: --overwrite."""
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    for pattern in RUN_OUTPUT_GLOBS:
+        for p in out.glob(pattern):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def read_run_json(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); restore it, or pass --overwrite to start this folder over "
+                         "(that deletes its rows)") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a run record; restore it, or pass --overwrite to start this folder over")
+    return info
+
+
+def result_signature(row: dict) -> str:
+    """A row without its wall-clock fields, as JSON: what an exact rerun must reproduce (NaN
+    included, which a dict comparison would call different from itself)."""
+    d = {k: v for k, v in row.items() if k != "timings"}
+    d["steps"] = [{k: v for k, v in s.items() if k != "time_s"} for s in row.get("steps") or []]
+    return row_line(d)
+
+
+def _pid_alive(name: str) -> bool:
+    m = re.search(r"\.(?:tmp|old)-(\d+)", name)
+    if not m:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files and folders left by a killed writer (their PID is gone)."""
+    if not folder.is_dir():
+        return
+    for p in folder.glob(".*.tmp-*"):
+        if not _pid_alive(p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(problems done, folder) of a stream's checkpoints, newest first."""
+    if not folder.is_dir():
         return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    found = [(int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found, reverse=True)
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
+def prune_checkpoints(folder: Path) -> None:
+    """Keep the newest two checkpoints and every KEEP_EVERY-th one."""
+    for i, (n, p) in enumerate(list_checkpoints(folder)):
+        if i >= 2 and n % KEEP_EVERY:
+            drop = p.with_name(f".{p.name}.tmp-{os.getpid()}")  # hidden first: a kill mid-delete leaves no half
+            p.rename(drop)
+            shutil.rmtree(drop, ignore_errors=True)
 
 
 def environment_summary() -> dict:
@@ -183,12 +249,19 @@ def environment_summary() -> dict:
     return {"versions": versions, "git_commit": commit, "git_dirty": dirty, "hardware": hw}
 
 
+
 class Runner:
-    """Runs a `RunConfig` into an output folder; `rank`/`world` split the work across processes."""
+    """Runs a `RunConfig` into an output folder; `rank`/`world` split the work across processes.
+
+    The folder is locked while a run writes to it (`eval.rows.RunLock`). Its rows are the truth:
+    a resume reads every valid row, quarantines the lines that are not rows, and continues an
+    adapting stream from the newest checkpoint whose recorded rows hash matches the rows on
+    disk, replaying (and checking against the stored rows) from there."""
 
     def __init__(self, cfg: RunConfig, out: str | os.PathLike, rank: int = 0, world: int = 1, progress: bool = True,
                  overwrite: bool = False):
         self.cfg, self.out, self.rank, self.world, self.progress = cfg, Path(out), rank, world, progress
+        self.lock = RunLock(self.out, rank, world)
         self.validate(overwrite)
         self.model = self.tokenizer = None
 
@@ -222,16 +295,50 @@ class Runner:
         if cfg.gguf_file and not m.startswith(("smollm2", "embedded")) and Path(m).is_dir() \
                 and not (Path(m) / cfg.gguf_file).exists():
             raise FileNotFoundError(f"GGUF file {cfg.gguf_file} is not in {m}")
-        run_json = self.out / "run.json"
-        if run_json.exists():
-            old = json.loads(run_json.read_text())
-            if old.get("config_hash") != cfg.hash():
-                if not overwrite:
-                    raise FileExistsError(
-                        f"{self.out} holds a run with another configuration (hash {old.get('config_hash')}, this one "
-                        f"{cfg.hash()}); choose a new --out, or pass --overwrite to delete it")
-                if self.rank == 0:
-                    shutil.rmtree(self.out)
+        if overwrite and self.rank == 0 and self.out.is_dir() and (self.out / "run.json").exists():
+            with self._locked(keep=True):
+                if self._folder_conflict(self.out / "run.json", may_be_damaged=True):
+                    remove_run_outputs(self.out)
+        else:
+            self.check_folder()
+
+    def check_folder(self) -> None:
+        """Refuse a folder that holds another configuration's results (read-only check)."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"--out {out} is a file, not a folder; choose another --out")
+        run_json = out / "run.json"
+        if run_json.exists() and self._folder_conflict(run_json):
+            old = read_run_json(run_json)
+            raise FileExistsError(
+                f"{out} holds a run with another configuration (hash {old.get('config_hash')}, this one "
+                f"{self.cfg.hash()}); choose a new --out, or pass --overwrite to delete its results")
+
+    def _folder_conflict(self, run_json: Path, may_be_damaged: bool = False) -> bool:
+        """Whether run.json records another configuration and the folder holds its results. A
+        folder without rows or checkpoints (a run that failed before its first row, e.g. on a
+        model that would not load) is no conflict: the next run takes it over."""
+        if not has_results(self.out):
+            return False
+        try:
+            return read_run_json(run_json).get("config_hash") != self.cfg.hash()
+        except ValueError:
+            if may_be_damaged:
+                return True
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self, keep: bool = False):
+        held = self.lock.held
+        self.lock.acquire()
+        try:
+            yield
+        except BaseException:
+            if not held:
+                self.lock.release()
+            raise
+        if not (held or keep):
+            self.lock.release()
 
     # --- the run ------------------------------------------------------------------------
     def units(self) -> list[tuple[str, str]]:
@@ -248,13 +355,22 @@ class Runner:
             return index % self.world == self.rank, ""
         return True, f".shard{self.rank}of{self.world}"
 
-    def _write_run_json(self) -> None:
-        # on every rank, before any model loads: a published prompt whose source is missing stops the run here
-        prompt = prompt_info(self.cfg.prompt_style, self.cfg.prompt_template)
-        self.out.mkdir(parents=True, exist_ok=True)
+    def _write_run_json(self, prompt: dict | None = None) -> None:
+        """Under the lock: check the folder again (another run may have written it meanwhile), then
+        record this run (rank 0) unless the folder already records it."""
+        prompt = prompt or prompt_info(self.cfg.prompt_style, self.cfg.prompt_template)
+        self.check_folder()
+        make_run_folder(self.out)
         (self.out / "rows").mkdir(exist_ok=True)
         run_json = self.out / "run.json"
-        recorded = json.loads(run_json.read_text()).get("prompt") if run_json.exists() else None
+        old = None
+        if run_json.exists():
+            try:
+                old = read_run_json(run_json)
+            except ValueError:
+                if has_results(self.out):
+                    raise
+        recorded = old.get("prompt") if old and old.get("config_hash") == self.cfg.hash() else None
         if recorded and recorded["sha256"] != prompt["sha256"]:
             raise FileExistsError(f"{self.out} was run with another {prompt['style']} template ({recorded['origin']}, "
                                   f"sha256 {recorded['sha256'][:12]}; now {prompt['sha256'][:12]}); use a new --out")
@@ -267,21 +383,21 @@ class Runner:
                 raise FileExistsError(f"{self.out} was run on other {name} problems: subset {rec['spec']} selected "
                                       f"{old_subsets[name]['n']} ids (sha256 {old_subsets[name]['ids_sha256'][:12]}), "
                                       f"now {rec['n']} ({rec['ids_sha256'][:12]}); use a new --out")
-        if not run_json.exists() and self.rank == 0:
+        if self.rank == 0 and (old is None or old.get("config_hash") != self.cfg.hash()):
+            if old is not None:
+                _log(f"{run_json} records a run that wrote no rows (hash {old.get('config_hash')}): replaced")
             info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt, "subsets": subsets,
                     "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
                              "problems split by index across ranks", **environment_summary()}
-            tmp = run_json.with_suffix(".tmp")
-            tmp.write_text(json.dumps(info, indent=2))
-            tmp.replace(run_json)
+            atomic_write_text(run_json, json.dumps(info, indent=2))
 
     def load_model(self):
         if self.model is None:
             import torch
 
-            from zs_llm.model import load_model
+            from zs_llm.loading import load_model
 
             device = self.cfg.device or ("cuda" if torch.cuda.is_available() else None)
             if self.world > 1 and device == "cuda":
@@ -296,22 +412,113 @@ class Runner:
     def run(self) -> Path:
         t0 = time.time()
         default_grader().start()  # the grading worker warms up while the model loads and generates
-        self._write_run_json()
-        for i, (method, dataset) in enumerate(self.units()):
-            mine, shard = self.assignment(method, dataset, i)
-            if mine:
-                self.run_unit(method, dataset, shard)
-        if self.rank == 0:
-            summary = {"wall_s": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        # before the folder is touched: a published prompt whose source is missing stops the run here
+        prompt = prompt_info(self.cfg.prompt_style, self.cfg.prompt_template)
+        self.lock.acquire()
+        try:
+            self._write_run_json(prompt)
+            for folder in (self.out, self.out / "rows"):
+                remove_stale_temporaries(folder)
+            for i, (method, dataset) in enumerate(self.units()):
+                mine, shard = self.assignment(method, dataset, i)
+                if mine:
+                    self.run_unit(method, dataset, shard)
+            if self.rank == 0:
+                summary = {"wall_s": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        finally:
+            self.lock.release()
         return self.out
 
     def problems(self, dataset: str):
         c = self.cfg
-        return load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed,
-                             subset=parse_subsets(c.subset).get(dataset))
+        problems = load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed,
+                                 subset=parse_subsets(c.subset).get(dataset))
+        if not problems:
+            raise ValueError(f"dataset {dataset!r} has no problems; check its file under --data-dir "
+                             f"({c.data_dir or 'the default data dir'})")
+        for p in problems:
+            try:
+                p.question.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"dataset {dataset!r} problem {p.id!r}: the question holds a lone surrogate "
+                                 f"{p.question[e.start]!r} at character {e.start}, which is not text; fix that "
+                                 "row of the dataset file") from None
+            except AttributeError:
+                raise ValueError(f"dataset {dataset!r} problem {p.id!r} has no question text; fix that row of "
+                                 "the dataset file") from None
+        return problems
+
+    # --- one stream -----------------------------------------------------------------------
+    def _read_stream(self, path: Path, method: str, dataset: str, ac: AdaptConfig, problems: list) -> dict[int, tuple[dict, str]]:
+        """The valid stored rows of a stream by index. Lines that are not rows of this stream are
+        moved to quarantine/ (with a warning) and the file is rewritten without them."""
+        f = scan_rows(path)
+        if f.rows and all(r.get("config_hash") != ac.hash() for r in f.rows):
+            raise FileExistsError(f"{path} was written with another method configuration; use a new --out")
+        bad = [(b.lineno, b.text, b.reason) for b in f.bad]
+        stored: dict[int, tuple[dict, str]] = {}
+        for row, line in zip(f.rows, f.lines):
+            i, why = row["index"], None
+            if row.get("config_hash") != ac.hash():
+                why = "written with another method configuration"
+            elif row["method"] != method or row["dataset"] != dataset:
+                why = f"a row of {row['method']} on {row['dataset']}, not of this stream"
+            elif i >= len(problems):
+                why = f"index {i} is past the {len(problems)} problems"
+            elif row["id"] != problems[i].id:
+                why = f"id {row['id']!r} is not problem {i}'s ({problems[i].id!r})"
+            if why:
+                bad.append((None, line, why))
+            else:
+                stored[i] = (row, line)
+        lines = [stored[i][1] for i in sorted(stored)]
+        if bad:
+            q = quarantine(self.out, path, bad)
+            what = "; ".join(f"{'line ' + str(n) if n else 'a row'}: {why}" for n, _, why in bad[:3])
+            _log(f"WARNING {path}: {len(bad)} line(s) are not valid rows ({what}); kept in {q}, their rows are "
+                 "computed again")
+        if bad or not f.ends_clean or lines != f.lines:
+            write_lines(path, lines)
+        return stored
+
+    def _restore(self, lm, folder: Path, hashes: list[str]) -> int:
+        """Load the newest checkpoint consistent with the stored rows (`hashes[n]`: the rows hash
+        of the first n valid rows in order); returns the problems it covers (0: start over).
+        Checkpoints past the rows or not matching them are removed; damaged ones quarantined."""
+        from zs_llm.checkpoint import load_checkpoint, read_checkpoint_meta
+
+        prefix = len(hashes) - 1
+        for n, p in list_checkpoints(folder):
+            try:
+                meta = read_checkpoint_meta(p)
+                why = None
+                if n > prefix:
+                    why = f"it is past the rows ({n} problems, {prefix} valid rows in order)"
+                elif meta["extra"].get("rows_hash") != hashes[n]:
+                    why = "the rows it was saved with differ from the stored rows"
+                if why is None:
+                    extra = load_checkpoint(lm, p)
+                    if lm.guard is not None and extra.get("guard"):
+                        lm.guard.load_state_dict(extra["guard"])
+                    again = f" ({prefix - n} stored rows after it are computed again and checked)" if prefix > n else ""
+                    _log(f"{folder.name}: resuming from the checkpoint after {n} problems{again}")
+                    return n
+                _log(f"{folder.name}: checkpoint {n} not used: {why}; removed")
+                drop = p.with_name(f".{p.name}.tmp-{os.getpid()}")  # hidden first: a kill mid-delete leaves no half
+                p.rename(drop)
+                shutil.rmtree(drop)
+            except ValueError as e:
+                q = self.out / "quarantine"
+                q.mkdir(exist_ok=True)
+                dest = q / f"state__{folder.name}__{p.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+                p.rename(dest)
+                _log(f"WARNING {folder.name}: checkpoint {n} is damaged ({e}); moved to {dest}, resuming from an "
+                     "earlier state")
+        return 0
 
     def run_unit(self, method: str, dataset: str, shard: str = "") -> None:
+        from zs_llm.checkpoint import read_checkpoint_meta
         from zs_llm.model import ZeroSiamLM
 
         ac = self.adapt_configs[method]
@@ -320,99 +527,150 @@ class Runner:
         if shard:
             problems = [p for i, p in enumerate(problems) if i % self.world == self.rank]
         path = stream_path(self.out, method, dataset, shard)
-        ckpt = self.out / "state" / f"{safe_name(method)}__{dataset}{shard}"
-        rows = read_rows(path)
+        folder = self.out / "state" / f"{safe_name(method)}__{dataset}{shard}"
         online = ac.schedule == "online" and _adapts(ac)
-        if rows and rows[0].get("config_hash") != ac.hash():
-            raise FileExistsError(f"{path} was written with another method configuration; use a new --out")
-        if len(rows) >= len(problems):
+        stored = self._read_stream(path, method, dataset, ac, problems)
+        n = len(problems)
+        if online:
+            remove_stale_temporaries(folder)
+            prefix = next((i for i in range(n) if i not in stored), n)
+            hashes = prefix_hashes([stored[i][1] for i in range(prefix)])
+            if prefix == n:
+                ckpts = list_checkpoints(folder)
+                try:
+                    vouched = ckpts and ckpts[0][0] == n and read_checkpoint_meta(ckpts[0][1])["extra"].get(
+                        "rows_hash") == hashes[n]
+                except ValueError:
+                    vouched = False
+                if not ckpts or vouched:
+                    return  # complete, and the last checkpoint (if any) vouches for every row
+        elif all(i in stored for i in range(n)):
             return
         model, tok = self.load_model()
         lm = ZeroSiamLM(model, tok, ac)
         try:
             if online:
-                done = 0
-                if (ckpt / "state.json").exists() or ckpt.with_name(ckpt.name + ".old").exists():
-                    from zs_llm.checkpoint import load_checkpoint
-
-                    extra = load_checkpoint(lm, ckpt)
-                    done = extra.get("rows_done", 0)
-                    if lm.guard is not None and extra.get("guard"):
-                        lm.guard.load_state_dict(extra["guard"])
-                if len(rows) != done:
-                    rows = rows[:done]  # rows past the checkpoint are recomputed from its state
-                write_rows(path, rows)
+                start = self._restore(lm, folder, hashes)
+                todo = list(range(start, n))
             else:
-                write_rows(path, rows)
-            todo = problems[len(rows):]
-            self._stream(lm, method, dataset, todo, rows, path, ckpt if online else None, order)
+                start, todo = 0, [i for i in range(n) if i not in stored]
+            self._stream(lm, method, dataset, problems, todo, stored, path, folder if online else None, order,
+                         hashes[start] if online else None)
         finally:
             self.model = lm.unwrap()
 
-    def _stream(self, lm, method, dataset, todo, rows, path, ckpt, order) -> None:
+    def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:
+        """Compute the rows `todo` (indices). Online (`ckpt` set): `todo` runs to the end of the
+        stream from the restored state; a recomputed row that is also stored must equal it (the
+        stored line is kept), otherwise it and the stored rows after it go to quarantine/. Other
+        streams compute whole batches of the current batch grid and write their missing rows."""
         from tqdm.auto import tqdm
 
         from zs_llm.checkpoint import save_checkpoint
 
-        n_correct = sum(1 for r in rows if r.get("correct"))
-        n_graded = sum(1 for r in rows if r.get("correct") is not None)
-        bar = tqdm(total=len(rows) + len(todo), initial=len(rows), desc=f"{method} | {dataset}", unit="prob",
+        n = len(problems)
+        lines = {i: line for i, (_row, line) in stored.items()}
+        verify = {i: stored[i] for i in todo if i in stored}
+        final = {i: row for i, (row, _line) in stored.items() if i not in verify}
+        n_correct = sum(1 for r in final.values() if r.get("correct"))
+        n_graded = sum(1 for r in final.values() if r.get("correct") is not None)
+        bar = tqdm(total=n, initial=n - len(todo), desc=f"{method} | {dataset}", unit="prob",
                    disable=not self.progress, dynamic_ncols=True)
         t_start, done_here = time.perf_counter(), 0
         batch = self.cfg.batch_size if (lm.method.batchable and self.cfg.n_samples == 1) else 1
+        if ckpt is None:  # whole batches of the grid, so that a batch's padding (and numerics) never change
+            wanted = set(todo)
+            starts = sorted({i - i % batch for i in todo})
+            chunks = [list(range(s, min(s + batch, n))) for s in starts]
+        else:
+            wanted = set(todo)
+            chunks = [[i] for i in todo]
         # Without a checkpoint to keep in step with the rows, a batch is graded (in the grading
         # worker) while the next one generates; its rows are written when that finishes.
         pipelined = ckpt is None
         pool = ThreadPoolExecutor(max_workers=1) if pipelined else None
         pending = None  # the future of the previous batch's rows, while they are graded
-        with open(path, "a", encoding="utf-8") as f:
+        state = {"hash": rows_hash, "sorted": True, "appender": RowsAppender(path)}
 
-            def emit(new_rows):
-                nonlocal n_graded, n_correct, done_here
-                for row in new_rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                    rows.append(row)
-                    if ckpt is not None and (len(rows) % self.cfg.checkpoint_every == 0 or len(rows) == bar.total):
-                        save_checkpoint(lm, ckpt, {"rows_done": len(rows),
-                                                   "guard": lm.guard.state_dict() if lm.guard else None})
-                    if row["correct"] is not None:
-                        n_graded += 1
-                        n_correct += int(row["correct"])
-                    done_here += 1
-                    rate = done_here / max(1e-9, time.perf_counter() - t_start) * 60
-                    bar.update(1)
-                    bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
+        def diverged(i: int, row: dict) -> None:
+            bad = sorted(k for k in verify if k >= i)
+            q = quarantine(self.out, path, [(None, verify.pop(k)[1], "recomputed from the checkpoint before it, "
+                                             "the row came out different" if k == i else
+                                             "follows a row that came out different when recomputed") for k in bad])
+            _log(f"WARNING {path}: row {i} recomputed from the checkpoint differs from the stored one (a "
+                 f"nondeterministic run, or an edited file); the stored rows {bad[0]}..{bad[-1]} are kept in {q} "
+                 "and computed again")
+            for k in bad:
+                lines.pop(k, None)
+            state["appender"].close()
+            write_lines(path, [lines[k] for k in sorted(lines)])
+            state["appender"] = RowsAppender(path)
 
-            def collect():  # write the rows of the batch being graded, if any
-                nonlocal pending
-                done, pending = pending, None
-                if done is not None:
-                    emit(done.result())
+        def emit(new_rows):
+            nonlocal n_graded, n_correct, done_here
+            for row in new_rows:
+                i = row["index"]
+                if i not in wanted:
+                    continue
+                line = row_line(row)
+                if i in verify:
+                    if result_signature(verify[i][0]) == result_signature(row):
+                        row, line = verify.pop(i)  # the stored row stays as it was written
+                    else:
+                        diverged(i, row)
+                if i not in lines or lines[i] != line:
+                    if lines and i < max(lines):
+                        state["sorted"] = False
+                    state["appender"].append(line)
+                    lines[i] = line
+                if ckpt is not None:
+                    state["hash"] = chain_hash(state["hash"], line)
+                    done = i + 1
+                    if done % self.cfg.checkpoint_every == 0 or done == n:
+                        save_checkpoint(lm, ckpt / f"{done:08d}", {
+                            "rows_done": done, "rows_hash": state["hash"],
+                            "guard": lm.guard.state_dict() if lm.guard else None})
+                        prune_checkpoints(ckpt)
+                if row["correct"] is not None:
+                    n_graded += 1
+                    n_correct += int(row["correct"])
+                done_here += 1
+                rate = done_here / max(1e-9, time.perf_counter() - t_start) * 60
+                bar.update(1)
+                bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
 
-            first = len(rows)  # todo[b] becomes row first + b
-            try:
-                for b in range(0, len(todo), batch):
-                    chunk = todo[b : b + batch]
-                    messages = [build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
-                                for p in chunk]
-                    results = self._solve(lm, chunk, messages)
-                    args = (lm, method, dataset, chunk, messages, results, first + b, order)
-                    if not pipelined:
-                        emit(self._rows(*args))
-                        continue
-                    collect()
-                    pending = pool.submit(self._rows, *args)
+        def collect():  # write the rows of the batch being graded, if any
+            nonlocal pending
+            done, pending = pending, None
+            if done is not None:
+                emit(done.result())
+
+        try:
+            for idx in chunks:
+                chunk = [problems[i] for i in idx]
+                if ckpt is None:
+                    lm.problems_seen = idx[0]  # sampling seeds follow the problem, not the resume point
+                messages = [build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
+                            for p in chunk]
+                results = self._solve(lm, chunk, messages)
+                args = (lm, method, dataset, chunk, messages, results, idx[0], order)
+                if not pipelined:
+                    emit(self._rows(*args))
+                    continue
                 collect()
-            finally:
-                if pending is not None:  # a failure while the next batch generated: keep the graded rows
-                    try:
-                        collect()
-                    except Exception:  # noqa: BLE001 - the original error is the one to raise
-                        pass
-                if pool is not None:
-                    pool.shutdown(wait=True)
+                pending = pool.submit(self._rows, *args)
+            collect()
+        finally:
+            if pending is not None:  # a failure while the next batch generated: keep the graded rows
+                try:
+                    collect()
+                except Exception:  # noqa: BLE001 - the original error is the one to raise
+                    pass
+            if pool is not None:
+                pool.shutdown(wait=True)
+            state["appender"].close()
+        if not state["sorted"]:
+            write_lines(path, [lines[k] for k in sorted(lines)])
         bar.close()
 
     def _rows(self, lm, method, dataset, problems, messages, results, first, order) -> list[dict]:
@@ -477,26 +735,3 @@ def _adapts(ac: AdaptConfig) -> bool:
 def _log(msg: str) -> None:
     print(f"[eval] {msg}", file=sys.stderr, flush=True)
 
-
-def merge_shards(out: str | os.PathLike) -> list[Path]:
-    """Combine per-rank shard files of a unit into one rows file ordered by dataset order."""
-    out = Path(out)
-    merged = []
-    groups: dict[str, list[Path]] = {}
-    for p in sorted((out / "rows").glob("*.shard*of*.jsonl")):
-        groups.setdefault(re.sub(r"\.shard\d+of\d+\.jsonl$", ".jsonl", p.name), []).append(p)
-    for name, parts in groups.items():
-        m = re.search(r"of(\d+)\.jsonl$", parts[0].name)
-        world = int(m.group(1)) if m else len(parts)
-        rows = []
-        for part in parts:
-            r = int(re.search(r"\.shard(\d+)of", part.name).group(1))
-            for row in read_rows(part):
-                row["index"] = row["index"] * world + r  # back to the position in the dataset order
-                rows.append(row)
-        rows.sort(key=lambda r: r["index"])
-        write_rows(out / "rows" / name, rows)
-        for part in parts:
-            part.unlink()
-        merged.append(out / "rows" / name)
-    return merged

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from eval.runner import RunConfig, Runner, merge_shards
+from eval.cli import coerce, error_line, read_yaml
+from eval.rows import merge_shards
+from eval.runner import RunConfig, Runner
 from zs_llm.config import AdaptConfig, all_settings, check_overrides, parse_value
 
 RUN_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name != "adapt"]
@@ -27,24 +27,40 @@ def valid_fields() -> list[str]:
     return sorted(RUN_FIELDS + ADAPT_FIELDS + list(EXTRA_FIELDS))
 
 
-def _parse_value(name: str, text: str) -> Any:
+def _annotation(name: str):
     if name in EXTRA_FIELDS:
-        return parse_value(text, EXTRA_FIELDS[name].__name__)
-    f = RunConfig.__dataclass_fields__[name] if name in RUN_FIELDS else all_settings()[name]
-    return parse_value(text, f.type)
+        return EXTRA_FIELDS[name].__name__
+    return RunConfig.__dataclass_fields__[name].type if name in RUN_FIELDS else all_settings()[name].type
+
+
+def _parse_value(name: str, text: str) -> Any:
+    try:
+        return parse_value(text, _annotation(name))
+    except ValueError as e:
+        raise ValueError(f"--{name} {text}: {e}") from None
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A recipe YAML file's fields, each checked: unknown names and values of the wrong type are
+    one-line errors naming the file, the field and the fix."""
+    data = read_yaml(path)
+    bad = sorted(set(data) - set(valid_fields()))
+    if bad:
+        raise ValueError(f"unknown field(s) {bad} in {path}; valid fields: {', '.join(valid_fields())}")
+    return {k: coerce(k, v, _annotation(k), str(path)) for k, v in data.items()}
 
 
 def resolve(yaml_path: str | Path, argv: list[str] | None = None) -> dict[str, Any]:
-    """YAML defaults overridden by `--field value` (or `--field=value`) pairs. Unknown fields,
-    in the YAML or on the command line, are errors that list the valid ones."""
-    data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-    bad = sorted(set(data) - set(valid_fields()))
-    if bad:
-        raise ValueError(f"unknown field(s) {bad} in {yaml_path}; valid fields: {', '.join(valid_fields())}")
+    """YAML defaults overridden by `--config FILE` (more YAML) and `--field value` (or
+    `--field=value`) pairs. Unknown fields, in a file or on the command line, are errors that
+    list the valid ones."""
+    data = read_config(yaml_path)
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
         i = argv.index("--config")
-        data.update(yaml.safe_load(Path(argv[i + 1]).read_text()) or {})
+        if i + 1 >= len(argv):
+            raise ValueError("--config needs a YAML file")
+        data.update(read_config(argv[i + 1]))
         del argv[i : i + 2]
     i = 0
     while i < len(argv):
@@ -147,6 +163,6 @@ def cli(main, config: Path) -> None:
     """The recipes' `__main__`: resolve YAML + command line, run, and turn bad input into exit 2."""
     try:
         main(resolve(config))
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: files, folders, the run lock
+        print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)

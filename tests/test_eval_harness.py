@@ -9,8 +9,9 @@ import pytest
 
 from eval.backends import vllm_engine_kwargs, vllm_sampling_kwargs
 from eval.cli import main as cli_main
-from eval.report import accuracy, load_run, write_report
-from eval.runner import RunConfig, Runner, merge_shards, parse_method_spec, pass_at_k, read_rows
+from eval.report import accuracy, load_run, pass_at_k, write_report
+from eval.rows import merge_shards, read_rows
+from eval.runner import RunConfig, Runner, parse_method_spec
 from zs_llm import AdaptConfig
 
 REPO = Path(__file__).resolve().parents[1]

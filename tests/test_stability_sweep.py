@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.runner import read_rows, stream_path
+from eval.rows import read_rows, stream_path
 from zs_llm.diagnostics import collapse_measures
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,8 +3,9 @@
 from .adapt import AdaptResult
 from .api import adapt_generate
 from .config import AdaptConfig
+from .loading import EMBEDDED, load, load_model
 from .methods import METHODS, Method
-from .model import EMBEDDED, ZeroSiamLM, load, load_model
+from .model import ZeroSiamLM
 
 __all__ = ["AdaptConfig", "AdaptResult", "EMBEDDED", "METHODS", "Method", "ZeroSiamLM", "adapt_generate", "load",
            "load_model"]

