@@ -96,7 +96,8 @@ class Bench:
     model_dir: Path
     results: list[Result] = field(default_factory=list)
     refs: dict = field(default_factory=dict)  # config -> (signatures, states)
-    kills: int = 0
+    kills: int = 0  # processes that died by SIGKILL
+    resumed: int = 0  # of them, harness runs resumed and compared with an uninterrupted run
 
     def add(self, category: str, name: str, outcome: str, detail: str = "") -> None:
         assert outcome in OUTCOMES, outcome
@@ -421,6 +422,7 @@ def kill_cases(bench: Bench, ctx, mode: str, seeds: list[int], durations: dict[s
             bench.add(category, name, "crash", f"the run exited with {code} before the kill")
             continue
         bench.kills += code == -signal.SIGKILL
+        bench.resumed += code == -signal.SIGKILL
         if code == 0:
             name += " (finished first)"
         outcome, detail = judge_resume(bench, key, out, snapshot_rows(out) if (out / "rows").exists() else {})
@@ -574,8 +576,9 @@ def concurrency_cases(bench: Bench, ctx) -> None:
     p = spawn(ctx, child_run, str(bench.model_dir), str(out), key, "slow", 0, 0, 0.3)
     wait_for(lambda: read(out / "rows" / "noadapt__arith.jsonl").count("\n") >= 2)
     os.kill(p.pid, signal.SIGKILL)
-    join(p)
-    bench.kills += 1
+    killed = join(p) == -signal.SIGKILL
+    bench.kills += killed
+    bench.resumed += killed
     outcome, detail = judge_resume(bench, key, out, snapshot_rows(out))
     bench.add("concurrent runs", "lock holder killed, then resumed", outcome, detail)
     # the ranks of one multi-process run share the folder; any other run is refused
@@ -650,7 +653,7 @@ def cache_cases(bench: Bench, ctx, seeds: list[int], real: bool) -> None:
         old.save_pretrained(folder)  # the previous save: identity predictor
         code = join(spawn(ctx, child_save_pretrained, str(folder), seed + 1, j))
         bench.kills += code == -signal.SIGKILL
-        name = f"seed {seed}: save_pretrained over a save, file op {j}"
+        name = f"seed {seed}: save_pretrained over a save, file op {j}" + (" (finished first)" if code == 0 else "")
         try:
             lm = ZeroSiamLM.from_pretrained(folder, tiny_model("llama"), char_tokenizer())
             w = lm.predictor.weight.detach()
@@ -1010,10 +1013,10 @@ def main(argv: list[str] | None = None) -> int:
 
     text, totals = table(bench.results)
     print("\n" + text)
-    print(f"\nkill -9 then resume: {bench.kills} runs killed; {len(bench.results)} cases in "
-          f"{time.time() - t0:.0f} s")
+    print(f"\nkill -9: {bench.kills} processes killed, {bench.resumed} of them harness runs resumed and compared "
+          f"row by row and state by state; {len(bench.results)} cases in {time.time() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"totals": totals, "kill_resume": bench.kills,
+        Path(args.json).write_text(json.dumps({"totals": totals, "kill_resume": bench.resumed, "killed": bench.kills,
                                                "cases": [r.__dict__ for r in bench.results]}, indent=1))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
