@@ -24,7 +24,8 @@ from pathlib import Path
 
 from _common import REPO  # noqa: F401  (puts the repo on sys.path)
 
-from eval.runner import RunConfig, Runner, read_rows, stream_path
+from eval.rows import read_rows
+from eval.runner import RunConfig, Runner, stream_path
 
 GRID = (3e-4, 1e-3, 3e-3)
 METHODS = ("tent", "come", "sar", "zerosiam")

@@ -1,9 +1,9 @@
 """zs_llm: ZeroSiam test-time adaptation for Hugging Face causal language models."""
 
 from .adapt import AdaptResult
-from .api import adapt_generate
+from .api import adapt_generate, load
 from .config import AdaptConfig
-from .loading import EMBEDDED, load, load_model
+from .loading import EMBEDDED, load_model
 from .methods import METHODS, Method
 from .model import ZeroSiamLM
 

@@ -1,8 +1,12 @@
-"""`adapt_generate`, the library call: wrap a model when needed, adapt on one prompt, answer it."""
+"""The library calls: `load` (a model, wrapped) and `adapt_generate` (wrap a model when needed, adapt
+on one prompt, answer it)."""
 
 from __future__ import annotations
 
+import torch
+
 from .config import AdaptConfig
+from .loading import EMBEDDED, load_model
 from .model import ZeroSiamLM
 
 
@@ -36,3 +40,12 @@ def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, p
             model.zs_config = old
             model.method.config = old
     return result if return_result else result.answer
+
+
+def load(name_or_path: str = EMBEDDED, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
+         device: str | None = None, **config):
+    """Load a model and wrap it: `zs_llm.load("meta-llama/Llama-3.1-8B-Instruct", dtype="bf16", lr=1e-4)`.
+    Keyword arguments other than the loading ones are `AdaptConfig` fields."""
+    cfg = AdaptConfig().replace(**config)
+    model, tokenizer = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, device=device)
+    return ZeroSiamLM(model, tokenizer, cfg)

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write_text, fsync_dir, fsync_tree
-from .config import AdaptConfig
 
 EMBEDDED = "smollm2-135m-instruct"
 CACHE_MANIFEST = "zs_llm_cache.json"  # written last: {"files": {name: size in bytes}}
@@ -208,14 +207,3 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def load(name_or_path: str = EMBEDDED, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
-         device: str | None = None, **config):
-    """Load a model and wrap it: `zs_llm.load("meta-llama/Llama-3.1-8B-Instruct", dtype="bf16", lr=1e-4)`.
-    Keyword arguments other than the loading ones are `AdaptConfig` fields."""
-    from .model import ZeroSiamLM
-
-    cfg = AdaptConfig().replace(**config)
-    model, tokenizer = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, device=device)
-    return ZeroSiamLM(model, tokenizer, cfg)

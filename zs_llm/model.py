@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapt import adapt_on_problem
+from . import adapt as _adapt
 from .config import AdaptConfig
 from .guard import CollapseGuard
 from .methods import METHODS
@@ -500,7 +500,7 @@ class ZeroSiamLM:
     # --- the library call ---------------------------------------------------------------
     def adapt_generate(self, prompt, problem_id: str | None = None):
         """Adapt on one problem and answer it; returns an `AdaptResult`. See `zs_llm.adapt`."""
-        return adapt_on_problem(self, prompt, problem_id)
+        return _adapt.adapt_on_problem(self, prompt, problem_id)
 
     def __getattr__(self, name):
         # only reached for attributes the wrapper does not have: pass through to the model
