@@ -8,9 +8,9 @@ One wrapper (method tent, LoRA on peft's default modules, B moved off zero so th
 real); `ZeroSiamLM.fold_lora_into_low_precision` picks the path. Each repeat times every batch
 size with both variants back to back, their order alternating between repeats, so machine load
 hits both alike; the first repeat warms up and is not counted. Every generation is forced to
-exactly `--tokens` new tokens. Prints median tokens/s (batch x tokens / seconds) per variant
-and the unmerged / folded ratio. `--tiny` runs the same logic on a tiny random Llama (a check
-of the script, not a figure).
+exactly `--tokens` new tokens. Prints median tokens/s (batch x tokens / seconds) per variant,
+with the range over repeats, and the unmerged / folded ratio of the medians. `--tiny` runs the
+same logic on a tiny random Llama (a check of the script, not a figure).
 """
 
 from __future__ import annotations
@@ -91,8 +91,11 @@ def main():
           + ", ".join(f"{v} {n}" for v, n in layers.items()))
     for b in batches:
         rate = {v: b * args.tokens / statistics.median(seconds[b, v]) for v in VARIANTS}
-        print(f"  batch {b}: folded (old) {rate['folded']:.1f} tok/s, unmerged (now) {rate['unmerged']:.1f} tok/s, "
-              f"unmerged / folded {rate['unmerged'] / rate['folded']:.2f}")
+        spread = {v: f"{b * args.tokens / max(seconds[b, v]):.1f}-{b * args.tokens / min(seconds[b, v]):.1f}"
+                  for v in VARIANTS}
+        print(f"  batch {b}: folded (old) {rate['folded']:.1f} tok/s ({spread['folded']}), unmerged (now) "
+              f"{rate['unmerged']:.1f} tok/s ({spread['unmerged']}), unmerged / folded "
+              f"{rate['unmerged'] / rate['folded']:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ def test_bf16_draft_speed_script_times_both_paths_at_each_batch_size():
     text = out.stdout
     # the old path folds all 4 LoRA layers of the 2-layer Llama (q_proj, v_proj); the new one none
     assert "LoRA layers folded: folded 4, unmerged 0" in text, text
-    rows = re.findall(r"^  batch (\d+): folded \(old\) ([\d.]+) tok/s, unmerged \(now\) ([\d.]+) tok/s, "
-                      r"unmerged / folded ([\d.]+)$", text, re.M)
+    rows = re.findall(r"^  batch (\d+): folded \(old\) ([\d.]+) tok/s \([\d.]+-[\d.]+\), unmerged \(now\) "
+                      r"([\d.]+) tok/s \([\d.]+-[\d.]+\), unmerged / folded ([\d.]+)$", text, re.M)
     assert [r[0] for r in rows] == ["1", "3"], text
     for _, old, new, ratio in rows:
         assert float(old) > 0 and float(new) > 0
