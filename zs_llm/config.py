@@ -147,18 +147,10 @@ class AdaptConfig:
         """A copy with fields overridden. A method's own settings can be given by name
         (`replace(alpha=0)`); changing `method` keeps the settings the new method also has.
         Unknown names are an error listing the valid ones."""
-        shared = {f.name for f in dataclasses.fields(self)}
-        method = overrides.get("method", self.method)
-        cls = METHODS[method]
-        own = {f.name for f in dataclasses.fields(cls.config_class)}
-        args = {k: v for k, v in self.method_args.items() if k in own} if method != self.method else \
-            dict(self.method_args)
-        args.update(overrides.pop("method_args", None) or {})
-        unknown = sorted(set(overrides) - shared - own)
-        if unknown:
-            raise TypeError(f"unknown setting(s) {unknown} for method {method!r}; shared AdaptConfig fields: "
-                            f"{sorted(shared - {'method_args'})}; {method}'s own: {sorted(own) or 'none'}")
-        args.update({k: overrides.pop(k) for k in list(overrides) if k in own and k not in shared})
+        # keywords that are not shared fields go to the method's settings in the constructor, which
+        # also names the valid ones for an unknown keyword
+        own = {f.name for f in dataclasses.fields(METHODS[overrides.get("method", self.method)].config_class)}
+        args = {**{k: v for k, v in self.method_args.items() if k in own}, **overrides.pop("method_args", {})}
         return dataclasses.replace(self, **overrides, method_args=args)
 
     @classmethod
