@@ -709,8 +709,8 @@ class Runner:
         extracted = graded[0].pred  # the answer the grader compared with the gold
         row = {
             "id": p.id, "index": index, "dataset": dataset, "method": method, "prompt": lm_render(lm, messages),
-            "draft": res["draft"], "response": responses[0], "extracted": extracted, "gold": p.gold,
-            "correct": corrects[0], "steps": res["steps"], "method_stats": res["method_stats"],
+            "draft": res["draft"], "response": responses[0], "extracted": extracted,
+            "answer_source": graded[0].source, "gold": p.gold, "correct": corrects[0], "steps": res["steps"], "method_stats": res["method_stats"],
             "timings": res["timings"], "events": res["events"], "tokens": res.get("tokens", {}),
             "config": lm.zs_config.to_dict(), "config_hash": lm.zs_config.hash(), "order": order,
         }

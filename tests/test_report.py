@@ -198,3 +198,22 @@ def test_diagnostics_plot_integer_problems_and_distinct_lines(tmp_path, figures)
     legend = [t.get_text() for t in figures[0].legends[0].get_texts()]
     assert legend == ["noadapt (n=10)", "tent (n=10)"]
     assert not any(math.isnan(v) for v in acc_ax.lines[0].get_ydata())
+
+
+def test_answered_counts_stated_answers_not_numbers_the_fallback_found():
+    from eval.grading import check
+    from zs_llm.diagnostics import has_answer
+
+    def row(response, gold="5"):
+        g = check(response, gold)
+        return {"response": response, "extracted": g.pred, "answer_source": g.source}
+
+    assert has_answer(row("So the sum is \\boxed{5}."))
+    assert has_answer(row("The final answer is 5."))
+    fallback = row("I added them and got 5 and then I stopped")
+    assert fallback["extracted"] == "5" and fallback["answer_source"] == "response"  # graded from the text ...
+    assert not has_answer(fallback)  # ... but no answer was stated
+    # rows written before answer_source: read from the response
+    assert has_answer({"response": "The answer is 7.", "extracted": "7"})
+    assert not has_answer({"response": "seven or so 7", "extracted": "7"})
+    assert not has_answer({"response": "The answer is within \\boxed{}.", "extracted": ""})

@@ -92,9 +92,23 @@ VERDICT_THRESHOLDS = {
 }
 
 
+#: where a stated answer comes from (`eval.grading.GradeResult.source`); "response" is math-verify's
+#: fallback extraction from the whole text, which finds a number in almost any response
+STATED_SOURCES = ("boxed", "phrase", "boxes")
+
+
 def has_answer(row: dict) -> bool:
-    """Whether a row's response gave an extracted, non-empty answer."""
-    return row.get("extracted") not in (None, "")
+    """Whether a row's response states a final answer: a box or a "final answer is" line, not a
+    number the grader's fallback found somewhere in the text. Rows written before the
+    `answer_source` field are read from their response."""
+    if "answer_source" in row:
+        return row["answer_source"] in STATED_SOURCES and row.get("extracted") not in (None, "")
+    if "response" not in row:
+        return row.get("extracted") not in (None, "")
+    from .answers import final_answer
+
+    answer = final_answer(row["response"] or "")
+    return answer is not None and answer.text != ""
 
 
 def format_window(n: int) -> int:
