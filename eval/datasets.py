@@ -59,7 +59,8 @@ class DatasetSpec:
     hub: tuple[HubSource, ...]  # tried in order when the local file is absent
     to_problem: Callable[[dict, int], Problem] | None  # (row, line index) -> Problem
     rows: int | None  # row count of the local file
-    generate: Callable[[int], list[Problem]] | None = None  # seed -> problems
+    generate: Callable[..., list[Problem]] | None = None  # (seed, data_dir) -> problems
+    reads: tuple[str, ...] = ()  # sets a generated stream draws problems from (needs the data dir)
 
 
 DATASETS: Registry = Registry("dataset")
@@ -204,7 +205,7 @@ def _amc23(row: dict, index: int) -> Problem:
     )
 
 
-def arith_problems(seed: int = 0, size: int = 500) -> list[Problem]:
+def arith_problems(seed: int = 0, size: int = 500, data_dir=None) -> list[Problem]:
     """Small-integer arithmetic a 135M model can partly solve: `a + b`, `a - b` (a, b in 1..30,
     never negative) and `a * b` (a, b in 2..12). The same seed always gives the same list.
 
@@ -238,7 +239,7 @@ def arith_problems(seed: int = 0, size: int = 500) -> list[Problem]:
 DATASETS["arith"] = DatasetSpec("arith", None, (), None, None, generate=arith_problems)
 
 
-def arith_dev_problems(seed: int = 0, size: int = 500) -> list[Problem]:
+def arith_dev_problems(seed: int = 0, size: int = 500, data_dir=None) -> list[Problem]:
     """The development stream for choosing settings (bench/select_lr.py): `arith` drawn with seed
     1000 + `seed`, without any question that the evaluation stream (`arith`, seed 0, 500
     problems) asks, so a setting is never chosen on the problems it is scored on."""
@@ -249,6 +250,107 @@ def arith_dev_problems(seed: int = 0, size: int = 500) -> list[Problem]:
 
 
 DATASETS["arith_dev"] = DatasetSpec("arith_dev", None, (), None, None, generate=arith_dev_problems)
+
+
+# ---------------------------------------------------------------------------- wild streams
+# The text counterparts of the paper's wild test scenarios: one long stream, a stream whose
+# difficulty and task change, a stream with long runs of one operation and of one answer (label
+# shift), and a stream mixing everything at random. Each is seeded: the same seed, the same stream.
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+#: operand ranges per difficulty: (low, high) for + and -, and for *
+_LEVELS = {"small": ((1, 10), (2, 5)), "medium": ((1, 30), (2, 12)), "large": ((10, 99), (6, 20))}
+
+
+def _arith(rng: random.Random, op: str, level: str) -> tuple[int, int, int]:
+    lo, hi = _LEVELS[level][op == "*"]
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    if op == "-" and b > a:
+        a, b = b, a
+    return a, b, _OPS[op](a, b)
+
+
+def _problem(stream: str, seed: int, i: int, a: int, op: str, b: int, value: int, **meta) -> Problem:
+    return Problem(f"{stream}{seed}-{i}", f"What is {a} {op} {b}?", str(value),
+                   {"a": a, "b": b, "op": op, "numeric": True, **meta})
+
+
+def long_stream(seed: int = 0, size: int = 1000, data_dir=None) -> list[Problem]:
+    """`long`: 1,000 `arith` problems (the `arith` mix of +, - and *), drawn with seed 2000 + `seed`."""
+    return [Problem(f"long{seed}-{i}", p.question, p.gold, p.meta)
+            for i, p in enumerate(arith_problems(seed=2000 + seed, size=size))]
+
+
+def shift_stream(seed: int = 0, size: int = 300, data_dir=None) -> list[Problem]:
+    """`shift`: difficulty and task change along the stream, in three equal phases: small additions
+    (operands 1..10), then larger operands (10..99 for + and -) and multiplication (6..20), then
+    GSM8K word problems (a seeded sample of the local `gsm8k` set)."""
+    rng = random.Random(3000 + seed)
+    third = size // 3
+    out = []
+    for i in range(third):
+        a, b, v = _arith(rng, "+", "small")
+        out.append(_problem("shift", seed, i, a, "+", b, v, phase="small_add"))
+    for i in range(third, 2 * third):
+        op = rng.choice(("+", "-", "*"))
+        a, b, v = _arith(rng, op, "large")
+        out.append(_problem("shift", seed, i, a, op, b, v, phase="large"))
+    words = load_problems("gsm8k", data_dir=data_dir)
+    for k, p in enumerate(rng.sample(words, size - 2 * third)):
+        out.append(Problem(f"shift{seed}-{2 * third + k}", p.question, p.gold,
+                           {**p.meta, "phase": "gsm8k", "source_id": p.id}))
+    return out
+
+
+def imbalanced_stream(seed: int = 0, size: int = 300, block: int = 30, data_dir=None) -> list[Problem]:
+    """`imbalanced`: the analogue of label shift. Blocks of `block` problems alternate between a
+    run with one answer (every problem of the block has the same result, reached by different
+    operands) and a run of one operation with varied answers. A method that collapses onto one
+    answer is rewarded inside a one-answer block and punished in the blocks that follow."""
+    rng = random.Random(4000 + seed)
+    out: list[Problem] = []
+    b_index = 0
+    while len(out) < size:
+        if b_index % 2 == 0:  # one answer: every a + b = v, a - b = v or a * b = v
+            op = rng.choice(("+", "-", "*"))
+            if op == "*":
+                v = rng.choice((12, 18, 24, 30, 36))
+                pairs = [(a, v // a) for a in range(2, v) if v % a == 0 and v // a >= 2]
+            elif op == "+":
+                v = rng.randint(12, 40)
+                pairs = [(a, v - a) for a in range(1, v)]
+            else:
+                v = rng.randint(3, 25)
+                pairs = [(v + b, b) for b in range(1, 31)]
+            for _ in range(min(block, size - len(out))):
+                a, b = rng.choice(pairs)
+                out.append(_problem("imbalanced", seed, len(out), a, op, b, v, block=b_index, run="answer"))
+        else:  # one operation, varied answers
+            op = rng.choice(("+", "-", "*"))
+            for _ in range(min(block, size - len(out))):
+                a, b, v = _arith(rng, op, "medium")
+                out.append(_problem("imbalanced", seed, len(out), a, op, b, v, block=b_index, run="operation"))
+        b_index += 1
+    return out
+
+
+def mixed_stream(seed: int = 0, size: int = 300, data_dir=None) -> list[Problem]:
+    """`mixed`: operations (+, -, *) and difficulties (small, medium, large operands) drawn
+    independently for every problem."""
+    rng = random.Random(5000 + seed)
+    out = []
+    for i in range(size):
+        op, level = rng.choice(("+", "-", "*")), rng.choice(tuple(_LEVELS))
+        a, b, v = _arith(rng, op, level)
+        out.append(_problem("mixed", seed, i, a, op, b, v, level=level))
+    return out
+
+
+WILD_STREAMS = ("long", "shift", "imbalanced", "mixed")
+DATASETS["long"] = DatasetSpec("long", None, (), None, None, generate=long_stream)
+DATASETS["shift"] = DatasetSpec("shift", None, (), None, None, generate=shift_stream, reads=("gsm8k",))
+DATASETS["imbalanced"] = DatasetSpec("imbalanced", None, (), None, None, generate=imbalanced_stream)
+DATASETS["mixed"] = DatasetSpec("mixed", None, (), None, None, generate=mixed_stream)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -298,7 +400,7 @@ def load_problems(
         raise ValueError(f"limit must be >= 0, not {limit}")
 
     if spec.generate is not None:
-        problems = spec.generate(seed)
+        problems = spec.generate(seed, data_dir=data_dir)
     elif source == "hub":
         problems = _load_hub(spec)
     else:

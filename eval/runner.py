@@ -280,7 +280,7 @@ class Runner:
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {cfg.prompt_style!r}; choose one of {sorted(PROMPT_STYLES)}")
-        if any(DATASETS[d].generate is None for d in cfg.datasets):
+        if any(DATASETS[d].generate is None or DATASETS[d].reads for d in cfg.datasets):
             resolve_data_dir(cfg.data_dir)  # raises naming --data-dir
         if cfg.n_samples > 1 and all(c.temperature == 0 for c in self.adapt_configs.values()):
             raise ValueError("n_samples > 1 needs sampling: set temperature > 0 (e.g. --set temperature=0.6)")

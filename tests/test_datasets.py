@@ -255,3 +255,61 @@ def test_ids_command_prints_a_subset(capsys, tmp_path):
     assert printed == [p.id for p in load_problems("arith", subset="sample:3:seed1")]
     assert main(["ids", "arith", "--subset", "sample:600"]) == 2
     assert "choose N <= 500" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- wild streams
+
+
+@pytest.mark.parametrize("name", ["long", "shift", "imbalanced", "mixed"])
+def test_wild_streams_are_seeded_and_their_golds_are_right(name):
+    from eval.datasets import load_problems
+
+    a, again, other = (load_problems(name, seed=s) for s in (0, 0, 1))
+    assert [p.question for p in a] == [p.question for p in again]
+    assert [p.question for p in a] != [p.question for p in other]
+    assert len({p.id for p in a}) == len(a) == {"long": 1000}.get(name, 300)
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+    for p in a:
+        if "op" in p.meta:
+            m = p.meta
+            assert p.question == f"What is {m['a']} {m['op']} {m['b']}?"
+            assert int(p.gold) == ops[m["op"]](m["a"], m["b"]) >= 0
+
+
+def test_shift_changes_difficulty_then_task():
+    from eval.datasets import load_problems
+
+    ps = load_problems("shift", seed=2)
+    phases = [p.meta["phase"] for p in ps]
+    assert phases == ["small_add"] * 100 + ["large"] * 100 + ["gsm8k"] * 100
+    assert all(p.meta["op"] == "+" and max(p.meta["a"], p.meta["b"]) <= 10 for p in ps[:100])
+    assert {p.meta["op"] for p in ps[100:200]} == {"+", "-", "*"}
+    gsm = {p.id: p for p in load_problems("gsm8k")}
+    for p in ps[200:]:
+        assert gsm[p.meta["source_id"]].question == p.question and gsm[p.meta["source_id"]].gold == p.gold
+
+
+def test_imbalanced_alternates_one_answer_runs_with_one_operation_runs():
+    from itertools import groupby
+
+    from eval.datasets import load_problems
+
+    ps = load_problems("imbalanced", seed=3)
+    blocks = [list(g) for _, g in groupby(ps, key=lambda p: p.meta["block"])]
+    assert len(blocks) == 10 and all(len(b) == 30 for b in blocks)
+    for k, block in enumerate(blocks):
+        assert block[0].meta["run"] == ("answer" if k % 2 == 0 else "operation")
+        if k % 2 == 0:
+            assert len({p.gold for p in block}) == 1 and len({p.question for p in block}) > 1
+        else:
+            assert len({p.meta["op"] for p in block}) == 1 and len({p.gold for p in block}) > 5
+
+
+def test_mixed_interleaves_operations_and_levels():
+    from eval.datasets import load_problems
+
+    ps = load_problems("mixed")
+    pairs = {(p.meta["op"], p.meta["level"]) for p in ps[:60]}
+    assert len(pairs) == 9  # every operation at every level, early in the stream
+    runs = sum(a.meta["op"] != b.meta["op"] for a, b in zip(ps, ps[1:]))
+    assert runs > 150  # interleaved, not in blocks

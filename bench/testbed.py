@@ -1,0 +1,129 @@
+"""Choose the language testbed by measuring NoAdapt alone: the prompt style and `max_new_tokens`
+under which SmolLM2 states an answer (a box or a final-answer line, `zs_llm.diagnostics.has_answer`)
+in at least `--target` of its responses. Choosing on NoAdapt favours no adapting method.
+
+    .venv/bin/python bench/testbed.py --limit 60 --budgets 32,48,64,96
+
+One greedy generation per style at the largest budget; each smaller budget is read as that
+generation's prefix (greedy decoding at a smaller budget produces exactly the prefix), so the
+table costs one generation per style. Problems: `arith_dev` (never the evaluation stream), and
+the chosen setting again on `arith` with `--confirm`. Prints a markdown table (stated share,
+accuracy with its Wilson interval) and writes it to `--out` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _common import REPO, set_threads  # noqa: F401  (puts the repo on sys.path)
+
+from eval.datasets import load_problems
+from eval.grading import check
+from eval.prompting import build_messages
+from eval.stats import wilson_interval
+from zs_llm.diagnostics import has_answer
+
+CANDIDATES = ("boxed", "answer_line", "plain", "llama31_paraphrase")
+
+
+def generate(lm, problems, style: str, budget: int, batch: int) -> list[list[int]]:
+    """New token ids per problem (greedy, up to `budget`, stopping at EOS)."""
+    import torch
+
+    out: list[list[int]] = []
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for i in range(0, len(problems), batch):
+        encoded = [lm.encode(build_messages(p.question, style))[0] for p in problems[i:i + batch]]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long, device=lm.device)
+        mask = torch.zeros_like(ids)
+        for j, e in enumerate(encoded):
+            ids[j, width - len(e):] = e
+            mask[j, width - len(e):] = 1
+        for row in lm.generate_ids(ids, mask, budget):
+            out.append([int(t) for t in row])
+    return out
+
+
+def score(tokenizer, problems, new_ids: list[list[int]], budget: int) -> dict:
+    """Stated-answer share and accuracy of the responses cut at `budget` tokens."""
+    stated = correct = graded = 0
+    for p, ids in zip(problems, new_ids):
+        text = tokenizer.decode(ids[:budget], skip_special_tokens=True)
+        g = check(text, p.gold)
+        stated += has_answer({"response": text, "extracted": g.pred, "answer_source": g.source})
+        graded += g.correct is not None
+        correct += bool(g.correct)
+    lo, hi = wilson_interval(correct, graded)
+    n = len(problems)
+    return {"n": n, "stated": stated, "stated_share": stated / n, "correct": correct, "graded": graded,
+            "accuracy": correct / max(1, graded), "acc_lo": lo, "acc_hi": hi}
+
+
+def table(results: dict, target: float) -> str:
+    lines = ["| problems | style | max_new_tokens | stated answer | accuracy [95% CI] |", "|---|---|---|---|---|"]
+    for key, r in results.items():
+        set_name, style, budget = key.split("|")
+        mark = " **>= target**" if r["stated_share"] >= target else ""
+        lines.append(f"| {set_name} | {style} | {budget} | {r['stated']}/{r['n']} ({r['stated_share']:.0%}){mark} | "
+                     f"{100 * r['accuracy']:.1f} [{100 * r['acc_lo']:.1f}, {100 * r['acc_hi']:.1f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def choose(results: dict, target: float) -> tuple[str, int] | None:
+    """The cheapest (style, budget) on the dev set meeting the target; ties by accuracy, then style order."""
+    ok = [(int(b), -r["accuracy"], s) for k, r in results.items() for d, s, b in [k.split("|")]
+          if d == "arith_dev" and r["stated_share"] >= target]
+    if not ok:
+        return None
+    budget, _, style = min(ok)
+    return style, budget
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--styles", default=",".join(CANDIDATES))
+    ap.add_argument("--budgets", default="32,48,64,96")
+    ap.add_argument("--limit", type=int, default=60)
+    ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--confirm", action="store_true", help="score the chosen setting on `arith` too")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default="runs/testbed.json")
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    import zs_llm
+
+    lm = zs_llm.load(args.model, dtype=args.dtype, device=args.device, method="noadapt")
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    results: dict = {}
+    dev = load_problems("arith_dev", limit=args.limit)
+    t0 = time.perf_counter()
+    for style in [s for s in args.styles.split(",") if s]:
+        ids = generate(lm, dev, style, budgets[-1], args.batch)
+        for b in budgets:
+            results[f"arith_dev|{style}|{b}"] = score(lm.tokenizer, dev, ids, b)
+        print(f"{style}: {time.perf_counter() - t0:.0f} s", flush=True)
+    chosen = choose(results, args.target)
+    if chosen and args.confirm:
+        style, b = chosen
+        evals = load_problems("arith", limit=args.limit)
+        results[f"arith|{style}|{b}"] = score(lm.tokenizer, evals, generate(lm, evals, style, b, args.batch), b)
+    md = table(results, args.target)
+    print(md)
+    print(f"chosen: {chosen}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"results": results, "chosen": chosen, "target": args.target,
+                                          "limit": args.limit, "model": args.model}, indent=2))
+    return results, chosen
+
+
+if __name__ == "__main__":
+    main()
