@@ -1,0 +1,272 @@
+"""The wild-streams study (docs/wild_streams.md): the learning-rate selection of the `paper`
+protocol, then every method on the wild streams (`long`, `shift`, `imbalanced`, `mixed`) over
+several seeds, as many independent harness streams run side by side by a pool of processes.
+
+    # everything, on whatever the machine has (a GPU: many processes share it)
+    .venv/bin/python bench/wild_streams.py --root runs/wild --workers 14 --deadline 540
+    # then, anywhere: per-seed run folders, their reports and the combined report
+    .venv/bin/python bench/wild_streams.py --root runs/wild --assemble
+
+Stages, in order (`--stages`):
+- `select`: `bench/select_lr.py`'s grid (each LoRA method x lr, and noadapt) on `arith_dev`; the
+  rule (highest accuracy, a tie to the smaller lr) picks each method's lr, written to
+  `ROOT/selection.json`. The study's LoRA methods run at the chosen lr (the spec says so:
+  `tent:lr=0.001`); the plug-ins take ZeroSiam's.
+- `arith30`: `bench/configs/all_methods_arith.yaml` under `paper` (its 30 `arith` problems, 64 new
+  tokens, `boxed` prompt), with `tent+guard` and `zerosiam+guard` as separate rows.
+- `study`: `--methods` plus every adapting method with `+clip`, plus `tent+guard`, `zerosiam+guard`,
+  on each of `--streams` x `--seeds`, each stream cut at `--limit` problems.
+
+Each (method, set, seed) is its own run folder under `ROOT/jobs/` (one process, one stream), so
+the pool needs no coordination: a killed job keeps its fsynced rows and a rerun resumes it.
+`--deadline` stops every job that is still running that many seconds after the start (their
+rows so far are kept and reported as shorter streams). `--assemble` copies each seed's rows into
+one run folder (`ROOT/<stage>/seed<S>`) and writes `eval report` for it and the combined report
+over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+GRID = (3e-4, 1e-3, 3e-3)
+LORA_METHODS = ("tent", "come", "sar", "zerosiam")
+PLUGINS = {"zerosiam+sar": "zerosiam", "zerosiam+eata": "zerosiam"}
+STUDY_METHODS = ("noadapt", "tent", "come", "sar", "slot", "eminf", "zerosiam", "zerosiam+sar", "zerosiam+eata")
+GUARDED = ("tent", "zerosiam")
+ARITH30 = {"methods": STUDY_METHODS, "datasets": ["arith"], "limit": 30, "max_new_tokens": 64, "prompt_style": "boxed"}
+
+
+def job_dir(root: Path, stage: str, seed: int, dataset: str, spec: str) -> Path:
+    from eval.rows import safe_name
+
+    return root / "jobs" / stage / f"seed{seed}" / f"{safe_name(spec)}__{dataset}"
+
+
+def with_lr(spec: str, lrs: dict[str, float]) -> str:
+    """`tent+clip` -> `tent+clip:lr=0.001` from the selection; methods without one unchanged."""
+    from zs_llm.config import AdaptConfig
+
+    method = AdaptConfig.from_spec(spec).method
+    source = PLUGINS.get(method, method)
+    if source not in lrs or ":lr=" in spec:
+        return spec
+    return f"{spec}:lr={lrs[source]:g}"
+
+
+def study_specs(methods, lrs: dict[str, float]) -> list[str]:
+    """The study's rows: each method (paper), each adapting one again with +clip, and the guard rows."""
+    from zs_llm.methods import METHODS
+
+    out = list(methods)
+    for m in methods:
+        if "lora" in METHODS[m].trains:  # the global clip acts on the LoRA methods' step
+            out.append(f"{m}+clip")
+    out += [f"{m}+guard" for m in GUARDED if m in methods]
+    return [with_lr(s, lrs) for s in out]
+
+
+def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
+    """The jobs of a stage: one dict of RunConfig fields (+ out) per (method, set, seed)."""
+    common = {"model": args.model, "dtype": args.dtype, "device": args.device, "checkpoint_every": 1000000}
+    jobs = []
+    if stage == "select":
+        specs = ["noadapt"] + [f"{m}:lr={lr:g}" for m in args.select_methods.split(",") for lr in grid(args)]
+        for s in specs:
+            jobs.append({**common, "methods": [s], "datasets": ["arith_dev"], "limit": args.select_limit, "seed": 0,
+                         "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
+                         "out": str(job_dir(args.root, stage, 0, "arith_dev", s))})
+    elif stage == "arith30":
+        for s in study_specs(ARITH30["methods"], lrs or {}):
+            if "+clip" in s:
+                continue
+            jobs.append({**common, "methods": [s], "datasets": ARITH30["datasets"], "limit": ARITH30["limit"],
+                         "seed": 0, "prompt_style": ARITH30["prompt_style"], "max_new_tokens": ARITH30["max_new_tokens"],
+                         "out": str(job_dir(args.root, stage, 0, "arith", s))})
+    elif stage == "study":
+        specs = study_specs([m for m in args.methods.split(",") if m], lrs or {})
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for d in args.streams.split(","):
+                for s in specs:
+                    jobs.append({**common, "methods": [s], "datasets": [d], "limit": args.limit, "seed": seed,
+                                 "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
+                                 "out": str(job_dir(args.root, stage, seed, d, s))})
+    else:
+        raise ValueError(f"unknown stage {stage!r}; choose from select, arith30, study")
+    # the longest jobs first (noadapt is batched and fast), so the pool ends together
+    return sorted(jobs, key=lambda j: j["methods"][0] == "noadapt")
+
+
+def grid(args) -> list[float]:
+    return [float(x) for x in args.grid.split(",") if x]
+
+
+def run_job(job: dict) -> None:
+    """One stream in this process (what each pool worker runs)."""
+    from eval.runner import RunConfig, Runner
+
+    fields = {k: v for k, v in job.items() if k not in ("out", "max_new_tokens")}
+    cfg = RunConfig(**fields, adapt={"max_new_tokens": job["max_new_tokens"]})
+    Runner(cfg, job["out"], progress=False).run()
+
+
+def run_pool(jobs: list[dict], workers: int, deadline: float, log) -> dict:
+    """Run jobs, `workers` at a time, each in its own process (0: one after another in this
+    process); stop what still runs at `deadline` (time.time()). Returns {out: returncode or
+    'stopped' or 'not started'}."""
+    waiting, running, status = list(jobs), {}, {}
+    if workers == 0:
+        for job in jobs:
+            if time.time() >= deadline:
+                status[job["out"]] = "not started"
+                continue
+            Path(job["out"]).mkdir(parents=True, exist_ok=True)
+            run_job(job)
+            status[job["out"]] = 0
+        return status
+    while waiting or running:
+        while waiting and len(running) < workers and time.time() < deadline:
+            job = waiting.pop(0)
+            Path(job["out"]).mkdir(parents=True, exist_ok=True)
+            logf = open(Path(job["out"]) / "job.log", "w")
+            p = subprocess.Popen([sys.executable, __file__, "--job", json.dumps(job)], stdout=logf,
+                                 stderr=subprocess.STDOUT)
+            running[job["out"]] = (p, logf)
+        for out, (p, logf) in list(running.items()):
+            if p.poll() is not None:
+                status[out] = p.returncode
+                logf.close()
+                del running[out]
+                if p.returncode:
+                    log(f"job failed ({p.returncode}): {out}; see its job.log")
+        if time.time() >= deadline:
+            for p, _ in running.values():
+                p.terminate()
+            for out, (p, logf) in running.items():
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                logf.close()
+                status[out] = "stopped"
+            for job in waiting:
+                status[job["out"]] = "not started"
+            log(f"deadline: {len(running)} jobs stopped, {len(waiting)} not started")
+            break
+        time.sleep(0.5)
+    return status
+
+
+def select(args) -> dict[str, float]:
+    """The selection's table from the select stage's folders; {method: chosen lr}."""
+    import select_lr
+
+    from eval.grading import grade
+
+    methods = args.select_methods.split(",")
+    outs = sorted((args.root / "jobs" / "select" / "seed0").glob("*__arith_dev"))
+    table = select_lr.summarize(outs, methods, grid(args), grade)
+    md = select_lr.markdown(table, methods, grid(args), args.select_limit)
+    (args.root / "selection.json").write_text(json.dumps(table, indent=2))
+    (args.root / "selection.md").write_text(md)
+    print(md, flush=True)
+    return {m: table[m]["chosen"] for m in methods if table[m]["chosen"] is not None}
+
+
+def assemble(root: Path, stage: str) -> list[Path]:
+    """Per seed, one run folder holding every job's rows (copied) and a run.json naming every
+    method's settings; then the per-seed reports and, with 2+ seeds, the combined report."""
+    from eval.report import write_combined_report, write_report
+
+    folders = []
+    for seed_dir in sorted((root / "jobs" / stage).glob("seed*")):
+        out = root / stage / seed_dir.name
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "rows").mkdir(parents=True)
+        info: dict = {}
+        for job in sorted(seed_dir.iterdir()):
+            if not (job / "run.json").exists():
+                continue
+            j = json.loads((job / "run.json").read_text())
+            if not info:
+                info = {**j, "config": {**j["config"], "methods": [], "datasets": []}, "adapt_configs": {},
+                        "assembled_from": []}
+            info["config"]["methods"] += [m for m in j["config"]["methods"] if m not in info["config"]["methods"]]
+            info["config"]["datasets"] += [d for d in j["config"]["datasets"] if d not in info["config"]["datasets"]]
+            info["adapt_configs"].update(j.get("adapt_configs", {}))
+            info["assembled_from"].append(str(job))
+            for f in (job / "rows").glob("*.jsonl"):
+                shutil.copy(f, out / "rows" / f.name)
+        info["config_hash"] = f"assembled-{stage}-{seed_dir.name}"
+        (out / "run.json").write_text(json.dumps(info, indent=2))
+        write_report(out)
+        folders.append(out)
+    if len(folders) > 1:
+        write_combined_report(folders, root / stage / "combined")
+    return folders
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, default=Path("runs/wild"))
+    ap.add_argument("--stages", default="select,arith30,study")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--methods", default=",".join(STUDY_METHODS))
+    ap.add_argument("--streams", default="long,shift,imbalanced,mixed")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--limit", type=int, default=None, help="problems per study stream (default: whole streams)")
+    ap.add_argument("--select-limit", type=int, default=50)
+    ap.add_argument("--select-methods", default=",".join(LORA_METHODS))
+    ap.add_argument("--grid", default=",".join(f"{x:g}" for x in GRID))
+    ap.add_argument("--prompt-style", default="answer_line")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--deadline", type=float, default=None, help="seconds from the start after which jobs stop")
+    ap.add_argument("--lrs", help="JSON {method: lr} instead of the select stage's choice")
+    ap.add_argument("--assemble", action="store_true", help="only assemble the stages' folders and write reports")
+    args = ap.parse_args(argv)
+    if args.job:
+        return run_job(json.loads(args.job))
+    stages = [s for s in args.stages.split(",") if s]
+    if args.assemble:
+        for stage in stages:
+            if stage != "select" and (args.root / "jobs" / stage).is_dir():
+                print(f"{stage}: {[str(p) for p in assemble(args.root, stage)]}")
+        return None
+    t0 = time.time()
+    deadline = t0 + (args.deadline or 1e12)
+
+    def log(msg):
+        print(f"[wild {time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    lrs = json.loads(args.lrs) if args.lrs else None
+    for stage in stages:
+        if stage != "select" and lrs is None and "select" in stages:
+            lrs = select(args)
+        jobs = plan(args, lrs, stage)
+        log(f"{stage}: {len(jobs)} jobs, {args.workers} at a time")
+        status = run_pool(jobs, args.workers, deadline, log)
+        done = sum(v == 0 for v in status.values())
+        log(f"{stage}: {done}/{len(jobs)} finished")
+        if stage == "select" and lrs is None:
+            lrs = select(args)
+    (args.root / "lrs.json").write_text(json.dumps(lrs or {}, indent=2))
+    return lrs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""bench/wild_streams.py: the study's plan and its pool, end to end on a tiny random model."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("wild_streams", BENCH / "wild_streams.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_rows_are_every_method_plus_clip_and_guard_rows_at_the_selected_lr():
+    m = load()
+    specs = m.study_specs(["noadapt", "tent", "slot", "zerosiam", "zerosiam+sar"], {"tent": 1e-3, "zerosiam": 3e-4})
+    assert specs == ["noadapt", "tent:lr=0.001", "slot", "zerosiam:lr=0.0003", "zerosiam+sar:lr=0.0003",
+                     "tent+clip:lr=0.001", "zerosiam+clip:lr=0.0003", "zerosiam+sar+clip:lr=0.0003",
+                     "tent+guard:lr=0.001", "zerosiam+guard:lr=0.0003"]
+    assert m.with_lr("come", {}) == "come"  # no selection: the method's default stands
+
+
+def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
+    m = load()
+    root = tmp_path / "wild"
+    common = ["--root", str(root), "--model", str(tiny_dir), "--max-new-tokens", "4", "--prompt-style", "plain"]
+    # the selection in a pool of processes; the study in this process (workers 0), at the chosen lr
+    lrs = m.main([*common, "--stages", "select", "--select-methods", "tent", "--grid", "1e-3,3e-3",
+                  "--select-limit", "2", "--workers", "2"])
+    table = json.loads((root / "selection.json").read_text())
+    assert set(table["tent"]["scores"]) == {"0.001", "0.003"} and lrs == {"tent": table["tent"]["chosen"]}
+    assert m.main([*common, "--stages", "study", "--methods", "noadapt,tent", "--streams", "mixed,imbalanced",
+                   "--seeds", "0,1", "--limit", "3", "--workers", "0", "--lrs", json.dumps(lrs)]) == lrs
+    jobs = sorted(p.name for p in (root / "jobs" / "study" / "seed1").iterdir())
+    lr = f"{lrs['tent']:g}"
+    assert len(jobs) == 8 and f"tent+guard_lr={lr}__mixed" in [j.replace(":", "_") for j in jobs]
+    m.main(["--root", str(root), "--stages", "study", "--assemble"])
+    for seed in ("seed0", "seed1"):
+        rows = list((root / "study" / seed / "rows").glob("*.jsonl"))
+        assert len(rows) == 8
+        assert all(len(f.read_text().splitlines()) == 3 for f in rows)
+        assert "tent+clip" in (root / "study" / seed / "report.md").read_text()
+    assert (root / "study" / "combined" / "report.md").exists()
+
+
+def test_deadline_stops_jobs_and_keeps_their_rows(tmp_path, tiny_dir):
+    m = load()
+    root = tmp_path / "wild"
+    jobs = m.plan(m_args(m, root, tiny_dir), {}, "study")
+    status = m.run_pool(jobs, 2, deadline=__import__("time").time() + 0.0, log=print)
+    assert set(status.values()) == {"not started"}
+
+
+def m_args(m, root, tiny_dir):
+    import argparse
+
+    return argparse.Namespace(root=root, model=str(tiny_dir), dtype="float32", device=None, methods="noadapt,tent",
+                              seeds="0", streams="mixed", limit=2, prompt_style="plain", max_new_tokens=4)
