@@ -61,6 +61,7 @@ class DatasetSpec:
     rows: int | None  # row count of the local file
     generate: Callable[..., list[Problem]] | None = None  # (seed, data_dir) -> problems
     reads: tuple[str, ...] = ()  # sets a generated stream draws problems from (needs the data dir)
+    scales: bool = False  # a generated stream whose shape scales: `limit` N generates its N-problem version
 
 
 DATASETS: Registry = Registry("dataset")
@@ -256,6 +257,8 @@ DATASETS["arith_dev"] = DatasetSpec("arith_dev", None, (), None, None, generate=
 # The text counterparts of the paper's wild test scenarios: one long stream, a stream whose
 # difficulty and task change, a stream with long runs of one operation and of one answer (label
 # shift), and a stream mixing everything at random. Each is seeded: the same seed, the same stream.
+# A run's `limit` N generates the N-problem version of a wild stream (its phases and blocks scale
+# with it), not the first N problems of the full one.
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 #: operand ranges per difficulty: (low, high) for + and -, and for *
@@ -302,12 +305,14 @@ def shift_stream(seed: int = 0, size: int = 300, data_dir=None) -> list[Problem]
     return out
 
 
-def imbalanced_stream(seed: int = 0, size: int = 300, block: int = 30, data_dir=None) -> list[Problem]:
-    """`imbalanced`: the analogue of label shift. Blocks of `block` problems alternate between a
+def imbalanced_stream(seed: int = 0, size: int = 300, block: int | None = None, data_dir=None) -> list[Problem]:
+    """`imbalanced`: the analogue of label shift. Blocks of `block` problems (default: a tenth of
+    the stream, at least 5) alternate between a
     run with one answer (every problem of the block has the same result, reached by different
     operands) and a run of one operation with varied answers. A method that collapses onto one
     answer is rewarded inside a one-answer block and punished in the blocks that follow."""
     rng = random.Random(4000 + seed)
+    block = block or max(5, size // 10)
     out: list[Problem] = []
     b_index = 0
     while len(out) < size:
@@ -347,10 +352,10 @@ def mixed_stream(seed: int = 0, size: int = 300, data_dir=None) -> list[Problem]
 
 
 WILD_STREAMS = ("long", "shift", "imbalanced", "mixed")
-DATASETS["long"] = DatasetSpec("long", None, (), None, None, generate=long_stream)
-DATASETS["shift"] = DatasetSpec("shift", None, (), None, None, generate=shift_stream, reads=("gsm8k",))
-DATASETS["imbalanced"] = DatasetSpec("imbalanced", None, (), None, None, generate=imbalanced_stream)
-DATASETS["mixed"] = DatasetSpec("mixed", None, (), None, None, generate=mixed_stream)
+DATASETS["long"] = DatasetSpec("long", None, (), None, None, generate=long_stream, scales=True)
+DATASETS["shift"] = DatasetSpec("shift", None, (), None, None, generate=shift_stream, reads=("gsm8k",), scales=True)
+DATASETS["imbalanced"] = DatasetSpec("imbalanced", None, (), None, None, generate=imbalanced_stream, scales=True)
+DATASETS["mixed"] = DatasetSpec("mixed", None, (), None, None, generate=mixed_stream, scales=True)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -400,7 +405,8 @@ def load_problems(
         raise ValueError(f"limit must be >= 0, not {limit}")
 
     if spec.generate is not None:
-        problems = spec.generate(seed, data_dir=data_dir)
+        sized = {"size": limit} if spec.scales and limit and subset is None else {}
+        problems = spec.generate(seed, data_dir=data_dir, **sized)
     elif source == "hub":
         problems = _load_hub(spec)
     else:

@@ -313,3 +313,13 @@ def test_mixed_interleaves_operations_and_levels():
     assert len(pairs) == 9  # every operation at every level, early in the stream
     runs = sum(a.meta["op"] != b.meta["op"] for a, b in zip(ps, ps[1:]))
     assert runs > 150  # interleaved, not in blocks
+
+
+def test_a_limit_generates_the_short_version_of_a_wild_stream():
+    from eval.datasets import load_problems
+
+    short = load_problems("shift", limit=30, seed=1)
+    assert [p.meta["phase"] for p in short] == ["small_add"] * 10 + ["large"] * 10 + ["gsm8k"] * 10
+    blocks = [p.meta["block"] for p in load_problems("imbalanced", limit=50)]
+    assert blocks == [b for b in range(10) for _ in range(5)]
+    assert len(load_problems("long", limit=7)) == 7
