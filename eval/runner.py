@@ -36,6 +36,7 @@ from .datasets import (
     load_problems,
     parse_subsets,
     resolve_data_dir,
+    source_record,
     subset_record,
 )
 from .grading import check, default_grader
@@ -73,7 +74,12 @@ class RunConfig:
     subset: list[str] = field(default_factory=list, metadata={
         "help": f"Named subsets of datasets, comma-separated: {SUBSET_SYNTAX}; e.g. college_math=sample:240:seed0. "
                 "A subset streams in its set's order; run.json records its size and the sha256 of its ids."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files (default: "
+                                                         "$ZS_LLM_DATA_DIR, else ../shared/data/math or ./data/math)."})
+    source: str = field(default="local", metadata={
+        "help": "Where the sets are read: local (the data dir) or hub (datasets.load_dataset, the ids in "
+                "eval/datasets.py; online). run.json records each set's file and sha256, or its hub ids.",
+        "choices": ("local", "hub")})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES)."})
     prompt_template: str | None = field(default=None, metadata={
         "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
@@ -97,6 +103,8 @@ class RunConfig:
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
+        if self.source not in ("local", "hub"):
+            raise ValueError(f"source must be 'local' or 'hub', got {self.source!r}")
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         if self.n_samples < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -118,6 +126,8 @@ class RunConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device")}
         if not d["subset"]:
             del d["subset"]  # run folders from before subsets existed keep their hash
+        if d["source"] == "local":
+            del d["source"]  # and from before the hub source
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -280,7 +290,7 @@ class Runner:
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {cfg.prompt_style!r}; choose one of {sorted(PROMPT_STYLES)}")
-        if any(DATASETS[d].generate is None for d in cfg.datasets):
+        if cfg.source == "local" and any(DATASETS[d].generate is None for d in cfg.datasets):
             resolve_data_dir(cfg.data_dir)  # raises naming --data-dir
         if cfg.n_samples > 1 and all(c.temperature == 0 for c in self.adapt_configs.values()):
             raise ValueError("n_samples > 1 needs sampling: set temperature > 0 (e.g. --set temperature=0.6)")
@@ -375,7 +385,7 @@ class Runner:
             raise FileExistsError(f"{self.out} was run with another {prompt['style']} template ({recorded['origin']}, "
                                   f"sha256 {recorded['sha256'][:12]}; now {prompt['sha256'][:12]}); use a new --out")
         # before any model loads too: unknown ids or a sample larger than its set stop the run here
-        subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed)
+        subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed, self.cfg.source)
                    for name, sub in parse_subsets(self.cfg.subset).items()}
         old_subsets = json.loads(run_json.read_text()).get("subsets", {}) if run_json.exists() else {}
         for name, rec in subsets.items():
@@ -386,7 +396,9 @@ class Runner:
         if self.rank == 0 and (old is None or old.get("config_hash") != self.cfg.hash()):
             if old is not None:
                 _log(f"{run_json} records a run that wrote no rows (hash {old.get('config_hash')}): replaced")
+            data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.datasets}
             info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt, "subsets": subsets,
+                    "data": data,
                     "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
@@ -432,7 +444,7 @@ class Runner:
 
     def problems(self, dataset: str):
         c = self.cfg
-        problems = load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed,
+        problems = load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed, source=c.source,
                                  subset=parse_subsets(c.subset).get(dataset))
         if not problems:
             raise ValueError(f"dataset {dataset!r} has no problems; check its file under --data-dir "
