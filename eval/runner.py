@@ -5,7 +5,10 @@ fsynced as they finish (`eval.rows`); an adapting online stream also checkpoints
 (LoRA, predictor, optimizer) with the hash of the rows it follows, so a rerun with the same
 output folder continues exactly where it stopped. Rows past the checkpoint are computed
 again and checked against the stored ones; nothing is duplicated, and nothing is deleted:
-lines that are not valid rows go to quarantine/.
+lines that are not valid rows go to quarantine/. When an adapting online stream finishes, its
+final adapted state is exported to adapters/<method>__<dataset>/ (`ZeroSiamLM.save_pretrained`:
+peft's adapter files plus the predictor), which `ZeroSiamLM.from_pretrained` and
+`peft.PeftModel.from_pretrained` both load.
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ def method_label(spec: str, cfg: AdaptConfig) -> str:
 
 
 #: what a run writes into its folder: all that --overwrite removes (unrelated files stay)
-RUN_OUTPUTS = ("rows", "state", "quarantine", "plots", "run.json", "summary.json", "report.md", "metrics.json")
+RUN_OUTPUTS = ("rows", "state", "adapters", "quarantine", "plots", "run.json", "summary.json", "report.md", "metrics.json")
 RUN_OUTPUT_GLOBS = (".done.rank*", ".overwritten.*", ".*.tmp-*")
 #: checkpoints kept per stream besides the newest two: every this many problems (replay points
 #: when a row turns out damaged long after it was written)
@@ -540,6 +543,7 @@ class Runner:
             problems = [p for i, p in enumerate(problems) if i % self.world == self.rank]
         path = stream_path(self.out, method, dataset, shard)
         folder = self.out / "state" / f"{safe_name(method)}__{dataset}{shard}"
+        export = self.out / "adapters" / folder.name
         online = ac.schedule == "online" and _adapts(ac)
         stored = self._read_stream(path, method, dataset, ac, problems)
         n = len(problems)
@@ -554,7 +558,7 @@ class Runner:
                         "rows_hash") == hashes[n]
                 except ValueError:
                     vouched = False
-                if not ckpts or vouched:
+                if not ckpts or (vouched and export.is_dir()):
                     return  # complete, and the last checkpoint (if any) vouches for every row
         elif all(i in stored for i in range(n)):
             return
@@ -568,8 +572,20 @@ class Runner:
                 start, todo = 0, [i for i in range(n) if i not in stored]
             self._stream(lm, method, dataset, problems, todo, stored, path, folder if online else None, order,
                          hashes[start] if online else None)
+            if online:
+                self._export(lm, export)
         finally:
             self.model = lm.unwrap()
+
+    def _export(self, lm, folder: Path) -> None:
+        """The final adapted state of a finished online stream, as a folder that
+        `ZeroSiamLM.from_pretrained` and `peft.PeftModel.from_pretrained` load; written whole or
+        not at all."""
+        from zs_llm.checkpoint import atomic_folder
+
+        remove_stale_temporaries(folder.parent)
+        with atomic_folder(folder) as tmp:
+            lm.save_pretrained(tmp)
 
     def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:
         """Compute the rows `todo` (indices). Online (`ckpt` set): `todo` runs to the end of the
