@@ -69,9 +69,10 @@ class RunConfig:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
     methods: list[str] = field(default_factory=lambda: ["noadapt", "tent", "zerosiam"], metadata={
-        "help": "Method specs: a registered name, optionally with AdaptConfig overrides as name:key=value:key=value "
-                "(e.g. zerosiam:alpha=0)."})
-    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names."})
+        "help": "Method specs, comma- or space-separated: a registered name, optionally with add-ons (+clip, +guard) "
+                "and its own overrides as name:key=value:key=value (e.g. zerosiam:alpha=0)."})
+    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names, comma- or "
+                                                                                        "space-separated."})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
                                                      "it has one)."})
     subset: list[str] = field(default_factory=list, metadata={
@@ -89,7 +90,8 @@ class RunConfig:
     n_samples: int = field(default=1, metadata={"help": "Answers per problem; >1 samples (needs temperature > 0) "
                                                 "and reports avg@n and pass@k."})
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting."})
-    backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods)."})
+    backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods).",
+                                                 "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set."})
     protocol: str = field(default="paper", metadata={
