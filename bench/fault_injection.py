@@ -765,7 +765,7 @@ def user_error_cases(bench: Bench, quick: bool) -> None:
         ("recipe --config misspelt field", lambda: ["--config", yaml_file("g.yaml", "lrr: 1\n")], ["g.yaml", "lrr"]),
         ("recipe --config invalid YAML", lambda: ["--config", yaml_file("h.yaml", "lr: [1\n")],
          ["h.yaml", "invalid YAML"]),
-        ("recipe --lr abc", lambda: ["--lr", "abc"], ["--lr abc", "number"]),
+        ("recipe --lr abc", lambda: ["--lr", "abc"], ["--lr", "'abc'", "number"]),
         ("recipe YAML limit: many", lambda: ["--config", yaml_file("i.yaml", "limit: many\n")],
          ["i.yaml", "limit: 10"]),
     ]

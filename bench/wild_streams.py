@@ -167,6 +167,25 @@ def run_pool(jobs: list[dict], workers: int, deadline: float, log) -> dict:
     return status
 
 
+def rows_written(out: Path) -> int:
+    return sum(len(f.read_bytes().splitlines()) for f in (out / "rows").glob("*.jsonl")) if (out / "rows").is_dir() else 0
+
+
+def auto_limit(rate: float | None, seconds_left: float, n_jobs: int, cap: int,
+               margin: float = 60.0) -> int:
+    """Problems per study stream such that `n_jobs` adapting streams, `workers` at a time, finish
+    in `seconds_left` at `rate` adapting problems per second (over the whole pool); a multiple of 10,
+    between 20 and `cap`. Without a measured rate: 20.
+
+    >>> auto_limit(10.0, 660, 60, 300)
+    100
+    """
+    if not rate or n_jobs == 0:
+        return 20
+    per_job = rate * max(0.0, seconds_left - margin) / n_jobs
+    return int(max(20, min(cap, 10 * (per_job // 10))))
+
+
 def select(args) -> dict[str, float]:
     """The selection's table from the select stage's folders; {method: chosen lr}."""
     import select_lr
@@ -228,7 +247,9 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(STUDY_METHODS))
     ap.add_argument("--streams", default="long,shift,imbalanced,mixed")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--limit", type=int, default=None, help="problems per study stream (default: whole streams)")
+    ap.add_argument("--limit", default=None, help="problems per study stream (default: whole streams); `auto`: as "
+                    "many as the earlier stages' measured rate lets every study job finish before --deadline")
+    ap.add_argument("--max-limit", type=int, default=300, help="cap of --limit auto")
     ap.add_argument("--select-limit", type=int, default=50)
     ap.add_argument("--select-methods", default=",".join(LORA_METHODS))
     ap.add_argument("--grid", default=",".join(f"{x:g}" for x in GRID))
@@ -254,14 +275,25 @@ def main(argv=None):
         print(f"[wild {time.time() - t0:6.0f}s] {msg}", flush=True)
 
     lrs = json.loads(args.lrs) if args.lrs else None
+    rate = None  # adapting problems per second over the pool, measured on the stages run so far
+    auto = args.limit == "auto"
+    args.limit = None if auto or args.limit is None else int(args.limit)
     for stage in stages:
         if stage != "select" and lrs is None and "select" in stages:
             lrs = select(args)
+        if stage == "study" and auto:
+            n_jobs = sum(j["methods"][0] != "noadapt" for j in plan(args, lrs, stage))
+            args.limit = auto_limit(rate, deadline - time.time(), n_jobs, args.max_limit)
+            log(f"study: --limit auto -> {args.limit} problems per stream ({rate or 0:.2f} adapting problems/s)")
         jobs = plan(args, lrs, stage)
         log(f"{stage}: {len(jobs)} jobs, {args.workers} at a time")
+        t_stage = time.time()
         status = run_pool(jobs, args.workers, deadline, log)
         done = sum(v == 0 for v in status.values())
-        log(f"{stage}: {done}/{len(jobs)} finished")
+        adapting_rows = sum(rows_written(Path(j["out"])) for j in jobs if j["methods"][0] != "noadapt")
+        if adapting_rows:
+            rate = adapting_rows / max(1e-9, time.time() - t_stage)
+        log(f"{stage}: {done}/{len(jobs)} finished, {adapting_rows} adapting rows")
         if stage == "select" and lrs is None:
             lrs = select(args)
     (args.root / "lrs.json").write_text(json.dumps(lrs or {}, indent=2))

@@ -371,7 +371,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(
                 f"math data dir {str(path)!r} does not exist; pass --data-dir (or set {ENV_DATA_DIR}) "
-                "to the folder that holds <set>/test.jsonl"
+                "to the folder that holds <set>/test.jsonl, or --source hub"
             )
         return path
     for path in DEFAULT_DATA_DIRS:
@@ -380,7 +380,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     tried = ", ".join(str(p) for p in DEFAULT_DATA_DIRS)
     raise FileNotFoundError(
         f"no math data dir found (tried {tried}); pass --data-dir or set {ENV_DATA_DIR} to the folder "
-        "that holds <set>/test.jsonl, or use source='hub' to download"
+        "that holds <set>/test.jsonl, or pass --source hub to download the sets"
     )
 
 
@@ -544,11 +544,27 @@ def parse_subsets(items: list[str] | dict[str, str] | str | None) -> dict[str, S
     return out
 
 
-def subset_record(name: str, subset: str | Subset, data_dir: str | Path | None = None, seed: int = 0) -> dict:
+def subset_record(name: str, subset: str | Subset, data_dir: str | Path | None = None, seed: int = 0,
+                  source: str = "auto") -> dict:
     """Load set `name`, select `subset`, and return its run.json record (`Subset.record`)."""
-    full = load_problems(name, data_dir=data_dir, seed=seed)
+    full = load_problems(name, data_dir=data_dir, seed=seed, source=source)
     sub = Subset.parse(subset)
     return sub.record(name, sub.select(full, name), len(full))
+
+
+def source_record(name: str, source: str, data_dir: str | Path | None = None, seed: int = 0) -> dict:
+    """Where set `name` is read from, for run.json: the local file and its sha256, the hub ids tried
+    in order, or the generator's seed."""
+    spec = DATASETS[name]
+    if spec.generate is not None:
+        return {"source": "generated", "seed": seed}
+    if source == "hub":
+        return {"source": "hub", "hub": [f"{h.path}" + (f"[{h.config}]" if h.config else "") + f":{h.split}"
+                                         for h in spec.hub]}
+    path = _local_file(spec, data_dir, required=source == "local")
+    if path is None:
+        return source_record(name, "hub", data_dir, seed)
+    return {"source": "local", "path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _few(items: list[str], k: int = 10) -> str:
@@ -571,7 +587,7 @@ def _local_file(spec: DatasetSpec, data_dir: str | Path | None, required: bool) 
     if required or explicit:
         raise FileNotFoundError(
             f"{path} not found; point --data-dir (or {ENV_DATA_DIR}) at a folder with {spec.folder}/test.jsonl, "
-            "or use source='hub'"
+            "or pass --source hub"
         )
     return None
 
@@ -632,9 +648,10 @@ def main(argv: list[str] | None = None) -> int:
     ids.add_argument("set", choices=sorted(DATASETS))
     ids.add_argument("--subset", help="FILE or sample:N:seedS")
     ids.add_argument("--data-dir", dest="data_dir")
+    ids.add_argument("--source", choices=("local", "hub"), default="local", help="the local data dir, or the hub")
     args = ap.parse_args(argv)
     try:
-        problems = load_problems(args.set, data_dir=args.data_dir, subset=args.subset)
+        problems = load_problems(args.set, data_dir=args.data_dir, subset=args.subset, source=args.source)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,10 @@ fsynced as they finish (`eval.rows`); an adapting online stream also checkpoints
 (LoRA, predictor, optimizer) with the hash of the rows it follows, so a rerun with the same
 output folder continues exactly where it stopped. Rows past the checkpoint are computed
 again and checked against the stored ones; nothing is duplicated, and nothing is deleted:
-lines that are not valid rows go to quarantine/.
+lines that are not valid rows go to quarantine/. When an adapting online stream finishes, its
+final adapted state is exported to adapters/<method>__<dataset>/ (`ZeroSiamLM.save_pretrained`:
+peft's adapter files plus the predictor), which `ZeroSiamLM.from_pretrained` and
+`peft.PeftModel.from_pretrained` both load.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .datasets import (
     load_problems,
     parse_subsets,
     resolve_data_dir,
+    source_record,
     subset_record,
 )
 from .grading import check, default_grader
@@ -65,22 +69,29 @@ class RunConfig:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
     methods: list[str] = field(default_factory=lambda: ["noadapt", "tent", "zerosiam"], metadata={
-        "help": "Method specs: a registered name, optionally with AdaptConfig overrides as name:key=value:key=value "
-                "(e.g. zerosiam:alpha=0)."})
-    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names."})
+        "help": "Method specs, comma- or space-separated: a registered name, optionally with add-ons (+clip, +guard) "
+                "and its own overrides as name:key=value:key=value (e.g. zerosiam:alpha=0)."})
+    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names, comma- or "
+                                                                                        "space-separated."})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
                                                      "it has one)."})
     subset: list[str] = field(default_factory=list, metadata={
         "help": f"Named subsets of datasets, comma-separated: {SUBSET_SYNTAX}; e.g. college_math=sample:240:seed0. "
                 "A subset streams in its set's order; run.json records its size and the sha256 of its ids."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files (default: "
+                                                         "$ZS_LLM_DATA_DIR, else ../shared/data/math or ./data/math)."})
+    source: str = field(default="local", metadata={
+        "help": "Where the sets are read: local (the data dir) or hub (datasets.load_dataset, the ids in "
+                "eval/datasets.py; online). run.json records each set's file and sha256, or its hub ids.",
+        "choices": ("local", "hub")})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES)."})
     prompt_template: str | None = field(default=None, metadata={
         "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
     n_samples: int = field(default=1, metadata={"help": "Answers per problem; >1 samples (needs temperature > 0) "
                                                 "and reports avg@n and pass@k."})
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting."})
-    backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods)."})
+    backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods).",
+                                                 "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set."})
     protocol: str = field(default="paper", metadata={
@@ -97,6 +108,8 @@ class RunConfig:
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
+        if self.source not in ("local", "hub"):
+            raise ValueError(f"source must be 'local' or 'hub', got {self.source!r}")
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         if self.n_samples < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -118,6 +131,8 @@ class RunConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device")}
         if not d["subset"]:
             del d["subset"]  # run folders from before subsets existed keep their hash
+        if d["source"] == "local":
+            del d["source"]  # and from before the hub source
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -136,7 +151,7 @@ def method_label(spec: str, cfg: AdaptConfig) -> str:
 
 
 #: what a run writes into its folder: all that --overwrite removes (unrelated files stay)
-RUN_OUTPUTS = ("rows", "state", "quarantine", "plots", "run.json", "summary.json", "report.md", "metrics.json")
+RUN_OUTPUTS = ("rows", "state", "adapters", "quarantine", "plots", "run.json", "summary.json", "report.md", "metrics.json")
 RUN_OUTPUT_GLOBS = (".done.rank*", ".overwritten.*", ".*.tmp-*")
 #: checkpoints kept per stream besides the newest two: every this many problems (replay points
 #: when a row turns out damaged long after it was written)
@@ -280,7 +295,7 @@ class Runner:
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {cfg.prompt_style!r}; choose one of {sorted(PROMPT_STYLES)}")
-        if any(DATASETS[d].generate is None or DATASETS[d].reads for d in cfg.datasets):
+        if any((DATASETS[d].generate is None and cfg.source == "local") or DATASETS[d].reads for d in cfg.datasets):
             resolve_data_dir(cfg.data_dir)  # raises naming --data-dir
         if cfg.n_samples > 1 and all(c.temperature == 0 for c in self.adapt_configs.values()):
             raise ValueError("n_samples > 1 needs sampling: set temperature > 0 (e.g. --set temperature=0.6)")
@@ -375,7 +390,7 @@ class Runner:
             raise FileExistsError(f"{self.out} was run with another {prompt['style']} template ({recorded['origin']}, "
                                   f"sha256 {recorded['sha256'][:12]}; now {prompt['sha256'][:12]}); use a new --out")
         # before any model loads too: unknown ids or a sample larger than its set stop the run here
-        subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed)
+        subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed, self.cfg.source)
                    for name, sub in parse_subsets(self.cfg.subset).items()}
         old_subsets = json.loads(run_json.read_text()).get("subsets", {}) if run_json.exists() else {}
         for name, rec in subsets.items():
@@ -386,7 +401,9 @@ class Runner:
         if self.rank == 0 and (old is None or old.get("config_hash") != self.cfg.hash()):
             if old is not None:
                 _log(f"{run_json} records a run that wrote no rows (hash {old.get('config_hash')}): replaced")
+            data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.datasets}
             info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt, "subsets": subsets,
+                    "data": data,
                     "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
@@ -432,7 +449,7 @@ class Runner:
 
     def problems(self, dataset: str):
         c = self.cfg
-        problems = load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed,
+        problems = load_problems(dataset, data_dir=c.data_dir, limit=c.limit, seed=c.seed, source=c.source,
                                  subset=parse_subsets(c.subset).get(dataset))
         if not problems:
             raise ValueError(f"dataset {dataset!r} has no problems; check its file under --data-dir "
@@ -528,6 +545,7 @@ class Runner:
             problems = [p for i, p in enumerate(problems) if i % self.world == self.rank]
         path = stream_path(self.out, method, dataset, shard)
         folder = self.out / "state" / f"{safe_name(method)}__{dataset}{shard}"
+        export = self.out / "adapters" / folder.name
         online = ac.schedule == "online" and _adapts(ac)
         stored = self._read_stream(path, method, dataset, ac, problems)
         n = len(problems)
@@ -542,7 +560,7 @@ class Runner:
                         "rows_hash") == hashes[n]
                 except ValueError:
                     vouched = False
-                if not ckpts or vouched:
+                if not ckpts or (vouched and export.is_dir()):
                     return  # complete, and the last checkpoint (if any) vouches for every row
         elif all(i in stored for i in range(n)):
             return
@@ -556,8 +574,20 @@ class Runner:
                 start, todo = 0, [i for i in range(n) if i not in stored]
             self._stream(lm, method, dataset, problems, todo, stored, path, folder if online else None, order,
                          hashes[start] if online else None)
+            if online:
+                self._export(lm, export)
         finally:
             self.model = lm.unwrap()
+
+    def _export(self, lm, folder: Path) -> None:
+        """The final adapted state of a finished online stream, as a folder that
+        `ZeroSiamLM.from_pretrained` and `peft.PeftModel.from_pretrained` load; written whole or
+        not at all."""
+        from zs_llm.checkpoint import atomic_folder
+
+        remove_stale_temporaries(folder.parent)
+        with atomic_folder(folder) as tmp:
+            lm.save_pretrained(tmp)
 
     def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:
         """Compute the rows `todo` (indices). Online (`ckpt` set): `todo` runs to the end of the

@@ -1,101 +1,43 @@
-"""Shared plumbing of the recipes: YAML defaults, command-line overrides, multi-process runs.
+"""Shared plumbing of the recipes: options, multi-process runs.
 
-A recipe's fields are the harness's `RunConfig` fields plus every `AdaptConfig` field (flat:
-`lr: 1e-4` in YAML, `--lr 1e-4` on the command line) plus `out` and `overwrite`.
+A recipe's options are those of `python -m eval run` (`eval.options`): its YAML file gives the
+defaults, `--config FILE` more of them, and `--field value` flags override any (`--help` lists
+them all). A recipe's YAML is a valid `--config` for `python -m eval run`, and the other way round.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from eval.cli import coerce, error_line, read_yaml
+from eval.cli import error_line
+from eval.options import Launch, parse_options, run_config
 from eval.rows import merge_shards
 from eval.runner import RunConfig, Runner
-from zs_llm.config import AdaptConfig, all_settings, check_overrides, parse_value
-
-RUN_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name != "adapt"]
-ADAPT_FIELDS = [n for n in all_settings() if n not in RUN_FIELDS]
-EXTRA_FIELDS = {"out": str, "overwrite": bool}
 
 
-def valid_fields() -> list[str]:
-    return sorted(RUN_FIELDS + ADAPT_FIELDS + list(EXTRA_FIELDS))
-
-
-def _annotation(name: str):
-    if name in EXTRA_FIELDS:
-        return EXTRA_FIELDS[name].__name__
-    return RunConfig.__dataclass_fields__[name].type if name in RUN_FIELDS else all_settings()[name].type
-
-
-def _parse_value(name: str, text: str) -> Any:
-    try:
-        return parse_value(text, _annotation(name))
-    except ValueError as e:
-        raise ValueError(f"--{name} {text}: {e}") from None
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A recipe YAML file's fields, each checked: unknown names and values of the wrong type are
-    one-line errors naming the file, the field and the fix."""
-    data = read_yaml(path)
-    bad = sorted(set(data) - set(valid_fields()))
-    if bad:
-        raise ValueError(f"unknown field(s) {bad} in {path}; valid fields: {', '.join(valid_fields())}")
-    return {k: coerce(k, v, _annotation(k), str(path)) for k, v in data.items()}
-
-
-def resolve(yaml_path: str | Path, argv: list[str] | None = None) -> dict[str, Any]:
-    """YAML defaults overridden by `--config FILE` (more YAML) and `--field value` (or
-    `--field=value`) pairs. Unknown fields, in a file or on the command line, are errors that
-    list the valid ones."""
-    data = read_config(yaml_path)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ValueError("--config needs a YAML file")
-        data.update(read_config(argv[i + 1]))
-        del argv[i : i + 2]
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; use --field value")
-        name, _, value = arg[2:].partition("=")
-        name = name.replace("-", "_")
-        if name not in valid_fields():
-            raise ValueError(f"unknown field --{name}; valid fields: {', '.join(valid_fields())}")
-        if not value:
-            if name == "overwrite" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-                value = "true"
-            else:
-                i += 1
-                if i >= len(argv):
-                    raise ValueError(f"--{name} needs a value")
-                value = argv[i]
-        data[name] = _parse_value(name, value) if isinstance(value, str) else value
-        i += 1
-    return data
+def resolve(yaml_path: str | Path, argv: list[str] | None = None, prog: str | None = None,
+            description: str | None = None) -> dict[str, Any]:
+    """The recipe's YAML, then `--config FILE`s, then `--field value` (or `--field=value`) flags:
+    the options given, each checked. Unknown fields, in a file or on the command line, are errors
+    that list the valid ones."""
+    return parse_options(argv, base=yaml_path, prog=prog, description=description)
 
 
 def split(cfg: dict[str, Any]) -> tuple[RunConfig, str, bool]:
-    """(RunConfig with its AdaptConfig overrides, out folder, overwrite) from a resolved dict."""
-    run = {k: v for k, v in cfg.items() if k in RUN_FIELDS}
-    adapt = {k: v for k, v in cfg.items() if k in ADAPT_FIELDS}
-    methods = run.get("methods") or RunConfig().methods
-    methods = methods.split(",") if isinstance(methods, str) else methods
-    check_overrides(adapt, methods)  # validate now, before any model is loaded
-    for spec in methods:
-        AdaptConfig.from_spec(spec, adapt)
-    if "out" not in cfg:
+    """(RunConfig with its AdaptConfig overrides, out folder, overwrite) from resolved options."""
+    run_cfg, launch = run_config(cfg)
+    if not launch.out:
         raise ValueError("set out: (the run folder) in the YAML or with --out")
-    return RunConfig(**run, adapt=adapt), cfg["out"], bool(cfg.get("overwrite", False))
+    return run_cfg, launch.out, launch.overwrite
+
+
+def launch_options(cfg: dict[str, Any]) -> Launch:
+    """The `Launch` part of resolved options (progress bars, report)."""
+    return run_config(cfg)[1]
 
 
 def log(msg: str) -> None:
@@ -113,7 +55,7 @@ def process_rank() -> tuple[int, int]:
 
 
 def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progress: bool = True,
-                    poll_s: float = 2.0) -> Path:
+                    poll_s: float = 2.0, report: bool = True) -> Path:
     """Run this process's share of the work, then (rank 0) wait for every rank, merge, report.
 
     Online adapting streams are sequential, so each rank takes whole (method, dataset)
@@ -153,16 +95,19 @@ def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progr
             (path / f".done.rank{r}of{world}").unlink(missing_ok=True)
         for m in path.glob(".overwritten.*"):
             m.unlink()
-        from eval.report import write_report
+        if report:
+            from eval.report import write_report
 
-        log(f"report: {write_report(path)}")
+            log(f"report: {write_report(path)}")
     return path
 
 
 def cli(main, config: Path) -> None:
-    """The recipes' `__main__`: resolve YAML + command line, run, and turn bad input into exit 2."""
+    """The recipes' `__main__`: resolve YAML + command line, run, and turn bad input into exit 2.
+    `--help` prints the recipe's docstring and every option with the default in force."""
+    module = sys.modules.get(main.__module__)
     try:
-        main(resolve(config))
+        main(resolve(config, prog=Path(sys.argv[0]).name, description=getattr(module, "__doc__", None)))
     except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: files, folders, the run lock
         print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)

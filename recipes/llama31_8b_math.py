@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes._common import cli, log, run_distributed, split  # noqa: E402
+from recipes._common import cli, launch_options, log, run_distributed, split  # noqa: E402
 
 CONFIG = Path(__file__).parent / "configs" / "llama31_8b_math.yaml"
 
@@ -50,7 +50,8 @@ CONFIG = Path(__file__).parent / "configs" / "llama31_8b_math.yaml"
 def main(cfg: dict) -> Path:
     run_cfg, out, overwrite = split(cfg)
     log(f"model {run_cfg.model}; methods {run_cfg.methods}; datasets {run_cfg.datasets}; out {out}")
-    return run_distributed(run_cfg, out, overwrite)
+    launch = launch_options(cfg)
+    return run_distributed(run_cfg, out, overwrite, progress=launch.progress, report=launch.report)
 
 
 if __name__ == "__main__":

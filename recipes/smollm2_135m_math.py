@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes._common import cli, log, run_distributed, split  # noqa: E402
+from recipes._common import cli, launch_options, log, run_distributed, split  # noqa: E402
 
 CONFIG = Path(__file__).parent / "configs" / "smollm2_135m_math.yaml"
 
@@ -31,7 +31,10 @@ def main(cfg: dict) -> Path:
     import torch
 
     torch.set_num_threads(torch_threads)
-    path = run_distributed(run_cfg, out, overwrite)
+    launch = launch_options(cfg)
+    path = run_distributed(run_cfg, out, overwrite, progress=launch.progress, report=launch.report)
+    if not launch.report:
+        return path
     report = (path / "report.md").read_text()
     table = report.split("## Accuracy", 1)[1].split("## Collapse", 1)[0].strip()
     print("\n" + table + "\n")

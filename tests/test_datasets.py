@@ -222,7 +222,8 @@ def test_run_config_takes_and_checks_subsets():
     assert cfg.subset == ["arith=sample:7:seed0"]
     assert cfg.hash() != RunConfig(datasets=["arith"], subset="arith=sample:8").hash()
     plain = RunConfig(datasets=["arith"])
-    legacy = {k: v for k, v in plain.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device", "subset")}
+    legacy = {k: v for k, v in plain.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device", "subset",
+                                                                     "source")}
     assert plain.hash() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]  # old runs resume
     with pytest.raises(ValueError, match="not among datasets.*add them to datasets or drop"):
         RunConfig(datasets=["arith"], subset="math500=sample:5")
@@ -323,3 +324,76 @@ def test_a_limit_generates_the_short_version_of_a_wild_stream():
     blocks = [p.meta["block"] for p in load_problems("imbalanced", limit=50)]
     assert blocks == [b for b in range(10) for _ in range(5)]
     assert len(load_problems("long", limit=7)) == 7
+
+
+# ---------------------------------------------------------------------------- the hub source
+
+
+def fake_hub(monkeypatch, rows: dict[str, list[dict]]):
+    """`datasets.load_dataset` replaced: the ids in `rows` load, any other is unreachable."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        if path not in rows:
+            raise ConnectionError(f"{path} unreachable (test)")
+        return rows[path]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_source_loads_the_registered_ids_in_order(monkeypatch):
+    calls = fake_hub(monkeypatch, {"math-ai/math500": [{"problem": "1+1?", "answer": "2", "unique_id": "a"}],
+                                   "openai/gsm8k": [{"question": "2+2?", "answer": "so #### 4"}]})
+    math500 = load_problems("math500", source="hub")
+    assert calls == [("HuggingFaceH4/MATH-500", None, "test"), ("math-ai/math500", None, "test")]  # first one down
+    assert [(p.id, p.question, p.gold) for p in math500] == [("a", "1+1?", "2")]
+    assert [p.gold for p in load_problems("gsm8k", source="hub")] == ["4"]
+    assert calls[-1] == ("openai/gsm8k", "main", "test")
+    with pytest.raises(RuntimeError, match="aime24.*HuggingFaceH4/aime_2024.*math-ai/aime24.*--data-dir"):
+        load_problems("aime24", source="hub")
+
+
+def test_registered_hub_ids_are_the_ones_sources_md_lists():
+    sources = DATA_DIR / "SOURCES.md"
+    if not sources.is_file():
+        pytest.skip(f"{sources} not found")
+    text = sources.read_text()
+    for spec in DATASETS.values():
+        for hub in spec.hub:
+            assert f"`{hub.path}`" in text, (spec.name, hub.path)
+
+
+def test_a_harness_run_from_the_hub_records_its_source(tiny_dir, tmp_path, monkeypatch):
+    from eval.options import parse_options, run_config
+    from eval.runner import Runner
+
+    rows = [{"question": f"{i}+1?", "answer": f"#### {i + 1}"} for i in range(3)]
+    calls = fake_hub(monkeypatch, {"openai/gsm8k": rows})
+    monkeypatch.setenv("ZS_LLM_DATA_DIR", str(tmp_path / "nowhere"))  # no local data: the hub needs none
+    cfg, _ = run_config(parse_options(["--model", str(tiny_dir), "--methods", "noadapt", "--datasets", "gsm8k",
+                                       "--source", "hub", "--limit", "2", "--max_new_tokens", "3"]))
+    with pytest.raises(FileNotFoundError, match="--source hub"):
+        Runner(run_config(parse_options(["--model", str(tiny_dir), "--datasets", "gsm8k"]))[0], tmp_path / "l")
+    out = Runner(cfg, tmp_path / "hub", progress=False).run()
+    assert ("openai/gsm8k", "main", "test") in calls
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["source"] == "hub" and info["data"]["gsm8k"] == {"source": "hub",
+                                                                          "hub": ["openai/gsm8k[main]:test"]}
+    assert len((out / "rows" / "noadapt__gsm8k.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_local_run_records_the_file_and_its_sha256(data_dir, tiny_dir, tmp_path):
+    from eval.runner import RunConfig, Runner
+
+    cfg = RunConfig(model=str(tiny_dir), methods=["noadapt"], datasets=["amc23", "arith"], limit=1,
+                    data_dir=str(data_dir), adapt={"max_new_tokens": 2})
+    out = Runner(cfg, tmp_path / "local", progress=False).run()
+    data = json.loads((out / "run.json").read_text())["data"]
+    path = data_dir / "amc23" / "test.jsonl"
+    assert data["amc23"] == {"source": "local", "path": str(path.resolve()),
+                             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert data["arith"] == {"source": "generated", "seed": 0}

@@ -77,6 +77,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """`with atomic_folder(p) as tmp: write_files_into(tmp)`: the folder appears at `p` complete,
+    replacing an old one by renames, or not at all (a kill leaves a hidden `.p.tmp-PID`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    old = tmp.with_name(tmp.name + "-old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def fsync_tree(folder: str | os.PathLike) -> None:
     """fsync every file and folder under `folder` (before renaming it into place)."""
     for root, _dirs, files in os.walk(folder):

@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ logger = logging.getLogger("zs_llm")
 CONFIG_NAME = "zs_llm_config.json"
 PREDICTOR_NAME = "predictor.safetensors"
 EXTRA_NAME = "method_state.safetensors"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 
 
 def logit_postprocess(config) -> list[tuple[str, float]]:
@@ -387,12 +389,16 @@ class ZeroSiamLM:
         return outs
 
     # --- persistence --------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, push_to_hub: bool = False, repo_id: str | None = None,
+                        **hub_kwargs) -> None:
         """Save the adapted state: LoRA adapter, predictor, method state (safetensors) and the config.
+        The adapter files are peft's own (`adapter_config.json`, `adapter_model.safetensors`), so
+        `peft.PeftModel.from_pretrained(base, directory)` loads the LoRA part too.
 
         The files are written into a temporary folder beside `directory`, fsynced, and moved in
         one by one with the config last (it records each file's sha256): a folder whose config
-        is present holds the files it names, and `from_pretrained` checks them."""
+        is present holds the files it names, and `from_pretrained` checks them. `push_to_hub`
+        then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
         import shutil
 
         from safetensors.torch import save_file
@@ -428,19 +434,40 @@ class ZeroSiamLM:
             fsync_dir(d)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if push_to_hub:
+            _upload(d, repo_id or d.name, **hub_kwargs)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):
+        """Upload the adapted state (`save_pretrained`'s files: peft adapter, predictor, method state,
+        config) to the Hub model repository `repo_id`, creating it if needed. Returns the commit info.
+        `ZeroSiamLM.from_pretrained(repo_id)` loads it back."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / repo_id.split("/")[-1]
+            self.save_pretrained(folder)
+            return _upload(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                           revision=revision)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None = None, tokenizer=None,
-                        **load_kwargs) -> ZeroSiamLM:
-        """Rebuild a wrapper from `save_pretrained` output. Without `model`, the base model
-        recorded in the folder is loaded with `zs_llm.load_model` (`load_kwargs` go there).
-        Files whose sha256 differs from the recorded one, and tensors holding NaN, infinity or
-        an absurd magnitude, are refused with an error naming them."""
+                        revision: str | None = None, **load_kwargs) -> ZeroSiamLM:
+        """Rebuild a wrapper from `save_pretrained` output: a local folder, or a Hub repository id
+        (`owner/name`, not an existing path; downloaded with `huggingface_hub.snapshot_download`
+        at `revision`). Without `model`, the base model recorded in the folder is loaded with
+        `zs_llm.load_model` (`load_kwargs` go there). Files whose sha256 differs from the
+        recorded one, and tensors holding NaN, infinity or an absurd magnitude, are refused with
+        an error naming them."""
         from safetensors.torch import load_file
 
         from .checkpoint import check_tensors, sha256_file
 
         d = Path(directory)
+        if not d.exists() and HUB_ID.fullmatch(str(directory)):
+            from huggingface_hub import snapshot_download
+
+            d = Path(snapshot_download(str(directory), revision=revision))
         if not (d / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained "
                                     "(a save that was cut short leaves none)")
@@ -511,6 +538,16 @@ class ZeroSiamLM:
     def __repr__(self):
         return (f"ZeroSiamLM({type(self.hf).__name__}, method={self.zs_config.method!r}, "
                 f"trainable={sum(p.numel() for p in self.trainable_parameters())})")
+
+
+def _upload(folder: Path, repo_id: str, private: bool | None = None, token: str | None = None,
+            commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                             revision=revision)
 
 
 def render_prompt(tokenizer, prompt: str | list[dict]) -> str:

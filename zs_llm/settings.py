@@ -40,9 +40,19 @@ def help_text(cls) -> str:
     return "\n".join(lines)
 
 
+def type_name(annotation: Any) -> str:
+    """An annotation as written (`float | None`, `list[str]`, `int`), whether it is still a string
+    (`from __future__ import annotations`) or a type."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def parse_value(text: str, annotation: Any) -> Any:
     """A command-line string as the type a field's annotation names (`float | None`, `list[str]` ...)."""
-    kind = str(annotation)
+    kind = type_name(annotation)
     if text.lower() in ("none", "null"):
         if "None" in kind or kind == "Any":
             return None

@@ -1,0 +1,396 @@
+"""One set of flat options for `python -m eval run` and every recipe, parsed by transformers'
+`HfArgumentParser` from the dataclasses that carry the help text: the run itself (`Launch`),
+the harness (`RunConfig`), the settings every method shares (`AdaptConfig`) and each method's
+own settings (`METHODS[name].config_class`).
+
+A YAML file holds `field: value` lines; `--config FILE` (repeatable) reads one, and flags
+(`--field value`, or `--field-name value`) override it:
+
+    model: smollm2-135m-instruct        # RunConfig
+    methods: [noadapt, tent, zerosiam]
+    lr: 1.0e-4                          # AdaptConfig, given to every method
+    alpha: 0.5                          # ZeroSiam's own; methods without it skip it
+    out: runs/demo                      # Launch
+
+A name both `RunConfig` and `AdaptConfig` have (`seed`) is the harness's; the methods' own value
+is reached with `--set seed=N` or `adapt: {seed: N}` in YAML. `--set KEY=VALUE` sets any method
+setting by name, as the flat flag does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from zs_llm.config import AdaptConfig, check_overrides
+from zs_llm.methods import METHODS
+from zs_llm.settings import parse_value, type_name
+
+from .datasets import DATASETS
+from .prompting import PROMPT_STYLES
+from .runner import RunConfig
+
+
+@dataclass
+class Launch:
+    """Where a run writes and how it reports; not part of the run's configuration hash."""
+
+    out: str | None = field(default=None, metadata={"help": "Run folder; rerun with the same one to resume."})
+    overwrite: bool = field(default=False, metadata={"help": "Delete the results of another configuration in --out "
+                                                     "first."})
+    progress: bool = field(default=True, metadata={"help": "Progress bars (--no_progress: none)."})
+    report: bool = field(default=True, metadata={"help": "Write report.md and the plots at the end (--no_report: "
+                                                 "skip)."})
+
+
+#: RunConfig fields whose values are registry names: the registries list them (nothing written twice)
+REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "prompt_style": PROMPT_STYLES}
+EXAMPLES = {"float": "1.0e-4", "int": "10", "bool": "true", "list": "[a, b]", "dict": "{key: value}", "str": "text"}
+
+
+# --- the option table ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    name: str
+    annotation: Any  # the field's own annotation (a string under `from __future__ import annotations`)
+    hint: Any  # the resolved type, for HfArgumentParser
+    default: Any
+    help: str
+    choices: tuple | None
+    group: str
+    target: str  # "launch", "run", "adapt"
+
+
+def _fields(cls) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def options() -> dict[str, Option]:
+    """Every flat option, in --help order: the run, the harness, the shared adaptation settings,
+    then each method's own (a setting several methods have appears once, naming them)."""
+    out: dict[str, Option] = {}
+
+    def add(f, hint, group, target, help_extra=""):
+        choices = f.metadata.get("choices")
+        reg = REGISTRIES.get(f.name)
+        if reg is not None and typing.get_origin(hint) is not list:
+            choices = tuple(reg)
+        elif reg is not None:
+            help_extra += f" Registered: {', '.join(reg)}."
+        out[f.name] = Option(f.name, f.type, hint, _default(f), f.metadata.get("help", "") + help_extra,
+                             tuple(choices) if choices is not None else None, group, target)
+
+    for f, hint in _fields(Launch):
+        add(f, hint, "run", "launch")
+    for f, hint in _fields(RunConfig):
+        if f.name == "adapt":
+            continue
+        extra = " (The methods' seed: --set seed=N.)" if f.name == "seed" else ""
+        add(f, hint, "harness (eval.runner.RunConfig)", "run", extra)
+    for f, hint in _fields(AdaptConfig):
+        if f.name in ("method", "method_args") or f.name in out:
+            continue  # the method comes from each spec in --methods; seed: see the module docstring
+        add(f, hint, "adaptation, every method (zs_llm.AdaptConfig)", "adapt")
+    owners: dict[str, list[str]] = {}
+    first: dict[str, tuple[dataclasses.Field, Any, str]] = {}
+    for name, cls in METHODS.items():
+        for f, hint in _fields(cls.config_class):
+            if f.name in out:
+                continue
+            owners.setdefault(f.name, []).append(name)
+            first.setdefault(f.name, (f, hint, cls.config_class.__name__))
+    for name, (f, hint, owner_cls) in first.items():
+        methods = owners[name]
+        group = f"settings of {', '.join(methods)} ({owner_cls})"
+        add(f, hint, group, "adapt")
+    return out
+
+
+def _run_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(RunConfig)} - {"adapt"}
+
+
+# --- values ------------------------------------------------------------------------------------
+def _base(kind: str) -> str:
+    return next((k for k in ("list", "dict", "bool", "float", "int", "str") if kind.startswith(k) or f"| {k}" in kind
+                 or f"{k} |" in kind), "Any")
+
+
+def coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
+    """A config file's value as its field's type, or a one-line error naming file, field and fix.
+    PyYAML reads `1e-4` (no dot) as a string: numbers written as text are converted here."""
+    kind = type_name(annotation)
+    base = _base(kind)
+
+    def fail(got: str) -> ValueError:
+        return ValueError(f"{where}: {name} expects {kind}, got {got}; write e.g. `{name}: {EXAMPLES.get(base, '...')}`")
+
+    if value is None:
+        if "None" in kind or base == "Any":
+            return None
+        raise fail("nothing (null)")
+    if isinstance(value, str) and base in ("float", "int", "bool", "list"):
+        try:
+            return parse_value(value, kind)
+        except ValueError:
+            raise fail(repr(value)) from None
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "list": lambda v: isinstance(v, list),
+          "dict": lambda v: isinstance(v, dict),
+          "str": lambda v: isinstance(v, str)}.get(base, lambda v: True)
+    if not ok(value):
+        raise fail(f"{value!r} ({type(value).__name__})")
+    return float(value) if base == "float" else value
+
+
+def coerce_settings(adapt: dict, where: str) -> dict:
+    """AdaptConfig settings by name (a YAML `adapt:` mapping), each as its type; unknown names listed."""
+    from zs_llm.config import all_settings
+
+    settings = all_settings()
+    if not isinstance(adapt, dict):
+        raise ValueError(f"{where}: adapt must be a mapping of setting: value, got {type(adapt).__name__}")
+    unknown = sorted(set(adapt) - set(settings))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown} under adapt; valid: {sorted(settings)}")
+    return {k: coerce(k, v, settings[k].type, where) for k, v in adapt.items()}
+
+
+def _put_setting(given: dict, name: str, value: Any) -> None:
+    """A setting given by its AdaptConfig name: flat, unless the harness has a field of that name."""
+    if name in _run_names():
+        given.setdefault("adapt", {})[name] = value
+    else:
+        given[name] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping a YAML config file holds; a missing file, bad syntax or another shape is a
+    one-line error naming the file (and the line)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist" if not p.exists() else f"config file {p} is a folder")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{p} is not UTF-8 text; save the config file as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{p}: invalid YAML{where} ({problem}); fix the syntax (field: value, one per line)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} must hold field: value lines (a mapping), not a {type(data).__name__}")
+    return data
+
+
+def read_options(path: str | Path) -> dict[str, Any]:
+    """A YAML file's options, each checked against its type: unknown names and values of the wrong
+    type are one-line errors naming the file, the field and the fix. An `adapt:` mapping (settings
+    by their AdaptConfig names) is read too."""
+    data = read_yaml(path)
+    opts = options()
+    unknown = sorted(set(data) - set(opts) - {"adapt"})
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in {path}; valid fields: {', '.join(sorted(opts))}")
+    out: dict[str, Any] = {}
+    for k, v in coerce_settings(data.get("adapt") or {}, str(path)).items():
+        _put_setting(out, k, v)
+    for k, v in data.items():
+        if k != "adapt":
+            out[k] = coerce(k, v, opts[k].annotation, str(path))
+    return out
+
+
+def merge(given: dict, new: dict) -> dict:
+    """`new` over `given`; their `adapt` mappings merge key by key."""
+    adapt = {**given.get("adapt", {}), **new.get("adapt", {})}
+    given.update(new)
+    if adapt:
+        given["adapt"] = adapt
+    return given
+
+
+# --- the parser ----------------------------------------------------------------------------------
+class _Unset:
+    def __repr__(self):
+        return "<unset>"
+
+
+UNSET = _Unset()
+
+
+class OptionParser(HfArgumentParser):
+    """`HfArgumentParser` over the flat options (one argument group per dataclass), with `--config`
+    and `--set`, values parsed as the config files parse them, and errors raised as one-line
+    `ValueError`s instead of printing usage and exiting."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None, **kw):
+        self.opts = options()
+        groups: dict[str, list[Option]] = {}
+        for o in self.opts.values():
+            groups.setdefault(o.group, []).append(o)
+        shown = {**{k: o.default for k, o in self.opts.items()}, **(defaults or {})}
+        types = []
+        for i, (title, opts) in enumerate(groups.items()):
+            specs = []
+            for o in opts:
+                meta = {"help": o.help, **({"choices": o.choices} if o.choices else {})}
+                d = shown[o.name]
+                f = (field(default_factory=lambda d=d: list(d), metadata=meta) if isinstance(d, list)
+                     else field(default=d, metadata=meta))
+                specs.append((o.name, o.hint, f))
+            cls = dataclasses.make_dataclass(f"_Options{i}", specs)
+            cls._argument_group_name = title
+            types.append(cls)
+        kw.setdefault("allow_abbrev", False)  # `--limi 3` is a typo, not --limit
+        super().__init__(types, **kw)
+        self.add_argument("--config", action="append", metavar="FILE", help="YAML file of options (repeatable; later "
+                          "files and then flags override earlier ones).")
+        self.add_argument("--set", action="append", metavar="KEY=VALUE", help="A method setting by its AdaptConfig "
+                          "name (repeatable), e.g. --set lr=1e-4; the same as --KEY VALUE, except that --set seed=N is "
+                          "the methods' seed and --seed the harness's.")
+        for action in self._actions:
+            o = self.opts.get(action.dest)
+            if o is None:
+                continue
+            if action.type is not None:
+                action.type = _converter(o)
+            elif action.option_strings[0].startswith("--no_"):  # the complement HfArgumentParser adds
+                action.help, action.default = f"The same as --{o.name} false.", argparse.SUPPRESS
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+    def parse(self, argv: list[str]) -> dict[str, Any]:
+        """The options `argv` gives (only those: unset ones are absent), `--set` included."""
+        if any(a in ("-h", "--help") for a in argv):
+            self.parse_args(["--help"])  # prints the help with the defaults in force, and exits
+        for a in self._actions:
+            if a.dest in self.opts and a.default is not argparse.SUPPRESS:
+                a.default = UNSET
+        *objs, rest = self.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
+        if rest:
+            flag = next((a for a in rest if a.startswith("-")), None)
+            if flag is not None:
+                name = flag.lstrip("-").split("=", 1)[0]
+                raise ValueError(f"unknown field --{name}; valid fields: {', '.join(sorted(self.opts))}")
+            raise ValueError(f"unexpected argument {rest[0]!r}; use --field value")
+        given: dict[str, Any] = {}
+        extra = objs.pop() if objs and isinstance(objs[-1], argparse.Namespace) else argparse.Namespace()
+        for obj in objs:
+            for k, v in vars(obj).items():
+                if v is not UNSET:
+                    given[k] = _flatten(v) if isinstance(v, list) else v
+        for item in getattr(extra, "set", None) or []:
+            k, eq, text = item.partition("=")
+            if not eq:
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            from zs_llm.config import all_settings
+
+            settings = all_settings()
+            if k not in settings:
+                raise ValueError(f"--set {k}: not a setting of any method; valid: {sorted(settings)}")
+            try:
+                _put_setting(given, k, parse_value(text, settings[k].type))
+            except ValueError as e:
+                raise ValueError(f"--set {k}={text}: {e}") from None
+        return given
+
+
+def _flatten(items: list) -> list | None:
+    out = []
+    for x in items:
+        if x is None:
+            return None  # `--lora_target_modules none`
+        out.extend(x if isinstance(x, list) else [x])
+    return out
+
+
+def _converter(o: Option):
+    kind = type_name(o.annotation)
+
+    def convert(text: str):
+        try:
+            return parse_value(text, kind)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{e}; e.g. --{o.name} {EXAMPLES.get(_base(kind), '...')}") from None
+
+    convert.__name__ = kind
+    return convert
+
+
+def parse_options(argv: list[str] | None = None, base: str | Path | None = None, prog: str | None = None,
+                  description: str | None = None) -> dict[str, Any]:
+    """The options given: `base` (a YAML file, a recipe's), then each `--config FILE`, then the
+    flags. Only what these give is in the result (defaults stay with the dataclasses, so a run's
+    configuration records exactly what was set). `--help` lists every option with its help and
+    the default in force (after the YAML files) and exits."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", action="append", default=[])
+    pre.error = lambda message: (_ for _ in ()).throw(ValueError(f"--config needs a YAML file ({message})"))
+    known, rest = pre.parse_known_args(argv)
+    given = read_options(base) if base else {}
+    for path in known.config:
+        merge(given, read_options(path))
+    shown = {k: v for k, v in given.items() if k != "adapt"}
+    parser = OptionParser(shown, prog=prog, description=description, formatter_class=_HelpFormatter)
+    return merge(given, parser.parse(rest))
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def run_config(given: dict[str, Any]) -> tuple[RunConfig, Launch]:
+    """(RunConfig, Launch) from parsed options; every method spec is checked against the settings
+    given, before any model loads."""
+    opts = options()
+    unknown = sorted(set(given) - set(opts) - {"adapt"})
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(opts))}")
+    run = {k: v for k, v in given.items() if k in opts and opts[k].target == "run"}
+    adapt = {**given.get("adapt", {}), **{k: v for k, v in given.items() if k in opts and opts[k].target == "adapt"}}
+    launch = Launch(**{k: v for k, v in given.items() if k in opts and opts[k].target == "launch"})
+    cfg = RunConfig(**run, adapt=adapt)
+    check_overrides(adapt, cfg.methods)  # validate now, before any model is loaded
+    for spec in cfg.methods:
+        AdaptConfig.from_spec(spec, adapt)
+    return cfg, launch
+
+
+def to_options(cfg: RunConfig, launch: Launch | None = None) -> dict[str, Any]:
+    """The flat options that give `cfg` back (`run_config(to_options(cfg))[0] == cfg`)."""
+    out: dict[str, Any] = {}
+    if launch is not None:
+        out.update({k: v for k, v in dataclasses.asdict(launch).items() if v != _default(Launch.__dataclass_fields__[k])})
+    out.update({k: v for k, v in cfg.to_dict().items() if k != "adapt"})
+    for k, v in cfg.adapt.items():
+        _put_setting(out, k, v)
+    return out
+
+
+def dump_yaml(cfg: RunConfig, launch: Launch | None = None) -> str:
+    """`to_options` as a flat YAML file: a valid --config for `python -m eval run` and for every recipe."""
+    import yaml
+
+    return yaml.safe_dump(to_options(cfg, launch), sort_keys=False)
