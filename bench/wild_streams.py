@@ -17,8 +17,8 @@ Stages, in order (`--stages`):
 - `study`: `--methods` plus every adapting method with `+clip`, plus `tent+guard`, `zerosiam+guard`,
   on each of `--streams` x `--seeds`, each stream cut at `--limit` problems.
 
-Each (method, set, seed) is its own run folder under `ROOT/jobs/` (one process, one stream), so
-the pool needs no coordination: a killed job keeps its fsynced rows and a rerun resumes it.
+Each (method, seed) of the study, and each (method, set) of the other stages, is its own run
+folder under `ROOT/jobs/` (one process, streams one after another), so the pool needs no coordination: a killed job keeps its fsynced rows and a rerun resumes it.
 `--deadline` stops every job that is still running that many seconds after the start (their
 rows so far are kept and reported as shorter streams). `--assemble` copies each seed's rows into
 one run folder (`ROOT/<stage>/seed<S>`) and writes `eval report` for it and the combined report
@@ -95,12 +95,12 @@ def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
                          "out": str(job_dir(args.root, stage, 0, "arith", s))})
     elif stage == "study":
         specs = study_specs([m for m in args.methods.split(",") if m], lrs or {})
+        streams = [d for d in args.streams.split(",") if d]
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for d in args.streams.split(","):
-                for s in specs:
-                    jobs.append({**common, "methods": [s], "datasets": [d], "limit": args.limit, "seed": seed,
-                                 "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
-                                 "out": str(job_dir(args.root, stage, seed, d, s))})
+            for s in specs:  # one process per (method, seed): the model loads once for all its streams
+                jobs.append({**common, "methods": [s], "datasets": streams, "limit": args.limit, "seed": seed,
+                             "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
+                             "out": str(job_dir(args.root, stage, seed, "streams", s))})
     else:
         raise ValueError(f"unknown stage {stage!r}; choose from select, arith30, study")
     # the longest jobs first (noadapt is batched and fast), so the pool ends together
@@ -171,19 +171,19 @@ def rows_written(out: Path) -> int:
     return sum(len(f.read_bytes().splitlines()) for f in (out / "rows").glob("*.jsonl")) if (out / "rows").is_dir() else 0
 
 
-def auto_limit(rate: float | None, seconds_left: float, n_jobs: int, cap: int,
+def auto_limit(rate: float | None, seconds_left: float, n_streams: int, cap: int,
                margin: float = 60.0) -> int:
-    """Problems per study stream such that `n_jobs` adapting streams, `workers` at a time, finish
-    in `seconds_left` at `rate` adapting problems per second (over the whole pool); a multiple of 10,
-    between 20 and `cap`. Without a measured rate: 20.
+    """Problems per study stream such that `n_streams` adapting streams finish in `seconds_left`
+    at `rate` adapting problems per second (over the whole pool); a multiple of 10, between 20
+    and `cap`. Without a measured rate: 20.
 
     >>> auto_limit(10.0, 660, 60, 300)
     100
     """
-    if not rate or n_jobs == 0:
+    if not rate or n_streams == 0:
         return 20
-    per_job = rate * max(0.0, seconds_left - margin) / n_jobs
-    return int(max(20, min(cap, 10 * (per_job // 10))))
+    per_stream = rate * max(0.0, seconds_left - margin) / n_streams
+    return int(max(20, min(cap, 10 * (per_stream // 10))))
 
 
 def select(args) -> dict[str, float]:
@@ -282,8 +282,8 @@ def main(argv=None):
         if stage != "select" and lrs is None and "select" in stages:
             lrs = select(args)
         if stage == "study" and auto:
-            n_jobs = sum(j["methods"][0] != "noadapt" for j in plan(args, lrs, stage))
-            args.limit = auto_limit(rate, deadline - time.time(), n_jobs, args.max_limit)
+            n_streams = sum(len(j["datasets"]) for j in plan(args, lrs, stage) if j["methods"][0] != "noadapt")
+            args.limit = auto_limit(rate, deadline - time.time(), n_streams, args.max_limit)
             log(f"study: --limit auto -> {args.limit} problems per stream ({rate or 0:.2f} adapting problems/s)")
         jobs = plan(args, lrs, stage)
         log(f"{stage}: {len(jobs)} jobs, {args.workers} at a time")
@@ -291,7 +291,7 @@ def main(argv=None):
         status = run_pool(jobs, args.workers, deadline, log)
         done = sum(v == 0 for v in status.values())
         adapting_rows = sum(rows_written(Path(j["out"])) for j in jobs if j["methods"][0] != "noadapt")
-        if adapting_rows:
+        if adapting_rows and (rate is None or stage == "select"):  # select runs the study's prompt and length
             rate = adapting_rows / max(1e-9, time.time() - t_stage)
         log(f"{stage}: {done}/{len(jobs)} finished, {adapting_rows} adapting rows")
         if stage == "select" and lrs is None:
