@@ -6,8 +6,10 @@ in at least `--target` of its responses. Choosing on NoAdapt favours no adapting
 
 One greedy generation per style at the largest budget; each smaller budget is read as that
 generation's prefix (greedy decoding at a smaller budget produces exactly the prefix), so the
-table costs one generation per style. Problems: `arith_dev` (never the evaluation stream), and
-the chosen setting again on `arith` with `--confirm`. Prints a markdown table (stated share,
+table costs one generation per style. Measured on `--sets` (default `arith`: the
+issue's criterion is NoAdapt's share on `arith`, and measuring NoAdapt alone favours no adapting
+method) and chosen on `--choose-on`: the cheapest setting meeting `--target`, else the one with
+the highest share. Prints a markdown table (stated share,
 accuracy with its Wilson interval) and writes it to `--out` as JSON.
 """
 
@@ -74,13 +76,17 @@ def table(results: dict, target: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def choose(results: dict, target: float) -> tuple[str, int] | None:
-    """The cheapest (style, budget) on the dev set meeting the target; ties by accuracy, then style order."""
-    ok = [(int(b), -r["accuracy"], s) for k, r in results.items() for d, s, b in [k.split("|")]
-          if d == "arith_dev" and r["stated_share"] >= target]
-    if not ok:
+def choose(results: dict, target: float, on: str = "arith") -> tuple[str, int] | None:
+    """On set `on`: the cheapest (style, budget) whose stated-answer share meets the target (ties
+    by accuracy, then name); if none does, the highest share (ties to the cheaper budget)."""
+    rows = [(s, int(b), r) for k, r in results.items() for d, s, b in [k.split("|")] if d == on]
+    if not rows:
         return None
-    budget, _, style = min(ok)
+    ok = [(b, -r["accuracy"], s) for s, b, r in rows if r["stated_share"] >= target]
+    if ok:
+        budget, _, style = min(ok)
+        return style, budget
+    _, budget, style = min((-r["stated_share"], b, s) for s, b, r in rows)
     return style, budget
 
 
@@ -92,7 +98,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=60)
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--confirm", action="store_true", help="score the chosen setting on `arith` too")
+    ap.add_argument("--sets", default="arith", help="comma-separated sets to measure on")
+    ap.add_argument("--choose-on", default="arith", help="the set whose stated-answer share decides")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
@@ -104,18 +111,15 @@ def main(argv=None):
     lm = zs_llm.load(args.model, dtype=args.dtype, device=args.device, method="noadapt")
     budgets = sorted(int(b) for b in args.budgets.split(","))
     results: dict = {}
-    dev = load_problems("arith_dev", limit=args.limit)
     t0 = time.perf_counter()
-    for style in [s for s in args.styles.split(",") if s]:
-        ids = generate(lm, dev, style, budgets[-1], args.batch)
-        for b in budgets:
-            results[f"arith_dev|{style}|{b}"] = score(lm.tokenizer, dev, ids, b)
-        print(f"{style}: {time.perf_counter() - t0:.0f} s", flush=True)
-    chosen = choose(results, args.target)
-    if chosen and args.confirm:
-        style, b = chosen
-        evals = load_problems("arith", limit=args.limit)
-        results[f"arith|{style}|{b}"] = score(lm.tokenizer, evals, generate(lm, evals, style, b, args.batch), b)
+    for set_name in [x for x in args.sets.split(",") if x]:
+        problems = load_problems(set_name, limit=args.limit)
+        for style in [s for s in args.styles.split(",") if s]:
+            ids = generate(lm, problems, style, budgets[-1], args.batch)
+            for b in budgets:
+                results[f"{set_name}|{style}|{b}"] = score(lm.tokenizer, problems, ids, b)
+            print(f"{set_name} {style}: {time.perf_counter() - t0:.0f} s", flush=True)
+    chosen = choose(results, args.target, args.choose_on)
     md = table(results, args.target)
     print(md)
     print(f"chosen: {chosen}")

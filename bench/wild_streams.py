@@ -8,6 +8,8 @@ several seeds, as many independent harness streams run side by side by a pool of
     .venv/bin/python bench/wild_streams.py --root runs/wild --assemble
 
 Stages, in order (`--stages`):
+- `testbed`: NoAdapt alone on `arith` (bench/testbed.py) chooses the prompt style and length of
+  the later stages: the cheapest under which it states an answer in 90% of its responses.
 - `select`: `bench/select_lr.py`'s grid (each LoRA method x lr, and noadapt) on `arith_dev`; the
   rule (highest accuracy, a tie to the smaller lr) picks each method's lr, written to
   `ROOT/selection.json`. The study's LoRA methods run at the chosen lr (the spec says so:
@@ -186,6 +188,19 @@ def auto_limit(rate: float | None, seconds_left: float, n_streams: int, cap: int
     return int(max(20, min(cap, 10 * (per_stream // 10))))
 
 
+def testbed(args, log) -> tuple[str, int]:
+    """NoAdapt alone on `arith` (bench/testbed.py): the prompt style and length the later stages
+    use, the cheapest under which NoAdapt states an answer in at least 90% of its responses."""
+    import testbed as tb
+
+    _, chosen = tb.main(["--model", args.model, "--dtype", args.dtype, "--limit", str(args.testbed_limit),
+                         "--styles", args.testbed_styles, "--budgets", args.testbed_budgets, "--batch", "32",
+                         "--out", str(args.root / "testbed.json"), *(["--device", args.device] if args.device else [])])
+    args.prompt_style, args.max_new_tokens = chosen
+    log(f"testbed: prompt style {chosen[0]}, max_new_tokens {chosen[1]}")
+    return chosen
+
+
 def select(args) -> dict[str, float]:
     """The selection's table from the select stage's folders; {method: chosen lr}."""
     import select_lr
@@ -240,7 +255,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, default=Path("runs/wild"))
-    ap.add_argument("--stages", default="select,arith30,study")
+    ap.add_argument("--stages", default="testbed,select,arith30,study")
+    ap.add_argument("--testbed-styles", default="answer_line,llama31_paraphrase,boxed")
+    ap.add_argument("--testbed-budgets", default="32,48,64")
+    ap.add_argument("--testbed-limit", type=int, default=200)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default=None)
@@ -279,6 +297,9 @@ def main(argv=None):
     auto = args.limit == "auto"
     args.limit = None if auto or args.limit is None else int(args.limit)
     for stage in stages:
+        if stage == "testbed":
+            testbed(args, log)
+            continue
         if stage != "select" and lrs is None and "select" in stages:
             lrs = select(args)
         if stage == "study" and auto:
@@ -297,6 +318,9 @@ def main(argv=None):
         if stage == "select" and lrs is None:
             lrs = select(args)
     (args.root / "lrs.json").write_text(json.dumps(lrs or {}, indent=2))
+    (args.root / "choices.json").write_text(json.dumps({"prompt_style": args.prompt_style, "lrs": lrs,
+                                                        "max_new_tokens": args.max_new_tokens,
+                                                        "study_limit": args.limit}, indent=2))
     return lrs
 
 

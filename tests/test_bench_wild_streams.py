@@ -30,8 +30,14 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
     root = tmp_path / "wild"
     common = ["--root", str(root), "--model", str(tiny_dir), "--max-new-tokens", "4", "--prompt-style", "plain"]
     # the selection in a pool of processes; the study in this process (workers 0), at the chosen lr
-    lrs = m.main([*common, "--stages", "select", "--select-methods", "tent", "--grid", "1e-3,3e-3",
-                  "--select-limit", "2", "--workers", "2"])
+    lrs = m.main([*common, "--stages", "testbed,select", "--select-methods", "tent", "--grid", "1e-3,3e-3",
+                  "--select-limit", "2", "--workers", "2", "--testbed-styles", "plain,boxed", "--testbed-budgets",
+                  "3,5", "--testbed-limit", "4"])
+    choices = json.loads((root / "choices.json").read_text())
+    tb = json.loads((root / "testbed.json").read_text())
+    assert len(tb["results"]) == 4 and (choices["prompt_style"], choices["max_new_tokens"]) == tuple(tb["chosen"])
+    assert json.loads((root / "jobs" / "select" / "seed0" / "noadapt__arith_dev" / "run.json").read_text())[
+        "config"]["prompt_style"] == choices["prompt_style"]  # the later stages use the testbed's choice
     table = json.loads((root / "selection.json").read_text())
     assert set(table["tent"]["scores"]) == {"0.001", "0.003"} and lrs == {"tent": table["tent"]["chosen"]}
     assert m.main([*common, "--stages", "study", "--methods", "noadapt,tent", "--streams", "mixed,imbalanced",
@@ -60,3 +66,17 @@ def m_args(m, root, tiny_dir):
 
     return argparse.Namespace(root=root, model=str(tiny_dir), dtype="float32", device=None, methods="noadapt,tent",
                               seeds="0", streams="mixed", limit=2, prompt_style="plain", max_new_tokens=4)
+
+
+def test_testbed_takes_the_cheapest_setting_meeting_the_target_else_the_highest_share():
+    sys.path.insert(0, str(BENCH))
+    import testbed
+
+    def r(share, acc):
+        return {"stated_share": share, "accuracy": acc}
+
+    res = {"arith|a|32": r(0.8, 0.3), "arith|a|64": r(0.95, 0.3), "arith|b|48": r(0.91, 0.2),
+           "arith|b|32": r(0.7, 0.5), "arith_dev|b|32": r(0.99, 0.9)}
+    assert testbed.choose(res, 0.9) == ("b", 48)  # cheapest budget meeting 90% on arith (dev ignored)
+    assert testbed.choose(res, 0.99) == ("a", 64)  # none meets it: the highest share
+    assert testbed.choose(res, 0.9, on="arith_dev") == ("b", 32)
