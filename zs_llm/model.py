@@ -233,7 +233,9 @@ class ZeroSiamLM:
         """Drop a stream and free its adapter, predictor and optimizer state."""
         s = self._hub["streams"].pop(name)
         if s.adapter_name is not None:
-            s.peft.delete_adapter(s.adapter_name)
+            with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+                s.peft.delete_adapter(s.adapter_name)
             for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
                 if "lora_" in n:
                     p.requires_grad_(True)
