@@ -90,6 +90,10 @@ class RunConfig:
     n_samples: int = field(default=1, metadata={"help": "Answers per problem; >1 samples (needs temperature > 0) "
                                                 "and reports avg@n and pass@k."})
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting."})
+    stream_batch: int | None = field(default=None, metadata={
+        "help": "Streams of adapting methods (methods x datasets) run together, one problem each per batched "
+                "round (zs_llm.pool): a stream's rows are those it gives alone, up to the rounding of batched "
+                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU."})
     backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods).",
                                                  "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems."})
@@ -114,6 +118,8 @@ class RunConfig:
             raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         if self.n_samples < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("n_samples, batch_size and checkpoint_every must be >= 1")
+        if self.stream_batch is not None and self.stream_batch < 1:
+            raise ValueError(f"stream_batch must be >= 1 (1: streams one after another), got {self.stream_batch}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         subsets = parse_subsets(self.subset)  # syntax and set names; ids are checked when the run starts
@@ -127,8 +133,9 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        # fields that change results; batch size and checkpoint cadence do not
-        d = {k: v for k, v in self.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device")}
+        # fields that change results; batch sizes and checkpoint cadence do not
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in ("batch_size", "stream_batch", "checkpoint_every", "device")}
         if not d["subset"]:
             del d["subset"]  # run folders from before subsets existed keep their hash
         if d["source"] == "local":
@@ -436,10 +443,15 @@ class Runner:
             self._write_run_json(prompt)
             for folder in (self.out, self.out / "rows"):
                 remove_stale_temporaries(folder)
+            pool = []
             for i, (method, dataset) in enumerate(self.units()):
                 mine, shard = self.assignment(method, dataset, i)
-                if mine:
+                if mine and self.stream_batch() > 1 and self._poolable(method):
+                    pool.append((method, dataset, shard))
+                elif mine:
                     self.run_unit(method, dataset, shard)
+            if pool:
+                self.run_pool(pool)
             if self.rank == 0:
                 summary = {"wall_s": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
@@ -534,9 +546,9 @@ class Runner:
                      "earlier state")
         return 0
 
-    def run_unit(self, method: str, dataset: str, shard: str = "") -> None:
+    def _prepare_unit(self, method: str, dataset: str, shard: str = "") -> dict | None:
+        """A stream's problems, stored rows and checkpoint folder; None when it is complete."""
         from zs_llm.checkpoint import read_checkpoint_meta
-        from zs_llm.model import ZeroSiamLM
 
         ac = self.adapt_configs[method]
         problems = self.problems(dataset)
@@ -549,6 +561,7 @@ class Runner:
         online = ac.schedule == "online" and _adapts(ac)
         stored = self._read_stream(path, method, dataset, ac, problems)
         n = len(problems)
+        hashes = None
         if online:
             remove_stale_temporaries(folder)
             prefix = next((i for i in range(n) if i not in stored), n)
@@ -561,21 +574,36 @@ class Runner:
                 except ValueError:
                     vouched = False
                 if not ckpts or (vouched and export.is_dir()):
-                    return  # complete, and the last checkpoint (if any) vouches for every row
+                    return None  # complete, the last checkpoint (if any) vouches for every row, adapter exported
         elif all(i in stored for i in range(n)):
+            return None
+        return {"method": method, "dataset": dataset, "problems": problems, "order": order, "path": path,
+                "folder": folder if online else None, "stored": stored, "hashes": hashes,
+                "export": export if online else None}
+
+    def _start_unit(self, unit: dict, lm) -> tuple[list[int], str | None]:
+        """Restore a prepared stream's state into `lm`: the indices to compute and the rows hash
+        they follow."""
+        n = len(unit["problems"])
+        if unit["folder"] is not None:
+            start = self._restore(lm, unit["folder"], unit["hashes"])
+            return list(range(start, n)), unit["hashes"][start]
+        return [i for i in range(n) if i not in unit["stored"]], None
+
+    def run_unit(self, method: str, dataset: str, shard: str = "") -> None:
+        from zs_llm.model import ZeroSiamLM
+
+        unit = self._prepare_unit(method, dataset, shard)
+        if unit is None:
             return
         model, tok = self.load_model()
-        lm = ZeroSiamLM(model, tok, ac)
+        lm = ZeroSiamLM(model, tok, self.adapt_configs[method])
         try:
-            if online:
-                start = self._restore(lm, folder, hashes)
-                todo = list(range(start, n))
-            else:
-                start, todo = 0, [i for i in range(n) if i not in stored]
-            self._stream(lm, method, dataset, problems, todo, stored, path, folder if online else None, order,
-                         hashes[start] if online else None)
-            if online:
-                self._export(lm, export)
+            todo, rows_hash = self._start_unit(unit, lm)
+            self._stream(lm, method, dataset, unit["problems"], todo, unit["stored"], unit["path"], unit["folder"],
+                         unit["order"], rows_hash)
+            if unit["export"] is not None:
+                self._export(lm, unit["export"])
         finally:
             self.model = lm.unwrap()
 
@@ -589,91 +617,107 @@ class Runner:
         with atomic_folder(folder) as tmp:
             lm.save_pretrained(tmp)
 
+    # --- pooled streams -------------------------------------------------------------------
+    def stream_batch(self) -> int:
+        """Streams pooled per round: the run's `stream_batch`, or 8 on a GPU and 4 on a CPU."""
+        if self.cfg.stream_batch is not None:
+            return self.cfg.stream_batch
+        import torch
+
+        device = self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return 8 if device.startswith("cuda") else 4
+
+    def _poolable(self, method: str) -> bool:
+        """Streams that run one problem at a time (adapting, SLOT, episodic) pool; methods that
+        only generate keep their own batches."""
+        from zs_llm.methods import METHODS
+
+        return self.cfg.backend == "hf" and not METHODS[self.adapt_configs[method].method].batchable
+
+    def run_pool(self, units: list[tuple[str, str, str]]) -> None:
+        """Run streams `units` ((method, dataset, shard)) as a pool of up to `stream_batch()`
+        streams on one model (`zs_llm.pool`): each round answers the next problem of every live
+        stream in one batch; a finished stream leaves and the next waiting one enters. Each
+        stream keeps its own rows file, checkpoints and resume, as `run_unit` does."""
+        from collections import deque
+
+        from zs_llm.model import ZeroSiamLM
+        from zs_llm.pool import adapt_pool
+
+        model, tok = self.load_model()
+        host = ZeroSiamLM(model, tok, AdaptConfig(method="noadapt"), check=False)
+        host.check_identity()
+        waiting, live = deque(units), []
+        try:
+            while waiting or live:
+                while waiting and len(live) < self.stream_batch():
+                    method, dataset, shard = waiting.popleft()
+                    unit = self._prepare_unit(method, dataset, shard)
+                    if unit is None:
+                        continue
+                    lm = host.stream(f"{method}|{dataset}{shard}", self.adapt_configs[method])
+                    todo, rows_hash = self._start_unit(unit, lm)
+                    w = _StreamWriter(self, lm, method, dataset, unit["problems"], todo, unit["stored"],
+                                      unit["path"], unit["folder"], unit["order"], rows_hash)
+                    w.export = unit["export"]
+                    if w.done:
+                        w.close()
+                        self._finish_pooled(host, w)
+                    else:
+                        live.append(w)
+                if not live:
+                    break
+                items, asked = [], []
+                for w in live:
+                    i = w.todo[0]
+                    if w.ckpt is None:
+                        w.lm.problems_seen = i  # sampling seeds follow the problem, not the resume point
+                    p = w.problems[i]
+                    messages = build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
+                    items.append((w.lm, messages, p.id))
+                    asked.append((i, p, messages))
+                results = adapt_pool(items)
+                for w, (i, p, messages), res in zip(live, asked, results):
+                    solved = self._solved(w.lm, res, messages)
+                    w.emit([self._row(w.lm, w.method, w.dataset, p, messages, solved, i, w.order)])
+                for w in [w for w in live if w.done]:
+                    w.close()
+                    self._finish_pooled(host, w)
+                live = [w for w in live if not w.done]
+        finally:
+            for w in live:
+                w.close()
+            self.model = host.unwrap()
+
+    def _finish_pooled(self, host, w) -> None:
+        """A pooled stream is done: export its adapted state (online streams), then free its slot."""
+        if w.export is not None:
+            self._export(w.lm, w.export)
+        host.remove_stream(w.lm.stream_name)
+
     def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:
         """Compute the rows `todo` (indices). Online (`ckpt` set): `todo` runs to the end of the
-        stream from the restored state; a recomputed row that is also stored must equal it (the
-        stored line is kept), otherwise it and the stored rows after it go to quarantine/. Other
-        streams compute whole batches of the current batch grid and write their missing rows."""
-        from tqdm.auto import tqdm
-
-        from zs_llm.checkpoint import save_checkpoint
-
+        stream from the restored state (see `_StreamWriter`). Other streams compute whole
+        batches of the current batch grid and write their missing rows."""
         n = len(problems)
-        lines = {i: line for i, (_row, line) in stored.items()}
-        verify = {i: stored[i] for i in todo if i in stored}
-        final = {i: row for i, (row, _line) in stored.items() if i not in verify}
-        n_correct = sum(1 for r in final.values() if r.get("correct"))
-        n_graded = sum(1 for r in final.values() if r.get("correct") is not None)
-        bar = tqdm(total=n, initial=n - len(todo), desc=f"{method} | {dataset}", unit="prob",
-                   disable=not self.progress, dynamic_ncols=True)
-        t_start, done_here = time.perf_counter(), 0
+        w = _StreamWriter(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash)
         batch = self.cfg.batch_size if (lm.method.batchable and self.cfg.n_samples == 1) else 1
         if ckpt is None:  # whole batches of the grid, so that a batch's padding (and numerics) never change
-            wanted = set(todo)
             starts = sorted({i - i % batch for i in todo})
             chunks = [list(range(s, min(s + batch, n))) for s in starts]
         else:
-            wanted = set(todo)
             chunks = [[i] for i in todo]
         # Without a checkpoint to keep in step with the rows, a batch is graded (in the grading
         # worker) while the next one generates; its rows are written when that finishes.
         pipelined = ckpt is None
         pool = ThreadPoolExecutor(max_workers=1) if pipelined else None
         pending = None  # the future of the previous batch's rows, while they are graded
-        state = {"hash": rows_hash, "sorted": True, "appender": RowsAppender(path)}
-
-        def diverged(i: int, row: dict) -> None:
-            bad = sorted(k for k in verify if k >= i)
-            q = quarantine(self.out, path, [(None, verify.pop(k)[1], "recomputed from the checkpoint before it, "
-                                             "the row came out different" if k == i else
-                                             "follows a row that came out different when recomputed") for k in bad])
-            _log(f"WARNING {path}: row {i} recomputed from the checkpoint differs from the stored one (a "
-                 f"nondeterministic run, or an edited file); the stored rows {bad[0]}..{bad[-1]} are kept in {q} "
-                 "and computed again")
-            for k in bad:
-                lines.pop(k, None)
-            state["appender"].close()
-            write_lines(path, [lines[k] for k in sorted(lines)])
-            state["appender"] = RowsAppender(path)
-
-        def emit(new_rows):
-            nonlocal n_graded, n_correct, done_here
-            for row in new_rows:
-                i = row["index"]
-                if i not in wanted:
-                    continue
-                line = row_line(row)
-                if i in verify:
-                    if result_signature(verify[i][0]) == result_signature(row):
-                        row, line = verify.pop(i)  # the stored row stays as it was written
-                    else:
-                        diverged(i, row)
-                if i not in lines or lines[i] != line:
-                    if lines and i < max(lines):
-                        state["sorted"] = False
-                    state["appender"].append(line)
-                    lines[i] = line
-                if ckpt is not None:
-                    state["hash"] = chain_hash(state["hash"], line)
-                    done = i + 1
-                    if done % self.cfg.checkpoint_every == 0 or done == n:
-                        save_checkpoint(lm, ckpt / f"{done:08d}", {
-                            "rows_done": done, "rows_hash": state["hash"],
-                            "guard": lm.guard.state_dict() if lm.guard else None})
-                        prune_checkpoints(ckpt)
-                if row["correct"] is not None:
-                    n_graded += 1
-                    n_correct += int(row["correct"])
-                done_here += 1
-                rate = done_here / max(1e-9, time.perf_counter() - t_start) * 60
-                bar.update(1)
-                bar.set_postfix(acc=f"{n_correct / max(1, n_graded):.1%}", ppm=f"{rate:.1f}")
 
         def collect():  # write the rows of the batch being graded, if any
             nonlocal pending
             done, pending = pending, None
             if done is not None:
-                emit(done.result())
+                w.emit(done.result())
 
         try:
             for idx in chunks:
@@ -685,7 +729,7 @@ class Runner:
                 results = self._solve(lm, chunk, messages)
                 args = (lm, method, dataset, chunk, messages, results, idx[0], order)
                 if not pipelined:
-                    emit(self._rows(*args))
+                    w.emit(self._rows(*args))
                     continue
                 collect()
                 pending = pool.submit(self._rows, *args)
@@ -698,10 +742,7 @@ class Runner:
                     pass
             if pool is not None:
                 pool.shutdown(wait=True)
-            state["appender"].close()
-        if not state["sorted"]:
-            write_lines(path, [lines[k] for k in sorted(lines)])
-        bar.close()
+            w.close()
 
     def _rows(self, lm, method, dataset, problems, messages, results, first, order) -> list[dict]:
         return [self._row(lm, method, dataset, p, m, r, first + i, order)
@@ -723,14 +764,17 @@ class Runner:
             dt = (time.perf_counter() - t) / len(problems)
             return [{"draft": None, "responses": [x], "steps": [], "timings": {"total_s": dt}, "events": [],
                      "method_stats": {}} for x in texts]
-        res = lm.adapt_generate(messages[0], problem_id=problems[0].id)
+        return [self._solved(lm, lm.adapt_generate(messages[0], problem_id=problems[0].id), messages[0])]
+
+    def _solved(self, lm, res, messages) -> dict:
+        """An `AdaptResult` as `_row` reads it, with the extra samples of n_samples > 1."""
         responses = [res.answer]
         for _ in range(self.cfg.n_samples - 1):
-            responses.append(lm.decode(lm.generate_ids(lm.encode(messages[0]))[0]))
+            responses.append(lm.decode(lm.generate_ids(lm.encode(messages))[0]))
         d = res.to_dict()
-        return [{"draft": d["draft"], "responses": responses, "steps": d["steps"], "timings": d["timings"],
-                 "events": d["events"], "method_stats": d["method_stats"],
-                 "tokens": {"prompt": d["prompt_tokens"], "draft": d["draft_tokens"], "answer": d["answer_tokens"]}}]
+        return {"draft": d["draft"], "responses": responses, "steps": d["steps"], "timings": d["timings"],
+                "events": d["events"], "method_stats": d["method_stats"],
+                "tokens": {"prompt": d["prompt_tokens"], "draft": d["draft_tokens"], "answer": d["answer_tokens"]}}
 
     def _row(self, lm, method, dataset, p, messages, res, index, order) -> dict:
         responses = res["responses"]
@@ -747,6 +791,94 @@ class Runner:
         if len(responses) > 1:
             row["responses"], row["corrects"] = responses, corrects
         return row
+
+
+class _StreamWriter:
+    """Writes one stream's rows as they come, in any order, and keeps its checkpoints in step.
+
+    Online (`ckpt` set): `todo` runs to the end of the stream from the restored state; a row
+    recomputed from a checkpoint that is also stored must equal it (the stored line is kept),
+    otherwise it and the stored rows after it go to quarantine/ and are written again."""
+
+    def __init__(self, runner, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash):
+        from tqdm.auto import tqdm
+
+        self.runner, self.lm, self.method, self.dataset = runner, lm, method, dataset
+        self.problems, self.todo, self.path, self.ckpt, self.order = problems, list(todo), path, ckpt, order
+        self.lines = {i: line for i, (_row, line) in stored.items()}
+        self.verify = {i: stored[i] for i in todo if i in stored}
+        final = {i: row for i, (row, _line) in stored.items() if i not in self.verify}
+        self.n_correct = sum(1 for r in final.values() if r.get("correct"))
+        self.n_graded = sum(1 for r in final.values() if r.get("correct") is not None)
+        n = len(problems)
+        self.bar = tqdm(total=n, initial=n - len(todo), desc=f"{method} | {dataset}", unit="prob",
+                        disable=not runner.progress, dynamic_ncols=True)
+        self.t_start, self.done_here = time.perf_counter(), 0
+        self.hash, self.sorted, self.appender = rows_hash, True, RowsAppender(path)
+        self.wanted = set(todo)
+
+    @property
+    def done(self) -> bool:
+        return not self.todo
+
+    def diverged(self, i: int) -> None:
+        out, path = self.runner.out, self.path
+        bad = sorted(k for k in self.verify if k >= i)
+        q = quarantine(out, path, [(None, self.verify.pop(k)[1], "recomputed from the checkpoint before it, "
+                                    "the row came out different" if k == i else
+                                    "follows a row that came out different when recomputed") for k in bad])
+        _log(f"WARNING {path}: row {i} recomputed from the checkpoint differs from the stored one (a "
+             f"nondeterministic run, an edited file, or a pool of other streams rounding differently); the stored "
+             f"rows {bad[0]}..{bad[-1]} are kept in {q} and computed again")
+        for k in bad:
+            self.lines.pop(k, None)
+        self.appender.close()
+        write_lines(path, [self.lines[k] for k in sorted(self.lines)])
+        self.appender = RowsAppender(path)
+
+    def emit(self, new_rows) -> None:
+        from zs_llm.checkpoint import save_checkpoint
+
+        n = len(self.problems)
+        for row in new_rows:
+            i = row["index"]
+            if i not in self.wanted:
+                continue
+            if i in self.todo:
+                self.todo.remove(i)
+            line = row_line(row)
+            if i in self.verify:
+                if result_signature(self.verify[i][0]) == result_signature(row):
+                    row, line = self.verify.pop(i)  # the stored row stays as it was written
+                else:
+                    self.diverged(i)
+            if i not in self.lines or self.lines[i] != line:
+                if self.lines and i < max(self.lines):
+                    self.sorted = False
+                self.appender.append(line)
+                self.lines[i] = line
+            if self.ckpt is not None:
+                self.hash = chain_hash(self.hash, line)
+                done = i + 1
+                if done % self.runner.cfg.checkpoint_every == 0 or done == n:
+                    lm = self.lm
+                    save_checkpoint(lm, self.ckpt / f"{done:08d}", {
+                        "rows_done": done, "rows_hash": self.hash,
+                        "guard": lm.guard.state_dict() if lm.guard else None})
+                    prune_checkpoints(self.ckpt)
+            if row["correct"] is not None:
+                self.n_graded += 1
+                self.n_correct += int(row["correct"])
+            self.done_here += 1
+            rate = self.done_here / max(1e-9, time.perf_counter() - self.t_start) * 60
+            self.bar.update(1)
+            self.bar.set_postfix(acc=f"{self.n_correct / max(1, self.n_graded):.1%}", ppm=f"{rate:.1f}")
+
+    def close(self) -> None:
+        self.appender.close()
+        if not self.sorted:
+            write_lines(self.path, [self.lines[k] for k in sorted(self.lines)])
+        self.bar.close()
 
 
 def lm_render(lm, messages) -> str:

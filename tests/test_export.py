@@ -34,7 +34,7 @@ def finished_stream(tiny_dir, tmp_path, monkeypatch):
                          logits=lm.hf(IDS).logits.clone(), state={k: v.clone() for k, v in lm._state_tensors().items()})
 
     monkeypatch.setattr(Runner, "_stream", spy)
-    cfg = RunConfig(model=str(tiny_dir), methods=["zerosiam"], datasets=["arith"], limit=3,
+    cfg = RunConfig(model=str(tiny_dir), methods=["zerosiam"], datasets=["arith"], limit=3, stream_batch=1,
                     adapt={"max_new_tokens": 5, "lr": 0.05, "predictor_lr": 0.05})
     out = Runner(cfg, tmp_path / "run", progress=False).run()
     return out, final
@@ -128,3 +128,30 @@ def test_push_to_hub_and_from_pretrained_with_a_hub_id(make_lm, tok, tmp_path, m
     assert (tmp_path / "hub" / "me" / "zs-adapter-2" / "predictor.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="holds no zs_llm_config.json"):
         ZeroSiamLM.from_pretrained(tmp_path / "no" / "folder", model=tiny_model("llama"), tokenizer=tok)
+
+
+def test_pooled_streams_export_what_they_export_alone(tmp_path, tiny_dir):
+    """Each stream of a pool exports its own adapter (not its neighbours'), equal to the one the
+    same stream exports when run alone, and peft loads it."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    outs = {}
+    for batch in (1, 2):
+        cfg = RunConfig(model=str(tiny_dir), methods=["zerosiam", "tent"], datasets=["arith"], limit=3,
+                        stream_batch=batch, adapt={"max_new_tokens": 5, "lr": 0.05, "predictor_lr": 0.05})
+        outs[batch] = Runner(cfg, tmp_path / f"b{batch}", progress=False).run() / "adapters"
+    tensors = {}
+    for batch, adapters in outs.items():
+        for name in ("zerosiam__arith", "tent__arith"):
+            assert not (adapters / name / "stream1").exists()  # no neighbour's subfolder
+            tensors[batch, name] = load_file(adapters / name / "adapter_model.safetensors")
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), adapters / name)
+    for name in ("zerosiam__arith", "tent__arith"):
+        alone, pooled = tensors[1, name], tensors[2, name]
+        assert alone.keys() == pooled.keys()
+        for k in alone:
+            assert torch.allclose(alone[k], pooled[k], atol=1e-4), (name, k)
+    assert any(not torch.allclose(tensors[2, "zerosiam__arith"][k], tensors[2, "tent__arith"][k])
+               for k in tensors[2, "tent__arith"])

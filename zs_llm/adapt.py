@@ -99,11 +99,23 @@ def _keep_draft_logits(lm) -> bool:
 
 def adapt_step(lm, batch: LossBatch, problem_id: str | None = None) -> dict:
     """One optimizer step of `lm.method` on `batch`. Returns the step's stats."""
+    t0, before = begin_step(lm)
+    stats = lm.method.backward(lm, batch)
+    return end_step(lm, stats, before, t0, problem_id)
+
+
+def begin_step(lm) -> tuple[float, dict]:
+    """Before a step's backward: the time and the state to restore if the step goes non-finite."""
     t0 = time.perf_counter()
-    params = lm.trainable_parameters()
     before = lm.snapshot()
     lm.optimizer.zero_grad(set_to_none=True)
-    stats = lm.method.backward(lm, batch)
+    return t0, before
+
+
+def end_step(lm, stats: dict, before: dict, t0: float, problem_id: str | None = None) -> dict:
+    """After a step's backward (gradients in `lm`'s parameters): check, clip, step the optimizer,
+    or restore `before` when anything is non-finite. Returns the step's stats."""
+    params = lm.trainable_parameters()
     ok = math.isfinite(stats["loss"]) and _all_finite(p.grad for p in params)
     grad_norm = None
     if ok:
@@ -119,7 +131,7 @@ def adapt_step(lm, batch: LossBatch, problem_id: str | None = None) -> dict:
     if not ok:
         lm.restore(before)
         warnings.warn(f"non-finite loss or gradient on problem {problem_id!r}: step skipped, state restored",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=3)
     stats.update(skipped=not ok, grad_norm=grad_norm, time_s=time.perf_counter() - t0,
                  predictor_dev=lm.predictor.deviation() if lm.method.uses_predictor else None)
     return stats

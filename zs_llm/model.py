@@ -68,7 +68,8 @@ class ZeroSiamLM:
     to the wrapped model, so `lm.generate(...)`, `lm.config` etc. keep working.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, config: AdaptConfig | None = None, check: bool = True):
+    def __init__(self, model: nn.Module, tokenizer, config: AdaptConfig | None = None, check: bool = True,
+                 *, _host: ZeroSiamLM | None = None, _name: str | None = None):
         if isinstance(config, dict):
             config = AdaptConfig.from_dict(config)
         self.zs_config = config = config or AdaptConfig()
@@ -87,12 +88,20 @@ class ZeroSiamLM:
         self.head = head
         self.backbone = backbone
         self._post = logit_postprocess(model.config)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
+        #: streams hosted on this model (`stream()`), shared by the host and every stream
+        self._hub = _host._hub if _host is not None else {"peft": None, "streams": {}, "active": None, "next": 0}
+        self.stream_name = _name
+        #: this stream's peft adapter (None: generation runs through no LoRA)
+        self.adapter_name = None
+        if _host is None:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.eval()
         self.peft = None
         if "lora" in self.method.trains:
+            self.adapter_name = "default" if _host is None else f"stream{self._hub['next']}"
             self.peft = self._inject_lora(model)
+        self._activate()
         self.hidden_size = head.weight.shape[1]
         kind = self.predictor_kind
         self.predictor = build_predictor(
@@ -103,7 +112,7 @@ class ZeroSiamLM:
             self.set_gradient_checkpointing(True)
         self.optimizer = self._build_optimizer()
         self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
-        if check and not self.method.batchable:  # generation-only methods never use head_logits
+        if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
             self.check_identity()
         self._initial = self.snapshot()
         self.problems_seen = 0
@@ -151,7 +160,18 @@ class ZeroSiamLM:
                 torch.manual_seed(c.seed)
                 # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning the user cannot act on
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                return get_peft_model(model, lcfg)
+                peft = self._hub["peft"]
+                if peft is None:
+                    peft = self._hub["peft"] = get_peft_model(model, lcfg, adapter_name=self.adapter_name)
+                else:  # another stream's adapter beside the ones already there, initialised as a fresh one would be
+                    peft.add_adapter(self.adapter_name, lcfg)
+            # peft trains only its active adapter: every stream's adapter stays trainable here (each
+            # stream's optimizer holds its own), and which one runs is set by `_activate`
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
+            self._hub["active"] = None
+            return peft
         except ValueError as e:
             names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
             raise ValueError(
@@ -177,10 +197,78 @@ class ZeroSiamLM:
         return torch.optim.AdamW(groups, lr=c.effective_lr)
 
     def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) of everything the method updates through the optimizer."""
-        out = [(n, p) for n, p in self.hf.named_parameters() if p.requires_grad]
+        """(name, parameter) of everything the method updates through the optimizer (this
+        stream's own adapter only, when several streams share the model)."""
+        own = self.adapter_name
+        out = [(n, p) for n, p in self.hf.named_parameters()
+               if p.requires_grad and own is not None and ("lora_" not in n or n.split(".")[-2] == own)]
         out += [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters() if p.requires_grad]
         return out
+
+    # --- several streams on one model ---------------------------------------------------
+    def stream(self, name: str, config: AdaptConfig | dict | None = None) -> ZeroSiamLM:
+        """The stream `name` hosted on this model, created on first use with `config` (default:
+        this wrapper's). A stream is a `ZeroSiamLM` of its own (its own LoRA adapter, predictor,
+        optimizer, method state, guard and problem count) that shares the base model, so
+        `lm.stream("math500/zerosiam").adapt_generate(prompt)` adapts that stream alone, and
+        `lm.adapt_generate_pool({name: prompt, ...})` answers one problem of several streams in
+        one batch. A new stream starts exactly as a new `ZeroSiamLM` with its config would."""
+        hub = self._hub
+        if isinstance(config, dict):
+            config = AdaptConfig.from_dict(config)
+        if name in hub["streams"]:
+            s = hub["streams"][name]
+            if config is not None and config.hash() != s.zs_config.hash():
+                raise ValueError(f"stream {name!r} exists with another config; remove_stream({name!r}) first")
+            return s
+        s = ZeroSiamLM(self.hf, self.tokenizer, config or self.zs_config, _host=self, _name=name)
+        hub["next"] += 1
+        hub["streams"][name] = s
+        return s
+
+    @property
+    def streams(self) -> dict[str, ZeroSiamLM]:
+        """The streams hosted on this model, by name."""
+        return dict(self._hub["streams"])
+
+    def remove_stream(self, name: str) -> None:
+        """Drop a stream and free its adapter, predictor and optimizer state."""
+        s = self._hub["streams"].pop(name)
+        if s.adapter_name is not None:
+            with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+                s.peft.delete_adapter(s.adapter_name)
+            for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
+                if "lora_" in n:
+                    p.requires_grad_(True)
+            self._hub["active"] = None
+        s.optimizer = None
+
+    def adapt_generate_pool(self, prompts: dict, problem_ids: dict | None = None) -> dict:
+        """One problem for each of several streams, answered together: `{name: prompt}` ->
+        `{name: AdaptResult}`. Each stream sees exactly what `stream(name).adapt_generate(prompt)`
+        would (drafts generated in one batch, each row through its own stream's adapter; updates
+        one forward and backward over the pool, each stream's loss and optimizer its own). A
+        name not yet hosted becomes a stream with this wrapper's config: create streams with
+        other configs first (`stream(name, config)`)."""
+        from .pool import adapt_pool
+
+        ids = problem_ids or {}
+        items = [(self.stream(n), p, ids.get(n)) for n, p in prompts.items()]
+        return dict(zip(prompts, adapt_pool(items)))
+
+    def _activate(self) -> None:
+        """Make this stream's adapter the one the shared model runs (none for a stream without LoRA)."""
+        hub = self._hub
+        if hub["active"] == id(self) or hub["peft"] is None:
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        names = [self.adapter_name] if self.adapter_name is not None else []
+        for m in self.hf.modules():
+            if isinstance(m, BaseTunerLayer):
+                m._active_adapter = names
+        hub["active"] = id(self)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_trainable()]
@@ -192,6 +280,7 @@ class ZeroSiamLM:
 
     def features(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden state (after the final norm) of a (1, T) sequence at `positions`: (N, H)."""
+        self._activate()
         out = self.backbone(input_ids=input_ids.to(self.device), use_cache=False)
         h = out.last_hidden_state[0]  # (T, H)
         return h if positions is None else h[positions.to(self.device)]
@@ -205,6 +294,7 @@ class ZeroSiamLM:
         """Fail early when head(predictor(features)) does not reproduce the model's logits."""
         if self.predictor_kind == "fixed_random":
             return
+        self._activate()
         n = min(8, getattr(self.hf.config, "vocab_size", 8))
         ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % max(1, self.head.weight.shape[0])
         ref = self.hf(input_ids=ids, use_cache=False).logits[0].float()
@@ -220,7 +310,9 @@ class ZeroSiamLM:
 
     # --- state --------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        d = {n: p for n, p in self.named_trainable()}
+        # adapter names written as peft's "default": a stream's checkpoint loads into any stream
+        # of the same config, pooled or alone
+        d = {_canonical(n, self.adapter_name): p for n, p in self.named_trainable()}
         d.update({f"predictor.{n}": b for n, b in self.predictor.named_buffers()})
         d.update({f"method.{k}": v for k, v in self.method.extra_state().items()})
         return d
@@ -285,6 +377,7 @@ class ZeroSiamLM:
         Returns only the new tokens, (B, n); with `return_logits`, also the model's raw logits
         (before any logits processor or sampling warper) that produced them, (B, n, V) fp32."""
         c = self.zs_config
+        self._activate()
         max_new = max_new_tokens or c.max_new_tokens
         if self.context_length is not None:
             max_new = max(1, min(max_new, self.context_length - input_ids.shape[1]))
@@ -412,7 +505,17 @@ class ZeroSiamLM:
         tmp.mkdir()
         try:
             if self.peft is not None:
-                self.peft.save_pretrained(str(tmp), safe_serialization=True)
+                own = self.adapter_name or "default"
+                was = self.peft.active_adapter
+                self.peft.active_adapter = own  # peft's model card reads the active adapter's config
+                try:
+                    self.peft.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[own])
+                finally:
+                    self.peft.active_adapter = was
+                if own != "default":  # peft writes another adapter into a subfolder: this stream's goes on top
+                    for f in list((tmp / own).iterdir()):
+                        os.replace(f, tmp / f.name)
+                    (tmp / own).rmdir()
             save_file({k: v.detach().contiguous().cpu() for k, v in self.predictor.state_dict().items()},
                       str(tmp / PREDICTOR_NAME))
             extra = self.method.extra_state()
@@ -517,16 +620,19 @@ class ZeroSiamLM:
         return lm
 
     def unwrap(self) -> nn.Module:
-        """Remove the LoRA layers and return the plain base model (to wrap it again)."""
-        if self.peft is not None:
-            model = self.peft.unload()
-            self.peft = None
+        """Remove the LoRA layers (every stream's) and return the plain base model (to wrap it again)."""
+        peft = self._hub["peft"]
+        if peft is not None:
+            model = peft.unload()
+            self.peft = self._hub["peft"] = None
+            self._hub["streams"].clear()
             return model
         return self.hf
 
     # --- the library call ---------------------------------------------------------------
     def adapt_generate(self, prompt, problem_id: str | None = None):
         """Adapt on one problem and answer it; returns an `AdaptResult`. See `zs_llm.adapt`."""
+        self._activate()
         return _adapt.adapt_on_problem(self, prompt, problem_id)
 
     def __getattr__(self, name):
@@ -548,6 +654,13 @@ def _upload(folder: Path, repo_id: str, private: bool | None = None, token: str 
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                              revision=revision)
+
+
+def _canonical(name: str, adapter: str | None) -> str:
+    parts = name.split(".")
+    if "lora_" in name and len(parts) > 1 and parts[-2] == adapter:
+        parts[-2] = "default"
+    return ".".join(parts)
 
 
 def render_prompt(tokenizer, prompt: str | list[dict]) -> str:

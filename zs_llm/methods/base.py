@@ -39,6 +39,9 @@ class LossBatch:
     #: (N, V) the target branch's logits at `positions` when already known (the draft's, while
     #: the state is the one that generated it); a method with a predictor then skips their head matmul
     target_logits: torch.Tensor | None = None
+    #: (N, H) the final hidden states at `positions` when already computed (by a pooled forward
+    #: over several streams' sequences, `zs_llm.pool`); otherwise the loss runs the backbone
+    features: torch.Tensor | None = None
 
 
 class Method:
@@ -86,7 +89,7 @@ class Method:
         raise NotImplementedError(f"method {self.name!r} defines no loss")
 
     def loss(self, lm: ZeroSiamLM, batch: LossBatch, stats: dict | None = None) -> torch.Tensor:
-        z = lm.features(batch.input_ids, batch.positions)  # (N, H)
+        z = lm.features(batch.input_ids, batch.positions) if batch.features is None else batch.features  # (N, H)
         z_online = lm.predictor(z) if self.uses_predictor else z
         z_target = z.detach() if self.uses_predictor else None
         known = batch.target_logits if self.uses_predictor else None

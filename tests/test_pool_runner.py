@@ -1,0 +1,88 @@
+"""The harness runs its streams pooled (`RunConfig.stream_batch`): rows as a run of one stream
+at a time gives them, streams entering as others finish, and a kill mid-pool resumed."""
+
+import math
+
+import pytest
+
+import zs_llm.pool
+from eval.report import load_run
+from eval.runner import RunConfig, Runner
+
+METHODS = ["noadapt", "zerosiam", "tent", "come:optimizer=adamw", "slot", "sar", "tent:schedule=episodic:answer=regenerate"]
+TEXT = ("id", "index", "method", "dataset", "prompt", "draft", "response", "extracted", "gold", "correct",
+        "config_hash", "events")
+
+
+def cfg(tiny_dir, **kw):
+    base = dict(model=str(tiny_dir), methods=METHODS, datasets=["arith", "arith_dev"], limit=4,
+                adapt={"max_new_tokens": 6, "lr": 5e-2, "predictor_lr": 5e-2})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def short(r, lengths):
+    """Streams of unequal length: each dataset cut to its own number of problems."""
+    r.problems = lambda d: Runner.problems(r, d)[:lengths[d]]
+    return r
+
+
+def assert_same_rows(a, b, exact=False):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert [r["index"] for r in a[k]] == [r["index"] for r in b[k]], k
+        for ra, rb in zip(a[k], b[k]):
+            assert {f: ra[f] for f in TEXT} == {f: rb[f] for f in TEXT}, k
+            assert len(ra["steps"]) == len(rb["steps"]), k
+            for sa, sb in zip(ra["steps"], rb["steps"]):
+                for f in ("loss", "entropy", "grad_norm", "predictor_dev"):
+                    x, y = sa.get(f), sb.get(f)
+                    if exact or x is None or y is None:
+                        assert x == y, (k, f)
+                    else:
+                        assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), (k, f, x, y)
+
+
+def test_stream_batch_is_not_part_of_the_run_hash(tiny_dir):
+    assert cfg(tiny_dir, stream_batch=1).hash() == cfg(tiny_dir, stream_batch=8).hash()
+    with pytest.raises(ValueError, match="stream_batch"):
+        cfg(tiny_dir, stream_batch=0)
+
+
+def test_pooled_run_gives_the_rows_of_a_sequential_run(tiny_dir, tmp_path, monkeypatch):
+    lengths = {"arith": 4, "arith_dev": 2}
+    one = short(Runner(cfg(tiny_dir, stream_batch=1), tmp_path / "one", progress=False), lengths).run()
+    rounds = []
+    real = zs_llm.pool.adapt_pool
+    monkeypatch.setattr(zs_llm.pool, "adapt_pool", lambda items: rounds.append(len(items)) or real(items))
+    pooled = short(Runner(cfg(tiny_dir, stream_batch=3), tmp_path / "pool", progress=False), lengths).run()
+    assert max(rounds) == 3 and sum(rounds) == 6 * (4 + 2)  # 6 pooled methods, noadapt keeps its batches
+    assert_same_rows(load_run(one), load_run(pooled))
+
+
+def test_killed_pooled_run_resumes_every_stream(tiny_dir, tmp_path, monkeypatch):
+    lengths = {"arith": 4, "arith_dev": 3}
+    c = cfg(tiny_dir, stream_batch=4, checkpoint_every=2)
+    full = short(Runner(c, tmp_path / "full", progress=False), lengths).run()
+    real, calls = zs_llm.pool.adapt_pool, []
+
+    def killed(items):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # mid-run: some streams done, some mid-way, some not started
+        return real(items)
+
+    monkeypatch.setattr(zs_llm.pool, "adapt_pool", killed)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        short(Runner(c, part, progress=False), lengths).run()
+    monkeypatch.setattr(zs_llm.pool, "adapt_pool", real)
+    short(Runner(c, part, progress=False), lengths).run()
+    assert not (part / "quarantine").exists()
+    assert_same_rows(load_run(full), load_run(part), exact=True)
+    # a sequential run's folder continued pooled: its checkpoints load into pooled streams
+    seq = tmp_path / "seq"
+    short(Runner(cfg(tiny_dir, stream_batch=1, checkpoint_every=2), seq, progress=False),
+          {"arith": 2, "arith_dev": 2}).run()
+    short(Runner(c, seq, progress=False), lengths).run()
+    assert_same_rows(load_run(full), load_run(seq))
