@@ -61,12 +61,16 @@ from eval.runner import RunConfig, Runner, list_checkpoints, result_signature  #
 from zs_llm.testing import char_tokenizer, tiny_model  # noqa: E402
 
 OUTCOMES = ("clean", "silently wrong", "crash", "data lost", "hang")
+# Streams run one at a time (stream_batch 1): a resume is judged bit for bit against the
+# uninterrupted run, and a pool that resumes with other streams beside it rounds its batched
+# matmuls differently (the runner then quarantines and rewrites the rows that changed;
+# tests/test_pool_runner.py checks a pooled kill and resume).
 CONFIGS = {
     # batched noadapt beside an online, checkpointed ZeroSiam stream (SGD, a checkpoint per problem)
-    "A": dict(methods=["noadapt", "zerosiam"], limit=6, batch_size=4, checkpoint_every=1,
+    "A": dict(methods=["noadapt", "zerosiam"], limit=6, batch_size=4, checkpoint_every=1, stream_batch=1,
               adapt={"max_new_tokens": 5, "lr": 1e-2, "predictor_lr": 1e-2}),
     # two online streams with AdamW state, a checkpoint every second problem (kills between them replay)
-    "B": dict(methods=["tent", "zerosiam:alpha=0.5"], limit=6, batch_size=2, checkpoint_every=2,
+    "B": dict(methods=["tent", "zerosiam:alpha=0.5"], limit=6, batch_size=2, checkpoint_every=2, stream_batch=1,
               adapt={"max_new_tokens": 4, "lr": 1e-3, "optimizer": "adamw"}),
 }
 CASE_TIMEOUT_S = 120

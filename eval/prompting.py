@@ -37,7 +37,8 @@ from pathlib import Path
 # Our own arrangement: the question, then the step-by-step sentence that Qwen2.5-Math and
 # DeepSeek-R1 publish (their own prompts are the styles `qwen25_math_cot` and `openr1_boxed`).
 BOXED = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-ANSWER_LINE = "{question}\nAnswer briefly, and end with the line \"The final answer is N.\" where N is your answer."
+ANSWER_LINE = ("{question}\nReply in one short sentence that ends with \"The final answer is N.\", where N is the "
+               "number.")
 
 # Our own paraphrase of the instruction in Meta's Llama 3.1 math evaluation prompt, not Meta's
 # text (that is the style `meta_llama31_math`): short or step-wise solutions, always closed by
@@ -114,8 +115,8 @@ def boxed() -> Template:
 
 @register("answer_line")
 def answer_line() -> Template:
-    """Our own: the question, then a request for a brief answer closed by "The final answer is N."
-    (a short stated answer: small models state one within few tokens; see bench/testbed.py)."""
+    """Our own: the question, then a request for one short sentence ending "The final answer is N."
+    (a stated answer within few tokens, for small models on numeric sets; see bench/testbed.py)."""
     return Template(ANSWER_LINE, "eval.prompting.ANSWER_LINE (our own)")
 
 

@@ -144,11 +144,12 @@ def llama31_dir(tmp_path_factory):
 
 def recipe_cfg(model_dir: Path, out: Path, *extra: str) -> dict:
     """The recipe's YAML with what a CPU run must change: the model, two sets (subsets of short
-    problems), two problems each, the prompt file and the output folder."""
+    problems), two problems each, the prompt file and the output folder. Streams run one after
+    another (the spies watch that path); `test_the_pooled_recipe_gives_the_same_rows` runs the pool."""
     subsets = ",".join(f"{name}={model_dir.parent / f'{name}_ids.txt'}" for name in ("math500", "college_math"))
     return resolve(recipe.CONFIG, ["--model", str(model_dir), "--datasets", "math500,college_math", "--limit", "2",
                                    "--subset", subsets, "--prompt_template", str(model_dir.parent / "prompt.txt"),
-                                   "--out", str(out), "--data_dir", str(DATA_DIR), *extra])
+                                   "--out", str(out), "--data_dir", str(DATA_DIR), "--stream_batch", "1", *extra])
 
 
 class Spies:
@@ -363,3 +364,23 @@ def test_a_stopped_run_resumes_to_the_same_rows(recipe_run, llama31_dir, tmp_pat
     # the resumed problem continued from the checkpoint: its predictor had already moved once
     assert resumed[("zerosiam", "college_math")][1]["steps"][0]["predictor_dev"] > \
         resumed[("zerosiam", "college_math")][0]["steps"][0]["predictor_dev"]
+
+
+def test_the_pooled_recipe_gives_the_same_rows(recipe_run, llama31_dir, tmp_path):
+    """The recipe as a GPU runs it, every adapting stream pooled (bf16, per-row LoRA, one
+    forward and backward over the pool): same rows as one stream at a time."""
+    full = load_run(recipe_run[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "write_report", lambda path: Path(path) / "report.md")
+        path = recipe.main(recipe_cfg(llama31_dir, tmp_path / "pooled", "--stream_batch", "8"))
+    pooled = load_run(path)
+    assert pooled.keys() == full.keys()
+    for key, rows in full.items():
+        got = pooled[key]
+        assert [r["response"] for r in got] == [r["response"] for r in rows], key
+        for a, b in zip(got, rows):
+            assert len(a["steps"]) == len(b["steps"]), key
+            for sa, sb in zip(a["steps"], b["steps"]):
+                for k in ("loss", "entropy"):
+                    if k in sb and sb[k] is not None:
+                        assert sa[k] == pytest.approx(sb[k], rel=2e-2, abs=2e-2), (key, k)
