@@ -105,8 +105,23 @@ def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
                              "out": str(job_dir(args.root, stage, seed, "streams", s))})
     else:
         raise ValueError(f"unknown stage {stage!r}; choose from select, arith30, study")
+    if getattr(args, "pool", 0):
+        jobs = pooled(jobs, args.pool, args.root, stage)
     # the longest jobs first (noadapt is batched and fast), so the pool ends together
-    return sorted(jobs, key=lambda j: j["methods"][0] == "noadapt")
+    return sorted(jobs, key=lambda j: j["methods"] == ["noadapt"])
+
+
+def pooled(jobs: list[dict], stream_batch: int, root: Path, stage: str) -> list[dict]:
+    """One job per seed holding every method of the stage, its adapting streams pooled
+    `stream_batch` at a time in one process (RunConfig.stream_batch): on a CPU, batched drafts and
+    updates instead of one process per stream."""
+    groups: dict = {}
+    for j in jobs:
+        key = (j["seed"], tuple(j["datasets"]))
+        g = groups.setdefault(key, {**j, "methods": [], "stream_batch": stream_batch,
+                                    "out": str(root / "jobs" / stage / f"seed{j['seed']}" / "pool")})
+        g["methods"] += j["methods"]
+    return list(groups.values())
 
 
 def grid(args) -> list[float]:
@@ -169,8 +184,11 @@ def run_pool(jobs: list[dict], workers: int, deadline: float, log) -> dict:
     return status
 
 
-def rows_written(out: Path) -> int:
-    return sum(len(f.read_bytes().splitlines()) for f in (out / "rows").glob("*.jsonl")) if (out / "rows").is_dir() else 0
+def rows_written(out: Path, skip: str = "") -> int:
+    """Rows in a run folder, leaving out the streams of method `skip`."""
+    files = [f for f in (out / "rows").glob("*.jsonl") if not (skip and f.name.startswith(f"{skip}__"))] \
+        if (out / "rows").is_dir() else []
+    return sum(len(f.read_bytes().splitlines()) for f in files)
 
 
 def auto_limit(rate: float | None, seconds_left: float, n_streams: int, cap: int,
@@ -208,7 +226,7 @@ def select(args) -> dict[str, float]:
     from eval.grading import grade
 
     methods = args.select_methods.split(",")
-    outs = sorted((args.root / "jobs" / "select" / "seed0").glob("*__arith_dev"))
+    outs = sorted(p for p in (args.root / "jobs" / "select" / "seed0").iterdir() if (p / "rows").is_dir())
     table = select_lr.summarize(outs, methods, grid(args), grade)
     md = select_lr.markdown(table, methods, grid(args), args.select_limit)
     (args.root / "selection.json").write_text(json.dumps(table, indent=2))
@@ -274,6 +292,8 @@ def main(argv=None):
     ap.add_argument("--prompt-style", default="answer_line")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--pool", type=int, default=0, help="run each stage's methods of one seed in one process, "
+                    "this many adapting streams pooled (0: one process per method)")
     ap.add_argument("--deadline", type=float, default=None, help="seconds from the start after which jobs stop")
     ap.add_argument("--lrs", help="JSON {method: lr} instead of the select stage's choice")
     ap.add_argument("--assemble", action="store_true", help="only assemble the stages' folders and write reports")
@@ -303,7 +323,7 @@ def main(argv=None):
         if stage != "select" and lrs is None and "select" in stages:
             lrs = select(args)
         if stage == "study" and auto:
-            n_streams = sum(len(j["datasets"]) for j in plan(args, lrs, stage) if j["methods"][0] != "noadapt")
+            n_streams = sum(len(j["datasets"]) * sum(m != "noadapt" for m in j["methods"]) for j in plan(args, lrs, stage))
             args.limit = auto_limit(rate, deadline - time.time(), n_streams, args.max_limit)
             log(f"study: --limit auto -> {args.limit} problems per stream ({rate or 0:.2f} adapting problems/s)")
         jobs = plan(args, lrs, stage)
@@ -311,7 +331,7 @@ def main(argv=None):
         t_stage = time.time()
         status = run_pool(jobs, args.workers, deadline, log)
         done = sum(v == 0 for v in status.values())
-        adapting_rows = sum(rows_written(Path(j["out"])) for j in jobs if j["methods"][0] != "noadapt")
+        adapting_rows = sum(rows_written(Path(j["out"]), skip="noadapt") for j in jobs)
         if adapting_rows and (rate is None or stage == "select"):  # select runs the study's prompt and length
             rate = adapting_rows / max(1e-9, time.time() - t_stage)
         log(f"{stage}: {done}/{len(jobs)} finished, {adapting_rows} adapting rows")

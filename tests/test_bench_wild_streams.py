@@ -40,10 +40,12 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
         "config"]["prompt_style"] == choices["prompt_style"]  # the later stages use the testbed's choice
     table = json.loads((root / "selection.json").read_text())
     assert set(table["tent"]["scores"]) == {"0.001", "0.003"} and lrs == {"tent": table["tent"]["chosen"]}
+    # the study pooled: one process per seed, its adapting streams 4 at a time
     assert m.main([*common, "--stages", "study", "--methods", "noadapt,tent", "--streams", "mixed,imbalanced",
-                   "--seeds", "0,1", "--limit", "3", "--workers", "0", "--lrs", json.dumps(lrs)]) == lrs
-    jobs = sorted(p.name for p in (root / "jobs" / "study" / "seed1").iterdir())
-    assert len(jobs) == 4 and any(j.startswith("tent+guard") for j in jobs)
+                   "--seeds", "0,1", "--limit", "3", "--workers", "0", "--pool", "4", "--lrs", json.dumps(lrs)]) == lrs
+    assert [p.name for p in (root / "jobs" / "study" / "seed1").iterdir()] == ["pool"]
+    run = json.loads((root / "jobs" / "study" / "seed1" / "pool" / "run.json").read_text())
+    assert run["config"]["stream_batch"] == 4 and any(m.startswith("tent+guard") for m in run["config"]["methods"])
     m.main(["--root", str(root), "--stages", "study", "--assemble"])
     for seed in ("seed0", "seed1"):
         rows = list((root / "study" / seed / "rows").glob("*.jsonl"))
