@@ -66,7 +66,7 @@ def with_lr(spec: str, lrs: dict[str, float]) -> str:
     return f"{spec}:lr={lrs[source]:g}"
 
 
-def study_specs(methods, lrs: dict[str, float]) -> list[str]:
+def study_specs(methods, lrs: dict[str, float], guard_rows: bool = True) -> list[str]:
     """The study's rows: each method (paper), each adapting one again with +clip, and the guard rows."""
     from zs_llm.methods import METHODS
 
@@ -74,7 +74,7 @@ def study_specs(methods, lrs: dict[str, float]) -> list[str]:
     for m in methods:
         if "lora" in METHODS[m].trains:  # the global clip acts on the LoRA methods' step
             out.append(f"{m}+clip")
-    out += [f"{m}+guard" for m in GUARDED if m in methods]
+    out += [f"{m}+guard" for m in GUARDED if m in methods and guard_rows]
     return [with_lr(s, lrs) for s in out]
 
 
@@ -96,7 +96,7 @@ def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
                          "seed": 0, "prompt_style": ARITH30["prompt_style"], "max_new_tokens": ARITH30["max_new_tokens"],
                          "out": str(job_dir(args.root, stage, 0, "arith", s))})
     elif stage == "study":
-        specs = study_specs([m for m in args.methods.split(",") if m], lrs or {})
+        specs = study_specs([m for m in args.methods.split(",") if m], lrs or {}, not args.no_guard_rows)
         streams = [d for d in args.streams.split(",") if d]
         for seed in [int(s) for s in args.seeds.split(",")]:
             for s in specs:  # one process per (method, seed): the model loads once for all its streams
@@ -269,6 +269,58 @@ def assemble(root: Path, stage: str) -> list[Path]:
     return folders
 
 
+def short(label: str) -> str:
+    """`tent+clip:lr=0.001` -> `tent+clip` (the lr is stated once, beside the table)."""
+    return label.split(":lr=")[0]
+
+
+def summarize_study(folders: list[Path]) -> str:
+    """The study's tables (markdown) from the assembled per-seed run folders: per method, pooled
+    over streams and seeds and per stream pooled over seeds: n, accuracy with its 95% interval,
+    the paired difference from noadapt with its stratified 95% bootstrap interval (problems
+    resampled within each (stream, seed)) and the exact McNemar p, and the collapse verdicts."""
+    from collections import Counter
+
+    from eval.report import load_run, outcomes
+    from eval.stats import paired_difference_over_sets, wilson_interval
+    from zs_llm.diagnostics import collapse_measures
+
+    runs = {f.name: load_run(f) for f in folders}
+    methods = list(dict.fromkeys(m for streams in runs.values() for m, _ in streams))
+    datasets = list(dict.fromkeys(d for streams in runs.values() for _, d in streams))
+    base = next((m for m in methods if m == "noadapt"), None)
+
+    def cells(m: str, ds: list[str]) -> str:
+        keys = [(s, d) for s in runs for d in ds if (m, d) in runs[s]]
+        outs = [outcomes(runs[s][(m, d)]) for s, d in keys]
+        marks = [[bool(c) for c in o.values() if c is not None] for o in outs]
+        n, k = sum(map(len, marks)), sum(map(sum, marks))
+        lo, hi = wilson_interval(k, n)
+        row = f"{n} | {100 * k / max(1, n):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        if base and m != base:
+            pairs = [(o, outcomes(runs[s][(base, d)])) for o, (s, d) in zip(outs, keys) if (base, d) in runs[s]]
+            v = paired_difference_over_sets(pairs)
+            row += (f" | {100 * v.diff:+.1f} [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}] | "
+                    f"{v.only_method}/{v.only_baseline} | {v.p_mcnemar:.3g}")
+        else:
+            row += " | - | - | -"
+        verdicts = Counter(collapse_measures(runs[s][(m, d)])["verdict"] for s, d in keys)
+        return row + " | " + ", ".join(f"{v} {c}" for v, c in verdicts.most_common())
+
+    head = ("| method | n | accuracy % [95% CI] | change from noadapt, points [95% CI] | gained/lost | McNemar p "
+            "| verdicts (streams x seeds) |\n|---|---|---|---|---|---|---|")
+    lines = ["### All streams and seeds", "", head]
+    lines += [f"| {short(m)} | {cells(m, datasets)} |" for m in methods]
+    for d in datasets:
+        lines += ["", f"### {d}", "", head]
+        lines += [f"| {short(m)} | {cells(m, [d])} |" for m in methods if any((m, d) in r for r in runs.values())]
+    lrs = sorted({m.split(":lr=")[1] + " (" + short(m).split("+")[0] + ")" for m in methods if ":lr=" in m})
+    lines += ["", f"Seeds: {', '.join(runs)}. Learning rates: {', '.join(lrs) or 'the methods defaults'}. The change "
+              "is paired on the same problems; its interval resamples problems within each (stream, seed); "
+              "gained/lost: problems the method got right and noadapt wrong, and the reverse."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", help=argparse.SUPPRESS)
@@ -283,6 +335,7 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(STUDY_METHODS))
     ap.add_argument("--streams", default="long,shift,imbalanced,mixed")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--no-guard-rows", action="store_true", help="leave out tent+guard and zerosiam+guard")
     ap.add_argument("--limit", default=None, help="problems per study stream (default: whole streams); `auto`: as "
                     "many as the earlier stages' measured rate lets every study job finish before --deadline")
     ap.add_argument("--max-limit", type=int, default=300, help="cap of --limit auto")
@@ -297,6 +350,7 @@ def main(argv=None):
     ap.add_argument("--deadline", type=float, default=None, help="seconds from the start after which jobs stop")
     ap.add_argument("--lrs", help="JSON {method: lr} instead of the select stage's choice")
     ap.add_argument("--assemble", action="store_true", help="only assemble the stages' folders and write reports")
+    ap.add_argument("--summary", help="with --assemble: write the study's tables (markdown) to this file")
     args = ap.parse_args(argv)
     if args.job:
         return run_job(json.loads(args.job))
@@ -304,7 +358,11 @@ def main(argv=None):
     if args.assemble:
         for stage in stages:
             if stage != "select" and (args.root / "jobs" / stage).is_dir():
-                print(f"{stage}: {[str(p) for p in assemble(args.root, stage)]}")
+                folders = assemble(args.root, stage)
+                print(f"{stage}: {[str(p) for p in folders]}")
+                if stage == "study" and args.summary:
+                    Path(args.summary).write_text(summarize_study(folders))
+                    print(f"tables: {args.summary}")
         return None
     t0 = time.time()
     deadline = t0 + (args.deadline or 1e12)

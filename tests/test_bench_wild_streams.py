@@ -46,13 +46,18 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
     assert [p.name for p in (root / "jobs" / "study" / "seed1").iterdir()] == ["pool"]
     run = json.loads((root / "jobs" / "study" / "seed1" / "pool" / "run.json").read_text())
     assert run["config"]["stream_batch"] == 4 and any(m.startswith("tent+guard") for m in run["config"]["methods"])
-    m.main(["--root", str(root), "--stages", "study", "--assemble"])
+    m.main(["--root", str(root), "--stages", "study", "--assemble", "--summary", str(root / "tables.md")])
     for seed in ("seed0", "seed1"):
         rows = list((root / "study" / seed / "rows").glob("*.jsonl"))
         assert len(rows) == 8
         assert all(len(f.read_text().splitlines()) == 3 for f in rows)
         assert "tent+clip" in (root / "study" / seed / "report.md").read_text()
     assert (root / "study" / "combined" / "report.md").exists()
+    tables = (root / "tables.md").read_text()
+    assert "### All streams and seeds" in tables and "### mixed" in tables and "### imbalanced" in tables
+    line = next(x for x in tables.splitlines() if x.startswith("| tent+clip |"))
+    assert line.split(" | ")[1] == "12"  # 3 problems x 2 streams x 2 seeds, pooled
+    assert "| noadapt | 12 |" in tables
 
 
 def test_deadline_stops_jobs_and_keeps_their_rows(tmp_path, tiny_dir):
@@ -67,6 +72,7 @@ def m_args(m, root, tiny_dir):
     import argparse
 
     return argparse.Namespace(root=root, model=str(tiny_dir), dtype="float32", device=None, methods="noadapt,tent",
+                              no_guard_rows=False,
                               seeds="0", streams="mixed", limit=2, prompt_style="plain", max_new_tokens=4)
 
 
