@@ -36,8 +36,9 @@ def main(cfg: dict) -> Path:
     if not launch.report:
         return path
     report = (path / "report.md").read_text()
-    table = report.split("## Accuracy", 1)[1].split("## Collapse", 1)[0].strip()
-    print("\n" + table + "\n")
+    accuracy = report.split("## Accuracy", 1)[1].split("## Settings", 1)[0].split("Every number above", 1)[0]
+    collapse = report.split("## Collapse diagnostics", 1)[1].split("## Plots", 1)[0]
+    print("\n" + accuracy.strip() + "\n\nCollapse diagnostics:\n\n" + collapse.strip() + "\n")
     for png in sorted((path / "plots").glob("*.png")):
         print(f"plot: {png}")
     print(f"report: {path / 'report.md'}")
