@@ -38,6 +38,8 @@ class COME(Method):
     overflows above logit 88), with a closed-form gradient.
     """
 
+    default_lr = 3e-3  # the selection of the paper protocol (docs/protocol.md)
+
     name = "come"
     trains = ("lora",)
     config_class = COMEConfig

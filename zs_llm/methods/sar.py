@@ -60,6 +60,8 @@ class SAR(Method):
     LoRA as every LLM method.
     """
 
+    default_lr = 3e-3  # the selection of the paper protocol (docs/protocol.md)
+
     name = "sar"
     trains = ("lora",)
     config_class = SARConfig
