@@ -2,9 +2,10 @@
 
     bash scripts/setup.sh && .venv/bin/python recipes/smollm2_135m_math.py
 
-Runs a slice of the synthetic `arith` set and of Math-500 (from ../shared/data/math or
---data-dir), prints the accuracy table and the paths of the plots. Defaults in
-recipes/configs/smollm2_135m_math.yaml; override any field, e.g. `--limit 30 --lr 1e-4`.
+Runs the first 40 problems of the wild stream `long` (docs/wild_streams.md) with the
+`answer_line` prompt, Tent and ZeroSiam pooled, and prints the accuracy table with intervals and
+paired changes from NoAdapt, the collapse verdicts and the paths of the plots. Defaults in
+recipes/configs/smollm2_135m_math.yaml; override any field, e.g. `--limit 60 --datasets mixed`.
 A rerun with the same --out resumes; --overwrite starts over.
 """
 
