@@ -33,22 +33,8 @@ CANDIDATES = ("boxed", "answer_line", "plain", "llama31_paraphrase")
 
 def generate(lm, problems, style: str, budget: int, batch: int) -> list[list[int]]:
     """New token ids per problem (greedy, up to `budget`, stopping at EOS)."""
-    import torch
-
-    out: list[list[int]] = []
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    for i in range(0, len(problems), batch):
-        encoded = [lm.encode(build_messages(p.question, style))[0] for p in problems[i:i + batch]]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long, device=lm.device)
-        mask = torch.zeros_like(ids)
-        for j, e in enumerate(encoded):
-            ids[j, width - len(e):] = e
-            mask[j, width - len(e):] = 1
-        for row in lm.generate_ids(ids, mask, budget):
-            out.append([int(t) for t in row])
-    return out
+    prompts = [build_messages(p.question, style) for p in problems]
+    return [[int(t) for t in row] for row in lm.generate_batches(prompts, batch, budget)]
 
 
 def score(tokenizer, problems, new_ids: list[list[int]], budget: int) -> dict:

@@ -466,8 +466,13 @@ class ZeroSiamLM:
     def generate_texts(self, prompts: list, batch_size: int = 8, max_new_tokens: int | None = None) -> list[str]:
         """Plain batched generation (left padding, KV cache) of many prompts from the target
         branch. Used for methods that do not adapt (`noadapt`, `eminf`)."""
+        return [self.decode(row) for row in self.generate_batches(prompts, batch_size, max_new_tokens)]
+
+    def generate_batches(self, prompts: list, batch_size: int = 8, max_new_tokens: int | None = None) -> list:
+        """The new token ids of each prompt (`generate_texts` before decoding), `batch_size` prompts
+        at a time, left-padded."""
         tok = self.tokenizer
-        outs: list[str] = []
+        outs: list = []
         for i in range(0, len(prompts), batch_size):
             encoded = [self.encode(p)[0] for p in prompts[i:i + batch_size]]
             width = max(len(e) for e in encoded)
@@ -477,8 +482,7 @@ class ZeroSiamLM:
             for j, e in enumerate(encoded):
                 ids[j, width - len(e):] = e
                 mask[j, width - len(e):] = 1
-            new = self.generate_ids(ids, mask, max_new_tokens)
-            outs.extend(self.decode(row) for row in new)
+            outs.extend(self.generate_ids(ids, mask, max_new_tokens))
         return outs
 
     # --- persistence --------------------------------------------------------------------
