@@ -1,23 +1,16 @@
 """bench/wild_streams.py: the study's plan and its pool, end to end on a tiny random model."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))  # the scripts import their neighbours (_common, select_lr, testbed) by name
 
-
-def load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("wild_streams", BENCH / "wild_streams.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import wild_streams as m  # noqa: E402
 
 
 def test_study_rows_are_every_method_plus_clip_and_guard_rows_at_the_selected_lr():
-    m = load()
     specs = m.study_specs(["noadapt", "tent", "slot", "zerosiam", "zerosiam+sar"], {"tent": 1e-3, "zerosiam": 3e-4})
     assert specs == ["noadapt", "tent:lr=0.001", "slot", "zerosiam:lr=0.0003", "zerosiam+sar:lr=0.0003",
                      "tent+clip:lr=0.001", "zerosiam+clip:lr=0.0003", "zerosiam+sar+clip:lr=0.0003",
@@ -26,7 +19,6 @@ def test_study_rows_are_every_method_plus_clip_and_guard_rows_at_the_selected_lr
 
 
 def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
-    m = load()
     root = tmp_path / "wild"
     common = ["--root", str(root), "--model", str(tiny_dir), "--max-new-tokens", "4", "--prompt-style", "plain"]
     # the selection in a pool of processes; the study in this process (workers 0), at the chosen lr
@@ -61,7 +53,6 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
 
 
 def test_deadline_stops_jobs_and_keeps_their_rows(tmp_path, tiny_dir):
-    m = load()
     root = tmp_path / "wild"
     jobs = m.plan(m_args(m, root, tiny_dir), {}, "study")
     status = m.run_pool(jobs, 2, deadline=__import__("time").time() + 0.0, log=print)
@@ -77,7 +68,6 @@ def m_args(m, root, tiny_dir):
 
 
 def test_testbed_takes_the_cheapest_setting_meeting_the_target_else_the_highest_share():
-    sys.path.insert(0, str(BENCH))
     import testbed
 
     def r(share, acc):
