@@ -79,7 +79,9 @@ def test_killed_pooled_run_resumes_every_stream(tiny_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(zs_llm.pool, "adapt_pool", real)
     short(Runner(c, part, progress=False), lengths).run()
     assert not (part / "quarantine").exists()
-    assert_same_rows(load_run(full), load_run(part), exact=True)
+    # to float tolerance, not bit for bit: a resumed stream may share its rounds with other streams than
+    # in the unbroken run, and batched matmuls round differently at other batch sizes on some CPUs
+    assert_same_rows(load_run(full), load_run(part))
     # a sequential run's folder continued pooled: its checkpoints load into pooled streams
     seq = tmp_path / "seq"
     short(Runner(cfg(tiny_dir, stream_batch=1, checkpoint_every=2), seq, progress=False),
