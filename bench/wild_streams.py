@@ -235,9 +235,11 @@ def select(args) -> dict[str, float]:
     return {m: table[m]["chosen"] for m in methods if table[m]["chosen"] is not None}
 
 
-def assemble(root: Path, stage: str) -> list[Path]:
+def assemble(root: Path, stage: str, first: int | None = None) -> list[Path]:
     """Per seed, one run folder holding every job's rows (copied) and a run.json naming every
-    method's settings; then the per-seed reports and, with 2+ seeds, the combined report."""
+    method's settings; then the per-seed reports and, with 2+ seeds, the combined report.
+    `first`: keep each stream's first N rows only (a study stopped at a deadline leaves methods
+    at unequal lengths; cut to the shortest, every method is compared on the same problems)."""
     from eval.report import write_combined_report, write_report
 
     folders = []
@@ -259,8 +261,13 @@ def assemble(root: Path, stage: str) -> list[Path]:
             info["adapt_configs"].update(j.get("adapt_configs", {}))
             info["assembled_from"].append(str(job))
             for f in (job / "rows").glob("*.jsonl"):
-                shutil.copy(f, out / "rows" / f.name)
+                if first is None:
+                    shutil.copy(f, out / "rows" / f.name)
+                else:
+                    (out / "rows" / f.name).write_bytes(b"".join(f.read_bytes().splitlines(keepends=True)[:first]))
         info["config_hash"] = f"assembled-{stage}-{seed_dir.name}"
+        if first is not None:
+            info["first_rows_only"] = first
         (out / "run.json").write_text(json.dumps(info, indent=2))
         write_report(out)
         folders.append(out)
@@ -290,8 +297,8 @@ def summarize_study(folders: list[Path]) -> str:
     datasets = list(dict.fromkeys(d for streams in runs.values() for _, d in streams))
     base = next((m for m in methods if m == "noadapt"), None)
 
-    def cells(m: str, ds: list[str]) -> str:
-        keys = [(s, d) for s in runs for d in ds if (m, d) in runs[s]]
+    def cells(m: str, ds: list[str], seeds: list[str] | None = None) -> str:
+        keys = [(s, d) for s in (seeds or runs) for d in ds if (m, d) in runs[s]]
         outs = [outcomes(runs[s][(m, d)]) for s, d in keys]
         marks = [[bool(c) for c in o.values() if c is not None] for o in outs]
         n, k = sum(map(len, marks)), sum(map(sum, marks))
@@ -314,6 +321,10 @@ def summarize_study(folders: list[Path]) -> str:
     for d in datasets:
         lines += ["", f"### {d}", "", head]
         lines += [f"| {short(m)} | {cells(m, [d])} |" for m in methods if any((m, d) in r for r in runs.values())]
+    lines += ["", "### Every stream and seed", "", "| stream | seed | " + head.split("\n")[0][2:],
+              "|---|---|" + head.split("\n")[1][1:]]
+    lines += [f"| {d} | {s} | {short(m)} | {cells(m, [d], [s])} |" for d in datasets for s in runs for m in methods
+              if (m, d) in runs[s]]
     lrs = sorted({m.split(":lr=")[1] + " (" + short(m).split("+")[0] + ")" for m in methods if ":lr=" in m})
     lines += ["", f"Seeds: {', '.join(runs)}. Learning rates: {', '.join(lrs) or 'the methods defaults'}. The change "
               "is paired on the same problems; its interval resamples problems within each (stream, seed); "
@@ -351,6 +362,8 @@ def main(argv=None):
     ap.add_argument("--lrs", help="JSON {method: lr} instead of the select stage's choice")
     ap.add_argument("--assemble", action="store_true", help="only assemble the stages' folders and write reports")
     ap.add_argument("--summary", help="with --assemble: write the study's tables (markdown) to this file")
+    ap.add_argument("--first", type=int, default=None, help="with --assemble: keep each stream's first N rows "
+                    "(a study stopped at --deadline: every method on the same problems)")
     args = ap.parse_args(argv)
     if args.job:
         return run_job(json.loads(args.job))
@@ -358,7 +371,7 @@ def main(argv=None):
     if args.assemble:
         for stage in stages:
             if stage != "select" and (args.root / "jobs" / stage).is_dir():
-                folders = assemble(args.root, stage)
+                folders = assemble(args.root, stage, args.first)
                 print(f"{stage}: {[str(p) for p in folders]}")
                 if stage == "study" and args.summary:
                     Path(args.summary).write_text(summarize_study(folders))

@@ -50,6 +50,11 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
     line = next(x for x in tables.splitlines() if x.startswith("| tent+clip |"))
     assert line.split(" | ")[1] == "12"  # 3 problems x 2 streams x 2 seeds, pooled
     assert "| noadapt | 12 |" in tables
+    assert "| mixed | seed1 | tent+clip | 3 |" in tables and "| imbalanced | seed0 | noadapt | 3 |" in tables
+    # a study cut at a deadline: every stream compared on its first N problems
+    m.main(["--root", str(root), "--stages", "study", "--assemble", "--first", "2", "--summary", str(root / "t2.md")])
+    assert all(len(f.read_text().splitlines()) == 2 for f in (root / "study" / "seed0" / "rows").glob("*.jsonl"))
+    assert "| tent+clip | 8 |" in (root / "t2.md").read_text()
 
 
 def test_deadline_stops_jobs_and_keeps_their_rows(tmp_path, tiny_dir):
