@@ -293,7 +293,7 @@ def summarize_study(folders: list[Path]) -> str:
     from zs_llm.diagnostics import collapse_measures
 
     runs = {f.name: load_run(f) for f in folders}
-    methods = list(dict.fromkeys(m for streams in runs.values() for m, _ in streams))
+    methods = sorted(dict.fromkeys(m for streams in runs.values() for m, _ in streams), key=lambda m: m != "noadapt")
     datasets = list(dict.fromkeys(d for streams in runs.values() for _, d in streams))
     base = next((m for m in methods if m == "noadapt"), None)
 
