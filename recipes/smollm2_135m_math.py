@@ -2,9 +2,10 @@
 
     bash scripts/setup.sh && .venv/bin/python recipes/smollm2_135m_math.py
 
-Runs the first 40 problems of the wild stream `long` (docs/wild_streams.md) with the
-`answer_line` prompt, Tent and ZeroSiam pooled, and prints the accuracy table with intervals and
-paired changes from NoAdapt, the collapse verdicts and the paths of the plots. Defaults in
+Runs 60 problems of the wild stream `long` (docs/wild_streams.md) with the `answer_line`
+prompt: NoAdapt, and Tent, ZeroSiam and ZeroSiam+clip at lr 3e-3 pooled (the rate at which the
+study found its clearest difference), and prints the accuracy table with intervals and paired
+changes from NoAdapt, the collapse verdicts and the paths of the plots. Defaults in
 recipes/configs/smollm2_135m_math.yaml; override any field, e.g. `--limit 60 --datasets mixed`.
 A rerun with the same --out resumes; --overwrite starts over.
 """
