@@ -34,17 +34,24 @@ from .methods import Method
 
 
 # --- per-row LoRA ---------------------------------------------------------------------------
-def _lora_delta(m, rows: list[str | None], x: torch.Tensor) -> torch.Tensor:
-    """Row b of `x` (B, T, in) through adapter rows[b] of the peft layer `m`: (B, T, out)."""
+def _lora_delta(m, rows: list[str | None], x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """Row b of `x` (B, T, in) through adapter rows[b] of the peft layer `m`: (B, T, out).
+    `cache`: keeps the stacked adapter weights between calls (generation under no_grad, where
+    the weights do not change between tokens); with gradients they are stacked per call."""
     names = [a for a in rows if a is not None]
     ranks = {m.lora_A[a].weight.shape[0] for a in names}
     scales = {m.scaling[a] for a in names}
     dtype = m.lora_A[names[0]].weight.dtype
     x = x.to(dtype)
     if len(names) == len(rows) and len(ranks) == 1 and len(scales) == 1:
-        a = torch.stack([m.lora_A[n].weight for n in rows])  # (B, r, in)
-        b = torch.stack([m.lora_B[n].weight for n in rows])  # (B, out, r)
-        return torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)) * scales.pop()  # (B, T, out)
+        if cache is not None and not torch.is_grad_enabled() and "ab" in cache:
+            a, b = cache["ab"]
+        else:
+            a = torch.stack([m.lora_A[n].weight for n in rows]).transpose(1, 2)  # (B, in, r)
+            b = torch.stack([m.lora_B[n].weight for n in rows]).transpose(1, 2)  # (B, r, out)
+            if cache is not None and not torch.is_grad_enabled():
+                cache["ab"] = (a, b)
+        return torch.bmm(torch.bmm(x, a), b) * scales.pop()  # (B, T, out)
     out_features = m.lora_B[names[0]].weight.shape[0]
     parts = []
     for i, n in enumerate(rows):
@@ -74,13 +81,13 @@ def route_lora(model: torch.nn.Module, adapters: list[str | None]):
             raise NotImplementedError(f"pooled streams support plain LoRA only; adapter(s) {bad} use a variant or a "
                                       "bias: run those streams one at a time")
 
-        def forward(x, *args, _m=m, _rows=rows, **kwargs):
+        def forward(x, *args, _m=m, _rows=rows, _cache={}, **kwargs):  # noqa: B006 (one dict per layer, on purpose)
             result = _m.base_layer(x, *args, **kwargs)
             if all(a is None for a in _rows):
                 return result
             if x.shape[0] != len(_rows):
                 raise RuntimeError(f"route_lora: a batch of {x.shape[0]} rows through a pool of {len(_rows)} streams")
-            return (result + _lora_delta(_m, _rows, x)).to(result.dtype)
+            return (result + _lora_delta(_m, _rows, x, _cache)).to(result.dtype)
 
         m.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
         patched.append(m)
