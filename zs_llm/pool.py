@@ -68,7 +68,8 @@ def route_lora(model: torch.nn.Module, adapters: list[str | None]):
     `adapters[b]` only (None, or an adapter the layer lacks: the base layer alone). Computed
     as peft computes one adapter (input cast to the adapter's dtype, result = base + B(A(x)) *
     scale, cast back), never folded into the base weight. Gradients reach each adapter from
-    its own rows."""
+    its own rows. Forwards without gradients (generation) stack the adapters' weights once per
+    context: step no optimizer inside one."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     patched = []
