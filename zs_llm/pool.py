@@ -34,24 +34,26 @@ from .methods import Method
 
 
 # --- per-row LoRA ---------------------------------------------------------------------------
-def _lora_delta(m, rows: list[str | None], x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+def _stack_adapters(m, rows: list[str | None]):
+    """(A^T (B, in, r), B^T (B, r, out), scale) of the peft layer `m` when every row has an
+    adapter and all share one rank and scale: the whole batch then takes one pair of bmm. Else
+    None (rows go one at a time)."""
+    if any(a is None for a in rows) or len({m.lora_A[a].weight.shape[0] for a in rows}) != 1 \
+            or len({m.scaling[a] for a in rows}) != 1:
+        return None
+    a = torch.stack([m.lora_A[n].weight for n in rows]).transpose(1, 2)
+    b = torch.stack([m.lora_B[n].weight for n in rows]).transpose(1, 2)
+    return a, b, m.scaling[rows[0]]
+
+
+def _lora_delta(m, rows: list[str | None], x: torch.Tensor, stacked) -> torch.Tensor:
     """Row b of `x` (B, T, in) through adapter rows[b] of the peft layer `m`: (B, T, out).
-    `cache`: keeps the stacked adapter weights between calls (generation under no_grad, where
-    the weights do not change between tokens); with gradients they are stacked per call."""
+    `stacked`: `_stack_adapters(m, rows)`."""
     names = [a for a in rows if a is not None]
-    ranks = {m.lora_A[a].weight.shape[0] for a in names}
-    scales = {m.scaling[a] for a in names}
-    dtype = m.lora_A[names[0]].weight.dtype
-    x = x.to(dtype)
-    if len(names) == len(rows) and len(ranks) == 1 and len(scales) == 1:
-        if cache is not None and not torch.is_grad_enabled() and "ab" in cache:
-            a, b = cache["ab"]
-        else:
-            a = torch.stack([m.lora_A[n].weight for n in rows]).transpose(1, 2)  # (B, in, r)
-            b = torch.stack([m.lora_B[n].weight for n in rows]).transpose(1, 2)  # (B, r, out)
-            if cache is not None and not torch.is_grad_enabled():
-                cache["ab"] = (a, b)
-        return torch.bmm(torch.bmm(x, a), b) * scales.pop()  # (B, T, out)
+    x = x.to(m.lora_A[names[0]].weight.dtype)
+    if stacked is not None:
+        a, b, scale = stacked
+        return torch.bmm(torch.bmm(x, a), b) * scale  # (B, T, out)
     out_features = m.lora_B[names[0]].weight.shape[0]
     parts = []
     for i, n in enumerate(rows):
@@ -68,8 +70,8 @@ def route_lora(model: torch.nn.Module, adapters: list[str | None]):
     `adapters[b]` only (None, or an adapter the layer lacks: the base layer alone). Computed
     as peft computes one adapter (input cast to the adapter's dtype, result = base + B(A(x)) *
     scale, cast back), never folded into the base weight. Gradients reach each adapter from
-    its own rows. Forwards without gradients (generation) stack the adapters' weights once per
-    context: step no optimizer inside one."""
+    its own rows. Each layer's adapter weights are stacked once, on entry (every token of a
+    generation reuses them): step no optimizer inside the context."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     patched = []
@@ -82,13 +84,16 @@ def route_lora(model: torch.nn.Module, adapters: list[str | None]):
             raise NotImplementedError(f"pooled streams support plain LoRA only; adapter(s) {bad} use a variant or a "
                                       "bias: run those streams one at a time")
 
-        def forward(x, *args, _m=m, _rows=rows, _cache={}, **kwargs):  # noqa: B006 (one dict per layer, on purpose)
+        none = all(a is None for a in rows)  # the base layer alone (not the layer's active adapters)
+        stacked = None if none else _stack_adapters(m, rows)
+
+        def forward(x, *args, _m=m, _rows=rows, _none=none, _stacked=stacked, **kwargs):
             result = _m.base_layer(x, *args, **kwargs)
-            if all(a is None for a in _rows):
+            if _none:
                 return result
             if x.shape[0] != len(_rows):
                 raise RuntimeError(f"route_lora: a batch of {x.shape[0]} rows through a pool of {len(_rows)} streams")
-            return (result + _lora_delta(_m, _rows, x, _cache)).to(result.dtype)
+            return (result + _lora_delta(_m, _rows, x, _stacked)).to(result.dtype)
 
         m.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
         patched.append(m)
