@@ -325,6 +325,20 @@ def summarize_study(folders: list[Path]) -> str:
               "|---|---|" + head.split("\n")[1][1:]]
     lines += [f"| {d} | {s} | {short(m)} | {cells(m, [d], [s])} |" for d in datasets for s in runs for m in methods
               if (m, d) in runs[s]]
+    lines += ["", "### Collapse diagnostics", "",
+              "Per stream, seeds in order: the entropy trend (last quarter's mean over the first's); `pred`: the "
+              "predictor's final distance from identity; the verdicts.", "",
+              "| stream | " + " | ".join(short(m) for m in methods if m != base) + " |",
+              "|---|" + "---|" * sum(m != base for m in methods)]
+    for d in datasets:
+        row = []
+        for m in (m for m in methods if m != base):
+            ms = [collapse_measures(runs[s][(m, d)]) for s in runs if (m, d) in runs[s]]
+            cell = "/".join(f"{x['entropy_trend']:.2f}" for x in ms)
+            if "zerosiam" in m:
+                cell += "; pred " + "/".join(f"{x['predictor_dev_final']:.2f}" for x in ms)
+            row.append(cell + "; " + ",".join(sorted({x["verdict"] for x in ms})))
+        lines.append(f"| {d} | " + " | ".join(row) + " |")
     lrs = sorted({m.split(":lr=")[1] + " (" + short(m).split("+")[0] + ")" for m in methods if ":lr=" in m})
     lines += ["", f"Seeds: {', '.join(runs)}. Learning rates: {', '.join(lrs) or 'the methods defaults'}. The change "
               "is paired on the same problems; its interval resamples problems within each (stream, seed); "
