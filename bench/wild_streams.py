@@ -66,8 +66,9 @@ def with_lr(spec: str, lrs: dict[str, float]) -> str:
     return f"{spec}:lr={lrs[source]:g}"
 
 
-def study_specs(methods, lrs: dict[str, float], guard_rows: bool = True) -> list[str]:
-    """The study's rows: each method (paper), each adapting one again with +clip, and the guard rows."""
+def study_specs(methods, lrs: dict[str, float], guard_rows: bool = True, skip=()) -> list[str]:
+    """The study's rows: each method (paper), each adapting one again with +clip, and the guard rows;
+    less the rows named in `skip` (as `tent+clip`, without the lr: rows run in another root)."""
     from zs_llm.methods import METHODS
 
     out = list(methods)
@@ -75,7 +76,10 @@ def study_specs(methods, lrs: dict[str, float], guard_rows: bool = True) -> list
         if "lora" in METHODS[m].trains:  # the global clip acts on the LoRA methods' step
             out.append(f"{m}+clip")
     out += [f"{m}+guard" for m in GUARDED if m in methods and guard_rows]
-    return [with_lr(s, lrs) for s in out]
+    unknown = set(skip) - set(out)
+    if unknown:
+        raise ValueError(f"--skip names rows the study does not have: {sorted(unknown)}; its rows are {out}")
+    return [with_lr(s, lrs) for s in out if s not in skip]
 
 
 def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
@@ -96,7 +100,8 @@ def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
                          "seed": 0, "prompt_style": ARITH30["prompt_style"], "max_new_tokens": ARITH30["max_new_tokens"],
                          "out": str(job_dir(args.root, stage, 0, "arith", s))})
     elif stage == "study":
-        specs = study_specs([m for m in args.methods.split(",") if m], lrs or {}, not args.no_guard_rows)
+        specs = study_specs([m for m in args.methods.split(",") if m], lrs or {}, not args.no_guard_rows,
+                            [m for m in args.skip.split(",") if m])
         streams = [d for d in args.streams.split(",") if d]
         for seed in [int(s) for s in args.seeds.split(",")]:
             for s in specs:  # one process per (method, seed): the model loads once for all its streams
@@ -361,6 +366,8 @@ def main(argv=None):
     ap.add_argument("--streams", default="long,shift,imbalanced,mixed")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--no-guard-rows", action="store_true", help="leave out tent+guard and zerosiam+guard")
+    ap.add_argument("--skip", default="", help="study rows to leave out, e.g. `tent,tent+clip` (run in another root; "
+                    "keep noadapt: the paired differences need it)")
     ap.add_argument("--limit", default=None, help="problems per study stream (default: whole streams); `auto`: as "
                     "many as the earlier stages' measured rate lets every study job finish before --deadline")
     ap.add_argument("--max-limit", type=int, default=300, help="cap of --limit auto")

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))  # the scripts import their neighbours (_common, select_lr, testbed) by name
 
@@ -16,6 +18,11 @@ def test_study_rows_are_every_method_plus_clip_and_guard_rows_at_the_selected_lr
                      "tent+clip:lr=0.001", "zerosiam+clip:lr=0.0003", "zerosiam+sar+clip:lr=0.0003",
                      "tent+guard:lr=0.001", "zerosiam+guard:lr=0.0003"]
     assert m.with_lr("come", {}) == "come"  # no selection: the method's default stands
+    # rows run in another root are left out; a row the study lacks is an error naming its rows
+    assert m.study_specs(["noadapt", "tent", "come"], {}, skip=["tent", "tent+clip"]) == \
+        ["noadapt", "come", "come+clip", "tent+guard"]
+    with pytest.raises(ValueError, match="does not have.*'tent\\+clip'"):
+        m.study_specs(["noadapt", "tent"], {}, skip=["tent+clp"])
 
 
 def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
