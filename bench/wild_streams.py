@@ -240,21 +240,26 @@ def select(args) -> dict[str, float]:
     return {m: table[m]["chosen"] for m in methods if table[m]["chosen"] is not None}
 
 
-def assemble(root: Path, stage: str, first: int | None = None) -> list[Path]:
+def assemble(root: Path, stage: str, first: int | None = None, include=()) -> list[Path]:
     """Per seed, one run folder holding every job's rows (copied) and a run.json naming every
     method's settings; then the per-seed reports and, with 2+ seeds, the combined report.
     `first`: keep each stream's first N rows only (a study stopped at a deadline leaves methods
-    at unequal lengths; cut to the shortest, every method is compared on the same problems)."""
+    at unequal lengths; cut to the shortest, every method is compared on the same problems).
+    `include`: other roots whose jobs of the same stage join these, for the seeds this root has
+    (rows run there with `--skip`); a stream both hold must have the same rows in both."""
     from eval.report import write_combined_report, write_report
 
     folders = []
-    for seed_dir in sorted((root / "jobs" / stage).glob("seed*")):
-        out = root / stage / seed_dir.name
+    seeds = sorted(d.name for d in (root / "jobs" / stage).glob("seed*"))
+    for seed in seeds:
+        out = root / stage / seed
         if out.exists():
             shutil.rmtree(out)
         (out / "rows").mkdir(parents=True)
         info: dict = {}
-        for job in sorted(seed_dir.iterdir()):
+        jobs = [j for r in (root, *include) if (Path(r) / "jobs" / stage / seed).is_dir()
+                for j in sorted((Path(r) / "jobs" / stage / seed).iterdir())]
+        for job in jobs:
             if not (job / "run.json").exists():
                 continue
             j = json.loads((job / "run.json").read_text())
@@ -265,12 +270,17 @@ def assemble(root: Path, stage: str, first: int | None = None) -> list[Path]:
             info["config"]["datasets"] += [d for d in j["config"]["datasets"] if d not in info["config"]["datasets"]]
             info["adapt_configs"].update(j.get("adapt_configs", {}))
             info["assembled_from"].append(str(job))
-            for f in (job / "rows").glob("*.jsonl"):
-                if first is None:
-                    shutil.copy(f, out / "rows" / f.name)
-                else:
-                    (out / "rows" / f.name).write_bytes(b"".join(f.read_bytes().splitlines(keepends=True)[:first]))
-        info["config_hash"] = f"assembled-{stage}-{seed_dir.name}"
+            for f in sorted((job / "rows").glob("*.jsonl")):
+                data = f.read_bytes()
+                if first is not None:
+                    data = b"".join(data.splitlines(keepends=True)[:first])
+                dest = out / "rows" / f.name
+                if dest.exists() and dest.read_bytes() != data:
+                    raise ValueError(f"{f} and an earlier job's {f.name} hold different rows for one stream: "
+                                     "include only roots run with the same settings (and --skip the rows "
+                                     "run elsewhere)")
+                dest.write_bytes(data)
+        info["config_hash"] = f"assembled-{stage}-{seed}"
         if first is not None:
             info["first_rows_only"] = first
         (out / "run.json").write_text(json.dumps(info, indent=2))
@@ -383,6 +393,8 @@ def main(argv=None):
     ap.add_argument("--lrs", help="JSON {method: lr} instead of the select stage's choice")
     ap.add_argument("--assemble", action="store_true", help="only assemble the stages' folders and write reports")
     ap.add_argument("--summary", help="with --assemble: write the study's tables (markdown) to this file")
+    ap.add_argument("--include", type=Path, action="append", default=[], help="with --assemble: another root "
+                    "whose jobs join this one's (e.g. rows run there with --skip); repeatable")
     ap.add_argument("--first", type=int, default=None, help="with --assemble: keep each stream's first N rows "
                     "(a study stopped at --deadline: every method on the same problems)")
     args = ap.parse_args(argv)
@@ -392,7 +404,7 @@ def main(argv=None):
     if args.assemble:
         for stage in stages:
             if stage != "select" and (args.root / "jobs" / stage).is_dir():
-                folders = assemble(args.root, stage, args.first)
+                folders = assemble(args.root, stage, args.first, args.include)
                 print(f"{stage}: {[str(p) for p in folders]}")
                 if stage == "study" and args.summary:
                     Path(args.summary).write_text(summarize_study(folders))

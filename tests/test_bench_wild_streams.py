@@ -1,6 +1,7 @@
 """bench/wild_streams.py: the study's plan and its pool, end to end on a tiny random model."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,6 +65,24 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
     m.main(["--root", str(root), "--stages", "study", "--assemble", "--first", "2", "--summary", str(root / "t2.md")])
     assert all(len(f.read_text().splitlines()) == 2 for f in (root / "study" / "seed0" / "rows").glob("*.jsonl"))
     assert "| tent+clip | 8 |" in (root / "t2.md").read_text()
+    # rows run in another root join with --include; a stream both roots hold must agree
+    job = root / "jobs" / "study" / "seed0" / "pool"
+    other = tmp_path / "other" / "jobs" / "study" / "seed0" / "pool"
+    (other / "rows").mkdir(parents=True)
+    shutil.copy(job / "run.json", other / "run.json")
+    for f in (job / "rows").glob("*.jsonl"):
+        if f.name.startswith("tent+clip") or f.name.startswith("noadapt"):
+            shutil.copy(f, other / "rows" / f.name)
+            if f.name.startswith("tent+clip"):
+                f.unlink()  # now only the other root has it
+    m.main(["--root", str(root), "--stages", "study", "--assemble", "--include", str(tmp_path / "other"),
+            "--summary", str(root / "t3.md")])
+    assert len(list((root / "study" / "seed0" / "rows").glob("*.jsonl"))) == 8
+    assert "| tent+clip | 12 |" in (root / "t3.md").read_text()  # seed 0's 6 come from the other root only
+    noadapt = next((other / "rows").glob("noadapt*"))
+    noadapt.write_text(noadapt.read_text().replace('"response": "', '"response": "x', 1))
+    with pytest.raises(ValueError, match="different rows"):
+        m.main(["--root", str(root), "--stages", "study", "--assemble", "--include", str(tmp_path / "other")])
 
 
 def test_deadline_stops_jobs_and_keeps_their_rows(tmp_path, tiny_dir):
@@ -77,7 +96,7 @@ def m_args(m, root, tiny_dir):
     import argparse
 
     return argparse.Namespace(root=root, model=str(tiny_dir), dtype="float32", device=None, methods="noadapt,tent",
-                              no_guard_rows=False,
+                              no_guard_rows=False, skip="",
                               seeds="0", streams="mixed", limit=2, prompt_style="plain", max_new_tokens=4)
 
 
