@@ -246,7 +246,8 @@ def assemble(root: Path, stage: str, first: int | None = None, include=()) -> li
     `first`: keep each stream's first N rows only (a study stopped at a deadline leaves methods
     at unequal lengths; cut to the shortest, every method is compared on the same problems).
     `include`: other roots whose jobs of the same stage join these, for the seeds this root has
-    (rows run there with `--skip`); a stream both hold must have the same rows in both."""
+    (rows run there with `--skip`); a stream both hold must have the same responses in both (the
+    first root's rows are kept)."""
     from eval.report import write_combined_report, write_report
 
     folders = []
@@ -275,10 +276,12 @@ def assemble(root: Path, stage: str, first: int | None = None, include=()) -> li
                 if first is not None:
                     data = b"".join(data.splitlines(keepends=True)[:first])
                 dest = out / "rows" / f.name
-                if dest.exists() and dest.read_bytes() != data:
-                    raise ValueError(f"{f} and an earlier job's {f.name} hold different rows for one stream: "
-                                     "include only roots run with the same settings (and --skip the rows "
-                                     "run elsewhere)")
+                if dest.exists():  # run in two roots: keep the first, if both gave the same responses
+                    if _responses(dest.read_bytes()) != _responses(data):
+                        raise ValueError(f"{f} and an earlier job's {f.name} hold different responses for one "
+                                         "stream: include only roots run with the same settings (and --skip the "
+                                         "rows run elsewhere)")
+                    continue
                 dest.write_bytes(data)
         info["config_hash"] = f"assembled-{stage}-{seed}"
         if first is not None:
@@ -289,6 +292,11 @@ def assemble(root: Path, stage: str, first: int | None = None, include=()) -> li
     if len(folders) > 1:
         write_combined_report(folders, root / stage / "combined")
     return folders
+
+
+def _responses(jsonl: bytes) -> list[tuple]:
+    """(id, response) of each row: what two runs of one stream must share (timings differ)."""
+    return [(r["id"], r["response"]) for r in map(json.loads, jsonl.splitlines()) if r]
 
 
 def short(label: str) -> str:

@@ -81,7 +81,7 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
     assert "| tent+clip | 12 |" in (root / "t3.md").read_text()  # seed 0's 6 come from the other root only
     noadapt = next((other / "rows").glob("noadapt*"))
     noadapt.write_text(noadapt.read_text().replace('"response": "', '"response": "x', 1))
-    with pytest.raises(ValueError, match="different rows"):
+    with pytest.raises(ValueError, match="different responses"):
         m.main(["--root", str(root), "--stages", "study", "--assemble", "--include", str(tmp_path / "other")])
 
 
