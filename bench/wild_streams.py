@@ -319,6 +319,8 @@ def summarize_study(folders: list[Path]) -> str:
     methods = sorted(dict.fromkeys(m for streams in runs.values() for m, _ in streams), key=lambda m: m != "noadapt")
     datasets = list(dict.fromkeys(d for streams in runs.values() for _, d in streams))
     base = next((m for m in methods if m == "noadapt"), None)
+    # each stream's collapse measures, once: the verdict columns and the diagnostics table read them
+    measures = {(s, key): collapse_measures(rows) for s, streams in runs.items() for key, rows in streams.items()}
 
     def cells(m: str, ds: list[str], seeds: list[str] | None = None) -> str:
         keys = [(s, d) for s in (seeds or runs) for d in ds if (m, d) in runs[s]]
@@ -334,7 +336,7 @@ def summarize_study(folders: list[Path]) -> str:
                     f"{v.only_method}/{v.only_baseline} | {v.p_mcnemar:.3g}")
         else:
             row += " | - | - | -"
-        verdicts = Counter(collapse_measures(runs[s][(m, d)])["verdict"] for s, d in keys)
+        verdicts = Counter(measures[s, (m, d)]["verdict"] for s, d in keys)
         return row + " | " + ", ".join(f"{v} {c}" for v, c in verdicts.most_common())
 
     head = ("| method | n | accuracy % [95% CI] | change from noadapt, points [95% CI] | gained/lost | McNemar p "
@@ -356,7 +358,7 @@ def summarize_study(folders: list[Path]) -> str:
     for d in datasets:
         row = []
         for m in (m for m in methods if m != base):
-            ms = [collapse_measures(runs[s][(m, d)]) for s in runs if (m, d) in runs[s]]
+            ms = [measures[s, (m, d)] for s in runs if (m, d) in runs[s]]
             cell = "/".join(f"{x['entropy_trend']:.2f}" for x in ms)
             if "zerosiam" in m:
                 cell += "; pred " + "/".join(f"{x['predictor_dev_final']:.2f}" for x in ms)
