@@ -258,9 +258,8 @@ def assemble(root: Path, stage: str, first: int | None = None, include=()) -> li
             shutil.rmtree(out)
         (out / "rows").mkdir(parents=True)
         info: dict = {}
-        jobs = [j for r in (root, *include) if (Path(r) / "jobs" / stage / seed).is_dir()
-                for j in sorted((Path(r) / "jobs" / stage / seed).iterdir())]
-        for job in jobs:
+        seed_dirs = [Path(r) / "jobs" / stage / seed for r in (root, *include)]
+        for job in (j for d in seed_dirs if d.is_dir() for j in sorted(d.iterdir())):
             if not (job / "run.json").exists():
                 continue
             j = json.loads((job / "run.json").read_text())
