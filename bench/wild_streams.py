@@ -103,7 +103,7 @@ def plan(args, lrs: dict[str, float] | None, stage: str) -> list[dict]:
         specs = study_specs([m for m in args.methods.split(",") if m], lrs or {}, not args.no_guard_rows,
                             [m for m in args.skip.split(",") if m])
         streams = [d for d in args.streams.split(",") if d]
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in [int(s) for s in (args.seeds or "0,1,2").split(",")]:
             for s in specs:  # one process per (method, seed): the model loads once for all its streams
                 jobs.append({**common, "methods": [s], "datasets": streams, "limit": args.limit, "seed": seed,
                              "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
@@ -240,18 +240,26 @@ def select(args) -> dict[str, float]:
     return {m: table[m]["chosen"] for m in methods if table[m]["chosen"] is not None}
 
 
-def assemble(root: Path, stage: str, first: int | None = None, include=()) -> list[Path]:
+def assemble(root: Path, stage: str, first: int | None = None, include=(), seeds=None) -> list[Path]:
     """Per seed, one run folder holding every job's rows (copied) and a run.json naming every
     method's settings; then the per-seed reports and, with 2+ seeds, the combined report.
     `first`: keep each stream's first N rows only (a study stopped at a deadline leaves methods
     at unequal lengths; cut to the shortest, every method is compared on the same problems).
     `include`: other roots whose jobs of the same stage join these, for the seeds this root has
     (rows run there with `--skip`); a stream both hold must have the same responses in both (the
-    first root's rows are kept)."""
+    first root's rows are kept). `seeds`: assemble these seeds (e.g. [0, 1, 2]) from every root
+    instead, so that a new, empty root can gather a study run in several roots."""
     from eval.report import write_combined_report, write_report
 
     folders = []
-    seeds = sorted(d.name for d in (root / "jobs" / stage).glob("seed*"))
+    if seeds is None:
+        seeds = sorted(d.name for d in (root / "jobs" / stage).glob("seed*"))
+    else:
+        seeds = [f"seed{s}" for s in seeds]
+        held = {d.name for r in (root, *include) for d in (Path(r) / "jobs" / stage).glob("seed*")}
+        if set(seeds) - held:
+            raise ValueError(f"no root holds {stage} jobs of {sorted(set(seeds) - held)}; the roots hold "
+                             f"{sorted(held)}: name only those in --seeds")
     for seed in seeds:
         out = root / stage / seed
         if out.exists():
@@ -383,7 +391,8 @@ def main(argv=None):
     ap.add_argument("--device", default=None)
     ap.add_argument("--methods", default=",".join(STUDY_METHODS))
     ap.add_argument("--streams", default="long,shift,imbalanced,mixed")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=None, help="seeds to run (default 0,1,2); with --assemble: the seeds to "
+                    "gather from --root and every --include (default: those --root holds)")
     ap.add_argument("--no-guard-rows", action="store_true", help="leave out tent+guard and zerosiam+guard")
     ap.add_argument("--skip", default="", help="study rows to leave out, e.g. `tent,tent+clip` (run in another root; "
                     "keep noadapt: the paired differences need it)")
@@ -412,8 +421,9 @@ def main(argv=None):
     stages = [s for s in args.stages.split(",") if s]
     if args.assemble:
         for stage in stages:
-            if stage != "select" and (args.root / "jobs" / stage).is_dir():
-                folders = assemble(args.root, stage, args.first, args.include)
+            if stage != "select" and any((Path(r) / "jobs" / stage).is_dir() for r in (args.root, *args.include)):
+                seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+                folders = assemble(args.root, stage, args.first, args.include, seeds)
                 print(f"{stage}: {[str(p) for p in folders]}")
                 if stage == "study" and args.summary:
                     Path(args.summary).write_text(summarize_study(folders))

@@ -79,6 +79,14 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
             "--summary", str(root / "t3.md")])
     assert len(list((root / "study" / "seed0" / "rows").glob("*.jsonl"))) == 8
     assert "| tent+clip | 12 |" in (root / "t3.md").read_text()  # seed 0's 6 come from the other root only
+    # a new, empty root gathers named seeds from several roots; a seed no root holds is an error
+    both = tmp_path / "both"
+    m.main(["--root", str(both), "--stages", "study", "--assemble", "--include", str(root), "--include",
+            str(tmp_path / "other"), "--seeds", "0,1", "--summary", str(both / "t4.md")])
+    assert (both / "t4.md").read_text() == (root / "t3.md").read_text().replace(str(root), str(both))
+    assert sorted(p.name for p in (both / "study").iterdir()) == ["combined", "seed0", "seed1"]
+    with pytest.raises(ValueError, match=r"no root holds study jobs of \['seed2'\].*'seed0', 'seed1'"):
+        m.main(["--root", str(both), "--stages", "study", "--assemble", "--include", str(root), "--seeds", "0,2"])
     noadapt = next((other / "rows").glob("noadapt*"))
     noadapt.write_text(noadapt.read_text().replace('"response": "', '"response": "x', 1))
     with pytest.raises(ValueError, match="different responses"):
