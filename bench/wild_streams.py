@@ -319,7 +319,7 @@ def summarize_study(folders: list[Path]) -> str:
     from collections import Counter
 
     from eval.report import load_run, outcomes
-    from eval.stats import paired_difference_over_sets, wilson_interval
+    from eval.stats import holm, paired_difference_over_sets, wilson_interval
     from zs_llm.diagnostics import collapse_measures
 
     runs = {f.name: load_run(f) for f in folders}
@@ -328,6 +328,7 @@ def summarize_study(folders: list[Path]) -> str:
     base = next((m for m in methods if m == "noadapt"), None)
     # each stream's collapse measures, once: the verdict columns and the diagnostics table read them
     measures = {(s, key): collapse_measures(rows) for s, streams in runs.items() for key, rows in streams.items()}
+    pooled_p = {}  # each method's McNemar p over all streams and seeds: the family Holm adjusts
 
     def cells(m: str, ds: list[str], seeds: list[str] | None = None) -> str:
         keys = [(s, d) for s in (seeds or runs) for d in ds if (m, d) in runs[s]]
@@ -339,6 +340,8 @@ def summarize_study(folders: list[Path]) -> str:
         if base and m != base:
             pairs = [(o, outcomes(runs[s][(base, d)])) for o, (s, d) in zip(outs, keys) if (base, d) in runs[s]]
             v = paired_difference_over_sets(pairs)
+            if ds == datasets and seeds is None:
+                pooled_p[m] = v.p_mcnemar
             row += (f" | {100 * v.diff:+.1f} [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}] | "
                     f"{v.only_method}/{v.only_baseline} | {v.p_mcnemar:.3g}")
         else:
@@ -350,6 +353,12 @@ def summarize_study(folders: list[Path]) -> str:
             "| verdicts (streams x seeds) |\n|---|---|---|---|---|---|---|")
     lines = ["### All streams and seeds", "", head]
     lines += [f"| {short(m)} | {cells(m, datasets)} |" for m in methods]
+    if pooled_p:
+        adj = holm(pooled_p)
+        below = [m for m in pooled_p if pooled_p[m] < 0.05]
+        lines += ["", f"Holm-adjusted over the {len(adj)} comparisons with {base} above (McNemar p under 0.05 "
+                  "before adjustment): " + (", ".join(f"{short(m)} {pooled_p[m]:.3g} -> {adj[m]:.3g}" for m in below)
+                                            or "none") + "."]
     for d in datasets:
         lines += ["", f"### {d}", "", head]
         lines += [f"| {short(m)} | {cells(m, [d])} |" for m in methods if any((m, d) in r for r in runs.values())]

@@ -117,6 +117,23 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)  # int / int: exact for large n, no float overflow
 
 
+def holm(pvalues: Mapping[Hashable, float]) -> dict[Hashable, float]:
+    """Holm's step-down adjustment of several p-values tested together (family-wise error).
+
+    The i-th smallest of m p-values is multiplied by m - i + 1, the results are made
+    non-decreasing in that order and capped at 1; reject where the adjusted p is below alpha.
+
+        >>> holm({"a": 0.01, "b": 0.04, "c": 0.03})
+        {'a': 0.03, 'b': 0.06, 'c': 0.06}
+    """
+    order = sorted(pvalues, key=lambda k: pvalues[k])
+    out, running = {}, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * pvalues[k]))
+        out[k] = running
+    return {k: out[k] for k in pvalues}
+
+
 @dataclass
 class PairedDiff:
     """Method minus baseline on the problems graded for both (accuracy as a fraction, not %)."""

@@ -58,6 +58,7 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
     line = next(x for x in tables.splitlines() if x.startswith("| tent+clip |"))
     assert line.split(" | ")[1] == "12"  # 3 problems x 2 streams x 2 seeds, pooled
     assert "| noadapt | 12 |" in tables
+    assert "Holm-adjusted over the 3 comparisons with noadapt above" in tables  # tent, tent+clip, tent+guard
     diag = tables.split("### Collapse diagnostics", 1)[1]
     assert [x.count(";") for x in diag.splitlines() if x.startswith("| mixed |")] == [3]  # tent+clip, tent, tent+guard
     assert "| mixed | seed1 | tent+clip | 3 |" in tables and "| imbalanced | seed0 | noadapt | 3 |" in tables

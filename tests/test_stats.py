@@ -8,6 +8,7 @@ import pytest
 from eval.stats import (
     bootstrap_interval,
     combine_seeds,
+    holm,
     mcnemar_p,
     paired_difference,
     paired_difference_over_sets,
@@ -63,6 +64,16 @@ def test_mcnemar_exact(b, c, expected):
     assert mcnemar_p(b, c) == pytest.approx(expected, abs=1e-9)
     assert mcnemar_p(b, c) == pytest.approx(binomial_two_sided(b, c), abs=1e-12)
     assert mcnemar_p(c, b) == mcnemar_p(b, c)
+
+
+def test_holm_step_down():
+    adj = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    assert adj == pytest.approx({"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.5})  # 4*.01, max(3*.03, 2*.04), 1*.5
+    assert list(adj) == ["a", "b", "c", "d"]  # the caller's order
+    assert holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}  # capped at 1
+    assert holm({}) == {}
+    one = holm({"z": 0.02})
+    assert one == {"z": 0.02}  # a single test is not adjusted
 
 
 def test_mcnemar_large_counts_do_not_overflow():
