@@ -254,6 +254,9 @@ def assemble(root: Path, stage: str, first: int | None = None, include=(), seeds
     folders = []
     if seeds is None:
         seeds = sorted(d.name for d in (root / "jobs" / stage).glob("seed*"))
+        if not seeds and include:
+            raise ValueError(f"{root} holds no {stage} jobs: name the seeds to gather from the --include roots "
+                             "with --seeds (e.g. --seeds 0,1,2)")
     else:
         seeds = [f"seed{s}" for s in seeds]
         held = {d.name for r in (root, *include) for d in (Path(r) / "jobs" / stage).glob("seed*")}

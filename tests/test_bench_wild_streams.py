@@ -86,6 +86,8 @@ def test_pool_runs_selects_and_assembles_reports(tmp_path, tiny_dir):
             str(tmp_path / "other"), "--seeds", "0,1", "--summary", str(both / "t4.md")])
     assert (both / "t4.md").read_text() == (root / "t3.md").read_text().replace(str(root), str(both))
     assert sorted(p.name for p in (both / "study").iterdir()) == ["combined", "seed0", "seed1"]
+    with pytest.raises(ValueError, match="holds no study jobs: name the seeds.*--seeds"):  # not silently nothing
+        m.main(["--root", str(tmp_path / "empty"), "--stages", "study", "--assemble", "--include", str(root)])
     with pytest.raises(ValueError, match=r"no root holds study jobs of \['seed2'\].*'seed0', 'seed1'"):
         m.main(["--root", str(both), "--stages", "study", "--assemble", "--include", str(root), "--seeds", "0,2"])
     noadapt = next((other / "rows").glob("noadapt*"))
