@@ -62,6 +62,7 @@ class DatasetSpec:
     generate: Callable[..., list[Problem]] | None = None  # (seed, data_dir) -> problems
     reads: tuple[str, ...] = ()  # sets a generated stream draws problems from (needs the data dir)
     scales: bool = False  # a generated stream whose shape scales: `limit` N generates its N-problem version
+    max_size: int | None = None  # the longest stream a scaling set generates (a larger `limit` is refused)
 
 
 DATASETS: Registry = Registry("dataset")
@@ -352,10 +353,18 @@ def mixed_stream(seed: int = 0, size: int = 300, data_dir=None) -> list[Problem]
 
 
 WILD_STREAMS = ("long", "shift", "imbalanced", "mixed")
-DATASETS["long"] = DatasetSpec("long", None, (), None, None, generate=long_stream, scales=True)
-DATASETS["shift"] = DatasetSpec("shift", None, (), None, None, generate=shift_stream, reads=("gsm8k",), scales=True)
-DATASETS["imbalanced"] = DatasetSpec("imbalanced", None, (), None, None, generate=imbalanced_stream, scales=True)
-DATASETS["mixed"] = DatasetSpec("mixed", None, (), None, None, generate=mixed_stream, scales=True)
+#: the longest wild stream a run may ask for: about a day of online adaptation at a problem a second,
+#: generated in under a second (a typo such as `--limit 1000000000` would otherwise fill the memory)
+WILD_MAX_SIZE = 100_000
+DATASETS["long"] = DatasetSpec("long", None, (), None, None, generate=long_stream, scales=True,
+                               max_size=WILD_MAX_SIZE)
+# shift's last third samples GSM8K without replacement: at most its 1,319 problems
+DATASETS["shift"] = DatasetSpec("shift", None, (), None, None, generate=shift_stream, reads=("gsm8k",), scales=True,
+                                max_size=3 * DATASETS["gsm8k"].rows)
+DATASETS["imbalanced"] = DatasetSpec("imbalanced", None, (), None, None, generate=imbalanced_stream, scales=True,
+                                     max_size=WILD_MAX_SIZE)
+DATASETS["mixed"] = DatasetSpec("mixed", None, (), None, None, generate=mixed_stream, scales=True,
+                                max_size=WILD_MAX_SIZE)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -403,6 +412,7 @@ def load_problems(
         raise ValueError(f"source must be 'auto', 'local' or 'hub', not {source!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, not {limit}")
+    check_limit(name, limit, subset is not None)
 
     if spec.generate is not None:
         sized = {"size": limit} if spec.scales and limit and subset is None else {}
@@ -419,6 +429,16 @@ def load_problems(
     if subset is not None:
         problems = Subset.parse(subset).select(problems, name)
     return problems if limit is None else problems[:limit]
+
+
+def check_limit(name: str, limit: int | None, subset: bool = False) -> None:
+    """Refuse a `limit` longer than the longest stream set `name` generates (a scaling stream is
+    built for the whole limit), before anything is built. A read set or a subset is cut to the
+    limit and needs no bound."""
+    spec = DATASETS[name]
+    if limit and spec.scales and not subset and spec.max_size is not None and limit > spec.max_size:
+        raise ValueError(f"limit {limit} is longer than the longest {name} stream ({spec.max_size} problems); give "
+                         f"limit <= {spec.max_size}")
 
 
 def ids_sha256(problems: list[Problem]) -> str:

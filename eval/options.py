@@ -15,6 +15,13 @@ A YAML file holds `field: value` lines; `--config FILE` (repeatable) reads one, 
 A name both `RunConfig` and `AdaptConfig` have (`seed`) is the harness's; the methods' own value
 is reached with `--set seed=N` or `adapt: {seed: N}` in YAML. `--set KEY=VALUE` sets any method
 setting by name, as the flat flag does.
+
+Every value, from a flag, `--set`, a YAML file or a method spec, is checked by the one check its
+field declares (`zs_llm.settings.check_value`: type and range from the dataclass field), so the
+same bad value gives the same message whichever way it came in; the message starts with where
+it came from. A later `--config` file overrides an earlier one and flags override files, but one
+source naming a field twice (a YAML key twice, a flag twice, `lr:` beside `adapt: {lr:}`, `--lr`
+beside `--set lr=`) is an error, not a silent choice.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from zs_llm.config import AdaptConfig, check_overrides
+from zs_llm.config import AdaptConfig, check_field, check_overrides
 from zs_llm.methods import METHODS
-from zs_llm.settings import parse_value, type_name
+from zs_llm.settings import check_fields, check_value, parse_text
 
 from .datasets import DATASETS
 from .prompting import PROMPT_STYLES
@@ -49,10 +56,16 @@ class Launch:
     report: bool = field(default=True, metadata={"help": "Write report.md and the plots at the end (--no_report: "
                                                  "skip)."})
 
+    def __post_init__(self):
+        check_fields(self)
+
 
 #: RunConfig fields whose values are registry names: the registries list them (nothing written twice)
 REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "prompt_style": PROMPT_STYLES}
-EXAMPLES = {"float": "1.0e-4", "int": "10", "bool": "true", "list": "[a, b]", "dict": "{key: value}", "str": "text"}
+#: a YAML config file is a few dozen lines: these bound what reading one may cost (a file of many
+#: megabytes, or aliases that expand exponentially, is refused before it is built)
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
 
 
 # --- the option table ------------------------------------------------------------------------
@@ -66,6 +79,14 @@ class Option:
     choices: tuple | None
     group: str
     target: str  # "launch", "run", "adapt"
+    metadata: Any = None  # the field's metadata: its range, checked by zs_llm.settings.check_value
+
+    def check(self, value: Any, where: str) -> Any:
+        """`value` checked against this option's field; errors start with `where`."""
+        try:
+            return check_value(self.name, value, self.annotation, self.metadata, self.default)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def _fields(cls) -> list[tuple[dataclasses.Field, Any]]:
@@ -90,7 +111,7 @@ def options() -> dict[str, Option]:
         elif reg is not None:
             help_extra += f" Registered: {', '.join(reg)}."
         out[f.name] = Option(f.name, f.type, hint, _default(f), f.metadata.get("help", "") + help_extra,
-                             tuple(choices) if choices is not None else None, group, target)
+                             tuple(choices) if choices is not None else None, group, target, f.metadata)
 
     for f, hint in _fields(Launch):
         add(f, hint, "run", "launch")
@@ -123,51 +144,30 @@ def _run_names() -> set[str]:
 
 
 # --- values ------------------------------------------------------------------------------------
-def _base(kind: str) -> str:
-    return next((k for k in ("list", "dict", "bool", "float", "int", "str") if kind.startswith(k) or f"| {k}" in kind
-                 or f"{k} |" in kind), "Any")
-
-
-def coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
-    """A config file's value as its field's type, or a one-line error naming file, field and fix.
-    PyYAML reads `1e-4` (no dot) as a string: numbers written as text are converted here."""
-    kind = type_name(annotation)
-    base = _base(kind)
-
-    def fail(got: str) -> ValueError:
-        return ValueError(f"{where}: {name} expects {kind}, got {got}; write e.g. `{name}: {EXAMPLES.get(base, '...')}`")
-
-    if value is None:
-        if "None" in kind or base == "Any":
-            return None
-        raise fail("nothing (null)")
-    if isinstance(value, str) and base in ("float", "int", "bool", "list"):
-        try:
-            return parse_value(value, kind)
-        except ValueError:
-            raise fail(repr(value)) from None
-    ok = {"bool": lambda v: isinstance(v, bool),
-          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "list": lambda v: isinstance(v, list),
-          "dict": lambda v: isinstance(v, dict),
-          "str": lambda v: isinstance(v, str)}.get(base, lambda v: True)
-    if not ok(value):
-        raise fail(f"{value!r} ({type(value).__name__})")
-    return float(value) if base == "float" else value
+def coerce(name: str, value: Any, annotation: Any, where: str, metadata: Any = None, default: Any = None) -> Any:
+    """A config file's value checked against its field (`zs_llm.settings.check_value`), or a
+    one-line error naming the file, the field and the fix. Text is read as a command-line value
+    is (`parse_text`): PyYAML reads `1e-4` (no dot) as a string, and `a,b` is a list."""
+    if isinstance(value, str):
+        value = parse_text(value, annotation)
+    try:
+        return check_value(name, value, annotation, metadata, default)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def coerce_settings(adapt: dict, where: str) -> dict:
-    """AdaptConfig settings by name (a YAML `adapt:` mapping), each as its type; unknown names listed."""
+    """AdaptConfig settings by name (a YAML `adapt:` mapping), each checked; unknown names listed."""
     from zs_llm.config import all_settings
 
     settings = all_settings()
     if not isinstance(adapt, dict):
         raise ValueError(f"{where}: adapt must be a mapping of setting: value, got {type(adapt).__name__}")
-    unknown = sorted(set(adapt) - set(settings))
+    unknown = sorted(map(str, set(adapt) - set(settings)))
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown} under adapt; valid: {sorted(settings)}")
-    return {k: coerce(k, v, settings[k].type, where) for k, v in adapt.items()}
+    return {k: coerce(k, v, settings[k].type, where, settings[k].metadata, _default(settings[k]))
+            for k, v in adapt.items()}
 
 
 def _put_setting(given: dict, name: str, value: Any) -> None:
@@ -178,23 +178,99 @@ def _put_setting(given: dict, name: str, value: Any) -> None:
         given[name] = value
 
 
+class _Refused(Exception):
+    """A YAML file the bounded loader will not build (its message lacks only the file name)."""
+
+
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """PyYAML's safe loader that refuses a mapping naming a key twice (PyYAML keeps the last)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` keys may be overridden: that is what a merge is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: the constructor names it
+                if first != key_node.start_mark.line + 1:
+                    raise _Refused(f"{key!r} is given twice (lines {first} and {key_node.start_mark.line + 1}); "
+                                   "keep one")
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
+def _children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _expanded_size(root) -> int:
+    """How many values a composed YAML document builds, each alias counted where it is used (the
+    count stops past MAX_YAML_NODES, and at an alias inside its own anchor, whose value never ends)."""
+    cap = MAX_YAML_NODES + 1
+    sizes: dict[int, int] = {}
+    on_path = {id(root)}
+    stack = [(root, iter(_children(root)))]
+    while stack:
+        node, kids = stack[-1]
+        kid = next(kids, None)
+        if kid is None:
+            stack.pop()
+            on_path.discard(id(node))
+            sizes[id(node)] = min(cap, 1 + sum(sizes[id(k)] for k in _children(node)))
+        elif id(kid) in on_path:
+            return cap
+        elif id(kid) not in sizes:
+            on_path.add(id(kid))
+            stack.append((kid, iter(_children(kid))))
+    return sizes[id(root)]
+
+
 def read_yaml(path: str | Path) -> dict:
-    """The mapping a YAML config file holds; a missing file, bad syntax or another shape is a
+    """The mapping a YAML config file holds, read safely: no Python objects, a key given twice is
+    an error, and a file over MAX_YAML_BYTES or one whose aliases expand past MAX_YAML_NODES
+    values is refused before it is built. A missing file, bad syntax or another shape is a
     one-line error naming the file (and the line)."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist" if not p.exists() else f"config file {p} is a folder")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ValueError(f"{p} is {p.stat().st_size} bytes, more than a config file's {MAX_YAML_BYTES}; give a file "
+                         "of field: value lines")
+    loader = None
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loader = _yaml_loader()(p.read_text(encoding="utf-8"))
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+            raise _Refused(f"its aliases expand to more than {MAX_YAML_NODES} values (or into themselves); write "
+                           "the values out")
+        data = loader.construct_document(node) if node is not None else None
     except UnicodeDecodeError:
         raise ValueError(f"{p} is not UTF-8 text; save the config file as UTF-8") from None
+    except _Refused as e:
+        raise ValueError(f"{p}: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{p}: values nested too deeply; a config holds field: value lines") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ValueError(f"{p}: invalid YAML{where} ({problem}); fix the syntax (field: value, one per line)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -203,20 +279,27 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def read_options(path: str | Path) -> dict[str, Any]:
-    """A YAML file's options, each checked against its type: unknown names and values of the wrong
-    type are one-line errors naming the file, the field and the fix. An `adapt:` mapping (settings
-    by their AdaptConfig names) is read too."""
+    """A YAML file's options, each checked against its field: unknown names, values of the wrong
+    type or out of range are one-line errors naming the file, the field and the fix. An `adapt:`
+    mapping (settings by their AdaptConfig names) is read too; a setting given both there and at
+    the top level with different values is an error naming both."""
     data = read_yaml(path)
     opts = options()
-    unknown = sorted(set(data) - set(opts) - {"adapt"})
+    unknown = sorted(map(str, set(data) - set(opts) - {"adapt"}))
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} in {path}; valid fields: {', '.join(sorted(opts))}")
     out: dict[str, Any] = {}
     for k, v in coerce_settings(data.get("adapt") or {}, str(path)).items():
         _put_setting(out, k, v)
     for k, v in data.items():
-        if k != "adapt":
-            out[k] = coerce(k, v, opts[k].annotation, str(path))
+        if k == "adapt":
+            continue
+        o = opts[k]
+        value = coerce(k, v, o.annotation, str(path), o.metadata, o.default)
+        if k in out and out[k] != value:
+            raise ValueError(f"{path}: {k} is given twice, as {k}: {value!r} and under adapt: {out[k]!r}; give it "
+                             "once")
+        out[k] = value
     return out
 
 
@@ -253,7 +336,9 @@ class OptionParser(HfArgumentParser):
         for i, (title, opts) in enumerate(groups.items()):
             specs = []
             for o in opts:
-                meta = {"help": o.help, **({"choices": o.choices} if o.choices else {})}
+                # choices are shown, not enforced by argparse: the field's own check refuses a bad
+                # value with the message a YAML file or --set gives
+                meta = {"help": o.help, **({"metavar": "{" + ",".join(map(str, o.choices)) + "}"} if o.choices else {})}
                 d = shown[o.name]
                 f = (field(default_factory=lambda d=d: list(d), metadata=meta) if isinstance(d, list)
                      else field(default=d, metadata=meta))
@@ -287,6 +372,7 @@ class OptionParser(HfArgumentParser):
         for a in self._actions:
             if a.dest in self.opts and a.default is not argparse.SUPPRESS:
                 a.default = UNSET
+        self._refuse_repeats(argv)
         *objs, rest = self.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
         if rest:
             flag = next((a for a in rest if a.startswith("-")), None)
@@ -299,21 +385,43 @@ class OptionParser(HfArgumentParser):
         for obj in objs:
             for k, v in vars(obj).items():
                 if v is not UNSET:
-                    given[k] = _flatten(v) if isinstance(v, list) else v
+                    given[k] = self.opts[k].check(_flatten(v) if isinstance(v, list) else v, f"--{k}")
+        from zs_llm.config import all_settings
+
+        settings = all_settings()
+        seen: set[str] = set()
         for item in getattr(extra, "set", None) or []:
             k, eq, text = item.partition("=")
             if not eq:
                 raise ValueError(f"--set expects key=value, got {item!r}")
-            from zs_llm.config import all_settings
-
-            settings = all_settings()
             if k not in settings:
                 raise ValueError(f"--set {k}: not a setting of any method; valid: {sorted(settings)}")
+            if k in seen:
+                raise ValueError(f"--set {k} is given twice; give it once")
+            seen.add(k)
             try:
-                _put_setting(given, k, parse_value(text, settings[k].type))
+                value = check_field(settings[k], parse_text(text, settings[k].type))
             except ValueError as e:
                 raise ValueError(f"--set {k}={text}: {e}") from None
+            if k not in _run_names() and k in given and given[k] != value:
+                raise ValueError(f"{k} is given twice, by --{k} {given[k]} and --set {k}={text}; give it once")
+            _put_setting(given, k, value)
         return given
+
+    def _refuse_repeats(self, argv: list[str]) -> None:
+        """A flag given twice (`--lr 1 --lr 2`, `--guard --no_guard`) is an error: argparse would keep
+        the last without a word."""
+        first: dict[str, str] = {}
+        for token in argv:
+            if token == "--":
+                break
+            action = self._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("--") else None
+            if action is None or action.dest not in self.opts:
+                continue
+            flag = token.split("=", 1)[0]
+            if action.dest in first:
+                raise ValueError(f"{action.dest} is given twice ({first[action.dest]} and {flag}); give it once")
+            first[action.dest] = flag
 
 
 def _flatten(items: list) -> list | None:
@@ -326,15 +434,13 @@ def _flatten(items: list) -> list | None:
 
 
 def _converter(o: Option):
-    kind = type_name(o.annotation)
+    """A flag's text as the value a YAML file would hold (never fails: `OptionParser.parse` checks
+    the value as every entry point does)."""
 
     def convert(text: str):
-        try:
-            return parse_value(text, kind)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{e}; e.g. --{o.name} {EXAMPLES.get(_base(kind), '...')}") from None
+        return parse_text(text, o.annotation)
 
-    convert.__name__ = kind
+    convert.__name__ = o.name
     return convert
 
 
@@ -365,7 +471,7 @@ def run_config(given: dict[str, Any]) -> tuple[RunConfig, Launch]:
     """(RunConfig, Launch) from parsed options; every method spec is checked against the settings
     given, before any model loads."""
     opts = options()
-    unknown = sorted(set(given) - set(opts) - {"adapt"})
+    unknown = sorted(map(str, set(given) - set(opts) - {"adapt"}))
     if unknown:
         raise ValueError(f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(opts))}")
     run = {k: v for k, v in given.items() if k in opts and opts[k].target == "run"}

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from zs_llm.checkpoint import atomic_write_text
-from zs_llm.config import AdaptConfig, check_overrides
+from zs_llm.config import AdaptConfig, check_fields, check_overrides
 
 from .datasets import (
     DATASETS,
     SUBSET_SYNTAX,
+    check_limit,
     dataset_fingerprint,
     load_problems,
     parse_subsets,
@@ -66,38 +67,44 @@ class RunConfig:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Hub id, local folder, .gguf path, or "
                                                                  "smollm2-135m-instruct (the embedded default)."})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside --model's folder."})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto."})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto.", "choices": (
+        "float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16")})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
     methods: list[str] = field(default_factory=lambda: ["noadapt", "tent", "zerosiam"], metadata={
         "help": "Method specs, comma- or space-separated: a registered name, optionally with add-ons (+clip, +guard) "
                 "and its own overrides as name:key=value:key=value (e.g. zerosiam:alpha=0)."})
     datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names, comma- or "
-                                                                                        "space-separated."})
+                                                                                        "space-separated.",
+                                                                                "choices": DATASETS})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
-                                                     "it has one)."})
+                                                     "it has one).", "min": 1})
     subset: list[str] = field(default_factory=list, metadata={
         "help": f"Named subsets of datasets, comma-separated: {SUBSET_SYNTAX}; e.g. college_math=sample:240:seed0. "
-                "A subset streams in its set's order; run.json records its size and the sha256 of its ids."})
+                "A subset streams in its set's order; run.json records its size and the sha256 of its ids.",
+        "empty_ok": True})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of <name>/test.jsonl files (default: "
                                                          "$ZS_LLM_DATA_DIR, else ../shared/data/math or ./data/math)."})
     source: str = field(default="local", metadata={
         "help": "Where the sets are read: local (the data dir) or hub (datasets.load_dataset, the ids in "
                 "eval/datasets.py; online). run.json records each set's file and sha256, or its hub ids.",
         "choices": ("local", "hub")})
-    prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES)."})
+    prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES).",
+                                                         "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={
         "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
     n_samples: int = field(default=1, metadata={"help": "Answers per problem; >1 samples (needs temperature > 0) "
-                                                "and reports avg@n and pass@k."})
-    batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting."})
+                                                "and reports avg@n and pass@k.", "min": 1})
+    batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting.",
+                                                 "min": 1})
     stream_batch: int | None = field(default=None, metadata={
         "help": "Streams of adapting methods (methods x datasets) run together, one problem each per batched "
                 "round (zs_llm.pool): a stream's rows are those it gives alone, up to the rounding of batched "
-                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU."})
+                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU.", "min": 1})
     backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods).",
                                                  "choices": ("hf", "vllm")})
-    checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems."})
-    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set."})
+    checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems.",
+                                                       "min": 1})
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0})
     protocol: str = field(default="paper", metadata={
         "help": "paper: every method as its authors' code runs it (no guard, no clipping; the guard and clipping "
                 "only as add-ons named in the method, e.g. zerosiam+guard), LoRA learning rates from one selection "
@@ -109,25 +116,18 @@ class RunConfig:
             self.methods = [m for m in self.methods.split(",") if m]
         if isinstance(self.datasets, str):
             self.datasets = [d for d in self.datasets.split(",") if d]
+        check_fields(self)  # each field's type and range, as the command line and YAML check them
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
-        if self.source not in ("local", "hub"):
-            raise ValueError(f"source must be 'local' or 'hub', got {self.source!r}")
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
-        if self.n_samples < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("n_samples, batch_size and checkpoint_every must be >= 1")
-        if self.stream_batch is not None and self.stream_batch < 1:
-            raise ValueError(f"stream_batch must be >= 1 (1: streams one after another), got {self.stream_batch}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
         subsets = parse_subsets(self.subset)  # syntax and set names; ids are checked when the run starts
         self.subset = [f"{name}={sub.spec}" for name, sub in subsets.items()]
         stray = sorted(set(subsets) - set(self.datasets))
         if stray:
             raise ValueError(f"subset given for {stray}, not among datasets {self.datasets}; add them to datasets or "
                              "drop their subsets")
+        for d in self.datasets:  # before anything is built: a generated stream is as long as the limit
+            check_limit(d, self.limit, d in subsets)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

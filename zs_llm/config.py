@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .methods import METHODS
-from .settings import check_fields, help_text, parse_value, setting
+from .settings import check_field, check_fields, check_value, help_text, parse_text, parse_value, setting
 
-__all__ = ["ADDONS", "AdaptConfig", "all_settings", "check_fields", "check_overrides", "help_text", "parse_value",
-           "setting"]
+__all__ = ["ADDONS", "AdaptConfig", "all_settings", "check_field", "check_fields", "check_overrides", "check_value",
+           "help_text", "parse_text", "parse_value", "setting"]
 
 
 #: add-ons a method spec can carry (`tent+clip+guard`): outside every paper's code, so they show in
@@ -51,17 +51,17 @@ class AdaptConfig:
                              choices=("sgd", "adamw"))
     lr: float | None = setting(None, "Learning rate of the LoRA adapters; None takes the method's default_lr "
                                "(the protocol's selection, docs/protocol.md).", min=0.0)
-    momentum: float = setting(0.9, "SGD momentum.", min=0.0)
+    momentum: float = setting(0.9, "SGD momentum.", min=0.0, lt=1.0)
     nesterov: bool | None = setting(None, "SGD with Nesterov momentum; None takes the method's own choice "
                                     "(Method.nesterov: Tent's official code uses it, SAR's and EATA's do not).")
     weight_decay: float = setting(0.0, "AdamW weight decay on LoRA only (decay would pull the predictor toward zero, "
                                   "not I).", min=0.0)
     grad_clip: float | None = setting(None, "Clip the global gradient norm of the updated parameters; None (the "
-                                      "paper protocol) disables. The `+clip` add-on sets 1.0.", min=0.0)
+                                      "paper protocol) disables. The `+clip` add-on sets 1.0.", gt=0.0)
     # --- LoRA
     lora_r: int = setting(8, "LoRA rank.", min=1)
-    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).")
-    lora_dropout: float = setting(0.0, "LoRA dropout (0 keeps the update deterministic).", min=0.0)
+    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).", min=1)
+    lora_dropout: float = setting(0.0, "LoRA dropout (0 keeps the update deterministic).", min=0.0, lt=1.0)
     lora_target_modules: list[str] | None = setting(None, "Module names to adapt; None uses peft's per-architecture "
                                                     "default (q_proj/v_proj for Llama, c_attn for GPT-2, ...).")
     # --- protocol
@@ -74,8 +74,8 @@ class AdaptConfig:
     # --- generation
     max_new_tokens: int = setting(512, "Maximum tokens generated for a draft or an answer.", min=1)
     temperature: float = setting(0.0, "Sampling temperature; 0 is greedy.", min=0.0)
-    top_p: float = setting(1.0, "Nucleus sampling mass (used when temperature > 0).")
-    seed: int = setting(0, "Seed for sampling, LoRA's initialisation and the fixed_random predictor.")
+    top_p: float = setting(1.0, "Nucleus sampling mass (used when temperature > 0).", gt=0.0, max=1.0)
+    seed: int = setting(0, "Seed for sampling, LoRA's initialisation and the fixed_random predictor.", min=0)
     # --- memory
     chunk_size: int = setting(512, "Tokens per chunk of the loss; peak loss memory grows with chunk_size x "
                               "vocabulary.", min=1)
@@ -93,18 +93,20 @@ class AdaptConfig:
     guard_action: str = setting("rollback_lower_lr", "On a trigger: rollback, rollback_lower_lr (halve lrs) or "
                                 "rollback_stop.", choices=("rollback", "rollback_lower_lr", "rollback_stop"))
     guard_max_answer_share: float = setting(0.6, "Trigger when one extracted answer fills more than this share of "
-                                            "the window.")
-    guard_max_degenerate: float = setting(0.5, "Trigger when more than this share of the window's responses loop.")
+                                            "the window.", min=0.0, max=1.0)
+    guard_max_degenerate: float = setting(0.5, "Trigger when more than this share of the window's responses loop.",
+                                          min=0.0, max=1.0)
     guard_min_entropy_ratio: float = setting(0.1, "Trigger when mean entropy falls below this ratio of the first "
-                                             "window's.")
+                                             "window's.", min=0.0)
     guard_max_entropy_ratio: float = setting(3.0, "Trigger when mean entropy rises above this ratio of the first "
-                                             "window's.")
+                                             "window's.", gt=0.0)
 
     def __post_init__(self):
+        check_fields(self)  # each field's type and range (zs_llm.settings.check_value)
         cls = METHODS[self.method]  # raises with the known names
-        check_fields(self, "AdaptConfig")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"AdaptConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.guard_min_entropy_ratio >= self.guard_max_entropy_ratio:
+            raise ValueError(f"guard_min_entropy_ratio ({self.guard_min_entropy_ratio}) must be below "
+                             f"guard_max_entropy_ratio ({self.guard_max_entropy_ratio}); lower it or raise the other")
         if self.schedule == "episodic" and self.answer == "draft" and self.signal == "response":
             raise ValueError(
                 "schedule='episodic' with answer='draft' resets the model before every problem and answers before "
@@ -118,7 +120,7 @@ class AdaptConfig:
             raise TypeError(f"unknown setting(s) {unknown} for method {self.method!r}; shared AdaptConfig fields: "
                             f"{shared}; {self.method}'s own: {valid or 'none'}")
         self._method_config = cls.config_class(**args)
-        check_fields(self._method_config, f"{self.method}")
+        check_fields(self._method_config)  # a config_class that is not a MethodConfig is checked too
         self.method_args = dataclasses.asdict(self._method_config)  # every setting, defaults included
 
     # --- the method's own settings and resolved values ------------------------------------------
@@ -150,7 +152,8 @@ class AdaptConfig:
         # keywords that are not shared fields go to the method's settings in the constructor, which
         # also names the valid ones for an unknown keyword
         own = {f.name for f in dataclasses.fields(METHODS[overrides.get("method", self.method)].config_class)}
-        args = {**{k: v for k, v in self.method_args.items() if k in own}, **overrides.pop("method_args", {})}
+        args = {**{k: v for k, v in self.method_args.items() if k in own and k not in overrides},
+                **overrides.pop("method_args", {})}
         return dataclasses.replace(self, **overrides, method_args=args)
 
     @classmethod
@@ -178,6 +181,7 @@ class AdaptConfig:
                 over[k] = v
         for addon in addons:
             over.update(ADDONS[addon])
+        given: set[str] = set()
         for pair in pairs:
             if "=" not in pair:
                 raise ValueError(f"method spec {spec!r}: expected key=value after ':', got {pair!r}")
@@ -186,10 +190,13 @@ class AdaptConfig:
             if f is None:
                 raise ValueError(f"method spec {spec!r}: {name} has no setting {k!r}; shared: "
                                  f"{sorted(set(shared) - {'method_args'})}; {name}'s own: {sorted(own) or 'none'}")
+            if k in given:
+                raise ValueError(f"method spec {spec!r}: {k} is given twice; give it once")
+            given.add(k)
             try:
-                over[k] = parse_value(v, f.type)
+                over[k] = check_field(f, parse_text(v, f.type))
             except ValueError as e:
-                raise ValueError(f"method spec {spec!r}: {k}={v!r}: {e}") from None
+                raise ValueError(f"method spec {spec!r}: {e}") from None
         over["method"] = name
         return cls().replace(**over)
 
@@ -231,9 +238,12 @@ def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
     (specs) are checked to parse."""
     for spec in methods:
         AdaptConfig.from_spec(spec)
-    bad = sorted(set(overrides) - set(all_settings()))
+    settings = all_settings()
+    bad = sorted(map(str, set(overrides) - set(settings)))
     if bad:
-        raise ValueError(f"unknown setting(s) {bad}; valid: {sorted(all_settings())}")
+        raise ValueError(f"unknown setting(s) {bad}; valid: {sorted(settings)}")
+    for k, v in overrides.items():  # also those no listed method has: a bad value is never skipped silently
+        check_field(settings[k], v)
 
 
 _SHARED = {f.name for f in dataclasses.fields(AdaptConfig)}
@@ -244,6 +254,13 @@ def _init(self, *args, method_args: dict[str, Any] | None = None, **kw):
     # `AdaptConfig(alpha=0)`: a keyword that is not a shared field is one of the method's own
     # settings (checked in __post_init__ against the method's config dataclass)
     own = {k: kw.pop(k) for k in list(kw) if k not in _SHARED}
+    if method_args is not None and not isinstance(method_args, dict):
+        raise ValueError(f"method_args expects a mapping of setting: value, got {method_args!r}")
+    both = sorted(k for k in own if k in (method_args or {}) and method_args[k] != own[k])
+    if both:
+        k = both[0]
+        raise ValueError(f"{k} is given twice with different values ({method_args[k]!r} in method_args, {own[k]!r} "
+                         "by name); give it once")
     _dataclass_init(self, *args, method_args={**(method_args or {}), **own}, **kw)
 
 

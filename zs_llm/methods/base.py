@@ -14,6 +14,7 @@ import torch
 
 from ..objective import head_loss
 from ..registry import Registry
+from ..settings import check_fields
 
 if TYPE_CHECKING:
     from ..config import AdaptConfig
@@ -26,7 +27,11 @@ METHODS = Registry("method")
 class MethodConfig:
     """A method's own settings. A method declares a subclass beside its class (fields made with
     `zs_llm.config.setting`, help text included) and names it in `config_class`; the settings
-    travel in `AdaptConfig.method_args` and are read as `method.cfg.<name>`."""
+    travel in `AdaptConfig.method_args` and are read as `method.cfg.<name>`. Each field's range is
+    in its metadata (`setting(..., min=0.0)`), checked here as everywhere (`zs_llm.settings`)."""
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass

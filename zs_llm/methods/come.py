@@ -11,15 +11,11 @@ __all__ = ["COME", "COMEConfig", "opinion_entropy"]
 class COMEConfig(MethodConfig):
     evidence: float | None = setting(None, "Evidence constant C of the uncertainty mass u = C / (S + C); None: the "
                                      "vocabulary size (the official code's 1000 is ImageNet's class count; 1000 "
-                                     "reproduces it literally).")
+                                     "reproduces it literally).", gt=0.0)
     eps: float = setting(1e-7, "Added to every opinion probability, inside the log too (official 1e-7). At a 128k "
                          "vocabulary it alone adds ~0.2 nats; 0 gives the exact opinion entropy.", min=0.0)
     tau: float = setting(1.0, "Scale of the norm-detached logits before the evidence exp() (not in the official "
-                         "code: 1 reproduces it).", min=0.0)
-
-    def __post_init__(self):
-        if self.evidence is not None and self.evidence <= 0:
-            raise ValueError(f"come.evidence must be > 0 (or None for the vocabulary size), got {self.evidence}")
+                         "code: 1 reproduces it).", gt=0.0)
 
 
 @METHODS.register("come")

@@ -19,12 +19,7 @@ class SARConfig(MethodConfig):
                                            "below this (official: 0.2); None disables.", min=0.0)
     frozen_top_fraction: float = setting(0.25, "Leave the adapters of this top fraction of the decoder layers "
                                          "unchanged (official: the top quarter, layer4 of ResNet-50 or blocks 9-11 "
-                                         "of ViT-B).", min=0.0)
-
-    def __post_init__(self):
-        if self.frozen_top_fraction > 1:
-            raise ValueError(f"sar.frozen_top_fraction is a fraction of the layers in [0, 1], got "
-                             f"{self.frozen_top_fraction}")
+                                         "of ViT-B).", min=0.0, max=1.0)
 
 
 def top_layer_parameters(named, n_layers: int | None, fraction: float) -> list[torch.nn.Parameter]:

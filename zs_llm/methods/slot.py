@@ -16,11 +16,7 @@ class SLOTConfig(MethodConfig):
                                         min=0.0)
     adam_eps: float = setting(1e-5, "AdamW epsilon (official Hugging Face code: 1e-5).", min=0.0)
     adam_beta2: float = setting(0.999, "AdamW second-moment decay (official Hugging Face code: torch's 0.999).",
-                                min=0.0)
-
-    def __post_init__(self):
-        if not self.adam_beta2 < 1:
-            raise ValueError(f"slot.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
+                                min=0.0, lt=1.0)
 
 
 @METHODS.register("slot")
