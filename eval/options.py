@@ -20,8 +20,9 @@ Every value, from a flag, `--set`, a YAML file or a method spec, is checked by t
 field declares (`zs_llm.settings.check_value`: type and range from the dataclass field), so the
 same bad value gives the same message whichever way it came in; the message starts with where
 it came from. A later `--config` file overrides an earlier one and flags override files, but one
-source naming a field twice (a YAML key twice, a flag twice, `lr:` beside `adapt: {lr:}`, `--lr`
-beside `--set lr=`) is an error, not a silent choice.
+source naming a field twice (a YAML key twice, `lr:` beside `adapt: {lr:}`, `--lr` beside `--set lr=`
+with another value) is an error, not a silent choice. A flag repeated on the command line keeps its
+last value, as on any command line (a script may append overrides to a base command).
 """
 
 from __future__ import annotations
@@ -372,7 +373,6 @@ class OptionParser(HfArgumentParser):
         for a in self._actions:
             if a.dest in self.opts and a.default is not argparse.SUPPRESS:
                 a.default = UNSET
-        self._refuse_repeats(argv)
         *objs, rest = self.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
         if rest:
             flag = next((a for a in rest if a.startswith("-")), None)
@@ -386,42 +386,24 @@ class OptionParser(HfArgumentParser):
             for k, v in vars(obj).items():
                 if v is not UNSET:
                     given[k] = self.opts[k].check(_flatten(v) if isinstance(v, list) else v, f"--{k}")
+        flags = set(given)  # --set applies after every flag, wherever it stands: a flag it contradicts is an error
         from zs_llm.config import all_settings
 
         settings = all_settings()
-        seen: set[str] = set()
         for item in getattr(extra, "set", None) or []:
             k, eq, text = item.partition("=")
             if not eq:
                 raise ValueError(f"--set expects key=value, got {item!r}")
             if k not in settings:
                 raise ValueError(f"--set {k}: not a setting of any method; valid: {sorted(settings)}")
-            if k in seen:
-                raise ValueError(f"--set {k} is given twice; give it once")
-            seen.add(k)
             try:
                 value = check_field(settings[k], parse_text(text, settings[k].type))
             except ValueError as e:
                 raise ValueError(f"--set {k}={text}: {e}") from None
-            if k not in _run_names() and k in given and given[k] != value:
+            if k not in _run_names() and k in flags and given[k] != value:
                 raise ValueError(f"{k} is given twice, by --{k} {given[k]} and --set {k}={text}; give it once")
             _put_setting(given, k, value)
         return given
-
-    def _refuse_repeats(self, argv: list[str]) -> None:
-        """A flag given twice (`--lr 1 --lr 2`, `--guard --no_guard`) is an error: argparse would keep
-        the last without a word."""
-        first: dict[str, str] = {}
-        for token in argv:
-            if token == "--":
-                break
-            action = self._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("--") else None
-            if action is None or action.dest not in self.opts:
-                continue
-            flag = token.split("=", 1)[0]
-            if action.dest in first:
-                raise ValueError(f"{action.dest} is given twice ({first[action.dest]} and {flag}); give it once")
-            first[action.dest] = flag
 
 
 def _flatten(items: list) -> list | None:

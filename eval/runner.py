@@ -116,6 +116,8 @@ class RunConfig:
             self.methods = [m for m in self.methods.split(",") if m]
         if isinstance(self.datasets, str):
             self.datasets = [d for d in self.datasets.split(",") if d]
+        if isinstance(self.subset, (str, dict)):  # the other forms parse_subsets reads
+            self.subset = [f"{name}={sub.spec}" for name, sub in parse_subsets(self.subset).items()]
         check_fields(self)  # each field's type and range, as the command line and YAML check them
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
