@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import field
 from typing import Any
@@ -72,11 +73,15 @@ def _is(value: Any, part: str) -> bool:
     return True  # Any, or a type this module does not know
 
 
+#: a value's text in an error, bounded however large or nested the value (a YAML alias bomb, a long list)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 60, 60
+
+
 def _shown(value: Any) -> str:
     if value is None:
         return "None"
-    text = repr(value)
-    text = f"{text[:60]}..." if len(text) > 64 else text
+    text = _REPR.repr(value)
     return text if isinstance(value, str) else f"{text} ({type(value).__name__})"
 
 
