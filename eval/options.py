@@ -339,7 +339,9 @@ class OptionParser(HfArgumentParser):
             for o in opts:
                 # choices are shown, not enforced by argparse: the field's own check refuses a bad
                 # value with the message a YAML file or --set gives
-                meta = {"help": o.help, **({"metavar": "{" + ",".join(map(str, o.choices)) + "}"} if o.choices else {})}
+                shown_choices = o.choices and typing.get_origin(o.hint) is not list  # a list's help names them
+                meta = {"help": o.help, **({"metavar": "{" + ",".join(map(str, o.choices)) + "}"} if shown_choices
+                                           else {})}
                 d = shown[o.name]
                 f = (field(default_factory=lambda d=d: list(d), metadata=meta) if isinstance(d, list)
                      else field(default=d, metadata=meta))
