@@ -262,8 +262,9 @@ def model_change(old: dict | None, new: dict | None) -> str | None:
         changed = [n for n in a if n in b and a[n] != b[n]]
         if changed:
             n = changed[0]
+            kind = "chat template" if "chat_template" in n else "tokenizer file" if "token" in n else "model file"
             more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
-            return f"model file {Path(new['folder']) / n} changed (sha256 {_short(a[n])}, now {_short(b[n])}){more}"
+            return f"{kind} {Path(new['folder']) / n} changed (sha256 {_short(a[n])}, now {_short(b[n])}){more}"
         if set(a) != set(b):
             return (f"the model folder {new['folder']} holds other files (gone: {sorted(set(a) - set(b))}, "
                     f"new: {sorted(set(b) - set(a))})")
