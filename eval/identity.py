@@ -212,7 +212,7 @@ def rendered_prompt_sha256(tokenizer, style: str, template: str | None) -> str:
 def problems_sha256(problems) -> str:
     h = hashlib.sha256()
     for p in problems:
-        h.update(json.dumps([p.id, p.question, p.gold], ensure_ascii=False).encode("utf-8") + b"\n")
+        h.update(json.dumps([p.id, p.question, p.gold]).encode("ascii") + b"\n")  # ASCII: no text can fail
     return h.hexdigest()
 
 
