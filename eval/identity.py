@@ -123,10 +123,15 @@ def file_sha256s(paths: list[Path]) -> dict[Path, str]:
 # --- the model ---------------------------------------------------------------------------------
 def model_files(model: str, gguf_file: str | None = None) -> tuple[Path, list[Path]] | None:
     """(folder, the files transformers reads from it) for a local model; None for a hub id."""
-    from zs_llm.loading import EMBEDDED, embedded_gguf
+    from zs_llm.loading import EMBEDDED, cache_complete, embedded_cache, embedded_gguf
 
     if model in (EMBEDDED, "embedded"):
-        folder, name = embedded_gguf()
+        try:
+            folder, name = embedded_gguf()
+        except FileNotFoundError:
+            if not cache_complete(embedded_cache()):
+                raise
+            return model_files(str(embedded_cache()))  # the package is gone, its converted cache loads
         return Path(folder), [Path(folder) / name]
     p = Path(model).expanduser()
     if gguf_file is None and str(model).endswith(".gguf") and p.is_file():
@@ -340,7 +345,7 @@ def check_loaded(out: Path, info: dict, cfg, model, tokenizer, has_results: bool
     compared with run.json's `info` (raises `RunChanged`) or recorded (returns the run.json to write)."""
     ident = dict(info.get("identity") or {})
     update = {}
-    if model_record(cfg.model, cfg.gguf_file) is None:  # cached: a stat per file
+    if model_files(cfg.model, cfg.gguf_file) is None:
         update["loaded_model"] = loaded_model_record(cfg.model, model)
     update["prompt"] = {"rendered_sha256": rendered_prompt_sha256(tokenizer, cfg.prompt_style, cfg.prompt_template)}
     if has_results:

