@@ -326,7 +326,13 @@ def check_resume(out: Path, old_info: dict, data: dict, ident: dict, has_results
         return None if same and old_info.get("data") == data else {**old_info, "data": data, "identity": ident}
     what, warnings = data_change(old_info, data, ident)
     if what is None and old_ident is not None:
-        what = model_change(old_ident.get("model"), ident["model"])
+        was_files, new = old_ident.get("model"), ident["model"]
+        was = was_files or old_ident.get("loaded_model")
+        if was and (was_files is None) != (new is None):  # local files then none, or the other way round
+            what = f"the model was {describe_model(was)}, now " + (describe_model(new) if new else
+                                                                    "a name with no local files (a hub id)")
+        else:
+            what = model_change(was_files, new)
     if what is not None:
         raise refusal(out, what)
     for w in warnings:

