@@ -343,6 +343,8 @@ class RunLock:
             if text:
                 pid, _, cmd = text.partition(" ")
                 who.append(f"PID {pid}" + (f" ({cmd[:120]})" if cmd else ""))
+        if not who and not (self.out / ".lock").exists():
+            return "another process (its .lock file, which names it, was deleted)"
         return ", ".join(who) or "another process"
 
     def acquire(self) -> RunLock:

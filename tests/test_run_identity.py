@@ -238,7 +238,8 @@ def test_deleting_the_lock_file_does_not_release_the_run_folder(setup, tmp_path,
     try:
         assert proc.stdout.readline().strip() == "locked"
         (out / ".lock").unlink()
-        with pytest.raises(RunFolderBusy, match="in use by"):
+        with pytest.raises(RunFolderBusy, match="in use by another process .its .lock file, which names it, was "
+                                                 "deleted"):
             RunLock(out).acquire()
         with pytest.raises(RunFolderBusy):
             RunLock(out, 0, 2).acquire()  # nor can the ranks of a multi-process run take it
