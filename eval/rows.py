@@ -2,11 +2,12 @@
 
     rows/<method>__<dataset>[.shardRofW].jsonl   one JSON object per line, one line per problem
     quarantine/                                  lines that were not valid rows, kept, never deleted
-    .lock, .lock.rankR                           the run's claim on the folder (`RunLock`)
+    .lock, .lock.rankR                           who holds the folder (`RunLock` flocks the folder itself)
 
 Rows are the truth of a run: a reader takes every valid line and reports the others (a torn
 last line from a killed write, a corrupted line anywhere) instead of stopping at the first.
-Each row line is appended and fsynced; a whole file is only ever replaced atomically.
+Each row line is appended and fsynced; a whole file is only ever replaced atomically. Run folders
+do not nest (`check_not_nested`): a run's --overwrite must never reach another run's rows.
 """
 
 from __future__ import annotations
