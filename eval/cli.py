@@ -28,9 +28,11 @@ def run(argv: list[str]) -> None:
     if launch.report:
         from .report import write_report
 
-        md = write_report(out)
+        status: list[str] = []
+        md = write_report(out, status=status)
         print(md.read_text())
         print(f"[eval] report: {md}")
+        print_unfinished(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,13 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             from .report import write_report
 
-            md = write_report(args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir, args.out)
+            status: list[str] = []
+            md = write_report(args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir, args.out, status=status)
             print(md.read_text())
             print(f"[eval] report: {md}")
+            print_unfinished(status)
     except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: files, folders, the run lock
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def print_unfinished(status: list[str]) -> None:
+    """The report's word on an unfinished run, last on stdout where it cannot be missed."""
+    for line in status:
+        print(f"[eval] UNFINISHED: {line}")
 
 
 def error_line(e: BaseException) -> str:

@@ -28,7 +28,7 @@ from zs_llm.diagnostics import (
 )
 
 from .datasets import FOUR_SETS
-from .rows import read_rows_strict
+from .rows import lock_holder, read_rows_strict
 from .stats import (
     N_RESAMPLES,
     PairedDiff,
@@ -429,6 +429,51 @@ def plot_diagnostics(streams, dataset: str, path: Path, window: int = 20, title:
     plt.close(fig)
 
 
+def run_status(run_dir: Path, streams: dict, info: dict) -> tuple[list[str], str | None]:
+    """(one line per stream that is short of its size, who holds the run now or None).
+
+    A stream's size is what run.json records (the problems of its set, subset and `limit`); a
+    run.json from before sizes were recorded is measured against the longest stream of the set
+    (and `limit`). Every (method, set) the configuration names is a stream, started or not."""
+    cfg = info.get("config") or {}
+    limit = cfg.get("limit")
+    sizes = {d: s.get("n") for d, s in ((info.get("identity") or {}).get("sets") or {}).items()}
+    first = info.get("first_rows_only")  # an assembled run keeps only each stream's first rows
+    methods = list(info.get("adapt_configs") or {}) or list(dict.fromkeys(m for m, _ in streams))
+    datasets = list(cfg.get("datasets") or []) or list(dict.fromkeys(d for _, d in streams))
+    lines = []
+    for d in datasets:
+        longest = max((len(rows) for (_, dd), rows in streams.items() if dd == d), default=0)
+        n, known = sizes.get(d), True
+        if n is None:
+            n, known = (limit if limit and longest < limit else longest), False
+        if first:
+            n = min(n, first)
+        for m in methods:
+            k = len(streams.get((m, d), []))
+            if k >= n:
+                continue
+            if known:
+                size = f"the stream has {n} problems, " + (f"limit {limit}" if limit else "no limit")
+            else:
+                size = (f"limit {limit}" if limit and n == limit else "as the longest stream of this set") + \
+                    "; run.json records no stream size"
+            lines.append(f"{m} on {d}: {k} of {n} rows" + (" (not started)" if not k else "") + f" ({size})")
+    return lines, lock_holder(run_dir)
+
+
+def status_notes(incomplete: list[str], holder: str | None) -> list[str]:
+    """What report.md and the command line say about an unfinished run (empty when finished)."""
+    notes = [f"A live process holds this run ({holder}): it is still writing, so these numbers will change."] \
+        if holder else []
+    if incomplete:
+        k = len(incomplete)
+        notes.append(f"{k} stream{'s' * (k != 1)} incomplete, so the methods below are compared on unequal "
+                     "problems: " + "; ".join(incomplete) + "." + ("" if holder else " No process holds the run: "
+                     "it was stopped or cut short; resume it (`python -m eval run` with the same --out) to finish."))
+    return notes
+
+
 def _read_json(path: Path) -> dict:
     if not path.exists():
         return {}
@@ -438,8 +483,10 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path} is damaged ({e}); restore it, or delete it to report without it") from None
 
 
-def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None) -> Path:
+def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
+                 status: list[str] | None = None) -> Path:
     """Write report.md, metrics.json, results.csv and plots/ into `run_dir`; returns the report's path.
+    `status` gets a line per thing unfinished (a live writer, incomplete streams; `status_notes`).
 
     Several run folders (the same methods and sets, different seeds) go to `write_combined_report`,
     into `out` (default: a `combined` folder beside them).
@@ -448,7 +495,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
         runs = [Path(r) for r in run_dir]
         if len(runs) > 1:
             beside = Path(os.path.commonpath([r.resolve() for r in runs])) / "combined"
-            return write_combined_report(runs, out or beside)
+            return write_combined_report(runs, out or beside, status=status)
         run_dir = runs[0]
     run_dir = Path(run_dir)
     notes: list[str] = []
@@ -463,7 +510,12 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
         plot_diagnostics(streams, d, plots / f"diagnostics_{d}.png")
     info, summ = _read_json(run_dir / "run.json"), _read_json(run_dir / "summary.json")
     cfg = info.get("config", {})
+    incomplete, holder = run_status(run_dir, streams, info)
+    unfinished = status_notes(incomplete, holder)
+    if status is not None:
+        status.extend(unfinished)
     md = [f"# Run report: {run_dir.name}", "",
+          *([f"**Unfinished run:** {n}" for n in unfinished] + [""] if unfinished else []),
           f"Model `{cfg.get('model', '?')}`, prompt style `{cfg.get('prompt_style', '?')}`, "
           f"config hash `{info.get('config_hash', '?')}`, git `{(info.get('git_commit') or '?')[:10]}`"
           + (f", wall time {summ['wall_s'] / 60:.1f} min" if "wall_s" in summ else "") + ".", "",
@@ -483,6 +535,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
     metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
+    metrics |= {"incomplete_streams": incomplete, "held_by": holder}
     atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
     write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS)
     path = run_dir / "report.md"
@@ -550,7 +603,7 @@ def _spread(s, sign: bool = False) -> tuple[str, str]:
     return f"{_pct(s.mean, sign)}{sd}", f"{_pct(s.min, sign)} to {_pct(s.max, sign)}"
 
 
-def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, status: list[str] | None = None) -> Path:
     """Runs of one configuration with different seeds, side by side: out/report.md, metrics.json,
     results.csv and plots/accuracy.png; returns the report's path.
 
@@ -574,6 +627,10 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path) -> Pa
     combined = combine_runs(summaries)
     first = summaries[labels[0]]
     infos = {lab: _read_json(r / "run.json") for lab, r in zip(labels, runs)}
+    unfinished = [f"run {lab}: {n}" for lab, r in zip(labels, runs)
+                  for n in status_notes(*run_status(r, streams[lab], infos[lab]))]
+    if status is not None:
+        status.extend(unfinished)
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
 
@@ -595,7 +652,8 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path) -> Pa
             mean, rng = _spread(c["diff"], sign=True)
             diff_lines.append(f"| {m} | {dname(d)} | " + " | ".join(cells) + f" | {mean} | {rng} |")
     base = first["baseline"]
-    md = [f"# Combined report: {len(runs)} runs", "", "Runs:", ""]
+    md = [f"# Combined report: {len(runs)} runs", "",
+          *([f"**Unfinished run:** {n}" for n in unfinished] + [""] if unfinished else []), "Runs:", ""]
     md += [f"- `{lab}`: `{r}`, config hash `{infos[lab].get('config_hash', '?')}`, {_seeds_of(infos[lab])}"
            for lab, r in zip(labels, runs)]
     hashes = [infos[lab].get("config_hash") for lab in labels if infos[lab].get("config_hash")]

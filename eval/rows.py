@@ -2,11 +2,12 @@
 
     rows/<method>__<dataset>[.shardRofW].jsonl   one JSON object per line, one line per problem
     quarantine/                                  lines that were not valid rows, kept, never deleted
-    .lock, .lock.rankR                           the run's claim on the folder (`RunLock`)
+    .lock, .lock.rankR                           who holds the folder (`RunLock` flocks the folder itself)
 
 Rows are the truth of a run: a reader takes every valid line and reports the others (a torn
 last line from a killed write, a corrupted line anywhere) instead of stopping at the first.
-Each row line is appended and fsynced; a whole file is only ever replaced atomically.
+Each row line is appended and fsynced; a whole file is only ever replaced atomically. Run folders
+do not nest (`check_not_nested`): a run's --overwrite must never reach another run's rows.
 """
 
 from __future__ import annotations
@@ -269,9 +270,13 @@ def make_run_folder(out: Path) -> None:
 
 
 class RunLock:
-    """One writer per run folder: an exclusive `flock` on out/.lock, which the OS releases when the
-    process dies. The ranks of one multi-process run share it (a shared lock) and each takes its
-    own out/.lock.rankR exclusively, so a second run on the folder, of any size, is refused."""
+    """One writer per run folder: an exclusive `flock` on the run folder itself (an fd of the
+    directory), which the OS releases when the process dies and which deleting a file cannot undo;
+    out/.lock holds the holder's PID and command (and is flocked too, as runs before the folder
+    lock did). The ranks of one multi-process run share the folder lock and each takes its own
+    out/.lock.rankR exclusively, so a second run on the folder, of any size, is refused. Where the
+    filesystem refuses a lock on a directory (some NFS mounts), the .lock file alone holds it and
+    each lock file taken is checked to be the one on disk (a file deleted while being taken)."""
 
     def __init__(self, out: str | os.PathLike, rank: int = 0, world: int = 1):
         self.out, self.rank, self.world = Path(out), rank, world
@@ -281,19 +286,48 @@ class RunLock:
     def held(self) -> bool:
         return bool(self.fds)
 
-    def _take(self, path: Path, mode: int) -> None:
+    def _busy(self) -> RunFolderBusy:
+        return RunFolderBusy(f"{self.out} is in use by {self.holders()}; wait for it to finish (or stop it), or "
+                             "choose another --out")
+
+    def _take_folder(self, mode: int) -> None:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
-            raise PermissionError(f"--out {self.out} is not writable ({e.strerror}); choose a writable --out") from None
+            raise PermissionError(f"--out {self.out} cannot be opened ({e.strerror}); choose another --out") from None
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            raise RunFolderBusy(f"{self.out} is in use by {self.holders()}; wait for it to finish (or stop it), or "
-                                "choose another --out") from None
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise self._busy() from None
+            return  # no directory locks here: the lock files below hold the folder
+        self.fds.append(fd)
+
+    def _take(self, path: Path, mode: int) -> None:
+        for _ in range(5):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise PermissionError(f"--out {self.out} is not writable ({e.strerror}); choose a writable --out") \
+                    from None
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise self._busy() from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # deleted or replaced between open and flock: lock the file that is there now
+        else:
+            raise RunFolderBusy(f"{path} keeps being replaced while it is locked; stop whatever rewrites it, or "
+                                "choose another --out")
         if mode == fcntl.LOCK_EX:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {' '.join(sys.argv)[:300]}\n".encode())
@@ -310,6 +344,8 @@ class RunLock:
             if text:
                 pid, _, cmd = text.partition(" ")
                 who.append(f"PID {pid}" + (f" ({cmd[:120]})" if cmd else ""))
+        if not who and not (self.out / ".lock").exists():
+            return "another process (its .lock file, which names it, was deleted)"
         return ", ".join(who) or "another process"
 
     def acquire(self) -> RunLock:
@@ -317,6 +353,7 @@ class RunLock:
             return self
         make_run_folder(self.out)
         try:
+            self._take_folder(fcntl.LOCK_EX if self.world == 1 else fcntl.LOCK_SH)
             if self.world == 1:
                 self._take(self.out / ".lock", fcntl.LOCK_EX)
             else:
@@ -337,3 +374,74 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def lock_holder(out: str | os.PathLike) -> str | None:
+    """Who holds run folder `out` now (a live run writing it), or None. A non-blocking probe: it
+    takes a shared lock for an instant and drops it, so a run that starts in that instant is told
+    the folder is busy and can simply be started again."""
+    out = Path(out)
+    held = False
+    targets = [(out, os.O_RDONLY | os.O_DIRECTORY), *((p, os.O_RDONLY) for p in [out / ".lock",
+                                                                                  *sorted(out.glob(".lock.rank*"))])]
+    for path, flags in targets:
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as e:
+            held = held or e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+        finally:
+            os.close(fd)
+        if held:
+            break
+    return RunLock(out).holders() if held else None
+
+
+# --- run folders do not nest --------------------------------------------------------------
+#: folders visited when looking for a run folder under an --out (a huge tree is not searched whole)
+NEST_SEARCH_LIMIT = 20000
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / "run.json").is_file()
+
+
+def enclosing_run(out: Path) -> Path | None:
+    """The run folder `out` lies inside, if any."""
+    return next((p for p in Path(out).resolve().parents if is_run_folder(p)), None)
+
+
+def contained_run(out: Path, limit: int = NEST_SEARCH_LIMIT) -> Path | None:
+    """A run folder somewhere under `out` (not `out` itself), if any; symlinks are not followed."""
+    todo, seen = [Path(out)], 0
+    while todo and seen < limit:
+        folder = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                seen += 1
+                if is_run_folder(Path(e.path)):
+                    return Path(e.path)
+                todo.append(Path(e.path))
+    return None
+
+
+def check_not_nested(out: str | os.PathLike) -> None:
+    """Refuse an --out inside another run's folder, or holding one: a run would write into the
+    other's folder, and an --overwrite of the outer one would delete the inner one's results."""
+    out = Path(out)
+    outer = enclosing_run(out)
+    if outer is not None:
+        raise ValueError(f"--out {out} is inside the run folder {outer}; run folders do not nest (an --overwrite "
+                         f"of {outer} would delete it): choose an --out outside {outer}")
+    inner = contained_run(out) if out.is_dir() else None
+    if inner is not None:
+        raise ValueError(f"--out {out} holds the run folder {inner}; run folders do not nest (an --overwrite of "
+                         f"{out} could delete it): choose an --out that neither holds nor lies inside a run folder")

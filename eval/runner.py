@@ -44,11 +44,13 @@ from .datasets import (
     subset_record,
 )
 from .grading import check, default_grader
+from .identity import check_loaded, check_resume, refusal, run_identity
 from .prompting import PROMPT_STYLES, build_messages, prompt_info
 from .rows import (
     RowsAppender,
     RunLock,
     chain_hash,
+    check_not_nested,
     make_run_folder,
     prefix_hashes,
     quarantine,
@@ -319,6 +321,7 @@ class Runner:
         if cfg.gguf_file and not m.startswith(("smollm2", "embedded")) and Path(m).is_dir() \
                 and not (Path(m) / cfg.gguf_file).exists():
             raise FileNotFoundError(f"GGUF file {cfg.gguf_file} is not in {m}")
+        check_not_nested(self.out)
         if overwrite and self.rank == 0 and self.out.is_dir() and (self.out / "run.json").exists():
             with self._locked(keep=True):
                 if self._folder_conflict(self.out / "run.json", may_be_damaged=True):
@@ -396,8 +399,8 @@ class Runner:
                     raise
         recorded = old.get("prompt") if old and old.get("config_hash") == self.cfg.hash() else None
         if recorded and recorded["sha256"] != prompt["sha256"]:
-            raise FileExistsError(f"{self.out} was run with another {prompt['style']} template ({recorded['origin']}, "
-                                  f"sha256 {recorded['sha256'][:12]}; now {prompt['sha256'][:12]}); use a new --out")
+            raise refusal(self.out, f"another {prompt['style']} template: it was {recorded['origin']} (sha256 "
+                                    f"{recorded['sha256'][:12]}), now {prompt['origin']} ({prompt['sha256'][:12]})")
         # before any model loads too: unknown ids or a sample larger than its set stop the run here
         subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed, self.cfg.source)
                    for name, sub in parse_subsets(self.cfg.subset).items()}
@@ -407,12 +410,17 @@ class Runner:
                 raise FileExistsError(f"{self.out} was run on other {name} problems: subset {rec['spec']} selected "
                                       f"{old_subsets[name]['n']} ids (sha256 {old_subsets[name]['ids_sha256'][:12]}), "
                                       f"now {rec['n']} ({rec['ids_sha256'][:12]}); use a new --out")
+        data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.datasets}
+        ident = run_identity(self.cfg, data)  # model files and data: a resume on others is refused here
+        if old is not None and old.get("config_hash") == self.cfg.hash():
+            updated = check_resume(self.out, old, data, ident, has_results(self.out))
+            if updated is not None and self.rank == 0:
+                atomic_write_text(run_json, json.dumps(updated, indent=2))
         if self.rank == 0 and (old is None or old.get("config_hash") != self.cfg.hash()):
             if old is not None:
                 _log(f"{run_json} records a run that wrote no rows (hash {old.get('config_hash')}): replaced")
-            data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.datasets}
             info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt, "subsets": subsets,
-                    "data": data,
+                    "data": data, "identity": ident,
                     "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
@@ -433,7 +441,23 @@ class Runner:
             self.model, self.tokenizer = load_model(self.cfg.model, gguf_file=self.cfg.gguf_file, dtype=self.cfg.dtype,
                                                     device=device)
             _log(f"loaded in {time.perf_counter() - t:.1f}s")
+            try:
+                self._check_loaded()
+            except BaseException:
+                self.model = self.tokenizer = None
+                raise
         return self.model, self.tokenizer
+
+    def _check_loaded(self) -> None:
+        """Before the loaded model writes a row: its revision (no local files) and the prompt as its
+        chat template renders it match run.json's record, or are recorded there."""
+        run_json = self.out / "run.json"
+        if not self.lock.held or not run_json.exists():
+            return
+        updated = check_loaded(self.out, read_run_json(run_json), self.cfg, self.model, self.tokenizer,
+                               has_results(self.out))
+        if updated is not None and self.rank == 0:
+            atomic_write_text(run_json, json.dumps(updated, indent=2))
 
     def run(self) -> Path:
         t0 = time.time()
