@@ -715,6 +715,8 @@ def check_prompt(prompt) -> None:
                     what = "has no" if key not in m else f"has a {type(m[key]).__name__} as its"
                     raise ValueError(f"chat message {i} {what} {key!r}; each message is a dict with 'role' and "
                                      "'content' strings")
+            if m["role"] not in CHAT_ROLES:
+                raise ValueError(f"chat message {i} has role {m['role']!r}; the roles are {', '.join(CHAT_ROLES)}")
             texts.append((f"chat message {i}", m["content"]))
     else:
         raise ValueError(f"the prompt is {type(prompt).__name__}; give a string or a list of chat messages "
