@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from zs_llm.config import AdaptConfig
+from zs_llm.model import sample_seed
 
 
-def vllm_sampling_kwargs(cfg: AdaptConfig, n: int = 1) -> dict[str, Any]:
-    """`SamplingParams(**kwargs)` equivalent to the Hugging Face generation the harness does."""
+def vllm_sampling_kwargs(cfg: AdaptConfig, n: int = 1, seed: int | None = None) -> dict[str, Any]:
+    """`SamplingParams(**kwargs)` equivalent to the Hugging Face generation the harness does
+    (`seed`: the request's sampling seed, default the config's)."""
     greedy = cfg.temperature == 0
     if greedy and n > 1:
         raise ValueError("n > 1 samples need temperature > 0")
@@ -22,7 +24,7 @@ def vllm_sampling_kwargs(cfg: AdaptConfig, n: int = 1) -> dict[str, Any]:
         "max_tokens": cfg.max_new_tokens,
         "temperature": 0.0 if greedy else cfg.temperature,
         "top_p": 1.0 if greedy else cfg.top_p,
-        "seed": cfg.seed,
+        "seed": cfg.seed if seed is None else seed,
         "skip_special_tokens": True,
     }
 
@@ -36,6 +38,17 @@ def vllm_engine_kwargs(model: str, dtype: str, max_model_len: int | None = None)
     return kw
 
 
+def vllm_requests(cfg: AdaptConfig, count: int, n: int = 1, first: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """(prompt index, `SamplingParams` kwargs) of each request that answers `count` prompts `n`
+    times, the prompts at stream positions first, first + 1, ... Sampling: one request per
+    sample, seeded as the Hugging Face path seeds it (`sample_seed`), so every sample has its
+    own recorded seed. Greedy: one request per prompt (its n answers are that one text)."""
+    if cfg.temperature == 0:
+        return [(j, vllm_sampling_kwargs(cfg)) for j in range(count)]
+    return [(j, vllm_sampling_kwargs(cfg, seed=sample_seed(cfg.seed, first + j, k)))
+            for j in range(count) for k in range(n)]
+
+
 class VLLMBackend:
     """Batched generation through vLLM over whole sets (prompts already rendered as text)."""
 
@@ -47,8 +60,15 @@ class VLLMBackend:
                               "--backend hf") from e
         self.llm = LLM(**vllm_engine_kwargs(model, dtype), **engine_kwargs)
 
-    def generate(self, prompts: list[str], cfg: AdaptConfig, n: int = 1) -> list[list[str]]:
+    def generate(self, prompts: list[str], cfg: AdaptConfig, n: int = 1, first: int = 0) -> list[list[str]]:
+        """`n` answers to each prompt (`first`: the first prompt's position in its stream, which
+        the sampling seeds follow; see `vllm_requests`)."""
         from vllm import SamplingParams
 
-        outs = self.llm.generate(prompts, SamplingParams(**vllm_sampling_kwargs(cfg, n)), use_tqdm=False)
-        return [[c.text for c in o.outputs] for o in outs]
+        requests = vllm_requests(cfg, len(prompts), n, first)
+        outs = self.llm.generate([prompts[j] for j, _ in requests], [SamplingParams(**kw) for _, kw in requests],
+                                 use_tqdm=False)
+        texts: list[list[str]] = [[] for _ in prompts]
+        for (j, _), o in zip(requests, outs):
+            texts[j].append(o.outputs[0].text)
+        return [t * n if len(t) == 1 else t for t in texts]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import random
 import re
@@ -39,8 +41,34 @@ FOUR_SETS = ("math500", "college_math", "aime24", "minerva_math")
 class Problem:
     id: str
     question: str
-    gold: str
+    gold: str  # a finite number given here is kept as its text
     meta: dict = field(default_factory=dict, hash=False)  # subject, level, type, numeric, ...
+
+    def __post_init__(self):
+        try:
+            gold = check_gold(self.gold)
+        except ValueError as e:
+            raise ValueError(f"problem {self.id!r}: {e}") from None
+        if not isinstance(gold, str):
+            object.__setattr__(self, "gold", str(gold))
+
+
+def check_gold(value):
+    """`value` if it can be a gold answer (text, or a finite number), else a ValueError saying what
+    it is: str() would make null, NaN or an object into "None", "nan" or "{...}", graded as wrong."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return value
+        what = f"{value!r}, not a finite number"
+    elif value is None:
+        what = "null (None)"
+    elif isinstance(value, bool):
+        what = f"a boolean ({value})"
+    else:
+        what = {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+    raise ValueError(f"the gold answer is {what}; give the answer as text or a finite number")
 
 
 @dataclass(frozen=True)
@@ -122,7 +150,7 @@ def _math500(row: dict, index: int) -> Problem:
     return Problem(
         id=_row_id(row, index, "unique_id", "id"),
         question=_first(row, *_QUESTION),
-        gold=str(row["answer"]).strip(),
+        gold=str(check_gold(row["answer"])).strip(),
         meta={"subject": row.get("subject"), "level": row.get("level")},
     )
 
@@ -142,7 +170,7 @@ def _aime24(row: dict, index: int) -> Problem:
     return Problem(
         id=_row_id(row, index, "id", "ID"),
         question=_first(row, *_QUESTION),
-        gold=str(gold).strip(),
+        gold=str(check_gold(gold)).strip(),
         meta={"numeric": True, "url": row.get("url")},
     )
 
@@ -161,7 +189,7 @@ def _minerva_math(row: dict, index: int) -> Problem:
     return Problem(
         id=_row_id(row, index, "idx", "id"),
         question=_first(row, *_QUESTION),
-        gold=str(gold).strip(),
+        gold=str(check_gold(gold)).strip(),
         meta={"type": row.get("type")},
     )
 
@@ -175,14 +203,14 @@ def _college_math(row: dict, index: int) -> Problem:
     return Problem(
         id=row_id,
         question=_first(row, *_QUESTION),
-        gold=str(row["answer"]).replace("$", "").strip(),
+        gold=str(check_gold(row["answer"])).replace("$", "").strip(),
         meta={"topic": str(row.get("data_topic", "")).removeprefix("college_math.") or None},
     )
 
 
 @dataset("gsm8k", rows=1319, hub=(HubSource("openai/gsm8k", "test", config="main"),))
 def _gsm8k(row: dict, index: int) -> Problem:
-    answer = str(row["answer"])
+    answer = str(check_gold(row["answer"]))
     if "####" not in answer:
         raise ValueError(f"gsm8k row {index} has no '####' final answer")
     return Problem(
@@ -202,7 +230,7 @@ def _amc23(row: dict, index: int) -> Problem:
     return Problem(
         id=_row_id(row, index, "id"),
         question=_first(row, *_QUESTION),
-        gold=_number_text(row["answer"]),
+        gold=_number_text(check_gold(row["answer"])),
         meta={"numeric": True, "url": row.get("url")},
     )
 
@@ -650,7 +678,15 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
         except Exception as e:  # noqa: BLE001 - try the next mirror, report all failures below
             errors.append(f"{hub.path}: {type(e).__name__}: {e}")
             continue
-        return [spec.to_problem(dict(row), i) for i, row in enumerate(rows)]
+        problems = []
+        for i, row in enumerate(rows):
+            try:
+                problems.append(spec.to_problem(dict(row), i))
+            except (ValueError, KeyError, TypeError) as e:
+                what = f"no {e} field" if isinstance(e, KeyError) else str(e)
+                raise ValueError(f"{spec.name} from the hub ({hub.path}, split {hub.split}) row {i}: {what}; pass "
+                                 "--data-dir to a local copy with that row fixed") from None
+        return problems
     raise RuntimeError(
         f"could not load {spec.name!r} from the hub ({'; '.join(errors)}); pass --data-dir to a local copy"
     )

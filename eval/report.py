@@ -47,13 +47,62 @@ SEED_COLUMNS = ("n_runs", "accuracy_sd", "accuracy_min", "accuracy_max", "diff_s
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021): the chance that k of the
+    n samples drawn without replacement hold a correct one, 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
     if n - c < k:
         return 1.0
     prod = 1.0
     for i in range(n - c + 1, n + 1):
         prod *= 1.0 - k / i
     return 1.0 - prod
+
+
+def majority_correct(extracted: Sequence[str | None], corrects: Sequence[bool | None], k: int) -> bool:
+    """maj@k of one problem: whether the answer most of its first k samples give (the grader's
+    extracted text, stripped; a tie goes to the one given first) is correct. Samples without an
+    answer do not vote; none with one: False."""
+    votes: dict[str, list[int]] = {}
+    for i, a in enumerate(extracted[:k]):
+        if a is not None and a.strip():
+            votes.setdefault(a.strip(), []).append(i)
+    if not votes:
+        return False
+    winner = max(votes.values(), key=lambda idx: (len(idx), -idx[0]))
+    return bool(corrects[winner[0]])
+
+
+def sample_metrics(rows: list[dict]) -> dict:
+    """avg@n, pass@k (unbiased, k in 1, 4, n) and maj@k (k in 4, n; only rows that record each
+    sample's extracted answer) of graded rows with n > 1 samples; {} without such rows."""
+    multi = [r for r in rows if r.get("correct") is not None and r.get("corrects")]
+    if not multi:
+        return {}
+    n = min(len(r["corrects"]) for r in multi)
+    ks = sorted({1, min(n, 4), n})
+    out = {"n_samples": n,
+           "avg@n": float(np.mean([np.mean([bool(c) for c in r["corrects"] if c is not None]) for r in multi]))}
+    for k in ks:
+        out[f"pass@{k}"] = float(np.mean([pass_at_k(len(r["corrects"]), sum(bool(c) for c in r["corrects"]), k)
+                                          for r in multi]))
+    if all(r.get("extracteds") for r in multi):
+        for k in ks[1:]:
+            out[f"maj@{k}"] = float(np.mean([majority_correct(r["extracteds"], r["corrects"], k) for r in multi]))
+    return out
+
+
+def sample_columns(summary: dict) -> tuple[str, ...]:
+    """The results.csv columns of the sampled metrics any stream of `summary` has."""
+    keys = {k for a in summary["sets"].values() for k in a if "@" in k}
+    if not keys:
+        return ()
+
+    def order(key):
+        kind, _, k = key.partition("@")
+        return ("avg", "pass", "maj").index(kind), int(k) if k.isdigit() else 0
+
+    return ("n_samples", *sorted(keys, key=order))
 
 
 def load_run(run_dir: str | Path, notes: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
@@ -76,19 +125,15 @@ def load_run(run_dir: str | Path, notes: list[str] | None = None) -> dict[tuple[
 
 
 def accuracy(rows: list[dict]) -> dict:
-    """Greedy pass@1 (or avg@n with samples) over gradable rows with its 95% Wilson interval;
-    ungradable rows (unparseable gold) are counted, not scored."""
+    """pass@1 of each problem's first answer (greedy unless sampled) over gradable rows with its 95%
+    Wilson interval, plus `sample_metrics` when rows hold several samples; ungradable rows
+    (unparseable gold) are counted, not scored."""
     graded = [r for r in rows if r.get("correct") is not None]
     k = sum(bool(r["correct"]) for r in graded)
     out = {"n": len(rows), "graded": len(graded), "ungradable": len(rows) - len(graded), "correct": k}
     out["acc"] = k / len(graded) if graded else float("nan")
     out["ci_low"], out["ci_high"] = wilson_interval(k, len(graded))
-    multi = [r for r in graded if r.get("corrects")]
-    if multi:
-        n = len(multi[0]["corrects"])
-        out["avg@n"] = float(np.mean([np.mean([bool(c) for c in r["corrects"] if c is not None]) for r in multi]))
-        for kk in sorted({1, min(n, 4), n}):
-            out[f"pass@{kk}"] = float(np.mean([pass_at_k(n, sum(bool(c) for c in r["corrects"]), kk) for r in multi]))
+    out.update(sample_metrics(graded))
     return out
 
 
@@ -219,9 +264,16 @@ def accuracy_section(summary: dict) -> str:
              f"binomial test on those counts{' (for the average, pooled over the sets)' * bool(avg)}."]
     extra = [(k, a) for k, a in sets.items() if "avg@n" in a]
     if extra:
-        cols = [x for x in extra[0][1] if "@" in x]
-        text += ["", "| method | dataset | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        cols = list(sample_columns(summary)[1:])
+        n = extra[0][1]["n_samples"]
+        text += ["", f"### Sampled: {n} answers per problem", "",
+                 "| method | dataset | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
         text += [f"| {m} | {d} | " + " | ".join(_pct(a.get(x)) for x in cols) + " |" for (m, d), a in extra]
+        text += ["", "In %. avg@n: the mean share of correct samples. pass@k: the chance that k of the n samples "
+                 "hold a correct one (the unbiased estimator, 1 - C(n-c, k) / C(n, k) with c correct). maj@k: the "
+                 "answer most of the first k samples give (ties: the one given first) is correct. Sample 1 is the "
+                 "method's answer (it adapted on that draft); samples 2..n are drawn after the problem's update, "
+                 "each from its own seed (`sample_seeds` in the rows)."]
     return "\n".join(text)
 
 
@@ -240,7 +292,8 @@ def results_rows(summary: dict) -> list[dict]:
             keyed.append((AVERAGE, summary["average"][m]))
         for d, a in keyed:
             out.append({"method": m, "dataset": d, "n": a["graded"], "correct": a["correct"], "accuracy": a["acc"],
-                        "ci_low": a["ci_low"], "ci_high": a["ci_high"], **_vs_cells(a.get("vs"))})
+                        "ci_low": a["ci_low"], "ci_high": a["ci_high"], **_vs_cells(a.get("vs")),
+                        **{k: v for k, v in a.items() if "@" in k or k == "n_samples"}})
     return out
 
 
@@ -537,7 +590,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
     metrics |= {"incomplete_streams": incomplete, "held_by": holder}
     atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
-    write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS)
+    write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS + sample_columns(summary))
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
     return path
@@ -678,7 +731,8 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
         if df is not None:
             row |= {"diff_vs_noadapt": df.mean, "diff_sd": df.sd, "diff_min": df.min, "diff_max": df.max}
         rows.append(row)
-    write_csv(rows, out / "results.csv", ("run", *CSV_COLUMNS, *SEED_COLUMNS))
+    sampled = tuple(dict.fromkeys(c for s in summaries.values() for c in sample_columns(s)))
+    write_csv(rows, out / "results.csv", ("run", *CSV_COLUMNS, *sampled, *SEED_COLUMNS))
     metrics = {"runs": {lab: str(r) for lab, r in zip(labels, runs)},
                "per_run": {lab: {k: s[k] for k in ("sets", "average")} for lab, s in summaries.items()},
                "combined": {(m, d): {"acc": c["acc"], "diff_vs_noadapt": c["diff"]} for (m, d), c in combined.items()}}

@@ -94,8 +94,12 @@ class RunConfig:
                                                          "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={
         "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
-    n_samples: int = field(default=1, metadata={"help": "Answers per problem; >1 samples (needs temperature > 0) "
-                                                "and reports avg@n and pass@k.", "min": 1})
+    n_samples: int = field(default=1, metadata={
+        "help": "Answers per problem; >1 samples (needs temperature > 0) and reports avg@n, pass@k and maj@k. "
+                "Sample 1 is the method's answer, drafted and adapted on exactly as with one sample (one update "
+                "per problem, on that draft); samples 2..n are drawn after the update and do not adapt. Each "
+                "sample has its own seed (zs_llm.model.sample_seed of the method's seed, the problem's position "
+                "and the sample's), recorded in the row as sample_seeds.", "min": 1})
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting.",
                                                  "min": 1})
     stream_batch: int | None = field(default=None, metadata={
@@ -701,10 +705,10 @@ class Runner:
                     p = w.problems[i]
                     messages = build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
                     items.append((w.lm, messages, p.id))
-                    asked.append((i, p, messages))
+                    asked.append((i, p, messages, w.lm.problems_seen))
                 results = adapt_pool(items)
-                for w, (i, p, messages), res in zip(live, asked, results):
-                    solved = self._solved(w.lm, res, messages)
+                for w, (i, p, messages, seen), res in zip(live, asked, results):
+                    solved = self._solved(w.lm, res, messages, seen)
                     w.emit([self._row(w.lm, w.method, w.dataset, p, messages, solved, i, w.order)])
                 for w in [w for w in live if w.done]:
                     w.close()
@@ -776,30 +780,45 @@ class Runner:
 
     def _solve(self, lm, problems, messages) -> list[dict]:
         """Answer a batch of problems; returns per problem {draft, responses, steps, ...}."""
+        first = lm.problems_seen  # the position the problems' sampling seeds follow
         if self.cfg.backend == "vllm":
             from .backends import VLLMBackend
 
             if not hasattr(self, "_vllm"):
                 self._vllm = VLLMBackend(self.cfg.model, self.cfg.dtype, lm.tokenizer)
-            outs = self._vllm.generate([lm_render(lm, m) for m in messages], lm.zs_config, self.cfg.n_samples)
-            return [{"draft": None, "responses": o, "steps": [], "timings": {}, "events": [], "method_stats": {}}
-                    for o in outs]
+            outs = self._vllm.generate([lm_render(lm, m) for m in messages], lm.zs_config, self.cfg.n_samples,
+                                       first=first)
+            return [{"draft": None, "responses": o, "steps": [], "timings": {}, "events": [], "method_stats": {},
+                     **self._seeds(lm, first + j)} for j, o in enumerate(outs)]
         if len(problems) > 1:
             t = time.perf_counter()
             texts = lm.generate_texts(messages, batch_size=len(problems))
             dt = (time.perf_counter() - t) / len(problems)
             return [{"draft": None, "responses": [x], "steps": [], "timings": {"total_s": dt}, "events": [],
                      "method_stats": {}} for x in texts]
-        return [self._solved(lm, lm.adapt_generate(messages[0], problem_id=problems[0].id), messages[0])]
+        return [self._solved(lm, lm.adapt_generate(messages[0], problem_id=problems[0].id), messages[0], first)]
 
-    def _solved(self, lm, res, messages) -> dict:
-        """An `AdaptResult` as `_row` reads it, with the extra samples of n_samples > 1."""
+    def _seeds(self, lm, problem: int) -> dict:
+        """{"seeds": each sample's sampling seed} of a sampled problem answered n_samples times, else {}."""
+        from zs_llm.model import sample_seed
+
+        c = lm.zs_config
+        if self.cfg.n_samples == 1 or c.temperature == 0:
+            return {}
+        return {"seeds": [sample_seed(c.seed, problem, k) for k in range(self.cfg.n_samples)]}
+
+    def _solved(self, lm, res, messages, problem: int) -> dict:
+        """An `AdaptResult` as `_row` reads it, with the extra samples of n_samples > 1: drawn
+        after the problem's update, each from its own seed (`problem`: the `problems_seen` the
+        answer was drafted at)."""
         responses = [res.answer]
-        for _ in range(self.cfg.n_samples - 1):
-            responses.append(lm.decode(lm.generate_ids(lm.encode(messages))[0]))
+        seeds = self._seeds(lm, problem)
+        ids = lm.encode(messages) if self.cfg.n_samples > 1 else None
+        for k in range(1, self.cfg.n_samples):
+            responses.append(lm.decode(lm.generate_ids(ids, seed=seeds["seeds"][k] if seeds else None)[0]))
         d = res.to_dict()
         return {"draft": d["draft"], "responses": responses, "steps": d["steps"], "timings": d["timings"],
-                "events": d["events"], "method_stats": d["method_stats"],
+                "events": d["events"], "method_stats": d["method_stats"], **seeds,
                 "tokens": {"prompt": d["prompt_tokens"], "draft": d["draft_tokens"], "answer": d["answer_tokens"]}}
 
     def _row(self, lm, method, dataset, p, messages, res, index, order) -> dict:
@@ -816,6 +835,8 @@ class Runner:
         }
         if len(responses) > 1:
             row["responses"], row["corrects"] = responses, corrects
+        if res.get("seeds"):  # sampled: each sample's seed, and the answer the grader read in each (maj@k)
+            row["sample_seeds"], row["extracteds"] = res["seeds"], [g.pred for g in graded]
         return row
 
 

@@ -144,9 +144,11 @@ def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     events: list[str] = []
+    prompt_ids = lm.encode(prompt)  # before the reset: a prompt that is refused changes nothing
     if c.schedule == "episodic":
+        seen = lm.problems_seen
         lm.reset()
-    prompt_ids = lm.encode(prompt)
+        lm.problems_seen = seen  # sampling seeds still follow the problem
     eos, pad = _eos_ids(lm), lm.tokenizer.pad_token_id
 
     t = time.perf_counter()

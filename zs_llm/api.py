@@ -7,7 +7,7 @@ import torch
 
 from .config import AdaptConfig
 from .loading import EMBEDDED, load_model
-from .model import ZeroSiamLM
+from .model import ZeroSiamLM, check_prompt
 
 
 def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, problem_id: str | None = None,
@@ -20,6 +20,7 @@ def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, p
     existing `ZeroSiamLM` only generation fields may change per call.
     Returns the answer text, or an `AdaptResult` when `return_result=True`.
     """
+    check_prompt(prompt)  # before a plain model is wrapped (in place)
     if not isinstance(model, ZeroSiamLM):
         if tokenizer is None:
             raise ValueError("adapt_generate needs tokenizer= to wrap a plain model (or pass a ZeroSiamLM)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,19 @@ CONFIG_NAME = "zs_llm_config.json"
 PREDICTOR_NAME = "predictor.safetensors"
 EXTRA_NAME = "method_state.safetensors"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
+#: the chat roles a prompt may use (every chat template we render knows these three)
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def sample_seed(seed: int, problem: int, sample: int = 0) -> int:
+    """The sampling seed of sample `sample` of the `problem`-th problem (`problems_seen`) under
+    `AdaptConfig.seed` `seed`. Sample 0 (the draft, and an answer regenerated after the update)
+    keeps `seed + problem`, as it always had; each further sample takes 63 bits of a sha256 of
+    all three, so no two samples of a stream share a generator state."""
+    if sample == 0:
+        return seed + problem
+    digest = hashlib.sha256(f"{seed}:{problem}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def logit_postprocess(config) -> list[tuple[str, float]]:
@@ -372,10 +386,12 @@ class ZeroSiamLM:
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                     max_new_tokens: int | None = None, return_logits: bool = False):
+                     max_new_tokens: int | None = None, return_logits: bool = False, seed: int | None = None):
         """Generate from the target branch (LoRA active, no predictor) with the method's hooks.
         Returns only the new tokens, (B, n); with `return_logits`, also the model's raw logits
-        (before any logits processor or sampling warper) that produced them, (B, n, V) fp32."""
+        (before any logits processor or sampling warper) that produced them, (B, n, V) fp32.
+        Sampling (temperature > 0) seeds torch with `seed`, by default this problem's
+        `sample_seed(config.seed, problems_seen)`: the same seed and state give the same text."""
         c = self.zs_config
         self._activate()
         max_new = max_new_tokens or c.max_new_tokens
@@ -399,7 +415,7 @@ class ZeroSiamLM:
         self.hf.eval()
         try:
             if c.temperature > 0:
-                torch.manual_seed(c.seed + self.problems_seen)
+                torch.manual_seed(sample_seed(c.seed, self.problems_seen) if seed is None else seed)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             with self.lora_merged():
@@ -699,6 +715,8 @@ def check_prompt(prompt) -> None:
                     what = "has no" if key not in m else f"has a {type(m[key]).__name__} as its"
                     raise ValueError(f"chat message {i} {what} {key!r}; each message is a dict with 'role' and "
                                      "'content' strings")
+            if m["role"] not in CHAT_ROLES:
+                raise ValueError(f"chat message {i} has role {m['role']!r}; the roles are {', '.join(CHAT_ROLES)}")
             texts.append((f"chat message {i}", m["content"]))
     else:
         raise ValueError(f"the prompt is {type(prompt).__name__}; give a string or a list of chat messages "

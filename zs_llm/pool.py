@@ -233,9 +233,11 @@ class _Problem:
         self.timings: dict[str, float] = {}
         self.events: list[str] = []
         self.steps: list[dict] = []
+        self.prompt_ids = lm.encode(prompt)  # before the reset: a prompt that is refused changes nothing
         if c.schedule == "episodic":
+            seen = lm.problems_seen
             lm.reset()
-        self.prompt_ids = lm.encode(prompt)
+            lm.problems_seen = seen  # sampling seeds still follow the problem
         t = time.perf_counter()
         lm._activate()
         self.method_stats = method.on_problem_start(lm, self.prompt_ids)
