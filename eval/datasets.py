@@ -615,6 +615,10 @@ def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
     return problems
 
 
+class HubLoadError(RuntimeError, OSError):
+    """No hub mirror of a set could be loaded (the command line prints it as one line)."""
+
+
 def _load_hub(spec: DatasetSpec) -> list[Problem]:
     try:
         from datasets import load_dataset
@@ -623,17 +627,30 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
             f"dataset {spec.name!r} is not on disk and the `datasets` package is missing; "
             "`pip install datasets` or pass --data-dir"
         ) from e
+    from zs_llm.loading import HubUnreachableError, hub_offline_reason
+
+    why = hub_offline_reason()
+    offline = why is not None and ("HF_HUB_OFFLINE" in why or os.environ.get("HF_DATASETS_OFFLINE") == "1")
+    if why is not None and not offline:  # unreachable: `datasets` would retry it for a minute per mirror
+        raise HubUnreachableError(f"--source hub: {spec.name!r} cannot be downloaded: {why}. Use local files: "
+                                  "--source local --data-dir FOLDER (or $ZS_LLM_DATA_DIR), or HF_HUB_OFFLINE=1 to "
+                                  "read sets already in the Hugging Face cache")
     errors = []
     for hub in spec.hub:
         try:
             rows = load_dataset(hub.path, hub.config, split=hub.split)
         except Exception as e:  # noqa: BLE001 - try the next mirror, report all failures below
-            errors.append(f"{hub.path}: {type(e).__name__}: {e}")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            errors.append(f"{hub.path}: {type(e).__name__}: {first}")
             continue
         return [spec.to_problem(dict(row), i) for i, row in enumerate(rows)]
-    raise RuntimeError(
+    if offline:
+        raise HubUnreachableError(f"--source hub: {spec.name!r} is not in the Hugging Face cache and {why}; use "
+                                  "local files: --source local --data-dir FOLDER (or $ZS_LLM_DATA_DIR)")
+    raise HubLoadError(
         f"could not load {spec.name!r} from the hub ({'; '.join(errors)}); pass --data-dir to a local copy"
     )
+
 
 
 def main(argv: list[str] | None = None) -> int:
