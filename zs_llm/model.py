@@ -639,7 +639,7 @@ class ZeroSiamLM:
         lm = cls(model, tokenizer, meta["adapt_config"])
         adapter = read("adapter_model.safetensors") if lm.peft is not None else None
         predictor = read(PREDICTOR_NAME)
-        live_extra = lm.method.extra_state()  # SLOT's vector is made (and zeroed) per problem: none to load
+        live_extra = lm.method.extra_state()
         extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
         if adapter is not None:
             from peft import get_peft_model_state_dict
@@ -715,7 +715,7 @@ def check_lora_memory(model: nn.Module, targets: list[str], config: AdaptConfig,
     need = n * 4 * (2 + states)  # fp32 adapters, their gradients, the optimizer's state
     free = available_memory(device)
     if free is not None and need > free:
-        raise ValueError(f"LoRA r={config.lora_r} on {targets} adds {n:,} parameters, about {need / 2**30:.1f} GiB "
+        raise ValueError(f"LoRA with lora_r={config.lora_r} on {targets} adds {n:,} parameters, about {need / 2**30:.1f} GiB "
                          f"with gradients and optimizer state, and {device} has {free / 2**30:.1f} GiB available; "
                          "lower lora_r (e.g. 8-64)")
 
