@@ -632,9 +632,9 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
     why = hub_offline_reason()
     offline = why is not None and ("HF_HUB_OFFLINE" in why or os.environ.get("HF_DATASETS_OFFLINE") == "1")
     if why is not None and not offline:  # unreachable: `datasets` would retry it for a minute per mirror
-        raise HubUnreachableError(f"--source hub: {spec.name!r} cannot be downloaded: {why}. Use local files: "
-                                  "--source local --data-dir FOLDER (or $ZS_LLM_DATA_DIR), or HF_HUB_OFFLINE=1 to "
-                                  "read sets already in the Hugging Face cache")
+        raise HubUnreachableError(f"{spec.name!r} is read from the hub (--source hub, or no local copy) but {why}; "
+                                  "use local files: --source local --data-dir FOLDER (or $ZS_LLM_DATA_DIR), or "
+                                  "HF_HUB_OFFLINE=1 to read sets already in the Hugging Face cache")
     errors = []
     for hub in spec.hub:
         try:
@@ -645,8 +645,9 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
             continue
         return [spec.to_problem(dict(row), i) for i, row in enumerate(rows)]
     if offline:
-        raise HubUnreachableError(f"--source hub: {spec.name!r} is not in the Hugging Face cache and {why}; use "
-                                  "local files: --source local --data-dir FOLDER (or $ZS_LLM_DATA_DIR)")
+        raise HubUnreachableError(f"{spec.name!r} is read from the hub (--source hub, or no local copy) but is not "
+                                  f"in the Hugging Face cache and {why}; use local files: --source local --data-dir "
+                                  "FOLDER (or $ZS_LLM_DATA_DIR)")
     raise HubLoadError(
         f"could not load {spec.name!r} from the hub ({'; '.join(errors)}); pass --data-dir to a local copy"
     )
