@@ -422,9 +422,30 @@ def test_an_adapter_on_a_base_of_another_width_is_one_line(method, recorded, mak
         meta = json.loads(p.read_text())
         del meta["hidden_size"]
         p.write_text(json.dumps(meta))
+    wider = tiny_model("llama", hidden=48)
     with pytest.raises(ValueError, match="base model of (hidden size 32|another size)") as e:
-        ZeroSiamLM.from_pretrained(tmp_path / "a", model=tiny_model("llama", hidden=48), tokenizer=tok)
+        ZeroSiamLM.from_pretrained(tmp_path / "a", model=wider, tokenizer=tok)
     assert "load it on the base it was saved from" in str(e.value)
+    assert ZeroSiamLM(wider, tok, AdaptConfig(method=method)).hidden_size == 48  # the refused model is still plain
+
+
+@pytest.mark.parametrize("where", ["host", "stream"])
+def test_a_wrapper_that_fails_to_build_leaves_the_model_as_given(where, tok, monkeypatch):
+    model = tiny_model("llama")
+    names = [n for n, _ in model.named_parameters()]
+    host = ZeroSiamLM(model, tok, AdaptConfig(method="tent"), check=False) if where == "stream" else None
+    with_host = [n for n, _ in model.named_parameters()]
+
+    def broken(self, *a, **k):
+        raise ValueError("broken (test)")
+
+    monkeypatch.setattr(ZeroSiamLM, "_build_optimizer", broken)
+    with pytest.raises(ValueError, match="broken"):
+        host.stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig(method="tent"))
+    assert [n for n, _ in model.named_parameters()] == (with_host if host else names)
+    monkeypatch.undo()
+    again = host.stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig(method="tent"))
+    assert again.peft is not None
 
 
 # ------------------------------------------------------ g. one folder, several saves

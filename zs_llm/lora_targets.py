@@ -46,11 +46,13 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 
 def linear_shapes(model: nn.Module, targets: list[str]) -> list[tuple[int, int]]:
-    """(in, out) features of every linear layer whose last name is in `targets` (as peft matches
-    a list of names), seen through LoRA wrappers."""
+    """(in, out) features of every linear layer that `targets` names as peft matches a list of
+    names (the full name, or its ending after a dot), seen through LoRA wrappers."""
     shapes = []
     for n, m in model.named_modules():
-        if ".lora_" in n or n.endswith(".base_layer") or n.rsplit(".", 1)[-1] not in targets or not _is_linear(m):
+        if ".lora_" in n or n.endswith(".base_layer") or not _is_linear(m):
+            continue
+        if not any(n == t or n.endswith("." + t) for t in targets):
             continue
         w = base_layer(m).weight
         shapes.append((int(w.shape[1]), int(w.shape[0])) if isinstance(base_layer(m), nn.Linear)

@@ -109,26 +109,30 @@ class ZeroSiamLM:
         if "lora" in self.method.trains:
             self.adapter_name = "default" if _host is None else f"stream{self._hub['next']}"
             self.peft = self._inject_lora(model)
-        self._activate()
-        self.hidden_size = head.weight.shape[1]
-        kind = self.predictor_kind
-        self.predictor = build_predictor(
-            kind, self.hidden_size, **({"seed": config.seed} if kind == "fixed_random" else {})
-        ).to(self.device)
-        self.predictor.requires_grad_("predictor" in self.method.trains)
-        if config.gradient_checkpointing:
-            self.set_gradient_checkpointing(True)
-        self.optimizer = self._build_optimizer()
-        self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
-        if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
-            self.check_identity()
-        self._initial = self.snapshot()
-        self.problems_seen = 0
-        self.adapt_enabled = True
-        self.merge_lora_for_generation = True
-        self.guard = None
-        if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
-            self.guard = CollapseGuard(self)
+        try:
+            self._activate()
+            self.hidden_size = head.weight.shape[1]
+            kind = self.predictor_kind
+            self.predictor = build_predictor(
+                kind, self.hidden_size, **({"seed": config.seed} if kind == "fixed_random" else {})
+            ).to(self.device)
+            self.predictor.requires_grad_("predictor" in self.method.trains)
+            if config.gradient_checkpointing:
+                self.set_gradient_checkpointing(True)
+            self.optimizer = self._build_optimizer()
+            self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
+            if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
+                self.check_identity()
+            self._initial = self.snapshot()
+            self.problems_seen = 0
+            self.adapt_enabled = True
+            self.merge_lora_for_generation = True
+            self.guard = None
+            if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
+                self.guard = CollapseGuard(self)
+        except BaseException:  # the caller's model must come back as it was given (no stray LoRA layers)
+            self._drop_adapter()
+            raise
 
     # --- construction -------------------------------------------------------------------
     @property
@@ -250,15 +254,24 @@ class ZeroSiamLM:
     def remove_stream(self, name: str) -> None:
         """Drop a stream and free its adapter, predictor and optimizer state."""
         s = self._hub["streams"].pop(name)
-        if s.adapter_name is not None:
-            with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
-                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
-                s.peft.delete_adapter(s.adapter_name)
-            for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
-                if "lora_" in n:
-                    p.requires_grad_(True)
-            self._hub["active"] = None
+        s._drop_adapter()
         s.optimizer = None
+
+    def _drop_adapter(self) -> None:
+        """Remove this wrapper's own LoRA adapter from the shared model (all of peft's layers when
+        it is the host and the only adapter)."""
+        if self.adapter_name is None or self._hub["peft"] is None:
+            return
+        if self.stream_name is None and not self._hub["streams"]:
+            self.unwrap()
+            return
+        with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            self._hub["peft"].delete_adapter(self.adapter_name)
+        for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
+            if "lora_" in n:
+                p.requires_grad_(True)
+        self._hub["active"] = None
 
     def adapt_generate_pool(self, prompts: dict, problem_ids: dict | None = None) -> dict:
         """One problem for each of several streams, answered together: `{name: prompt}` ->
@@ -637,25 +650,29 @@ class ZeroSiamLM:
                              f"this {type(model).__name__} has {head.weight.shape[1]}: load it on the base it was "
                              "saved from")
         lm = cls(model, tokenizer, meta["adapt_config"])
-        adapter = read("adapter_model.safetensors") if lm.peft is not None else None
-        predictor = read(PREDICTOR_NAME)
-        live_extra = lm.method.extra_state()
-        extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
-        if adapter is not None:
-            from peft import get_peft_model_state_dict
-
-            _check_fits(d / "adapter_model.safetensors", adapter,
-                        get_peft_model_state_dict(lm.peft, adapter_name=lm.adapter_name or "default"))
-        _check_fits(d / PREDICTOR_NAME, predictor, lm.predictor.state_dict())
-        _check_fits(d / EXTRA_NAME, extra, live_extra)
-        with torch.no_grad():
+        try:
+            adapter = read("adapter_model.safetensors") if lm.peft is not None else None
+            predictor = read(PREDICTOR_NAME)
+            live_extra = lm.method.extra_state()
+            extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
             if adapter is not None:
-                from peft import set_peft_model_state_dict
+                from peft import get_peft_model_state_dict
 
-                set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
-            lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
-            for k, v in live_extra.items():
-                v.copy_(extra[k])
+                _check_fits(d / "adapter_model.safetensors", adapter,
+                            get_peft_model_state_dict(lm.peft, adapter_name=lm.adapter_name or "default"))
+            _check_fits(d / PREDICTOR_NAME, predictor, lm.predictor.state_dict())
+            _check_fits(d / EXTRA_NAME, extra, live_extra)
+            with torch.no_grad():
+                if adapter is not None:
+                    from peft import set_peft_model_state_dict
+
+                    set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
+                lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
+                for k, v in live_extra.items():
+                    v.copy_(extra[k])
+        except BaseException:  # a refused folder leaves `model` as it was given
+            lm._drop_adapter()
+            raise
         lm.problems_seen = meta.get("problems_seen", 0)
         return lm
 
@@ -759,7 +776,7 @@ def read_saved_config(d: Path) -> dict[str, Any]:
 def _check_fits(path: Path, saved: dict[str, torch.Tensor], live: dict[str, torch.Tensor]) -> None:
     """Refuse saved tensors that do not fit the wrapper they are loaded into, naming the first."""
     missing, unknown = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
-    if saved and (missing or unknown):
+    if missing or unknown:
         raise ValueError(f"{path} does not fit this model and method (missing {missing[:3]}, unknown {unknown[:3]}); "
                          "load it with the base model and method it was saved with")
     for k, v in saved.items():
