@@ -653,7 +653,6 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
     )
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m eval.datasets ids SET [--subset SPEC]`: print a set's problem ids, one per line
     (a subset's, with --subset), e.g. to save a sample as a subset file."""

@@ -35,7 +35,7 @@ def states_equal(a: ZeroSiamLM, b: ZeroSiamLM) -> None:
 
 # ------------------------------------------------------ a. declared non-finite state markers
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_methods_state_round_trips_through_checkpoint_and_save(method, make_lm, tmp_path):
+def test_every_methods_state_round_trips_through_checkpoint_and_save(method, make_lm, tok, tmp_path):
     """Whatever a method holds before and after its first problem (SAR: NaN, its "no loss yet")
     loads back from a checkpoint and from save_pretrained, and its declaration names real entries."""
     lm = make_lm(method=method, lr=0.05)
@@ -47,7 +47,7 @@ def test_every_methods_state_round_trips_through_checkpoint_and_save(method, mak
         load_checkpoint(fresh, tmp_path / stage / "ckpt")
         states_equal(lm, fresh)
         lm.save_pretrained(tmp_path / stage / "saved")
-        again = ZeroSiamLM.from_pretrained(tmp_path / stage / "saved", model=tiny_model("llama"), tokenizer=lm.tokenizer)
+        again = ZeroSiamLM.from_pretrained(tmp_path / stage / "saved", model=tiny_model("llama"), tokenizer=tok)
         states_equal(lm, again)
         lm.adapt_generate("What is 2 + 3?")
 
@@ -440,12 +440,14 @@ def test_a_wrapper_that_fails_to_build_leaves_the_model_as_given(where, tok, mon
         raise ValueError("broken (test)")
 
     monkeypatch.setattr(ZeroSiamLM, "_build_optimizer", broken)
+    def build():
+        return host.stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig())
+
     with pytest.raises(ValueError, match="broken"):
-        host.stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig(method="tent"))
+        build()
     assert [n for n, _ in model.named_parameters()] == (with_host if host else names)
     monkeypatch.undo()
-    again = host.stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig(method="tent"))
-    assert again.peft is not None
+    assert build().peft is not None
 
 
 # ------------------------------------------------------ g. one folder, several saves

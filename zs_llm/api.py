@@ -17,8 +17,9 @@ def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, p
     model: a `ZeroSiamLM`, or a plain Hugging Face causal LM together with `tokenizer=` (it is
     wrapped on the fly with `AdaptConfig(**overrides)`, adapted from scratch on this prompt alone,
     and unwrapped again; keep a `ZeroSiamLM` to adapt across prompts). A model that already
-    carries peft adapters is refused (`ZeroSiamLM` says how to merge or drop them). prompt: a string or chat messages. overrides: `AdaptConfig` fields; on an
-    existing `ZeroSiamLM` only generation fields may change per call.
+    carries peft adapters is refused (`ZeroSiamLM` says how to merge or drop them). prompt: a
+    string or chat messages. overrides: `AdaptConfig` fields; on an existing `ZeroSiamLM` only
+    generation fields may change per call.
     Returns the answer text, or an `AdaptResult` when `return_result=True`.
     """
     if not isinstance(model, ZeroSiamLM):

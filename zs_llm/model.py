@@ -525,8 +525,8 @@ class ZeroSiamLM:
         one by one with the config last (it records each file's sha256): a folder whose config
         is present holds the files it names, and `from_pretrained` checks them and reads no
         other. Files an earlier save wrote into the same folder (listed in its config) that this
-        one does not write are then removed; files zs_llm did not write are never touched. `push_to_hub`
-        then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
+        one does not write are then removed; files zs_llm did not write are never touched.
+        `push_to_hub` then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
         import shutil
 
         from safetensors.torch import save_file
@@ -716,7 +716,8 @@ def refuse_wrapped(model: nn.Module) -> None:
                          "lm.unwrap() first to get the plain model back")
     names = sorted({a for m in model.modules() if isinstance(m, BaseTunerLayer) for a in m.active_adapters})
     if names or hasattr(model, "peft_config"):
-        raise ValueError(f"this {type(model).__name__} already holds peft adapters {names or ''}; zs_llm adds "
+        held = f" {names}" if names else ""
+        raise ValueError(f"this {type(model).__name__} already holds peft adapters{held}; zs_llm adds "
                          "and trains its own LoRA, so pass the plain base model: on the PeftModel, "
                          "merge_and_unload() folds the adapters into its weights, unload() drops them")
 
@@ -732,9 +733,9 @@ def check_lora_memory(model: nn.Module, targets: list[str], config: AdaptConfig,
     need = n * 4 * (2 + states)  # fp32 adapters, their gradients, the optimizer's state
     free = available_memory(device)
     if free is not None and need > free:
-        raise ValueError(f"LoRA with lora_r={config.lora_r} on {targets} adds {n:,} parameters, about {need / 2**30:.1f} GiB "
-                         f"with gradients and optimizer state, and {device} has {free / 2**30:.1f} GiB available; "
-                         "lower lora_r (e.g. 8-64)")
+        raise ValueError(f"LoRA with lora_r={config.lora_r} on {targets} adds {n:,} parameters, about "
+                         f"{need / 2**30:.1f} GiB with gradients and optimizer state, and {device} has "
+                         f"{free / 2**30:.1f} GiB available; lower lora_r (e.g. 8-64)")
 
 
 def _written_files(d: Path) -> set[str]:
