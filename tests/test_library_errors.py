@@ -379,9 +379,12 @@ def test_an_adapter_folder_given_as_a_model_names_the_call(kind, make_lm, tmp_pa
         lm.peft.save_pretrained(folder)
     else:
         lm.save_pretrained(folder)
+    fix = "merge_and_unload" if kind == "peft" else "ZeroSiamLM.from_pretrained"
     with pytest.raises(ValueError, match="not a model") as e:
         zs_llm.load(str(folder))
-    assert ("merge_and_unload" if kind == "peft" else "ZeroSiamLM.from_pretrained") in str(e.value)
+    assert fix in str(e.value)
+    err = command_line_error(["--model", str(folder)], tiny_dir, tmp_path, monkeypatch, capsys)
+    assert "not a model" in err and fix in err
 
 
 # ------------------------------------------------------ f. damaged configs, another base width

@@ -715,7 +715,7 @@ def refuse_wrapped(model: nn.Module) -> None:
                          "place): reuse that wrapper (lm.stream(name, config) adds another method), or call "
                          "lm.unwrap() first to get the plain model back")
     names = sorted({a for m in model.modules() if isinstance(m, BaseTunerLayer) for a in m.active_adapters})
-    if names or hasattr(model, "peft_config"):
+    if names or getattr(model, "peft_config", None):
         held = f" {names}" if names else ""
         raise ValueError(f"this {type(model).__name__} already holds peft adapters{held}; zs_llm adds "
                          "and trains its own LoRA, so pass the plain base model: on the PeftModel, "
