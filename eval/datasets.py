@@ -663,6 +663,10 @@ def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
     return problems
 
 
+class HubLoadError(RuntimeError, OSError):
+    """No hub mirror of a set could be loaded (the command line prints it as one line)."""
+
+
 def _load_hub(spec: DatasetSpec) -> list[Problem]:
     try:
         from datasets import load_dataset
@@ -671,12 +675,21 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
             f"dataset {spec.name!r} is not on disk and the `datasets` package is missing; "
             "`pip install datasets` or pass --data-dir"
         ) from e
+    from zs_llm.loading import HubUnreachableError, hub_offline_reason
+
+    why = hub_offline_reason()
+    offline = why is not None and ("HF_HUB_OFFLINE" in why or os.environ.get("HF_DATASETS_OFFLINE") == "1")
+    if why is not None and not offline:  # unreachable: `datasets` would retry it for a minute per mirror
+        raise HubUnreachableError(f"{spec.name!r} is read from the hub (--source hub, or no local copy) but {why}; "
+                                  "use local files: --source local --data-dir FOLDER (or $ZS_LLM_DATA_DIR), or "
+                                  "HF_HUB_OFFLINE=1 to read sets already in the Hugging Face cache")
     errors = []
     for hub in spec.hub:
         try:
             rows = load_dataset(hub.path, hub.config, split=hub.split)
         except Exception as e:  # noqa: BLE001 - try the next mirror, report all failures below
-            errors.append(f"{hub.path}: {type(e).__name__}: {e}")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            errors.append(f"{hub.path}: {type(e).__name__}: {first}")
             continue
         problems = []
         for i, row in enumerate(rows):
@@ -687,7 +700,11 @@ def _load_hub(spec: DatasetSpec) -> list[Problem]:
                 raise ValueError(f"{spec.name} from the hub ({hub.path}, split {hub.split}) row {i}: {what}; pass "
                                  "--data-dir to a local copy with that row fixed") from None
         return problems
-    raise RuntimeError(
+    if offline:
+        raise HubUnreachableError(f"{spec.name!r} is read from the hub (--source hub, or no local copy) but is not "
+                                  f"in the Hugging Face cache and {why}; use local files: --source local --data-dir "
+                                  "FOLDER (or $ZS_LLM_DATA_DIR)")
+    raise HubLoadError(
         f"could not load {spec.name!r} from the hub ({'; '.join(errors)}); pass --data-dir to a local copy"
     )
 

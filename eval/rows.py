@@ -167,11 +167,18 @@ def write_rows(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 class RowsAppender:
-    """Append row lines to a file, each flushed and fsynced before `append` returns."""
+    """Append row lines to a file, each flushed and fsynced before `append` returns. The file is
+    opened at the first row: a stream that fails before one leaves no empty rows file behind."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.f = open(path, "a", encoding="utf-8")
+        self._f = None
+
+    @property
+    def f(self):
+        if self._f is None:
+            self._f = open(self.path, "a", encoding="utf-8")
+        return self._f
 
     def append(self, line: str) -> None:
         self.f.write(line + "\n")
@@ -179,7 +186,9 @@ class RowsAppender:
         os.fsync(self.f.fileno())
 
     def close(self) -> None:
-        self.f.close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 def chain_hash(prev: str, line: str) -> str:

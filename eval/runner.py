@@ -318,6 +318,14 @@ class Runner:
             bad = [m for m, c in self.adapt_configs.items() if c.method != "noadapt"]
             if bad:
                 raise ValueError(f"the vllm backend only generates (noadapt); run {bad} with --backend hf")
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError("--backend vllm needs vLLM, which is not installed here: pip install 'zs_llm[vllm]' "
+                                 "(a CUDA machine), or use --backend hf")
+        from zs_llm.loading import check_device
+
+        check_device(cfg.device)
         m = cfg.model
         looks_local = m.startswith((".", "/", "~")) or m.endswith(".gguf")
         if looks_local and not Path(m).expanduser().exists():

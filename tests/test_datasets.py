@@ -342,6 +342,7 @@ def fake_hub(monkeypatch, rows: dict[str, list[dict]]):
         return rows[path]
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("zs_llm.loading.hub_offline_reason", lambda: None)  # as if online: the fake answers
     return calls
 
 

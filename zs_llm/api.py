@@ -15,17 +15,22 @@ def adapt_generate(model, prompt, tokenizer=None, return_result: bool = False, p
     """Adapt on `prompt` and answer it: the library call.
 
     model: a `ZeroSiamLM`, or a plain Hugging Face causal LM together with `tokenizer=` (it is
-    wrapped on the fly with `AdaptConfig(**overrides)`; note that wrapping adds LoRA layers to
-    it in place). prompt: a string or chat messages. overrides: `AdaptConfig` fields; on an
-    existing `ZeroSiamLM` only generation fields may change per call.
+    wrapped on the fly with `AdaptConfig(**overrides)`, adapted from scratch on this prompt alone,
+    and unwrapped again; keep a `ZeroSiamLM` to adapt across prompts). A model that already
+    carries peft adapters is refused (`ZeroSiamLM` says how to merge or drop them). prompt: a
+    string or chat messages. overrides: `AdaptConfig` fields; on an existing `ZeroSiamLM` only
+    generation fields may change per call.
     Returns the answer text, or an `AdaptResult` when `return_result=True`.
     """
     check_prompt(prompt)  # before a plain model is wrapped (in place)
     if not isinstance(model, ZeroSiamLM):
         if tokenizer is None:
             raise ValueError("adapt_generate needs tokenizer= to wrap a plain model (or pass a ZeroSiamLM)")
-        model = ZeroSiamLM(model, tokenizer, AdaptConfig().replace(**overrides))
-        result = model.adapt_generate(prompt, problem_id)
+        lm = ZeroSiamLM(model, tokenizer, AdaptConfig().replace(**overrides))
+        try:
+            result = lm.adapt_generate(prompt, problem_id)
+        finally:
+            lm.unwrap()  # the one-off wrapper's LoRA goes with it: `model` is plain again
     else:
         live = {"max_new_tokens", "temperature", "top_p", "seed"}
         bad = sorted(set(overrides) - live)

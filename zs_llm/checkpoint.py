@@ -4,7 +4,8 @@ A checkpoint is one folder: `state.safetensors` (trained tensors, optimizer stat
 `state.json` (optimizer metadata, the sha256 of the tensor file, and the caller's `extra`).
 It is written into a temporary sibling, fsynced and renamed into place, so a folder under
 its final name is complete. Loading checks the hash, the tensor names and shapes, and that
-every value is finite and below `MAX_ABS`, before anything in the model changes.
+every value is finite and below `MAX_ABS` (except the non-finite markers a method declares for
+its own state, `Method.nonfinite_state`), before anything in the model changes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +118,36 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 # --- tensor checks --------------------------------------------------------------------------
-def check_tensors(tensors: dict[str, torch.Tensor], source: str, max_abs: float = MAX_ABS) -> None:
-    """Refuse NaN, infinity or a magnitude above `max_abs` in any floating tensor, naming it."""
+#: what a declared state entry may hold besides finite values (`Method.nonfinite_state`)
+NONFINITE_KINDS = ("nan", "+inf", "-inf")
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], source: str, max_abs: float = MAX_ABS,
+                  allowed: Mapping[str, Collection[str]] | None = None) -> None:
+    """Refuse NaN, infinity or a magnitude above `max_abs` in any floating tensor, naming it.
+    `allowed` maps a tensor name to the non-finite kinds (`NONFINITE_KINDS`) it may hold, as a
+    method declares them for its own state (SAR's moving average is NaN until its first loss);
+    its finite entries are still checked."""
+    allowed = allowed or {}
     for name, t in tensors.items():
         if not torch.is_tensor(t) or not t.is_floating_point() or not t.numel():
             continue
         x = t.detach().float()
-        bad = ~torch.isfinite(x)
+        kinds = allowed.get(name, ())
+        marker = torch.zeros_like(x, dtype=torch.bool)
+        if "nan" in kinds:
+            marker |= torch.isnan(x)
+        if "+inf" in kinds:
+            marker |= x == float("inf")
+        if "-inf" in kinds:
+            marker |= x == float("-inf")
+        bad = ~torch.isfinite(x) & ~marker
         if bool(bad.any()):
-            kind = "NaN" if bool(torch.isnan(x).any()) else "an infinite value"
+            kind = "NaN" if bool(torch.isnan(x[bad]).any()) else "an infinite value"
             raise ValueError(f"{source}: tensor {name} holds {kind} ({int(bad.sum())} of {t.numel()} entries); "
                              "the file is damaged or was saved from a diverged state: do not load it")
-        peak = float(x.abs().max())
+        finite = x[torch.isfinite(x)]
+        peak = float(finite.abs().max()) if finite.numel() else 0.0
         if peak > max_abs:
             raise ValueError(f"{source}: tensor {name} holds |x| = {peak:.3g}, above {max_abs:g}; the file is damaged "
                              "or was saved from a diverged state: do not load it")
@@ -213,7 +232,7 @@ def load_checkpoint(lm, directory: str | os.PathLike) -> dict[str, Any]:
         flat = load_bytes(data)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged header
         raise ValueError(f"{f} is not a readable safetensors file ({e}); delete the folder") from None
-    check_tensors(flat, str(f))
+    check_tensors(flat, str(f), allowed={f"t.method.{k}": v for k, v in lm.method.nonfinite_state.items()})
     live = lm._state_tensors()
     saved = {k[2:]: v for k, v in flat.items() if k.startswith("t.")}
     missing, unknown = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))

@@ -120,14 +120,104 @@ def write_cache(model: nn.Module, tokenizer, folder: Path) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# --- loading --------------------------------------------------------------------------------
-def check_hub_reachable(name: str, filename: str = "config.json") -> None:
-    """Fail at once, in one line, for a hub id that is neither cached nor reachable: without it,
-    transformers retries the unreachable hub for about a minute before its error."""
+# --- devices --------------------------------------------------------------------------------
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse, in one line naming the fix, a device string torch does not know or a device this
+    machine lacks (`cuda` on a CPU-only torch, `cuda:3` on a one-GPU machine, `mps` off a Mac)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}; give cpu, cuda, cuda:N (a GPU index) or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is usable here (torch {torch.__version__} is "
+                             f"{build}); use --device cpu, or install a CUDA build of torch on a GPU machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {str(device)!r}: zs_llm runs on cpu, cuda or mps, not {dev.type}")
+
+
+def available_memory(device: str | torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (free GPU memory, or the host's available
+    memory for the CPU); None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# --- the hub --------------------------------------------------------------------------------
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face Hub cannot be reached (offline mode, or no route to it) and what was asked
+    is not in the local cache. Its message names the local alternative."""
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached from here (HF_HUB_OFFLINE set, or its host does not resolve),
+    or None when it may be. Answers at once: no request is made, only a name lookup."""
     from urllib.parse import urlparse
 
     try:
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import constants
+    except ImportError:
+        return "huggingface_hub is not installed"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy resolves names, not us
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return f"the hub ({host}) cannot be reached from here"
+    return None
+
+
+def hub_download(repo_id: str, revision: str | None = None) -> str:
+    """`huggingface_hub.snapshot_download` of a model repository, with one-line errors: offline,
+    the cached snapshot is used when there is one, else HubUnreachableError."""
+    import huggingface_hub
+
+    why = hub_offline_reason()
+    try:
+        return huggingface_hub.snapshot_download(repo_id, revision=revision, local_files_only=why is not None)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub raises many types, each with a multi-line message
+        if why is not None:
+            raise HubUnreachableError(f"{repo_id!r} is not in the local Hugging Face cache and {why}; download it "
+                                      "while online, or pass the path of a local copy of the folder") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"{repo_id!r} could not be downloaded from the hub ({first}); check the repository "
+                                "id and your access, or pass the path of a local copy of the folder") from None
+
+
+def check_hub_reachable(name: str, filename: str = "config.json") -> None:
+    """Fail at once, in one line, for a hub id that is neither cached nor reachable: without it,
+    transformers retries the unreachable hub for about a minute before its error."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return
     try:
@@ -136,18 +226,25 @@ def check_hub_reachable(name: str, filename: str = "config.json") -> None:
     except ValueError:  # not a valid repo id
         raise FileNotFoundError(f"model {name!r} is neither a local folder nor a valid hub id (org/name); give a "
                                 "hub id, a local model folder or a .gguf file") from None
-    if constants.HF_HUB_OFFLINE:
-        raise FileNotFoundError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                                "download it while online, or give a local model folder or a .gguf file")
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return  # the proxy resolves names, not us
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        raise FileNotFoundError(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the hub "
-                                f"({host}) cannot be reached from here; give a local model folder or a .gguf file, "
-                                "or download the model while online") from None
+    why = hub_offline_reason()
+    if why is not None:
+        raise HubUnreachableError(f"model {name!r} is not a local folder nor in the Hugging Face cache, and {why}; "
+                                  "give a local model folder or a .gguf file, or download the model while online "
+                                  "(then HF_HUB_OFFLINE=1 reads it from the cache)")
+
+
+def refuse_adapter_folder(name_or_path: str) -> None:
+    """A folder of adapters is not a model: name the call that loads it."""
+    p = Path(str(name_or_path)).expanduser()
+    if not p.is_dir() or (p / "config.json").exists():
+        return
+    if (p / "zs_llm_config.json").exists():
+        raise ValueError(f"{p} holds a saved ZeroSiamLM (zs_llm_config.json), not a model: load it with "
+                         f"zs_llm.ZeroSiamLM.from_pretrained({str(p)!r})")
+    if (p / "adapter_config.json").exists():
+        raise ValueError(f"{p} holds peft adapters (adapter_config.json), not a model: give its base model, or "
+                         "merge them first (PeftModel.from_pretrained(base, folder).merge_and_unload()."
+                         "save_pretrained(new_folder)) and give that folder")
 
 
 def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
@@ -162,6 +259,8 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _resolve_dtype(dtype)
+    check_device(device)
+    refuse_adapter_folder(name_or_path)
     asked = name_or_path
     embedded = name_or_path in (EMBEDDED, "embedded")
     if embedded:

@@ -80,6 +80,12 @@ class ZeroSiamLM:
     Generation always uses the target branch (LoRA active, no predictor). Base weights,
     including tied embeddings and the head, stay frozen. Unknown attributes pass through
     to the wrapped model, so `lm.generate(...)`, `lm.config` etc. keep working.
+
+    `model` must be a plain model: one that already carries peft adapters (a `PeftModel`, or
+    adapters loaded into it) is refused with ValueError rather than unwrapped, since whether
+    those adapters should stay in the answers is the caller's call: `merge_and_unload()` folds
+    them into the weights, `unload()` drops them. A model another `ZeroSiamLM` wraps is refused
+    too: add a method to that wrapper with `stream()`, or `unwrap()` it first.
     """
 
     def __init__(self, model: nn.Module, tokenizer, config: AdaptConfig | None = None, check: bool = True,
@@ -89,6 +95,8 @@ class ZeroSiamLM:
         self.zs_config = config = config or AdaptConfig()
         self.tokenizer = tokenizer
         self.method = METHODS[config.method](config)
+        if _host is None:
+            refuse_wrapped(model)
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None:
             raise ValueError(
@@ -115,26 +123,30 @@ class ZeroSiamLM:
         if "lora" in self.method.trains:
             self.adapter_name = "default" if _host is None else f"stream{self._hub['next']}"
             self.peft = self._inject_lora(model)
-        self._activate()
-        self.hidden_size = head.weight.shape[1]
-        kind = self.predictor_kind
-        self.predictor = build_predictor(
-            kind, self.hidden_size, **({"seed": config.seed} if kind == "fixed_random" else {})
-        ).to(self.device)
-        self.predictor.requires_grad_("predictor" in self.method.trains)
-        if config.gradient_checkpointing:
-            self.set_gradient_checkpointing(True)
-        self.optimizer = self._build_optimizer()
-        self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
-        if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
-            self.check_identity()
-        self._initial = self.snapshot()
-        self.problems_seen = 0
-        self.adapt_enabled = True
-        self.merge_lora_for_generation = True
-        self.guard = None
-        if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
-            self.guard = CollapseGuard(self)
+        try:
+            self._activate()
+            self.hidden_size = head.weight.shape[1]
+            kind = self.predictor_kind
+            self.predictor = build_predictor(
+                kind, self.hidden_size, **({"seed": config.seed} if kind == "fixed_random" else {})
+            ).to(self.device)
+            self.predictor.requires_grad_("predictor" in self.method.trains)
+            if config.gradient_checkpointing:
+                self.set_gradient_checkpointing(True)
+            self.optimizer = self._build_optimizer()
+            self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
+            if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
+                self.check_identity()
+            self._initial = self.snapshot()
+            self.problems_seen = 0
+            self.adapt_enabled = True
+            self.merge_lora_for_generation = True
+            self.guard = None
+            if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
+                self.guard = CollapseGuard(self)
+        except BaseException:  # the caller's model must come back as it was given (no stray LoRA layers)
+            self._drop_adapter()
+            raise
 
     # --- construction -------------------------------------------------------------------
     @property
@@ -157,16 +169,23 @@ class ZeroSiamLM:
     def _inject_lora(self, model):
         from peft import LoraConfig, get_peft_model
 
-        from .lora_targets import lora_target_modules
+        from .lora_targets import linear_layer_names, lora_target_modules
 
         c = self.zs_config
         try:
             target, source = lora_target_modules(model, c.lora_target_modules)
-            #: the module names LoRA was placed on, and where the choice came from
-            self.lora_targets, self.lora_targets_source = target, source
-            if source == "found":
-                logger.info("LoRA on %s of %s (no peft default for this architecture; set lora_target_modules to "
-                            "choose others)", target, type(model).__name__)
+        except ValueError as e:
+            raise ValueError(
+                f"could not place LoRA adapters on {type(model).__name__}: {e}. Set lora_target_modules to some "
+                f"of this model's linear layers: {linear_layer_names(model)}"
+            ) from e
+        #: the module names LoRA was placed on, and where the choice came from
+        self.lora_targets, self.lora_targets_source = target, source
+        if source == "found":
+            logger.info("LoRA on %s of %s (no peft default for this architecture; set lora_target_modules to "
+                        "choose others)", target, type(model).__name__)
+        check_lora_memory(model, target, c, self.head.weight.device)
+        try:
             lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=target, bias="none", task_type="CAUSAL_LM")
             # lora_A's random init draws from the global RNG: seed it so runs are reproducible
@@ -185,9 +204,10 @@ class ZeroSiamLM:
                 if "lora_" in n:
                     p.requires_grad_(True)
             self._hub["active"] = None
+            model._zs_llm_wrapped = True  # for `refuse_wrapped`: a second wrapper must not stack on these layers
             return peft
         except ValueError as e:
-            names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            names = linear_layer_names(model)
             raise ValueError(
                 f"could not place LoRA adapters on {type(model).__name__}: {e}. Set lora_target_modules to some "
                 f"of this model's linear layers: {names}"
@@ -248,15 +268,24 @@ class ZeroSiamLM:
     def remove_stream(self, name: str) -> None:
         """Drop a stream and free its adapter, predictor and optimizer state."""
         s = self._hub["streams"].pop(name)
-        if s.adapter_name is not None:
-            with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
-                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
-                s.peft.delete_adapter(s.adapter_name)
-            for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
-                if "lora_" in n:
-                    p.requires_grad_(True)
-            self._hub["active"] = None
+        s._drop_adapter()
         s.optimizer = None
+
+    def _drop_adapter(self) -> None:
+        """Remove this wrapper's own LoRA adapter from the shared model (all of peft's layers when
+        it is the host and the only adapter)."""
+        if self.adapter_name is None or self._hub["peft"] is None:
+            return
+        if self.stream_name is None and not self._hub["streams"]:
+            self.unwrap()
+            return
+        with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            self._hub["peft"].delete_adapter(self.adapter_name)
+        for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
+            if "lora_" in n:
+                p.requires_grad_(True)
+        self._hub["active"] = None
 
     def adapt_generate_pool(self, prompts: dict, problem_ids: dict | None = None) -> dict:
         """One problem for each of several streams, answered together: `{name: prompt}` ->
@@ -510,8 +539,10 @@ class ZeroSiamLM:
 
         The files are written into a temporary folder beside `directory`, fsynced, and moved in
         one by one with the config last (it records each file's sha256): a folder whose config
-        is present holds the files it names, and `from_pretrained` checks them. `push_to_hub`
-        then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
+        is present holds the files it names, and `from_pretrained` checks them and reads no
+        other. Files an earlier save wrote into the same folder (listed in its config) that this
+        one does not write are then removed; files zs_llm did not write are never touched.
+        `push_to_hub` then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
         import shutil
 
         from safetensors.torch import save_file
@@ -544,16 +575,20 @@ class ZeroSiamLM:
             files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             meta = {"adapt_config": self.zs_config.to_dict(),
                     "base_model": getattr(self.hf.config, "_name_or_path", None),
-                    "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "problems_seen": self.problems_seen,
-                    "files": files}
+                    "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "hidden_size": self.hidden_size,
+                    "problems_seen": self.problems_seen, "files": files}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
             fsync_tree(tmp)
+            before = _written_files(d)  # what an earlier save wrote here: only those may be removed
             (d / CONFIG_NAME).unlink(missing_ok=True)  # until the new one lands, the folder reads as incomplete
             fsync_dir(d)
             for name in files:
                 (d / name).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp / name, d / name)
             os.replace(tmp / CONFIG_NAME, d / CONFIG_NAME)
+            fsync_dir(d)
+            for name in sorted(before - set(files)):  # another method's state would otherwise sit beside ours
+                (d / name).unlink(missing_ok=True)
             fsync_dir(d)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -578,7 +613,8 @@ class ZeroSiamLM:
                         revision: str | None = None, **load_kwargs) -> ZeroSiamLM:
         """Rebuild a wrapper from `save_pretrained` output: a local folder, or a Hub repository id
         (`owner/name`, not an existing path; downloaded with `huggingface_hub.snapshot_download`
-        at `revision`). Without `model`, the base model recorded in the folder is loaded with
+        at `revision`, or read from the cache when the hub is unreachable: `HubUnreachableError`
+        when it is not there). Without `model`, the base model recorded in the folder is loaded with
         `zs_llm.load_model` (`load_kwargs` go there). Files whose sha256 differs from the
         recorded one, and tensors holding NaN, infinity or an absurd magnitude, are refused with
         an error naming them."""
@@ -586,34 +622,33 @@ class ZeroSiamLM:
 
         from .checkpoint import check_tensors, sha256_file
 
-        d = Path(directory)
+        d = Path(directory).expanduser()
         if not d.exists() and HUB_ID.fullmatch(str(directory)):
-            from huggingface_hub import snapshot_download
+            from .loading import hub_download
 
-            d = Path(snapshot_download(str(directory), revision=revision))
+            d = Path(hub_download(str(directory), revision=revision))
         if not (d / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained "
                                     "(a save that was cut short leaves none)")
-        try:
-            meta = json.loads((d / CONFIG_NAME).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{d / CONFIG_NAME} is damaged ({e}); save the adapter again") from None
-        for name, digest in (meta.get("files") or {}).items():
+        meta = read_saved_config(d)
+        files = meta["files"]
+        for name, digest in files.items():
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d / name} is missing (the save was cut short or the file deleted); save "
                                         "the adapter again")
-            if sha256_file(d / name) != digest:
+            if digest is not None and sha256_file(d / name) != digest:
                 raise ValueError(f"{d / name} is damaged (its sha256 differs from the one {CONFIG_NAME} recorded); "
                                  "save the adapter again")
 
-        def read(name: str) -> dict[str, torch.Tensor]:
+        def read(name: str, allowed: dict | None = None) -> dict[str, torch.Tensor]:
+            if name not in files:
+                raise FileNotFoundError(f"{d / CONFIG_NAME} lists no {name}, which this method needs: the folder was "
+                                        "saved by another method or configuration; save the adapter again")
             try:
                 tensors = load_file(str(d / name))
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{d / name} is missing; save the adapter again") from None
             except Exception as e:  # noqa: BLE001 - safetensors has its own error types for a damaged header
                 raise ValueError(f"{d / name} is not a readable safetensors file ({e})") from None
-            check_tensors(tensors, str(d / name))
+            check_tensors(tensors, str(d / name), allowed=allowed)
             return tensors
 
         if model is None:
@@ -624,18 +659,36 @@ class ZeroSiamLM:
             model, tokenizer = load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
         if tokenizer is None:
             raise ValueError("pass tokenizer= together with model=")
-        lm = cls(model, tokenizer, AdaptConfig.from_dict(meta["adapt_config"]))
-        adapter = read("adapter_model.safetensors") if lm.peft is not None else None
-        predictor = read(PREDICTOR_NAME)
-        extra = read(EXTRA_NAME) if (d / EXTRA_NAME).exists() else {}
-        with torch.no_grad():
+        saved_h = meta.get("hidden_size")
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if saved_h is not None and head is not None and head.weight.shape[1] != saved_h:
+            raise ValueError(f"{d} was saved from a base model of hidden size {saved_h} ({meta.get('base_model')}); "
+                             f"this {type(model).__name__} has {head.weight.shape[1]}: load it on the base it was "
+                             "saved from")
+        lm = cls(model, tokenizer, meta["adapt_config"])
+        try:
+            adapter = read("adapter_model.safetensors") if lm.peft is not None else None
+            predictor = read(PREDICTOR_NAME)
+            live_extra = lm.method.extra_state()
+            extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
             if adapter is not None:
-                from peft import set_peft_model_state_dict
+                from peft import get_peft_model_state_dict
 
-                set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
-            lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
-            for k, v in extra.items():
-                lm.method.extra_state()[k].copy_(v)
+                _check_fits(d / "adapter_model.safetensors", adapter,
+                            get_peft_model_state_dict(lm.peft, adapter_name=lm.adapter_name or "default"))
+            _check_fits(d / PREDICTOR_NAME, predictor, lm.predictor.state_dict())
+            _check_fits(d / EXTRA_NAME, extra, live_extra)
+            with torch.no_grad():
+                if adapter is not None:
+                    from peft import set_peft_model_state_dict
+
+                    set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
+                lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
+                for k, v in live_extra.items():
+                    v.copy_(extra[k])
+        except BaseException:  # a refused folder leaves `model` as it was given
+            lm._drop_adapter()
+            raise
         lm.problems_seen = meta.get("problems_seen", 0)
         return lm
 
@@ -644,6 +697,7 @@ class ZeroSiamLM:
         peft = self._hub["peft"]
         if peft is not None:
             model = peft.unload()
+            model.__dict__.pop("_zs_llm_wrapped", None)
             self.peft = self._hub["peft"] = None
             self._hub["streams"].clear()
             return model
@@ -666,9 +720,98 @@ class ZeroSiamLM:
                 f"trainable={sum(p.numel() for p in self.trainable_parameters())})")
 
 
+def refuse_wrapped(model: nn.Module) -> None:
+    """Refuse a model that already carries peft adapters: zs_llm places its own LoRA and trains
+    only those, so adapters beneath them would silently stay in every answer (or be stacked on).
+    The fix is the caller's choice, named in the error: fold them in or drop them first."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if getattr(model, "_zs_llm_wrapped", False):
+        raise ValueError(f"this {type(model).__name__} is already wrapped by a ZeroSiamLM (its LoRA layers are in "
+                         "place): reuse that wrapper (lm.stream(name, config) adds another method), or call "
+                         "lm.unwrap() first to get the plain model back")
+    names = sorted({a for m in model.modules() if isinstance(m, BaseTunerLayer) for a in m.active_adapters})
+    if names or getattr(model, "peft_config", None):
+        held = f" {names}" if names else ""
+        raise ValueError(f"this {type(model).__name__} already holds peft adapters{held}; zs_llm adds "
+                         "and trains its own LoRA, so pass the plain base model: on the PeftModel, "
+                         "merge_and_unload() folds the adapters into its weights, unload() drops them")
+
+
+def check_lora_memory(model: nn.Module, targets: list[str], config: AdaptConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, LoRA whose parameters, gradients and optimizer state
+    would not fit in the memory `device` has available (e.g. a mistyped lora_r)."""
+    from .loading import available_memory
+    from .lora_targets import linear_shapes
+
+    n = sum(config.lora_r * (i + o) for i, o in linear_shapes(model, targets))
+    states = 2 if config.optimizer != "sgd" else int(config.momentum > 0)  # AdamW: two moments; SGD: momentum
+    need = n * 4 * (2 + states)  # fp32 adapters, their gradients, the optimizer's state
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ValueError(f"LoRA with lora_r={config.lora_r} on {targets} adds {n:,} parameters, about "
+                         f"{need / 2**30:.1f} GiB with gradients and optimizer state, and {device} has "
+                         f"{free / 2**30:.1f} GiB available; lower lora_r (e.g. 8-64)")
+
+
+def _written_files(d: Path) -> set[str]:
+    """The files an earlier `save_pretrained` into `d` wrote (its config's list); none when the
+    config is absent or unreadable, so nothing of unknown origin is ever removed."""
+    try:
+        files = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return set()
+    root = d.resolve()
+    names = {n for n in files if isinstance(n, str) and n != CONFIG_NAME}
+    return {n for n in names if (d / n).resolve().parent.is_relative_to(root)}
+
+
+def read_saved_config(d: Path) -> dict[str, Any]:
+    """The `zs_llm_config.json` of a saved folder, checked field by field; ValueError naming the
+    file when it is not one that `save_pretrained` writes."""
+    p = d / CONFIG_NAME
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p} is damaged ({e}); save the adapter again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("adapt_config"), dict):
+        raise ValueError(f"{p} is damaged (no adapt_config record); save the adapter again")
+    files = meta.get("files")
+    if files is None:  # written before the list existed: what is there is what was saved
+        files = {n: None for n in ("adapter_model.safetensors", PREDICTOR_NAME, EXTRA_NAME) if (d / n).exists()}
+    if not isinstance(files, dict) or not all(isinstance(v, (str, type(None))) for v in files.values()):
+        raise ValueError(f"{p} is damaged (its files record is not a name -> sha256 table); save the adapter again")
+    meta["files"] = {n: v for n, v in files.items()}
+    try:
+        meta["adapt_config"] = AdaptConfig.from_dict(meta["adapt_config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{p} is damaged or from another zs_llm version (its adapt_config: {e}); save the adapter "
+                         "again") from None
+    return meta
+
+
+def _check_fits(path: Path, saved: dict[str, torch.Tensor], live: dict[str, torch.Tensor]) -> None:
+    """Refuse saved tensors that do not fit the wrapper they are loaded into, naming the first."""
+    missing, unknown = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
+    if missing or unknown:
+        raise ValueError(f"{path} does not fit this model and method (missing {missing[:3]}, unknown {unknown[:3]}); "
+                         "load it with the base model and method it was saved with")
+    for k, v in saved.items():
+        if tuple(v.shape) != tuple(live[k].shape):
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, this model's is {tuple(live[k].shape)}: "
+                             "it was saved from a base model of another size; load it on the base it was saved from")
+
+
 def _upload(folder: Path, repo_id: str, private: bool | None = None, token: str | None = None,
             commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):
     from huggingface_hub import HfApi
+
+    from .loading import HubUnreachableError, hub_offline_reason
+
+    why = hub_offline_reason()
+    if why is not None:
+        raise HubUnreachableError(f"cannot push to the hub repository {repo_id!r}: {why}. Save locally with "
+                                  "lm.save_pretrained(folder) and upload that folder later, online")
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

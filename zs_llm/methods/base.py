@@ -67,6 +67,20 @@ class Method:
     default_lr: ClassVar[float] = 3e-4
     #: SGD with Nesterov momentum when `AdaptConfig.nesterov` is None (as the method's official code)
     nesterov: ClassVar[bool] = False
+    #: `extra_state` entries that may legitimately hold non-finite values, and which kinds
+    #: (`zs_llm.checkpoint.NONFINITE_KINDS`: "nan", "+inf", "-inf"), e.g. {"sar_ema": ("nan",)}
+    #: for a NaN that marks "nothing recorded yet". Checkpoints and saved adapters accept exactly
+    #: these; any other non-finite value is refused as damage.
+    nonfinite_state: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        from ..checkpoint import NONFINITE_KINDS
+
+        for name, kinds in cls.nonfinite_state.items():
+            if isinstance(kinds, str) or not set(kinds) <= set(NONFINITE_KINDS):
+                raise TypeError(f"{cls.__name__}.nonfinite_state[{name!r}] = {kinds!r}; give a tuple of "
+                                f"{NONFINITE_KINDS}")
 
     def __init__(self, config: AdaptConfig):
         self.config = config

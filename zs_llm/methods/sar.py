@@ -60,6 +60,7 @@ class SAR(Method):
     name = "sar"
     trains = ("lora",)
     config_class = SARConfig
+    nonfinite_state = {"sar_ema": ("nan",)}  # NaN: no second-pass loss recorded yet
 
     def __init__(self, config):
         super().__init__(config)

@@ -43,6 +43,8 @@ class SLOT(Method):
 
     def __init__(self, config):
         super().__init__(config)
+        # per-prompt scratch, zeroed at each problem's start: no state outlives a problem, so none
+        # is in `extra_state` (a checkpoint or a save taken after a problem loads into a fresh SLOT)
         self.delta: torch.Tensor | None = None
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
@@ -80,6 +82,3 @@ class SLOT(Method):
     def head_pre_hook(self, lm):
         delta = self._ensure(lm)
         return lambda h: (h.float() + delta).to(h.dtype)
-
-    def extra_state(self):
-        return {} if self.delta is None else {"slot_delta": self.delta}
