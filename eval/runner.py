@@ -392,7 +392,10 @@ class Runner:
             return True, ""
         if online:
             return index % self.world == self.rank, ""
-        return True, f".shard{self.rank}of{self.world}"
+        return True, self._shard_suffix()
+
+    def _shard_suffix(self) -> str:
+        return f".shard{self.rank}of{self.world}"
 
     def _write_run_json(self, prompt: dict | None = None) -> None:
         """Under the lock: check the folder again (another run may have written it meanwhile), then
@@ -584,6 +587,11 @@ class Runner:
                      "earlier state")
         return 0
 
+    def _position(self, path: Path, i: int) -> int:
+        """The position in the whole stream of problem `i` of the stream written to `path`: a rank's
+        shard (`assignment`) holds every world-th problem, so its seeds match a one-process run."""
+        return i * self.world + self.rank if path.name.endswith(self._shard_suffix() + ".jsonl") else i
+
     def _prepare_unit(self, method: str, dataset: str, shard: str = "") -> dict | None:
         """A stream's problems, stored rows and checkpoint folder; None when it is complete."""
         from zs_llm.checkpoint import read_checkpoint_meta
@@ -708,8 +716,8 @@ class Runner:
                 items, asked = [], []
                 for w in live:
                     i = w.todo[0]
-                    if w.ckpt is None:
-                        w.lm.problems_seen = i  # sampling seeds follow the problem, not the resume point
+                    if w.ckpt is None:  # sampling seeds follow the problem, not the resume point or the rank
+                        w.lm.problems_seen = self._position(w.path, i)
                     p = w.problems[i]
                     messages = build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
                     items.append((w.lm, messages, p.id))
@@ -760,8 +768,8 @@ class Runner:
         try:
             for idx in chunks:
                 chunk = [problems[i] for i in idx]
-                if ckpt is None:
-                    lm.problems_seen = idx[0]  # sampling seeds follow the problem, not the resume point
+                if ckpt is None:  # sampling seeds follow the problem, not the resume point or the rank
+                    lm.problems_seen = self._position(path, idx[0])
                 messages = [build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
                             for p in chunk]
                 results = self._solve(lm, chunk, messages)

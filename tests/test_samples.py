@@ -214,3 +214,22 @@ def test_vllm_requests_seed_each_sample_as_the_hf_path_does():
     assert all(kw["n"] == 1 and kw["temperature"] == 0.6 for _, kw in reqs)
     greedy = vllm_requests(AdaptConfig(), count=3, n=4)
     assert [j for j, _ in greedy] == [0, 1, 2] and all(kw["temperature"] == 0.0 for _, kw in greedy)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_sampled_run_split_across_ranks_gives_the_single_process_rows(tiny_dir, tmp_path, world):
+    """A rank takes every world-th problem of a non-adapting stream: its seeds follow the
+    problem's place in the whole stream, so the samples do not depend on the number of ranks."""
+    from eval.report import load_run
+    from eval.rows import merge_shards
+
+    c = cfg(tiny_dir, methods=["noadapt"], limit=5, stream_batch=1)
+    one = Runner(c, tmp_path / "one", progress=False).run()
+    split = tmp_path / "split"
+    for rank in range(world):
+        Runner(c, split, rank=rank, world=world, progress=False).run()
+    merge_shards(split)
+    a, b = load_run(one)[("noadapt", "arith")], load_run(split)[("noadapt", "arith")]
+    key = lambda rows: {r["id"]: (r["sample_seeds"], r["responses"]) for r in rows}  # noqa: E731
+    assert key(a) == key(b)
+    assert len({s for seeds, _ in key(a).values() for s in seeds}) == 5 * 4
