@@ -86,6 +86,7 @@ def test_a_bad_gold_from_the_hub_names_the_copy_and_row(kind, monkeypatch):
     datasets = pytest.importorskip("datasets")
     rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What?", "answer": json.loads(BAD_GOLDS[kind])}]
     monkeypatch.setattr(datasets, "load_dataset", lambda path, config, split: rows)
+    monkeypatch.setattr("zs_llm.loading.hub_offline_reason", lambda: None)  # as if online: the fake answers
     spec = DATASETS["math500"]
     with pytest.raises(ValueError) as e:
         load_problems("math500", source="hub")
