@@ -221,7 +221,12 @@ def _place(rng: random.Random, name: str, value, target: str = "adapt") -> dict:
     return {"how": how, "argv": ["--config", "{w}/" + file], "files": {file: body}}
 
 
-def _option_case(rng: random.Random, label: str, piece: dict, words: list[str], **over) -> Case:
+def _option_case(rng: random.Random, label: str, piece: dict, words: list[str], field: str | None = None,
+                 **over) -> Case:
+    """A run whose options are valid but for `piece`; the base's own flag for `field` is left out
+    (a flag would override the YAML value under test)."""
+    if field:
+        over.setdefault(f"--{field}", None)
     pairs = _run_pairs(rng, **over)
     pairs.insert(rng.randint(0, len(pairs)), piece["argv"])  # the offending option anywhere among the others
     return Case("options", f"{label} ({piece['how']})", "refuse",
@@ -240,7 +245,7 @@ def gen_options(rng: random.Random) -> list[Case]:
         file = f"{_word(rng)}.yaml"
         piece = {"how": "yaml", "argv": ["--config", "{w}/" + file],
                  "files": {file: f"{name}: {rng.choice(['[]', json.dumps(text), json.dumps([text])])}\n"}}
-    cases.append(_option_case(rng, f"empty {name} {text!r}", piece, [name[:-1]], **{f"--{name}": None}))
+    cases.append(_option_case(rng, f"empty {name} {text!r}", piece, [name[:-1]], name))
     # a duplicate YAML key
     name = rng.choice(sorted(TWO_VALUES))
     a, b = TWO_VALUES[name]
@@ -250,7 +255,7 @@ def gen_options(rng: random.Random) -> list[Case]:
     rng.shuffle(lines)
     cases.append(_option_case(rng, f"duplicate YAML key {name}", {"how": "yaml", "argv": ["--config", "{w}/" + file],
                                                                   "files": {file: "\n".join(lines) + "\n"}},
-                              [name]))
+                              [name], name))
     # the same field from two places, different values
     name = rng.choice(sorted(TWO_VALUES))
     a, b = rng.sample(TWO_VALUES[name], 2)
@@ -262,24 +267,23 @@ def gen_options(rng: random.Random) -> list[Case]:
         rng.shuffle(body)
         piece = {"how": "flat and adapt: in one YAML", "argv": ["--config", "{w}/" + file],
                  "files": {file: "\n".join(body) + "\n"}}
-    cases.append(_option_case(rng, f"{name} given twice ({a} and {b})", piece, [name]))
+    cases.append(_option_case(rng, f"{name} given twice ({a} and {b})", piece, [name], name))
     # wrong types: a bool or a non-integral float for an int
     for _ in range(2):
         name = rng.choice(sorted(INT_FIELDS))
         value = rng.choice([True, False, round(rng.uniform(0.1, 9.9), 2) + 0.01])
         piece = _place(rng, name, value, INT_FIELDS[name])
-        cases.append(_option_case(rng, f"{name}={value} ({type(value).__name__} for int)", piece, [name],
-                                  **({f"--{name}": None} if name in ("limit", "max_new_tokens") else {})))
+        cases.append(_option_case(rng, f"{name}={value} ({type(value).__name__} for int)", piece, [name], name))
     # out-of-range values
     for name in rng.sample(sorted(OUT_OF_RANGE), 2):
         value = OUT_OF_RANGE[name](rng)
-        cases.append(_option_case(rng, f"{name}={value} out of range", _place(rng, name, value), [name],
+        cases.append(_option_case(rng, f"{name}={value} out of range", _place(rng, name, value), [name], name,
                                   **({"--methods": "tent"} if name.startswith("lora") else {})))
     # a huge --limit on a generated stream
     limit = 10 ** rng.randint(9, 18) + rng.randint(0, 999)
     stream = rng.choice(["arith", "long", "imbalanced"])
     cases.append(_option_case(rng, f"--limit {limit} on {stream}", {"how": "flag", "argv": ["--limit", str(limit)]},
-                              ["limit"], **{"--limit": None, "--datasets": stream}))
+                              ["limit"], "limit", **{"--datasets": stream}))
     # a YAML alias bomb in a random field: each anchor a list of `width` copies of the one before
     depth, width = rng.randint(7, 10), rng.randint(6, 10)
     name = rng.choice(LIST_FIELDS)
@@ -290,15 +294,14 @@ def gen_options(rng: random.Random) -> list[Case]:
         else f"adapt:\n  {name}: {value}\n"
     cases.append(_option_case(rng, f"YAML alias bomb {width}^{depth - 1} in {name}",
                               {"how": "yaml", "argv": ["--config", "{w}/" + file], "files": {file: body}},
-                              [f"{file}|{name}"]))
+                              [f"{file}|{name}"], name))
     # nested lists
     name = rng.choice(LIST_FIELDS)
     inner = {"methods": "tent", "datasets": "arith", "lora_target_modules": "q_proj", "subset": "arith=sample:2"}[name]
     nested = rng.choice([[[inner]], [inner, [inner]], [[[inner]]]])
     file = f"{_word(rng)}.yaml"
     piece = {"how": "yaml", "argv": ["--config", "{w}/" + file], "files": {file: f"{name}: {json.dumps(nested)}\n"}}
-    cases.append(_option_case(rng, f"nested list {name}: {json.dumps(nested)}", piece, [name],
-                              **({f"--{name}": None} if name in ("methods", "datasets") else {})))
+    cases.append(_option_case(rng, f"nested list {name}: {json.dumps(nested)}", piece, [name], name))
     # a random unknown option name
     name = _word(rng)
     cases.append(_option_case(rng, f"unknown option {name}", _place(rng, name, rng.randint(0, 9)), [name]))
