@@ -1008,9 +1008,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parts = args.only or PARTS
     durations = {}
-    if set(parts) & {"kills", "damage", "concurrency"}:
+    needs_refs = set(parts) & {"kills", "damage", "concurrency"}  # the parts that compare with these runs
+    if needs_refs:
         print("uninterrupted reference runs", flush=True)
-    for key in CONFIGS if set(parts) & {"kills", "damage", "concurrency"} else ():
+    for key in CONFIGS if needs_refs else ():
         STATES.clear()
         out = Runner(bench.run_config(key), work / f"ref-{key}", progress=False).run()
         bench.refs[key] = (signatures(out), dict(STATES))
@@ -1020,7 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0 or signatures(work / f"time-{key}") != bench.refs[key][0]:
             print(f"a forked run of config {key} does not reproduce the in-process one (exit {code})")
             return 1
-    print(f"  forked run: {', '.join(f'{k} {v:.1f} s' for k, v in durations.items())}", flush=True)
+    if needs_refs:
+        print(f"  forked run: {', '.join(f'{k} {v:.1f} s' for k, v in durations.items())}", flush=True)
 
     if "kills" in parts:
         for mode in ("rows", "checkpoint", "step", "time"):
