@@ -333,7 +333,12 @@ def gen_golds(rng: random.Random) -> list[Case]:
 
 
 # --- user errors that must not be tracebacks --------------------------------------------------------
-def gen_user_errors(rng: random.Random, cuda: bool = False) -> list[Case]:
+TRACEBACKS = "user errors: no traceback"  # the hand-written part has a category "user errors"
+
+
+def gen_user_errors(rng: random.Random, cuda: bool = False, vllm: bool = False) -> list[Case]:
+    """`cuda`, `vllm`: what this machine has (a device or backend it has is no error)."""
+    method = rng.choice(LORA_METHODS[:4])
     devices = ["bogus", "gpu", "cdua", "tpu", "cpu:x", "npu", "xla"] + ([] if cuda else ["cuda", "cuda:1", "cuda:7"])
     device = rng.choice(devices)
     lora_r = 10 ** rng.randint(7, 12) + rng.randint(0, 99)
@@ -341,27 +346,28 @@ def gen_user_errors(rng: random.Random, cuda: bool = False) -> list[Case]:
     damage = rng.choice(["truncate", "not json", "a list", "empty", "binary", "drop adapt_config", "adapt_config a string"])
     a, b = rng.sample(["tent", "zerosiam", "sar", "come", "slot", "eminf"], 2)
     width = rng.choice([16, 48, 64])
-    return [
-        Case("user errors", f"--device {device} on this torch", "refuse",
+    cases = [
+        Case(TRACEBACKS, f"--device {device} on this torch", "refuse",
              {"argv": _run_args(rng, **{"--device": device, "--methods": rng.choice(["noadapt", "tent"])}),
               "words": ["device"]}),
-        Case("user errors", f"--lora_r {lora_r}", "refuse",
+        Case(TRACEBACKS, f"--lora_r {lora_r}", "refuse",
              {"argv": _run_args(rng, **{"--lora_r": str(lora_r), "--methods": rng.choice(["tent", "zerosiam"])}),
               "words": ["lora_r"]}),
-        Case("user errors", f"--source hub offline ({hub_set})", "refuse",
+        Case(TRACEBACKS, f"--source hub offline ({hub_set})", "refuse",
              {"argv": _run_args(rng, **{"--source": "hub", "--datasets": hub_set}), "words": ["hub"],
               "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}}),
-        Case("user errors", "--backend vllm without vllm", "refuse",
-             {"argv": _run_args(rng, **{"--backend": "vllm"}), "words": ["vllm"], "needs_no": "vllm"}),
-        Case("user errors", f"peft-wrapped model given to ZeroSiamLM ({(m := rng.choice(LORA_METHODS[:4]))})",
-             "library", {"what": "peft", "method": m, "r": rng.choice([2, 4, 8])}),
-        Case("user errors", f"damaged zs_llm_config.json ({damage})", "library",
+        Case(TRACEBACKS, "--backend vllm without vllm", "refuse",
+             {"argv": _run_args(rng, **{"--backend": "vllm"}), "words": ["vllm"]}),
+        Case(TRACEBACKS, f"peft-wrapped model given to ZeroSiamLM ({method})", "library",
+             {"what": "peft", "method": method, "r": rng.choice([2, 4, 8])}),
+        Case(TRACEBACKS, f"damaged zs_llm_config.json ({damage})", "library",
              {"what": "config", "damage": damage, "frac": round(rng.uniform(0.1, 0.9), 3), "method": a}),
-        Case("user errors", f"adapter of width 32 on a base of width {width}", "library",
+        Case(TRACEBACKS, f"adapter of width 32 on a base of width {width}", "library",
              {"what": "width", "width": width, "method": a}),
-        Case("user errors", f"save_pretrained {b} into a folder that held {a}", "library",
+        Case(TRACEBACKS, f"save_pretrained {b} into a folder that held {a}", "library",
              {"what": "stale", "first": a, "second": b, "adapt_first": rng.random() < 0.5}),
     ]
+    return [c for c in cases if not (vllm and "vllm" in c.name)]
 
 
 GENERATORS = {
@@ -376,7 +382,8 @@ GENERATORS = {
 }
 
 
-def generate(seeds: list[int], classes: list[str] | None = None, quick: bool = False, cuda: bool = False) -> list[Case]:
+def generate(seeds: list[int], classes: list[str] | None = None, quick: bool = False, cuda: bool = False,
+             vllm: bool = False) -> list[Case]:
     """Every class's cases for each seed (a class's RNG is seeded by its name and the seed); `quick`
     keeps the first two cases of each class and seed."""
     cases = []
@@ -385,7 +392,7 @@ def generate(seeds: list[int], classes: list[str] | None = None, quick: bool = F
             if classes and name not in classes:
                 continue
             rng = random.Random(f"{name}-{seed}")
-            made = gen(rng, cuda=cuda) if name == "user errors" else gen(rng)
+            made = gen(rng, cuda=cuda, vllm=vllm) if name == "user errors" else gen(rng)
             seen: set[str] = set()
             for i, c in enumerate(made[:2] if quick else made):
                 name = f"seed {seed}: {c.name}" + (f" (#{i})" if c.name in seen else "")  # a draw may repeat
@@ -554,11 +561,6 @@ def _signatures(out: Path) -> dict[str, list]:
 # --- executors ---------------------------------------------------------------------------------------
 def run_refuse(ctx: Ctx, case: Case) -> tuple[str, str]:
     p, w = case.params, ctx.folder(case)
-    if p.get("needs_no"):
-        import importlib.util
-
-        if importlib.util.find_spec(p["needs_no"]):
-            return "clean", f"skipped: {p['needs_no']} is installed here"
     for rel, text in p.get("files", {}).items():
         (w / rel).parent.mkdir(parents=True, exist_ok=True)
         (w / rel).write_text(text)

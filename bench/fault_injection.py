@@ -950,7 +950,10 @@ def non_finite_cases(bench: Bench, quick: bool) -> None:
 
 def generated_cases(bench: Bench, ctx, seeds: list[int], classes: list[str] | None, quick: bool) -> None:
     """bench/fault_cases.py: a generator per class of input, each seed a new draw of cases."""
-    cases = generate(seeds, classes, quick=quick, cuda=torch.cuda.is_available())
+    import importlib.util
+
+    cases = generate(seeds, classes, quick=quick, cuda=torch.cuda.is_available(),
+                     vllm=importlib.util.find_spec("vllm") is not None)
     print(f"generated cases: {len(cases)} ({', '.join(classes or GENERATORS)}; seeds {seeds})", flush=True)
     run_ctx = Ctx(bench.work, bench.model_dir, ctx)
     for case in cases:

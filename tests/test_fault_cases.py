@@ -28,7 +28,7 @@ def test_cases_are_well_formed(seed):
     json.dumps([c.params for c in cases])  # plain data: JSON-able parameters
     assert len({c.name for c in cases}) == len(cases)
     assert {c.category for c in cases} == {"run identity", "lock and folders", "sampling", "valid state: SAR",
-                                           "architectures", "options", "bad golds and roles", "user errors"}
+                                           "architectures", "options", "bad golds and roles", fc.TRACEBACKS}
     for c in cases:
         assert c.kind in fc.EXECUTORS, c
         if "argv" in c.params:
