@@ -395,9 +395,9 @@ def generate(seeds: list[int], classes: list[str] | None = None, quick: bool = F
             made = gen(rng, cuda=cuda, vllm=vllm) if name == "user errors" else gen(rng)
             seen: set[str] = set()
             for i, c in enumerate(made[:2] if quick else made):
-                name = f"seed {seed}: {c.name}" + (f" (#{i})" if c.name in seen else "")  # a draw may repeat
+                label = f"seed {seed}: {c.name}" + (f" (#{i})" if c.name in seen else "")  # a draw may repeat
                 seen.add(c.name)
-                cases.append(Case(c.category, name, c.kind, c.params))
+                cases.append(Case(c.category, label, c.kind, c.params))
     return cases
 
 
