@@ -329,6 +329,19 @@ def gen_golds(rng: random.Random) -> list[Case]:
     at = rng.randint(0, 2)
     cases.append(Case("bad golds and roles", f"chat role {role!r} at message {at}", "library",
                       {"what": "role", "role": role, "at": at, "method": rng.choice(["noadapt", "tent", "zerosiam"])}))
+    # the same through a published style's template file (Llama 3 header tokens or ChatML)
+    role = rng.choice(["wizard", "narrator", "critic", "tool_result", _word(rng)])
+    turns = [("user", "Solve: {question}")]
+    turns.insert(rng.randint(0, 1), (role, "You are a calculator."))
+    if rng.random() < 0.5:
+        how, text = "Llama 3", "<|begin_of_text|>" + "".join(
+            f"<|start_header_id|>{r}<|end_header_id|>\n\n{c}<|eot_id|>" for r, c in turns)
+    else:
+        how, text = "ChatML", "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in turns)
+    style = rng.choice(["meta_llama31_math", "openr1_boxed", "lighteval_math500"])
+    argv = _run_args(rng, **{"--prompt_style": style, "--prompt_template": "{w}/template.txt"})
+    cases.append(Case("bad golds and roles", f"role {role!r} in a {how} template for {style}", "refuse",
+                      {"argv": argv, "files": {"template.txt": text}, "words": [role]}))
     return cases
 
 
