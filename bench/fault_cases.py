@@ -21,10 +21,12 @@ library exception's message):
 - sampling: with n_samples k and temperature > 0 a row's samples differ, a rerun reproduces them,
   and metrics.json holds maj@k, pass@k and avg@n;
 - valid state: a SAR stream's exported adapter loads, and a killed SAR run resumes from its
-  checkpoint (no quarantine, no replay from 0);
+  checkpoint (no quarantine/, the runner's "resuming from the checkpoint after N problems" line
+  when a checkpoint was on disk, rows equal to the uninterrupted run's);
 - architectures: several methods on one tiny model of every architecture in zs_llm.testing run;
 - options, bad golds, user errors: refused with one line (`error: ...` and exit 2, or a one-line
-  exception) naming the field, file and line, or what to fix, within OPTION_TIMEOUT_S.
+  ValueError/TypeError/FileNotFoundError) naming the field, file and line, or what to fix, within
+  OPTION_TIMEOUT_S (a peft-wrapped model may instead be accepted and adapt).
 """
 
 from __future__ import annotations
