@@ -22,6 +22,11 @@ kills it after a random delay. The parent then resumes the run in-process and co
 (all fields but wall-clock times) and every checkpoint the resume wrote (sha256 of its tensor
 file, optimizer metadata) with an uninterrupted run of the same configuration. The table
 prints category, cases, clean, silently wrong, crash, data lost, hang.
+
+The `generated` part (bench/fault_cases.py) grows the suite by class, not by case: for each of
+--seeds seeds, a generator per class draws new inputs (option names, values and orders through
+flags, YAML and --set; what changes between a kill and its resume, and where the kill falls; bad
+golds; every tiny architecture with random methods; ...). `--classes` runs some of them.
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "bench"):  # the harness, and fault_cases beside this script
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from fault_cases import GENERATORS, Ctx, generate, run_case  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import eval.grading  # noqa: E402
@@ -74,7 +81,7 @@ CONFIGS = {
               adapt={"max_new_tokens": 4, "lr": 1e-3, "optimizer": "adamw"}),
 }
 CASE_TIMEOUT_S = 120
-PARTS = ("kills", "saves", "damage", "concurrency", "user", "nonfinite")
+PARTS = ("kills", "saves", "damage", "concurrency", "user", "nonfinite", "generated")
 
 
 def _no_grader_start(self):  # arith golds are integers, graded without the worker: start it lazily
@@ -941,6 +948,19 @@ def non_finite_cases(bench: Bench, quick: bool) -> None:
             lm.save_pretrained(d / "adapter")  # the hashes again
 
 
+def generated_cases(bench: Bench, ctx, seeds: list[int], classes: list[str] | None, quick: bool) -> None:
+    """bench/fault_cases.py: a generator per class of input, each seed a new draw of cases."""
+    import importlib.util
+
+    cases = generate(seeds, classes, quick=quick, cuda=torch.cuda.is_available(),
+                     vllm=importlib.util.find_spec("vllm") is not None)
+    print(f"generated cases: {len(cases)} ({', '.join(classes or GENERATORS)}; seeds {seeds})", flush=True)
+    run_ctx = Ctx(bench.work, bench.model_dir, ctx)
+    for case in cases:
+        outcome, detail = run_case(run_ctx, case)
+        bench.add(case.category, case.name, outcome, detail)
+
+
 @contextlib.contextmanager
 def warnings_off():
     import warnings
@@ -971,6 +991,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-model", action="store_true", help="also kill the first load of the embedded SmolLM2 "
                     "while it writes its cache (two GGUF loads: minutes)")
     ap.add_argument("--only", choices=PARTS, action="append", help="run only these parts (repeatable)")
+    ap.add_argument("--classes", choices=list(GENERATORS), action="append", help="the generated part: only these "
+                    "classes (repeatable)")
+    ap.add_argument("--gen-seeds", type=int, help="seeds of the generated part (default: --seeds; --quick: 1, two "
+                    "cases per class)")
     ap.add_argument("--work", help="scratch folder (default: a temporary one, removed at the end)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -985,9 +1009,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("fork")
     seeds = list(range(2 if args.quick else args.seeds))
 
-    print("uninterrupted reference runs", flush=True)
+    parts = args.only or PARTS
     durations = {}
-    for key in CONFIGS:
+    needs_refs = set(parts) & {"kills", "damage", "concurrency"}  # the parts that compare with these runs
+    if needs_refs:
+        print("uninterrupted reference runs", flush=True)
+    for key in CONFIGS if needs_refs else ():
         STATES.clear()
         out = Runner(bench.run_config(key), work / f"ref-{key}", progress=False).run()
         bench.refs[key] = (signatures(out), dict(STATES))
@@ -997,9 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0 or signatures(work / f"time-{key}") != bench.refs[key][0]:
             print(f"a forked run of config {key} does not reproduce the in-process one (exit {code})")
             return 1
-    print(f"  forked run: {', '.join(f'{k} {v:.1f} s' for k, v in durations.items())}", flush=True)
+    if needs_refs:
+        print(f"  forked run: {', '.join(f'{k} {v:.1f} s' for k, v in durations.items())}", flush=True)
 
-    parts = args.only or PARTS
     if "kills" in parts:
         for mode in ("rows", "checkpoint", "step", "time"):
             kill_cases(bench, ctx, mode, seeds, durations)
@@ -1014,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
         user_error_cases(bench, args.quick)
     if "nonfinite" in parts:
         non_finite_cases(bench, args.quick)
+    if "generated" in parts:
+        n = args.gen_seeds if args.gen_seeds is not None else (1 if args.quick else args.seeds)
+        generated_cases(bench, ctx, list(range(n)), args.classes, args.quick)
 
     text, totals = table(bench.results)
     print("\n" + text)
