@@ -57,11 +57,16 @@ def entropy64(x):
     return -(logp.exp() * logp).sum(1)
 
 
+U32 = 2.0**-24  # fp32 unit roundoff
+
+
 def rel(v):
     """Tolerance relative to the largest reference value: ours runs in fp32 against a float64
-    transcription, and at a vocabulary the fp32 sums over 10^5 terms set the error (the
-    official code in fp32 is off by the same order)."""
-    return 5e-6 if v < 1000 else 2e-4
+    transcription. Each log-probability is off by ulps of the largest logit (the log-sum-exp
+    subtracts it), and a sum over the V terms adds a rounding per level of its log2 V-deep
+    reduction tree: 4 ulps x (log2 V + 1) x max |logit| (the official code in fp32 is off by
+    the same order; measured up to a sixth of this)."""
+    return 4 * U32 * (math.log2(v) + 1) * float(rows(v).abs().max())
 
 
 def close(a, b, tol):
@@ -357,7 +362,6 @@ def eminf_official(row, steps=3, lr=0.1, threshold=0.3, kl_weight=0.05, dtype=to
     return logits.detach()[0], taken
 
 
-U32 = 2.0**-24  # fp32 unit roundoff
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which both loops use
 
 
