@@ -12,6 +12,8 @@ from zs_llm import AdaptConfig, ZeroSiamLM
 from zs_llm.adapt import make_batch
 from zs_llm.testing import tiny_model
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 PROMPT = "What is 12 + 7?"
 
 

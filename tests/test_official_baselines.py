@@ -22,6 +22,8 @@ from zs_llm.methods import LossBatch
 from zs_llm.methods.eminf import EntropyMinLogitsProcessor
 from zs_llm.objective import head_loss
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 SIZES = [7, 49_152, 128_256]
 SCALES = (0.5, 1.0, 3.0, 8.0, 20.0, 40.0)  # flat to peaked rows: some pass the entropy filters, some do not
 
