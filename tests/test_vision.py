@@ -24,6 +24,8 @@ from zs_llm.vision import (
     wrap_classifier,
 )
 
+pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scripts/test.sh)
+
 ROOT = Path(__file__).resolve().parents[1]
 K = 10
 
