@@ -105,7 +105,7 @@ def test_output_folder_with_other_config_is_refused(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--methods", "noadapt,tnet"], "known"),
-    (["--datasets", "math5000"], "known"),
+    (["--datasets", "math5000"], "datasets='math5000' is not valid; choose one of math500"),
     (["--model", "./missing/model"], "does not exist"),
     (["--datasets", "math500", "--data-dir", "/nonexistent"], "--data-dir"),
     (["--set", "lrr=1"], "lrr: not a setting of any method"),

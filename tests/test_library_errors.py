@@ -181,7 +181,7 @@ def no_cuda(monkeypatch):
     ("mps", lambda mp: mp.setattr(torch.backends.mps, "is_available", lambda: False), ("MPS", "--device cpu")),
     ("meta", None, ("cpu, cuda or mps",)),
     ("cuda:-1", None, ("unknown device",)),
-    ("", None, ("unknown device",)),
+    ("", None, ("device is empty", "give a value")),
 ])
 def test_a_bad_device_is_one_line_from_library_and_command_line(device, setup, words, tiny_dir, tmp_path, monkeypatch,
                                                                 capsys):

@@ -126,6 +126,8 @@ def check_device(device: str | torch.device | None) -> None:
     machine lacks (`cuda` on a CPU-only torch, `cuda:3` on a one-GPU machine, `mps` off a Mac)."""
     if device is None:
         return
+    if isinstance(device, str) and not device.strip():  # the option layer's words for an empty value
+        raise ValueError("device is empty; give a value, e.g. cpu, cuda, cuda:N (a GPU index) or mps")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
