@@ -62,6 +62,10 @@ from .rows import (
 )
 
 
+#: RunConfig fields that do not change a run's results: left out of its hash
+RESULT_FREE_FIELDS = ("batch_size", "stream_batch", "checkpoint_every", "device")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a harness run (the run folder stores it and checks resumes)."""
@@ -141,9 +145,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        # fields that change results; batch sizes and checkpoint cadence do not
-        d = {k: v for k, v in self.to_dict().items()
-             if k not in ("batch_size", "stream_batch", "checkpoint_every", "device")}
+        # fields that change results (batch sizes, checkpoint cadence and the device do not)
+        d = {k: v for k, v in self.to_dict().items() if k not in RESULT_FREE_FIELDS}
         if not d["subset"]:
             del d["subset"]  # run folders from before subsets existed keep their hash
         if d["source"] == "local":
@@ -350,8 +353,19 @@ class Runner:
         if run_json.exists() and self._folder_conflict(run_json):
             old = read_run_json(run_json)
             raise FileExistsError(
-                f"{out} holds a run with another configuration (hash {old.get('config_hash')}, this one "
-                f"{self.cfg.hash()}); choose a new --out, or pass --overwrite to delete its results")
+                f"{out} holds a run with another configuration ({self._config_change(old.get('config'))}; hash "
+                f"{old.get('config_hash')}, this one {self.cfg.hash()}); choose a new --out, or pass --overwrite to "
+                "delete its results")
+
+    def _config_change(self, old: dict | None) -> str:
+        """The settings that differ from the run recorded in a folder, as `name: old -> new`."""
+        if not isinstance(old, dict):
+            return "its run.json records no settings"
+        new, free = self.cfg.to_dict(), RESULT_FREE_FIELDS
+        changed = [k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)]
+        shown = [f"{k}: {repr(old.get(k))[:60]} -> {repr(new.get(k))[:60]}" for k in changed[:4]]
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        return ("changed " + ", ".join(shown) + more) if changed else "the same settings under another hash"
 
     def _folder_conflict(self, run_json: Path, may_be_damaged: bool = False) -> bool:
         """Whether run.json records another configuration and the folder holds its results. A

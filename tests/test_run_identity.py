@@ -418,3 +418,28 @@ def test_a_model_name_that_turns_from_local_files_to_hub_or_back_is_refused(firs
     word = "now files in" if first == "hub" else "now a name with no local files"
     with pytest.raises(RunChanged, match=word):
         Runner(c, out, progress=False).run()
+
+
+# --- a resume under other settings names them ----------------------------------------------------
+SETTING_CHANGES = {"prompt_style": ["answer_line", "plain", "cot"], "limit": [1, 2], "seed": [1, 7, 123],
+                   "methods": [["noadapt"], ["tent"], ["noadapt", "tent"]],
+                   "adapt": [{"max_new_tokens": 3}, {"max_new_tokens": 4, "lr": 1e-3}]}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_folder_of_other_settings_is_refused_naming_what_changed(seed, setup, tmp_path):
+    from eval.prompting import PROMPT_STYLES
+
+    rng = random.Random(seed)
+    model, data = setup
+    out = stopped_run(cfg(model, data_dir=str(data)), tmp_path / "run", 1)
+    fields = rng.sample(sorted(SETTING_CHANGES), rng.randint(1, 2))
+    kw = {f: rng.choice([v for v in SETTING_CHANGES[f] if f != "prompt_style" or v in PROMPT_STYLES]) for f in fields}
+    with pytest.raises(FileExistsError) as e:
+        Runner(cfg(model, data_dir=str(data), batch_size=3, **kw), out, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "--overwrite" in msg
+    for f in fields:
+        assert f"{f}: " in msg, (f, msg)
+    # fields that do not change results are not named as changes
+    assert "batch_size" not in msg
