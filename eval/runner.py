@@ -61,7 +61,6 @@ from .rows import (
     write_lines,
 )
 
-
 #: RunConfig fields that do not change a run's results: left out of its hash
 RESULT_FREE_FIELDS = ("batch_size", "stream_batch", "checkpoint_every", "device")
 
