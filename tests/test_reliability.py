@@ -425,10 +425,10 @@ def test_non_finite_configs_are_refused_at_the_door():
 
 # --- the fault-injection suite ----------------------------------------------------------------
 def test_fault_injection_suite_logic_on_a_few_cases(tmp_path):
-    """bench/fault_injection.py --quick: a few cases of each hand-written category, each classified.
-    The generated part (bench/fault_cases.py, tests/test_fault_cases.py) holds the classes issue 23
-    still fixes, so it is left out here until they pass."""
-    parts = [x for p in ("kills", "saves", "damage", "concurrency", "user", "nonfinite") for x in ("--only", p)]
+    """bench/fault_injection.py --quick: a few cases of each hand-written category and of each
+    generated class (bench/fault_cases.py), each classified; none may be anything but clean."""
+    parts = [x for p in ("kills", "saves", "damage", "concurrency", "user", "nonfinite", "generated")
+             for x in ("--only", p)]
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "fault_injection.py"), "--quick", *parts, "--work",
                            str(tmp_path / "fi"), "--json", str(tmp_path / "fi.json")], cwd=REPO, capture_output=True,
                           text=True, timeout=900)
