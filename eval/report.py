@@ -26,16 +26,17 @@ from zs_llm.diagnostics import (
     rolling_top_share,
     step_stat,
 )
+from zs_llm.methods import METHODS
 
 from .datasets import FOUR_SETS
 from .rows import lock_holder, read_rows_strict
 from .stats import (
     N_RESAMPLES,
     PairedDiff,
+    average_interval,
     combine_seeds,
     paired_difference,
     paired_difference_over_sets,
-    stratified_interval,
     wilson_interval,
 )
 
@@ -44,6 +45,29 @@ AVERAGE = "average"  # the dataset name of the average-over-sets rows in results
 CSV_COLUMNS = ("method", "dataset", "n", "correct", "accuracy", "ci_low", "ci_high", "diff_vs_noadapt",
                "diff_ci_low", "diff_ci_high", "p_mcnemar")
 SEED_COLUMNS = ("n_runs", "accuracy_sd", "accuracy_min", "accuracy_max", "diff_sd", "diff_min", "diff_max")
+SMALL_N = 30  # intervals over fewer problems than this are marked: wide, and only roughly 95%
+SMALL_MARK = "†"
+
+
+def method_adapts(label: str, info: dict | None = None) -> bool:
+    """Whether the method behind a row label updates weights along its stream (the shared optimizer
+    steps after each draft): run.json's `adapt_configs` names the method, else the label does
+    (`tent+guard:alpha=0` -> tent). A name not registered here counts as adapting."""
+    c = ((info or {}).get("adapt_configs") or {}).get(label) or {}
+    name = c.get("method") or label.partition(":")[0].partition("+")[0]
+    cls = METHODS.get(name)
+    return cls is None or bool(cls.trains and cls.loop_update)
+
+
+def method_order(streams: dict, info: dict | None = None, baseline: str = BASELINE) -> dict:
+    """`streams` reordered: the baseline first, then the methods and sets in the order the run's
+    configuration lists them (`--methods`, `--datasets`), then any others as found."""
+    info = info or {}
+    methods = [baseline, *(info.get("adapt_configs") or {}), *(m for m, _ in streams)]
+    datasets = [*((info.get("config") or {}).get("datasets") or []), *(d for _, d in streams)]
+    rank_m = {m: i for i, m in enumerate(dict.fromkeys(methods))}
+    rank_d = {d: i for i, d in enumerate(dict.fromkeys(datasets))}
+    return dict(sorted(streams.items(), key=lambda kv: (rank_m[kv[0][0]], rank_d[kv[0][1]])))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -157,6 +181,7 @@ def summarize(streams: dict, baseline: str = BASELINE, seed: int = 0) -> dict:
     has no average, and a run of one set has none.
     """
     methods = list(dict.fromkeys(m for m, _ in streams))
+    methods.sort(key=lambda m: m != baseline)  # stable: the baseline first, the others as given
     datasets = list(dict.fromkeys(d for _, d in streams))
     avg_sets, avg_name = average_sets(datasets)
     outs = {k: outcomes(rows) for k, rows in streams.items()}
@@ -169,7 +194,7 @@ def summarize(streams: dict, baseline: str = BASELINE, seed: int = 0) -> dict:
         if len(avg_sets) < 2 or not all((m, d) in sets for d in avg_sets):  # one set: its own row says it all
             continue
         groups = [[bool(c) for c in outs[(m, d)].values() if c is not None] for d in avg_sets]
-        lo, hi = stratified_interval(groups, seed=seed)
+        lo, hi = average_interval(groups, seed=seed)
         a = {"graded": sum(len(g) for g in groups), "correct": sum(sum(g) for g in groups),
              "acc": float(np.mean([sets[(m, d)]["acc"] for d in avg_sets])), "ci_low": lo, "ci_high": hi}
         if m != baseline and all((baseline, d) in outs for d in avg_sets):
@@ -202,8 +227,13 @@ def _n_label(ns: set[int]) -> str:
     return f"n={min(ns)}" if len(ns) == 1 else f"n={min(ns)}-{max(ns)}"
 
 
+def _small(n: int) -> str:
+    return SMALL_MARK if n < SMALL_N else ""
+
+
 def accuracy_table(summary: dict) -> str:
-    """Methods x sets (and the average): accuracy in % with its 95% interval, n graded problems."""
+    """Methods x sets (and the average): accuracy in % with its 95% interval, n graded problems;
+    an interval over fewer than SMALL_N problems (for the average: in any of its sets) is marked."""
     methods, datasets, sets, average = (summary[k] for k in ("methods", "datasets", "sets", "average"))
     ns = {d: {sets[(m, d)]["graded"] for m in methods if (m, d) in sets} for d in datasets}
     avg_ns = {a["graded"] for a in average.values()}
@@ -215,11 +245,12 @@ def accuracy_table(summary: dict) -> str:
         cells = []
         for d in datasets:
             a = sets.get((m, d))
-            cell = "-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"])
+            cell = "-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"]) + _small(a["graded"])
             cells.append(cell + (f", n={a['graded']}" if a is not None and len(ns[d]) > 1 else ""))
         a = average.get(m)
         if average:
-            cells.append("-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"])
+            fewest = min((sets[(m, d)]["graded"] for d in summary["avg_sets"] if (m, d) in sets), default=0)
+            cells.append("-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"]) + _small(fewest)
                          + (f", n={a['graded']}" if len(avg_ns) > 1 else ""))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -237,7 +268,7 @@ def change_table(summary: dict) -> str:
         keyed.append((summary["avg_name"], average.get(m, {}).get("vs")))
         for d, v in keyed:
             if v is not None:
-                lines.append(f"| {m} | {d} | {v.n} | {_ci(v.diff, v.ci_low, v.ci_high, sign=True)} | "
+                lines.append(f"| {m} | {d} | {v.n} | {_ci(v.diff, v.ci_low, v.ci_high, sign=True)}{_small(v.n)} | "
                              f"{v.only_method} | {v.only_baseline} | {_p(v.p_mcnemar)} |")
     return "\n".join(lines) if len(lines) > 2 else f"No `{base}` stream to compare with."
 
@@ -247,8 +278,13 @@ def accuracy_section(summary: dict) -> str:
     note = "Accuracy in % (greedy pass@1 unless sampled) with its 95% Wilson interval; n: problems graded."
     if summary["average"]:
         note += (f" {summary['avg_name']}: the mean of the accuracies on {', '.join(summary['avg_sets'])}, with a "
-                 f"bootstrap interval ({N_RESAMPLES:,} resamples of problems within each set; a set at 0% or 100% "
-                 "adds no width to it).")
+                 f"bootstrap interval ({N_RESAMPLES:,} resamples of problems within each set), widened where needed "
+                 "to the Wilson interval at the effective number of problems (S^2 / sum of 1/n over the S sets), "
+                 "so sets at 0% or 100% still leave it its width.")
+    small = any(a["graded"] < SMALL_N for a in sets.values())
+    if small:
+        note += (f" {SMALL_MARK} fewer than {SMALL_N} problems (for the average: in one of its sets): the interval "
+                 "is wide and its 95% only approximate; read such a cell as a rough range, not a measurement.")
     text = [accuracy_table(summary), "", note]
     ungr = {k: a["ungradable"] for k, a in sets.items() if a["ungradable"]}
     if ungr:
@@ -261,7 +297,9 @@ def accuracy_section(summary: dict) -> str:
              "Paired on problem id, over the problems graded for both. Interval: paired bootstrap "
              f"({N_RESAMPLES:,} resamples of problems, seed 0{'; within each set for the average' * bool(avg)}). "
              f"gained / lost: problems only the method / only {summary['baseline']} solved. McNemar: exact two-sided "
-             f"binomial test on those counts{' (for the average, pooled over the sets)' * bool(avg)}."]
+             f"binomial test on those counts{' (for the average, pooled over the sets)' * bool(avg)}."
+             + (f" {SMALL_MARK} fewer than {SMALL_N} paired problems: a change that every resample repeats can show "
+                "an interval of no width there; it is not a precise result." if small else "")]
     extra = [(k, a) for k, a in sets.items() if "avg@n" in a]
     if extra:
         cols = list(sample_columns(summary)[1:])
@@ -322,7 +360,9 @@ def _jsonable(x):
     return None if _nan(x) else x
 
 
-def collapse_table(streams) -> str:
+def collapse_table(streams, info: dict | None = None) -> str:
+    """The collapse measures of each stream, and for a method that adapts the verdict with the rule
+    that gave it; one that does not adapt carries no state along its stream, so it gets none."""
     lines = ["| method | dataset | acc | acc last half | entropy trend | centered logit norm trend | top answer share "
              "| degenerate | predictor dev | guard events | verdict |", "|" + "---|" * 11]
     for (m, d), rows in streams.items():
@@ -336,8 +376,15 @@ def collapse_table(streams) -> str:
         lines.append(f"| {m} | {d} | {f(c['accuracy'], True)} | {f(c['accuracy_last_half'], True)} | "
                      f"{f(c['entropy_trend'])} | {f(c['logit_norm_centered_trend'])} | "
                      f"{f(c['top_answer_share'], True)} | {f(c['degenerate_share'], True)} | "
-                     f"{f(c['predictor_dev_final'])} | {events} | {c['verdict']} |")
+                     f"{f(c['predictor_dev_final'])} | {events} | {verdict_cell(m, c, info)} |")
     return "\n".join(lines)
+
+
+def verdict_cell(label: str, measures: dict, info: dict | None = None) -> str:
+    """`degenerate (entropy drift: trend 1.40 > 1.25)`; "n/a (does not adapt)" for a method that does not."""
+    if not method_adapts(label, info):
+        return "n/a (does not adapt)"
+    return f"{measures['verdict']} ({measures['verdict_rule']})"
 
 
 DIAGNOSTICS = [
@@ -373,41 +420,73 @@ def _plt():
     return plt
 
 
+MAX_WIDTH_PX = 1600  # the accuracy plot's width whatever the number of methods and sets
+BAR_DPI = 130
+# 15 filled shapes, then line ones: 20 methods get 20 different markers
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "8", "H", "x", "+", "1", "2", "3")
+
+
+def method_styles(n: int) -> list[tuple[tuple, str]]:
+    """(RGBA colour, marker) for each of n methods: distinct colours (tab10, tab20 beyond 10, evenly
+    spaced along a colour map beyond 20) and, up to 20, distinct markers, so that no two methods
+    look alike even in grey."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        colours = [colormaps["tab10"](i) for i in range(n)]
+    elif n <= 20:  # the ten strong hues, then their light partners
+        colours = [colormaps["tab20"](2 * i if i < 10 else 2 * (i - 10) + 1) for i in range(n)]
+    else:
+        colours = [colormaps["turbo"](0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+    return [(c, METHOD_MARKERS[i % len(METHOD_MARKERS)]) for i, c in enumerate(colours)]
+
+
 def _bar_chart(groups: list[str], labels: list[str], methods: list[str], value, path: Path, title: str) -> None:
     """Grouped bars on a 0-100 accuracy axis, one group per entry of `groups` (ticks: `labels`).
 
     value(method, group) -> (y, low, high, points) in %, or None for no bar: whiskers span
     low-high, points (per-run values) are dots on the bar.
     """
+    from matplotlib.patches import Patch
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(groups) * len(methods) + 3.5), 3.8))
+    # width grows with the bars up to MAX_WIDTH_PX, then the bars get thinner; height fits the legend
+    width = min(MAX_WIDTH_PX / BAR_DPI, max(6.0, 0.45 * len(groups) * len(methods) + 3.5))
+    fig, ax = plt.subplots(figsize=(width, max(3.8, 1.2 + 0.2 * len(methods))))
     w = 0.8 / max(1, len(methods))
-    for i, m in enumerate(methods):
-        labelled = False
+    handles = []
+    for i, (m, (colour, marker)) in enumerate(zip(methods, method_styles(len(methods)))):
+        tops = []
         for j, g in enumerate(groups):
             v = value(m, g)
             if v is None or _nan(v[0]):
                 continue
             y, lo, hi, points = v
             x = j - 0.4 + w * (i + 0.5)
-            ax.bar(x, y, w, color=f"C{i % 10}", edgecolor="black", lw=0.5, label=None if labelled else m)
-            labelled = True
-            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", capsize=3, lw=1)
+            ax.bar(x, y, w, color=colour, edgecolor="black", lw=0.5)
+            tops.append((x, y))
+            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", capsize=min(3, 40 * w), lw=1)
             if y == 0:  # a bar of height 0 looks like a missing one: a stroke on the axis and a label
-                ax.hlines(0, x - w / 2, x + w / 2, color=f"C{i % 10}", lw=4, clip_on=False, zorder=3)
+                ax.hlines(0, x - w / 2, x + w / 2, color=colour, lw=4, clip_on=False, zorder=3)
                 ax.text(x + w * 0.08, 1.5, "0%", ha="left", va="bottom", fontsize=7)
             if points:
                 ax.scatter(np.full(len(points), x), points, s=12, color="white", edgecolor="black", lw=0.7, zorder=3)
+        # the method's marker on top of each of its bars: told apart by shape as well as by colour
+        xs, ys = zip(*tops) if tops else ((), ())
+        line, = ax.plot(xs, ys, ls="none", marker=marker, ms=5, mfc=colour, mec="black", mew=0.6, color="black",
+                        label=m, zorder=4, clip_on=False)
+        handles.append((Patch(facecolor=colour, edgecolor="black", lw=0.5), line))
     ax.set_xticks(np.arange(len(groups)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_ylim(0, 100)  # a share: no negative axis at 0%, no zoom that makes small gaps look large
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 100%
+    ax.legend(handles, methods, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),  # outside: bars reach 100%
+              ncol=1 if len(methods) <= 16 else 2)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
+        fig.savefig(tmp, dpi=BAR_DPI, format="png")
     plt.close(fig)
 
 
@@ -555,13 +634,14 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     streams = load_run(run_dir, notes)
     if not streams:
         raise FileNotFoundError(f"{run_dir}/rows holds no rows yet")
+    info, summ = _read_json(run_dir / "run.json"), _read_json(run_dir / "summary.json")
+    streams = method_order(streams, info)
     summary = summarize(streams)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_accuracy(summary, plots / "accuracy.png")
     for d in summary["datasets"]:
         plot_diagnostics(streams, d, plots / f"diagnostics_{d}.png")
-    info, summ = _read_json(run_dir / "run.json"), _read_json(run_dir / "summary.json")
     cfg = info.get("config", {})
     incomplete, holder = run_status(run_dir, streams, info)
     unfinished = status_notes(incomplete, holder)
@@ -583,8 +663,10 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "it (no collapse guard, no gradient clipping) unless its name carries an add-on (`+guard`, `+clip`); the "
           "learning rate of every LoRA method comes from one selection on one development stream (docs/protocol.md).",
           "", settings_table(info), "",
-          "## Collapse diagnostics", "", collapse_table(streams), "",
-          "Verdict thresholds: see `zs_llm.diagnostics.VERDICT_THRESHOLDS`. Trends are the last quarter's mean over "
+          "## Collapse diagnostics", "", collapse_table(streams, info), "",
+          "Verdict: the first rule that fires, with its values (`zs_llm.diagnostics.verdict_rule`; thresholds in "
+          "`VERDICT_THRESHOLDS`); its loop and answer shares are over the last half of the stream, while the "
+          "degenerate column is over the whole stream. A method that does not adapt gets no verdict. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
     metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
@@ -598,6 +680,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
 
 SETTING_COLUMNS = ("optimizer", "lr", "momentum", "steps", "grad_clip", "guard", "schedule", "signal", "answer",
                    "lora_r", "lora_target_modules")
+NOT_ADAPTING = "n/a"
 
 
 def settings_table(info: dict) -> str:
@@ -612,9 +695,16 @@ def settings_table(info: dict) -> str:
             if isinstance(v, float) else str(v)
 
     lines = ["| method | " + " | ".join(SETTING_COLUMNS) + " | method settings |", "|---" * (len(SETTING_COLUMNS) + 2) + "|"]
-    for label, c in configs.items():
+    labels = sorted(configs, key=lambda m: m != BASELINE)
+    for label in labels:
+        c = configs[label]
         own = ", ".join(f"{k}={cell(v)}" for k, v in (c.get("method_args") or {}).items()) or "-"
-        lines.append(f"| {label} | " + " | ".join(cell(c.get(k)) for k in SETTING_COLUMNS) + f" | {own} |")
+        shared = [cell(c.get(k)) for k in SETTING_COLUMNS] if method_adapts(label, info) else \
+            [NOT_ADAPTING] * len(SETTING_COLUMNS)
+        lines.append(f"| {label} | " + " | ".join(shared) + f" | {own} |")
+    if not all(method_adapts(m, info) for m in labels):
+        lines += ["", f"{NOT_ADAPTING}: the method updates no weights along its stream, so the adaptation settings "
+                  "(optimizer, learning rate, steps, ...) do not apply to it."]
     return "\n".join(lines)
 
 
@@ -668,7 +758,7 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
     if len(runs) < 2:
         raise ValueError(f"combining seeds needs two or more run folders, got {len(runs)}")
     labels = _run_labels(runs)
-    streams = {lab: load_run(r) for lab, r in zip(labels, runs)}
+    streams = {lab: method_order(load_run(r), _read_json(r / "run.json")) for lab, r in zip(labels, runs)}
     keys = {lab: set(s) for lab, s in streams.items()}
     ref = keys[labels[0]]
     for lab in labels[1:]:

@@ -42,7 +42,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """
     if n == 0:
         return float("nan"), float("nan")
-    if not 0 <= k <= n:
+    if not 0 <= k <= n:  # k and n may be fractional (an effective count, `average_interval`)
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     p = k / n
     z2 = z * z
@@ -98,6 +98,27 @@ def stratified_interval(groups: Sequence[Sequence[float]], n_resamples: int = N_
     rng = np.random.default_rng(seed)
     means = np.mean([_bootstrap_means(a, rng, n_resamples) for a in arrays], axis=0)  # (B,)
     return _percentiles(means, level)
+
+
+def average_interval(groups: Sequence[Sequence[float]], n_resamples: int = N_RESAMPLES, seed: int = 0,
+                     z: float = Z95) -> tuple[float, float]:
+    """95% interval of the average of per-group 0/1 means: `stratified_interval`, widened where needed
+    to the Wilson interval of that average at the effective number of problems S^2 / sum(1/n_i).
+
+    The bootstrap alone has no width when every set is at 0% or 100% (no resample differs), which
+    at 4 problems reads as certainty; the Wilson bound keeps the width a few problems deserve:
+
+        >>> average_interval([[0, 0], [0, 0]], seed=0)            # n_eff = 4
+        (0.0, 0.4898...)
+    """
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    lo, hi = stratified_interval(arrays, n_resamples, seed)
+    if math.isnan(lo):
+        return lo, hi
+    n_eff = len(arrays) ** 2 / sum(1 / a.size for a in arrays)
+    p = float(np.mean([a.mean() for a in arrays]))
+    w_lo, w_hi = wilson_interval(p * n_eff, n_eff, z)
+    return min(lo, w_lo), max(hi, w_hi)
 
 
 def mcnemar_p(b: int, c: int) -> float:

@@ -96,8 +96,9 @@ def test_report_md_tables_and_metrics(reported):
     text = (run / "report.md").read_text()
     acc = text.split("## Accuracy", 1)[1].split("## Collapse", 1)[0]
     assert "| method | setA (n=10) | setB (n=4) | avg (n=14) |" in acc
-    assert "| noadapt | 50.0 [23.7, 76.3] | 25.0 [4.6, 69.9] |" in acc
-    assert "| tent | setA | 10 | +30.0 [" in acc and "| 5 | 2 | 0.453 |" in acc
+    assert "| noadapt | 50.0 [23.7, 76.3]† | 25.0 [4.6, 69.9]† |" in acc  # † n < 30, explained below the table
+    assert "† fewer than 30 problems" in acc
+    assert "| tent | setA | 10 | +30.0 [" in acc and "]† | 5 | 2 | 0.453 |" in acc
     assert "2 rows with an unparseable gold answer are excluded" in acc
     assert "## Collapse diagnostics" in text  # kept as it was
     metrics = json.loads((run / "metrics.json").read_text())  # strict JSON: NaN written as null

@@ -153,32 +153,41 @@ def collapse_measures(rows: Sequence[dict]) -> dict:
     else:
         m["answered_first"] = m["answered_last"] = float("nan")
         m["answered_first_count"] = 0
-    m["verdict"] = verdict(m)
+    m["verdict"], m["verdict_rule"] = verdict_rule(m)
     return m
 
 
 def verdict(m: dict) -> str:
     """stable | sharpening | collapsed-constant | degenerate | no-update, from `collapse_measures`
-    (see VERDICT_THRESHOLDS). A stream whose every step was skipped (non-finite loss or
-    gradients) never adapted: `no-update`, whatever its answers look like. Collapse outranks
-    sharpening: a stream that both sharpens and answers one thing is collapsed. Entropy
-    drifting up (the predictor-driven failure, text turning incoherent) counts as degenerate,
-    and so does a stream whose responses stop giving an answer (format lost: the last window's
-    answered share under a quarter of the first window's)."""
+    (see VERDICT_THRESHOLDS and `verdict_rule`)."""
+    return verdict_rule(m)[0]
+
+
+def verdict_rule(m: dict) -> tuple[str, str]:
+    """(verdict, the rule that gave it with its values), e.g. ("degenerate", "entropy trend 1.40 >
+    1.25"). A stream whose every step was skipped (non-finite loss or gradients) never adapted:
+    `no-update`, whatever its answers look like. Collapse outranks sharpening: a stream that both
+    sharpens and answers one thing is collapsed. Entropy drifting up (the predictor-driven failure,
+    text turning incoherent) counts as degenerate, and so does a stream whose responses stop giving
+    an answer (format lost: the last window's answered share under a quarter of the first window's)."""
     t = VERDICT_THRESHOLDS
     if m.get("steps", 0) and m.get("steps_skipped", 0) == m["steps"]:
-        return "no-update"
-    enough = m.get("answers_last_half", t["constant_min_answers"]) >= t["constant_min_answers"]
-    if enough and m.get("top_answer_share_last_half", 0) > t["constant_share"]:
-        return "collapsed-constant"
-    if m.get("degenerate_share_last_half", 0) > t["degenerate_share"]:
-        return "degenerate"
+        return "no-update", f"all {m['steps']} steps skipped"
+    answers = m.get("answers_last_half", t["constant_min_answers"])
+    top = m.get("top_answer_share_last_half", 0)
+    if answers >= t["constant_min_answers"] and top > t["constant_share"]:
+        return "collapsed-constant", (f"one answer in {100 * top:.0f}% of the last half's {answers} answers "
+                                      f"> {100 * t['constant_share']:.0f}%")
+    loops = m.get("degenerate_share_last_half", 0)
+    if loops > t["degenerate_share"]:
+        return "degenerate", f"{100 * loops:.0f}% of last-half responses loop > {100 * t['degenerate_share']:.0f}%"
     if (m.get("answered_first_count", 0) >= t["format_min_answers"]
             and m["answered_last"] < t["format_ratio"] * m["answered_first"]):
-        return "degenerate"
+        return "degenerate", (f"format lost: answered {100 * m['answered_last']:.0f}% in the last window < "
+                              f"{t['format_ratio']:g} x {100 * m['answered_first']:.0f}% in the first")
     et = m.get("entropy_trend", float("nan"))
     if not np.isnan(et) and et > t["drift_entropy_trend"]:
-        return "degenerate"
+        return "degenerate", f"entropy drift: trend {et:.2f} > {t['drift_entropy_trend']:g}"
     if not np.isnan(et) and et < t["sharpening_entropy_trend"]:
-        return "sharpening"
-    return "stable"
+        return "sharpening", f"entropy trend {et:.2f} < {t['sharpening_entropy_trend']:g}"
+    return "stable", "no rule fired"
