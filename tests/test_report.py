@@ -218,3 +218,145 @@ def test_answered_counts_stated_answers_not_numbers_the_fallback_found():
     assert has_answer({"response": "The answer is 7.", "extracted": "7"})
     assert not has_answer({"response": "seven or so 7", "extracted": "7"})
     assert not has_answer({"response": "The answer is within \\boxed{}.", "extracted": ""})
+
+
+# --- generated runs: what a report may not get wrong, over random method lists, orders and sizes ---
+
+POOL = ["tent", "zerosiam", "come", "sar", "eminf", "slot", "tent+guard", "zerosiam+clip", "come:alpha=0",
+        "sar+guard", "tent:x=1", "zerosiam:alpha=0", "come+clip", "sar:x=2"]
+
+
+def make_generated_run(path, seed):
+    """A run of 2..15 methods (noadapt among them, anywhere in --methods) on 1-2 sets of 1..40
+    problems, with random outcomes, entropies and some looping responses; run.json as the runner
+    writes it (adapt_configs in --methods order, config.datasets)."""
+    import random
+
+    rng = random.Random(seed)
+    methods = rng.sample(POOL, rng.randint(1, 14))
+    methods.insert(rng.randint(0, len(methods)), "noadapt")
+    datasets = rng.sample(["setA", "setB", "setC"], rng.randint(1, 2))
+    sizes = {d: rng.randint(1, 40) for d in datasets}
+    (path / "rows").mkdir(parents=True)
+    for m in methods:
+        for d in datasets:
+            p_right, drift = rng.random(), rng.choice([0.3, 1.0, 2.0])
+            with open(path / "rows" / f"{m}__{d}.jsonl", "w") as f:
+                for i in range(sizes[d]):
+                    loop = rng.random() < 0.3
+                    f.write(json.dumps({
+                        "id": f"{d}{i}", "index": i, "method": m, "dataset": d, "correct": rng.random() < p_right,
+                        "response": "the " * 30 if loop else f"\\boxed{{{rng.randint(0, 3)}}}",
+                        "extracted": None if loop else str(rng.randint(0, 3)),
+                        "steps": [{"entropy": 1.0 + (drift - 1.0) * i / max(1, sizes[d] - 1)}]}) + "\n")
+    configs = {m: {"method": m.partition(":")[0].partition("+")[0], "optimizer": "sgd", "lr": 0.00123,
+                   "steps": 1, "method_args": {}} for m in methods}
+    (path / "run.json").write_text(json.dumps({"config": {"model": "tiny", "datasets": datasets},
+                                               "adapt_configs": configs}))
+    return methods, datasets, sizes
+
+
+def table_rows(text, heading):
+    """The first column and the other cells of each row of the first table after `heading`."""
+    section = text.split(heading, 1)[1]
+    section = section[section.index("\n|") + 1:]  # past any paragraph before the table
+    lines = section.split("\n\n", 1)[0].splitlines()[2:]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+
+
+def png_size(path):
+    head = path.read_bytes()[16:24]
+    return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_generated_runs_report_honestly(tmp_path, figures, seed):
+    from eval.report import BAR_DPI, MAX_WIDTH_PX, method_adapts
+    from zs_llm.diagnostics import collapse_measures, verdict_rule
+
+    run = tmp_path / "run"
+    methods, datasets, sizes = make_generated_run(run, seed)
+    write_report(run)
+    text = (run / "report.md").read_text()
+    expected = ["noadapt"] + [m for m in methods if m != "noadapt"]  # baseline first, then --methods order
+    assert [r[0] for r in table_rows(text, "## Accuracy")] == expected
+    assert [r[0] for r in table_rows(text, "## Settings")] == expected
+    collapse = table_rows(text, "## Collapse diagnostics")
+    assert [(r[0], r[1]) for r in collapse] == [(m, d) for m in expected for d in datasets]
+
+    streams = load_run(run)
+    adapting = {m: method_adapts(m) for m in methods}
+    assert not adapting["noadapt"] and not adapting["eminf" if "eminf" in methods else "noadapt"]
+    assert all(adapting[m] for m in methods if m.startswith(("tent", "zerosiam", "come", "sar")))
+    for r in collapse:
+        m, d, cell = r[0], r[1], r[-1]
+        if not adapting[m]:
+            assert cell == "n/a (does not adapt)"
+            continue
+        label, rule = verdict_rule(collapse_measures(streams[(m, d)]))
+        assert cell == f"{label} ({rule})" and rule  # each verdict names the rule that fired
+    for r in table_rows(text, "## Settings"):
+        if adapting[r[0]]:
+            assert r[1:3] == ["sgd", "0.00123"]
+        else:
+            assert set(r[1:-1]) == {"n/a"}  # no optimizer or learning rate for a method that does not adapt
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    intervals = list(metrics["sets"].values()) + list(metrics["average"].values())
+    assert intervals and all(a["ci_low"] <= a["acc"] <= a["ci_high"] and a["ci_high"] > a["ci_low"]
+                             for a in intervals)
+    small = "†" in text.split("## Accuracy", 1)[1].split("### Change", 1)[0]
+    assert small == (min(sizes.values()) < 30)
+
+    fig = figures[0]  # plot_accuracy draws first
+    assert fig.get_size_inches()[0] * BAR_DPI <= MAX_WIDTH_PX
+    assert png_size(run / "plots" / "accuracy.png")[0] <= MAX_WIDTH_PX
+    marks = {ln.get_label(): ln for ln in fig.axes[0].lines if not ln.get_label().startswith("_")}
+    assert list(marks) == expected
+    assert len({ln.get_markerfacecolor() for ln in marks.values()}) == len(expected)
+    assert len({ln.get_marker() for ln in marks.values()}) == len(expected)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == expected
+
+
+@pytest.mark.parametrize("n", [2, 5, 10, 11, 15, 20, 30])
+def test_method_styles_distinct(n):
+    from eval.report import method_styles
+
+    styles = method_styles(n)
+    assert len({c for c, _ in styles}) == n
+    assert len({mk for _, mk in styles}) == min(n, 20)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_average_interval_has_width_at_any_size(seed):
+    """Sets of 1..40 problems at any accuracy, 0% and 100% included: the average's interval holds
+    the average and is never a point."""
+    import random
+
+    from eval.stats import average_interval
+
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(rng.randint(2, 4)):
+        n = rng.randint(1, 40)
+        k = rng.choice([0, n, rng.randint(0, n)])
+        groups.append([1] * k + [0] * (n - k))
+    lo, hi = average_interval(groups, n_resamples=500)
+    avg = sum(sum(g) / len(g) for g in groups) / len(groups)
+    assert 0 <= lo <= avg <= hi <= 1 and hi > lo
+
+
+@pytest.mark.parametrize(("measures", "label", "needle"), [
+    ({"steps": 4, "steps_skipped": 4}, "no-update", "all 4 steps skipped"),
+    ({"answers_last_half": 12, "top_answer_share_last_half": 0.75}, "collapsed-constant", "75% of the last half's 12"),
+    ({"degenerate_share_last_half": 0.4}, "degenerate", "40% of last-half responses loop > 30%"),
+    ({"answered_first_count": 8, "answered_first": 0.8, "answered_last": 0.1}, "degenerate", "format lost"),
+    ({"entropy_trend": 1.4}, "degenerate", "entropy drift: trend 1.40 > 1.25"),
+    ({"entropy_trend": 0.3}, "sharpening", "entropy trend 0.30 < 0.5"),
+    ({"entropy_trend": 1.0}, "stable", "no rule fired"),
+])
+def test_verdict_names_its_rule(measures, label, needle):
+    from zs_llm.diagnostics import verdict, verdict_rule
+
+    got, rule = verdict_rule({"answers_last_half": 0, **measures})
+    assert (got, verdict({"answers_last_half": 0, **measures})) == (label, label) and needle in rule
