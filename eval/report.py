@@ -53,10 +53,13 @@ def method_adapts(label: str, info: dict | None = None) -> bool:
     """Whether the method behind a row label updates weights along its stream (the shared optimizer
     steps after each draft): run.json's `adapt_configs` names the method, else the label does
     (`tent+guard:alpha=0` -> tent). A name not registered here counts as adapting."""
-    c = ((info or {}).get("adapt_configs") or {}).get(label) or {}
-    name = c.get("method") or label.partition(":")[0].partition("+")[0]
-    cls = METHODS.get(name)
+    cls = _method_class(label, info)
     return cls is None or bool(cls.trains and cls.loop_update)
+
+
+def _method_class(label: str, info: dict | None = None):
+    c = ((info or {}).get("adapt_configs") or {}).get(label) or {}
+    return METHODS.get(c.get("method") or label.partition(":")[0].partition("+")[0])
 
 
 def method_order(streams: dict, info: dict | None = None, baseline: str = BASELINE) -> dict:
@@ -383,7 +386,8 @@ def collapse_table(streams, info: dict | None = None) -> str:
 def verdict_cell(label: str, measures: dict, info: dict | None = None) -> str:
     """`degenerate (entropy drift: trend 1.40 > 1.25)`; "n/a (does not adapt)" for a method that does not."""
     if not method_adapts(label, info):
-        return "n/a (does not adapt)"
+        cls = _method_class(label, info)
+        return "n/a (adapts each prompt afresh)" if cls is not None and cls.trains else "n/a (does not adapt)"
     return f"{measures['verdict']} ({measures['verdict_rule']})"
 
 
@@ -666,7 +670,8 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "## Collapse diagnostics", "", collapse_table(streams, info), "",
           "Verdict: the first rule that fires, with its values (`zs_llm.diagnostics.verdict_rule`; thresholds in "
           "`VERDICT_THRESHOLDS`); its loop and answer shares are over the last half of the stream, while the "
-          "degenerate column is over the whole stream. A method that does not adapt gets no verdict. Trends are the last quarter's mean over "
+          "degenerate column is over the whole stream. A method that carries no adapted state along its stream "
+          "(no adaptation, or one undone after each prompt) gets no verdict. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
     metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}

@@ -291,7 +291,7 @@ def test_generated_runs_report_honestly(tmp_path, figures, seed):
     for r in collapse:
         m, d, cell = r[0], r[1], r[-1]
         if not adapting[m]:
-            assert cell == "n/a (does not adapt)"
+            assert cell == ("n/a (adapts each prompt afresh)" if m == "slot" else "n/a (does not adapt)")
             continue
         label, rule = verdict_rule(collapse_measures(streams[(m, d)]))
         assert cell == f"{label} ({rule})" and rule  # each verdict names the rule that fired
