@@ -664,7 +664,8 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "Every number above, as fractions: `results.csv` (one row per method x set, plus an `average` row per "
           "method when the run has several sets) and `metrics.json`.", "",
           "## Settings", "", f"Protocol `{cfg.get('protocol', 'paper')}`: each method as its authors' code runs "
-          "it (no collapse guard, no gradient clipping) unless its name carries an add-on (`+guard`, `+clip`); the "
+          "it, except the deviations docs/protocol.md lists (no collapse guard, no gradient clipping) unless its "
+          "name carries an add-on (`+guard`, `+clip`); the "
           "learning rate of every LoRA method comes from one selection on one development stream (docs/protocol.md).",
           "", settings_table(info), "",
           "## Collapse diagnostics", "", collapse_table(streams, info), "",

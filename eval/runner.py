@@ -115,7 +115,8 @@ class RunConfig:
                                                        "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0})
     protocol: str = field(default="paper", metadata={
-        "help": "paper: every method as its authors' code runs it (no guard, no clipping; the guard and clipping "
+        "help": "paper: every method as its authors' code runs it except the deviations docs/protocol.md lists "
+                "(no guard, no clipping; the guard and clipping "
                 "only as add-ons named in the method, e.g. zerosiam+guard), LoRA learning rates from one selection "
                 "(docs/protocol.md)."})
     adapt: dict[str, Any] = field(default_factory=dict, metadata={"help": "AdaptConfig overrides for every method."})

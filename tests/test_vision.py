@@ -287,7 +287,8 @@ def test_noadapt_changes_nothing_and_records_stats():
     assert stats["logit_norm"] == pytest.approx(float(logits.norm(dim=-1).mean()), rel=1e-5)
 
 
-def test_sar_and_eata_skip_batches_with_no_reliable_sample():
+def test_sar_and_eata_leave_a_fresh_model_unchanged_on_a_batch_with_no_reliable_sample():
+    # EATA skips the step; SAR steps on zero gradients, which moves nothing before momentum exists
     for method in (VISION_METHODS["sar"](margin=1e-4), VISION_METHODS["eata"](margin=1e-4)):
         model = wrap_classifier(_net())
         before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -295,6 +296,46 @@ def test_sar_and_eata_skip_batches_with_no_reliable_sample():
         _run(adapter)
         assert adapter.history[-1]["selected"] == 0.0
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sar_steps_on_momentum_when_no_sample_is_reliable_as_official(seed):
+    """The official `forward_and_adapt_sar` calls the optimizer on every batch: with no reliable
+    sample the gradients are zero and SGD moves each parameter by lr * momentum * its buffer."""
+    lr, momentum = 0.3, 0.9
+    model = wrap_classifier(_net(seed))
+    sar = VISION_METHODS["sar"](margin=1.0, recovery=None)
+    adapter = Adapter(model, sar, VisionAdaptConfig(lr=lr, momentum=momentum))
+    adapter(_x(seed=seed))  # every sample reliable: builds momentum
+    ema = sar._ema
+    before = [p.detach().clone() for p in adapter.params]
+    bufs = [adapter.optimizer.state[p]["momentum_buffer"].clone() for p in adapter.params]
+    sar.margin = 1e-4  # no sample reliable
+    adapter(_x(seed=seed + 10))
+    assert adapter.history[-1]["selected"] == 0.0
+    for p, p0, b in zip(adapter.params, before, bufs):
+        torch.testing.assert_close(p.detach(), p0 - lr * momentum * b)
+    assert any(b.abs().max() > 0 for b in bufs)  # the step above did move something
+    assert sar._ema == ema  # no second-pass loss: the average is unchanged
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sar_recovery_keeps_the_moving_average_as_official(seed):
+    """Recovery restores model and optimizer and keeps the average (the official loop sets
+    `self.ema = ema` after `reset()`); an explicit reset clears it, as the official `reset()`."""
+    model = wrap_classifier(_net(seed))
+    state0 = {k: v.clone() for k, v in model.state_dict().items()}
+    sar = VISION_METHODS["sar"](margin=1.0, recovery=1e3)  # every average is below: recover each batch
+    adapter = Adapter(model, sar, VisionAdaptConfig(lr=0.3))
+    adapter(_x(seed=seed))
+    first = adapter.history[-1]
+    assert first["recovered"] == 1.0 and sar._ema == pytest.approx(first["loss"])
+    assert all(torch.equal(state0[k], v) for k, v in model.state_dict().items())
+    adapter(_x(seed=seed + 1))
+    second = adapter.history[-1]
+    assert sar._ema == pytest.approx(0.9 * first["loss"] + 0.1 * second["loss"])
+    adapter.reset()
+    assert sar._ema is None
 
 
 def test_sar_two_step_update_differs_from_a_plain_step():

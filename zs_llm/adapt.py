@@ -114,7 +114,10 @@ def begin_step(lm) -> tuple[float, dict]:
 
 def end_step(lm, stats: dict, before: dict, t0: float, problem_id: str | None = None) -> dict:
     """After a step's backward (gradients in `lm`'s parameters): check, clip, step the optimizer,
-    or restore `before` when anything is non-finite. Returns the step's stats."""
+    or restore `before` when anything is non-finite. Returns the step's stats.
+
+    The skip is ours for every method: no official code checks, so there a NaN loss or
+    gradient would enter the weights and every later prediction (docs/protocol.md)."""
     params = lm.trainable_parameters()
     ok = math.isfinite(stats["loss"]) and _all_finite(p.grad for p in params)
     grad_norm = None

@@ -34,10 +34,11 @@ ADDONS: dict[str, dict[str, Any]] = {
 class AdaptConfig:
     """How a `ZeroSiamLM` adapts at test time. Field help: `print(AdaptConfig.help())`.
 
-    The defaults are the `paper` protocol: each method as its authors' code runs it (no collapse
-    guard, no gradient clipping), with the learning rate the method declares (`Method.default_lr`,
-    chosen for every LoRA method by the same selection on the same development stream:
-    docs/protocol.md). The guard and clipping are add-ons (`zerosiam+clip+guard`).
+    The defaults are the `paper` protocol: each method as its authors' code runs it, except the
+    deviations docs/protocol.md lists (no collapse guard, no gradient clipping), with the learning
+    rate the method declares (`Method.default_lr`, chosen for every LoRA method by the same
+    selection on the same development stream: docs/protocol.md). The guard and clipping are
+    add-ons (`zerosiam+clip+guard`).
     """
 
     # --- method

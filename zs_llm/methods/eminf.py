@@ -75,6 +75,13 @@ class EMINF(Method):
     rows are separate problems, each with its own test and full KL weight (equal at batch 1).
     Its KL takes log(softmax), -inf where a probability underflows (a row spanning more than
     ~104 nats in fp32), which turns the logits into NaN; log_softmax here keeps them finite.
+    Decoding is greedy by default (`temperature` 0, shared by every method so that a comparison
+    differs in adaptation only); `eminf:temperature=0.1` samples as the official runs. The
+    processors `transformers` builds from the model's generation config (repetition penalty,
+    minimum length, ...) act before this one (it is passed as a custom processor, which
+    `generate` appends after its own), where the official code optimizes the raw logits first;
+    with none set, as in SmolLM2's config, the order changes nothing (the sampling warpers come
+    after it in both).
     """
 
     name = "eminf"

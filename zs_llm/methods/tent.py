@@ -13,6 +13,9 @@ class Tent(Method):
     norm, so here the LoRA adapters are updated, as for every LLM method (the paper's Tent row
     for LLMs). Official optimizers: SGD momentum 0.9 with Nesterov momentum (ImageNet; `nesterov`
     below) or Adam 1e-3 (CIFAR).
+
+    The SAR, COME and ZeroSiam repositories run their Tent baseline with plain momentum 0.9
+    (no Nesterov); `tent:nesterov=false` (the shared `AdaptConfig.nesterov`) runs it that way.
     """
 
     name = "tent"

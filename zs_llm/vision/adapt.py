@@ -35,7 +35,10 @@ class VisionAdaptConfig:
 
     lr: float = _f(1e-3, "SGD learning rate of the normalization affine parameters (the backbone).")
     predictor_lr: float | None = _f(
-        None, "SGD learning rate of the predictor; None uses lr (the paper's default)."
+        None,
+        "SGD learning rate of the predictor; None uses lr. Not the official default: the ZeroSiam "
+        "scripts give the predictor 10x the backbone's rate for ResNet50-GN, ViT-S and ConvNeXt, 5x for "
+        "Swin, 1x for ViT-B (set it to that multiple of lr to match).",
     )
     momentum: float = _f(0.9, "SGD momentum (0.9 in the paper's code).")
     weight_decay: float = _f(0.0, "SGD weight decay (0: decay would pull the predictor toward zero, not I).")

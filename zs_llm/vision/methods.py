@@ -143,11 +143,20 @@ class EATA(VisionMethod):
 @VISION_METHODS.register("sar")
 @dataclass
 class SAR(VisionMethod):
-    """SAR (Niu et al., ICLR 2023): entropy on reliable samples (entropy < margin * ln K, paper
-    0.4) with a sharpness-aware update: the gradient at the parameters moved by `rho` (0.05)
-    along the first gradient, on the samples that stay reliable there, is applied at the
-    original parameters. Model recovery: when the moving average (0.9) of the second loss
-    falls below `recovery` nats (paper 0.2), the model is reset; None disables it."""
+    """SAR (Niu et al., ICLR 2023) as `forward_and_adapt_sar` in mr-eggplant/SAR `sar.py` runs
+    it: entropy on reliable samples (entropy < margin * ln K, paper 0.4) with a sharpness-aware
+    update: the gradient at the parameters moved by `rho` (0.05) along the first gradient, on
+    the samples that stay reliable there, is applied at the original parameters. The optimizer
+    steps on every batch, also when no sample is reliable (zero gradients: momentum alone), as
+    the official code does. Model recovery: when the moving average (0.9) of the second loss
+    falls below `recovery` nats (paper 0.2), model and optimizer return to their initial state
+    and the average is kept (the official loop reassigns it after its reset), so a low average
+    resets again until new losses lift it; `Adapter.reset()` (episodic, or called by the user)
+    clears it, as the official `reset()`. None disables recovery.
+
+    Differs from the official code: every normalization layer is adapted (`update_norm`); the
+    official `collect_params` leaves out the top of the network (ResNet `layer4`, ViT blocks
+    9-11 and the final norm), names that exist only in those architectures."""
 
     name: ClassVar[str] = "sar"
     margin: float = 0.4
@@ -173,9 +182,7 @@ class SAR(VisionMethod):
         opt = adapter.optimizer
         keep = sar_weights(out.target, self.margin)  # (B,)
         info = {"selected": float(keep.mean())}
-        if not keep.any():
-            info["loss"] = 0.0
-            return info
+        # no early exit without a reliable sample: the official code steps anyway, on zero gradients
         opt.zero_grad(set_to_none=True)
         _selected_mean(confidence_objective(out.online, "entropy"), keep).backward()
         params = [p for p in adapter.params if p.grad is not None]
@@ -188,19 +195,20 @@ class SAR(VisionMethod):
         out2 = adapter.branches(x)
         ent2 = confidence_objective(out2.online, "entropy")  # (B,)
         keep2 = keep * (ent2.detach() < self.margin * math.log(out2.target.shape[-1])).float()
-        loss2 = _selected_mean(ent2, keep2)
-        if keep2.any():
-            loss2.backward()
+        loss2 = _selected_mean(ent2, keep2)  # 0 with zero gradients when nothing is kept
+        loss2.backward()
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.sub_(e)
+        opt.step()
         if keep2.any():
-            opt.step()
             value = float(loss2.detach())
             self._ema = value if self._ema is None else 0.9 * self._ema + 0.1 * value
         info.update(loss=float(loss2.detach()), selected_second=float(keep2.mean()))
         if self.recovery is not None and self._ema is not None and self._ema < self.recovery:
-            adapter.reset()  # also clears self._ema
+            ema = self._ema
+            adapter.reset()  # model and optimizer; it also clears the average, which recovery keeps
+            self._ema = ema
             info["recovered"] = 1.0
         return info
 
@@ -211,7 +219,9 @@ class ZeroSiam(VisionMethod):
     """ZeroSiam (ICLR 2026): `H(p_o) + alpha * D(p_o || sg[p_r])`, with u_o = g(h(z)) through
     the identity-initialized predictor h and u_r = g(z); predictions come from u_r. Updates
     the predictor and (unless `update_norm=False`) the normalization affine parameters.
-    Paper defaults: alpha 1, symmetric KL, entropy."""
+    Paper defaults: alpha 1, symmetric KL, entropy. The predictor learns at the backbone's rate
+    unless `VisionAdaptConfig.predictor_lr` is set; the official scripts give it 10x (ResNet50-GN,
+    ViT-S, ConvNeXt), 5x (Swin) or 1x (ViT-B)."""
 
     name: ClassVar[str] = "zerosiam"
     uses_predictor: ClassVar[bool] = True
