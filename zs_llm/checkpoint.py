@@ -235,13 +235,7 @@ def load_checkpoint(lm, directory: str | os.PathLike) -> dict[str, Any]:
     check_tensors(flat, str(f), allowed={f"t.method.{k}": v for k, v in lm.method.nonfinite_state.items()})
     live = lm._state_tensors()
     saved = {k[2:]: v for k, v in flat.items() if k.startswith("t.")}
-    missing, unknown = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
-    if missing or unknown:
-        raise ValueError(f"{f} does not fit this model and method (missing {missing[:3]}, unknown {unknown[:3]}); "
-                         "it was written by another configuration")
-    for k, v in saved.items():
-        if tuple(v.shape) != tuple(live[k].shape):
-            raise ValueError(f"{f}: tensor {k} has shape {tuple(v.shape)}, the model's is {tuple(live[k].shape)}")
+    check_fits(f, saved, live, "it was written by another configuration", "it was written for another model")
     snap = {"tensors": saved, "optimizer": None}
     if meta["optimizer"] is not None:
         state = {}
@@ -260,3 +254,17 @@ def load_checkpoint(lm, directory: str | os.PathLike) -> dict[str, Any]:
     lm.problems_seen = meta["problems_seen"]
     lm.adapt_enabled = meta.get("adapt_enabled", True)
     return meta["extra"]
+
+
+def check_fits(path, saved: Mapping[str, torch.Tensor], live: Mapping[str, torch.Tensor], fix_names: str,
+               fix_shape: str) -> None:
+    """Refuse saved tensors that do not fit the live ones they would replace: other names (`fix_names` says
+    why and what to do), or a tensor of another shape (`fix_shape`); one line naming the first."""
+    missing, unknown = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
+    if missing or unknown:
+        raise ValueError(f"{path} does not fit this model and method (missing {missing[:3]}, unknown {unknown[:3]}); "
+                         f"{fix_names}")
+    for k, v in saved.items():
+        if tuple(v.shape) != tuple(live[k].shape):
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, this model's is "
+                             f"{tuple(live[k].shape)}: {fix_shape}")

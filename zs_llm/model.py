@@ -792,14 +792,10 @@ def read_saved_config(d: Path) -> dict[str, Any]:
 
 def _check_fits(path: Path, saved: dict[str, torch.Tensor], live: dict[str, torch.Tensor]) -> None:
     """Refuse saved tensors that do not fit the wrapper they are loaded into, naming the first."""
-    missing, unknown = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
-    if missing or unknown:
-        raise ValueError(f"{path} does not fit this model and method (missing {missing[:3]}, unknown {unknown[:3]}); "
-                         "load it with the base model and method it was saved with")
-    for k, v in saved.items():
-        if tuple(v.shape) != tuple(live[k].shape):
-            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, this model's is {tuple(live[k].shape)}: "
-                             "it was saved from a base model of another size; load it on the base it was saved from")
+    from .checkpoint import check_fits
+
+    check_fits(path, saved, live, "load it with the base model and method it was saved with",
+               "it was saved from a base model of another size; load it on the base it was saved from")
 
 
 def _upload(folder: Path, repo_id: str, private: bool | None = None, token: str | None = None,
