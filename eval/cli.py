@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     rep = sub.add_parser("report", help="write report.md and plots for a run folder")
     rep.add_argument("run_dir", nargs="+", help="a run folder, or several seed runs of one configuration to combine "
-                     "(written to --out, default <their common parent>/combined)")
-    rep.add_argument("--out", help="output folder of a combined report")
+                     "(runs that differ in their seeds alone; written to --out, default <their common "
+                     "parent>/combined-<8 hex of their paths>)")
+    rep.add_argument("--out", help="output folder of a combined report (not a run folder; a combined report's folder "
+                     "only for the same runs)")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "run":  # its options are parsed by eval.options, as a recipe's are
