@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             from .report import write_report
 
+            if args.out and len(args.run_dir) == 1:
+                raise ValueError("--out is the folder of a combined report of several runs; a run's own report is "
+                                 "written into its folder: drop --out")
             status: list[str] = []
             md = write_report(args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir, args.out, status=status)
             print(md.read_text())

@@ -530,3 +530,11 @@ def test_combinations_do_not_overwrite_each_other(tmp_path):
     with pytest.raises(FileExistsError, match="not written by a combined report"):
         write_report(runs[:2], out=tmp_path / "mine")
     assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
+
+
+def test_report_of_one_run_refuses_out(tmp_path, capsys):
+    from eval.cli import main as cli_main
+
+    a = make_run(tmp_path / "a")
+    assert cli_main(["report", str(a), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "drop --out" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
