@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     rep = sub.add_parser("report", help="write report.md and plots for a run folder")
     rep.add_argument("run_dir", nargs="+", help="a run folder, or several seed runs of one configuration to combine "
-                     "(written to --out, default <their common parent>/combined)")
-    rep.add_argument("--out", help="output folder of a combined report")
+                     "(runs that differ in their seeds alone; written to --out, default <their common "
+                     "parent>/combined-<8 hex of their paths>)")
+    rep.add_argument("--out", help="output folder of a combined report (not a run folder; a combined report's folder "
+                     "only for the same runs)")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "run":  # its options are parsed by eval.options, as a recipe's are
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             from .report import write_report
 
+            if args.out and len(args.run_dir) == 1:
+                raise ValueError("--out is the folder of a combined report of several runs; a run's own report is "
+                                 "written into its folder: drop --out")
             status: list[str] = []
             md = write_report(args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir, args.out, status=status)
             print(md.read_text())

@@ -9,9 +9,11 @@ with different seeds side by side (per-seed values, mean, sd and range).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +31,9 @@ from zs_llm.diagnostics import (
 from zs_llm.methods import METHODS
 
 from .datasets import FOUR_SETS
+from .identity import data_change, model_change
 from .rows import lock_holder, read_rows_strict
+from .runner import RESULT_FREE_FIELDS
 from .stats import (
     N_RESAMPLES,
     PairedDiff,
@@ -465,11 +469,11 @@ def _bar_chart(groups: list[str], labels: list[str], methods: list[str], value, 
             v = value(m, g)
             if v is None or _nan(v[0]):
                 continue
-            y, lo, hi, points = v
+            y, lo, hi, points = v  # a mean of equal values may round a hair outside their range
             x = j - 0.4 + w * (i + 0.5)
             ax.bar(x, y, w, color=colour, edgecolor="black", lw=0.5)
             tops.append((x, y))
-            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", capsize=min(3, 40 * w), lw=1)
+            ax.errorbar(x, y, yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="none", ecolor="black", capsize=min(3, 40 * w), lw=1)
             if y == 0:  # a bar of height 0 looks like a missing one: a stroke on the axis and a label
                 ax.hlines(0, x - w / 2, x + w / 2, color=colour, lw=4, clip_on=False, zorder=3)
                 ax.text(x + w * 0.08, 1.5, "0%", ha="left", va="bottom", fontsize=7)
@@ -624,14 +628,13 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     """Write report.md, metrics.json, results.csv and plots/ into `run_dir`; returns the report's path.
     `status` gets a line per thing unfinished (a live writer, incomplete streams; `status_notes`).
 
-    Several run folders (the same methods and sets, different seeds) go to `write_combined_report`,
-    into `out` (default: a `combined` folder beside them).
+    Several run folders (one configuration, different seeds) go to `write_combined_report`, into
+    `out` (default: `combined_out`, a folder beside them named after them).
     """
     if not isinstance(run_dir, str | Path):
         runs = [Path(r) for r in run_dir]
         if len(runs) > 1:
-            beside = Path(os.path.commonpath([r.resolve() for r in runs])) / "combined"
-            return write_combined_report(runs, out or beside, status=status)
+            return write_combined_report(runs, out or combined_out(runs), status=status)
         run_dir = runs[0]
     run_dir = Path(run_dir)
     notes: list[str] = []
@@ -730,6 +733,144 @@ def _seeds_of(info: dict) -> str:
     return ", ".join(parts) or "seed unknown"
 
 
+#: the settings seed runs of one configuration may differ in: RunConfig's data seed, the methods' seed
+SEED_FIELD = "seed"
+#: RunConfig fields naming a location; where both runs record what is there (run.json "identity",
+#: "prompt"), the contents are compared instead, so a copy at another path is the same
+LOCATION_FIELDS = ("model", "data_dir", "prompt_template")
+COMBINED_MARK = "combined.json"  # marks a combined report's folder and lists its runs
+
+
+def _no_seed_spec(spec: str) -> str:
+    """A method spec or label without its own seed override (`zerosiam:seed=3:alpha=0` -> `zerosiam:alpha=0`)."""
+    return re.sub(r":seed=[^:]*", "", str(spec))
+
+
+def _seeds_key(info: dict) -> tuple:
+    cfg = info.get("config") or {}
+    methods = {_no_seed_spec(lab): c.get(SEED_FIELD) for lab, c in (info.get("adapt_configs") or {}).items()}
+    return cfg.get(SEED_FIELD), tuple(sorted(methods.items())) or (cfg.get("adapt") or {}).get(SEED_FIELD)
+
+
+def _settings(info: dict, identity_known: bool) -> dict:
+    """{setting: value} of a run that must match across seed runs: RunConfig fields that change
+    results, the overrides every method gets, each method's resolved settings; seeds left out."""
+    cfg = dict(info.get("config") or {})
+    out = {}
+    for k, v in cfg.items():
+        if k in RESULT_FREE_FIELDS or k == SEED_FIELD or (identity_known and k in LOCATION_FIELDS):
+            continue
+        if k == "adapt" and isinstance(v, dict):
+            out |= {f"{a} (every method)": x for a, x in v.items() if a != SEED_FIELD}
+        elif k == "methods" and isinstance(v, list):
+            out[k] = sorted(_no_seed_spec(m) for m in v)  # the order streams run in changes no row
+        else:
+            out[k] = v
+    for lab, c in (info.get("adapt_configs") or {}).items():
+        out |= {f"{_no_seed_spec(lab)} {a}": x for a, x in c.items() if a != SEED_FIELD}
+    return out
+
+
+def _identity_change(a: dict, b: dict, same_seed: bool) -> str | None:
+    """What differs between what two runs ran on (model, data, prompt template), or None."""
+    ia, ib = a.get("identity") or {}, b.get("identity") or {}
+    pairs = [key for key in ("model", "loaded_model") if ia.get(key) and ib.get(key)]
+    for key in pairs:
+        what = model_change(ia[key], ib[key])
+        if what:
+            return f"model differs ({what})"
+    ma, mb = (a.get("config") or {}).get("model"), (b.get("config") or {}).get("model")
+    if not pairs and ma != mb:  # no fingerprint of both: the names must agree
+        return f"model differs ({ma!r}, here {mb!r})"
+    sets = (ib.get("sets") or {}) if same_seed else {}  # another data seed draws other generated problems
+    what, _ = data_change(a, b.get("data") or {}, {"data_dir": ib.get("data_dir"), "sets": sets})
+    if what:
+        return f"data differs ({what})"
+    pa, pb = (a.get("prompt") or {}).get("sha256"), (b.get("prompt") or {}).get("sha256")
+    ra, rb = ((ia.get("prompt") or {}).get("rendered_sha256"), (ib.get("prompt") or {}).get("rendered_sha256"))
+    if (pa and pb and pa != pb) or (ra and rb and ra != rb):
+        return "prompt template differs (its sha256)"
+    if same_seed:
+        sa, sb = a.get("subsets") or {}, b.get("subsets") or {}
+        for name in sa.keys() & sb.keys():
+            if sa[name].get("ids_sha256") != sb[name].get("ids_sha256"):
+                return f"subset {name} differs (the sha256 of its ids)"
+    return None
+
+
+def seed_run_conflicts(infos: dict[str, dict]) -> list[str]:
+    """`label: what differs` for each run (after the first) that is not a seed run of the first
+    run's configuration: its first differing setting, or a seed another run already used."""
+    labels = list(infos)
+    ref, ref_info = labels[0], infos[labels[0]]
+    out = []
+    for lab in labels:
+        if not (infos[lab].get("config")):
+            out.append(f"{lab}: its run.json records no configuration (only folders written by `python -m eval "
+                       "run` combine)")
+    if out:
+        return out
+    seen: dict[tuple, str] = {}
+    for lab in labels:
+        key = repr(_seeds_key(infos[lab]))
+        if key in seen:
+            out.append(f"{lab}: the same seeds as {seen[key]} ({_seeds_of(infos[lab])}), the same seed twice: "
+                       "these are not independent seed runs")
+        seen.setdefault(key, lab)
+    for lab in labels[1:]:
+        info = infos[lab]
+        known = bool(ref_info.get("identity") and info.get("identity"))
+        a, b = _settings(ref_info, known), _settings(info, known)
+        diff = next((k for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)), None)
+        if diff is not None:
+            out.append(f"{lab}: {diff} differs ({repr(a.get(diff))[:60]} in {ref}, here {repr(b.get(diff))[:60]})")
+            continue
+        same_seed = (ref_info["config"].get(SEED_FIELD) == info["config"].get(SEED_FIELD))
+        what = _identity_change(ref_info, info, same_seed) if known else None
+        if what:
+            out.append(f"{lab}: {what}")
+    return out
+
+
+def check_seed_runs(infos: dict[str, dict]) -> None:
+    """Raise ValueError (one line) unless the runs differ in their seeds alone."""
+    conflicts = seed_run_conflicts(infos)
+    if conflicts:
+        raise ValueError("these runs are not seed runs of one configuration: " + "; ".join(conflicts)
+                         + ". Combine only runs whose settings, model and data agree and whose seeds differ")
+
+
+def combined_out(runs: Sequence[str | Path]) -> Path:
+    """The default folder of a combined report: beside the runs, named after the runs it combines
+    (`combined-<8 hex of their resolved paths>`), so two combinations never share one."""
+    paths = sorted(str(Path(r).resolve()) for r in runs)
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:8]
+    return Path(os.path.commonpath(paths)) / f"combined-{digest}"
+
+
+def check_combined_out(out: Path, runs: Sequence[Path]) -> None:
+    """Refuse an output folder a combined report of these runs must not write into: a run folder,
+    another combination's folder, or a folder holding files of the report's names not written by one."""
+    if (out / "run.json").exists() or (out / "rows").is_dir():
+        raise FileExistsError(f"--out {out} is a run folder: the combined report would overwrite its own report; "
+                              "choose another --out (or leave it out for a folder beside the runs)")
+    mark = out / COMBINED_MARK
+    if mark.exists():
+        try:
+            were = sorted(json.loads(mark.read_text(encoding="utf-8"))["runs"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{mark} is damaged ({e}); delete {out} to write the combined report there") from None
+        now = sorted(str(r.resolve()) for r in runs)
+        if were != now:
+            raise FileExistsError(f"--out {out} holds the combined report of other runs ({', '.join(were)}); choose "
+                                  "another --out, or delete that folder to replace it")
+        return
+    found = [n for n in ("report.md", "metrics.json", "results.csv", "plots") if (out / n).exists()]
+    if found:
+        raise FileExistsError(f"--out {out} holds {', '.join(found)} not written by a combined report (no "
+                              f"{COMBINED_MARK}); choose another --out, or delete them")
+
+
 def combine_runs(summaries: dict[str, dict]) -> dict:
     """{(method, dataset or AVERAGE): {"acc": SeedSummary, "diff": SeedSummary or None}} over runs."""
     first = next(iter(summaries.values()))
@@ -763,8 +904,16 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
         raise ValueError(f"combining seeds needs two or more run folders, got {len(runs)}")
+    twice = next((r for i, r in enumerate(runs) if r.resolve() in {q.resolve() for q in runs[:i]}), None)
+    if twice is not None:
+        raise ValueError(f"{twice} is given twice, the same seed twice: these are not independent seed runs; "
+                         "name each run folder once")
     labels = _run_labels(runs)
-    streams = {lab: method_order(load_run(r), _read_json(r / "run.json")) for lab, r in zip(labels, runs)}
+    out = Path(out)
+    check_combined_out(out, runs)
+    infos = {lab: _read_json(r / "run.json") for lab, r in zip(labels, runs)}
+    check_seed_runs(infos)
+    streams = {lab: method_order(load_run(r), infos[lab]) for lab, r in zip(labels, runs)}
     keys = {lab: set(s) for lab, s in streams.items()}
     ref = keys[labels[0]]
     for lab in labels[1:]:
@@ -775,13 +924,12 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
     summaries = {lab: summarize(s) for lab, s in streams.items()}
     combined = combine_runs(summaries)
     first = summaries[labels[0]]
-    infos = {lab: _read_json(r / "run.json") for lab, r in zip(labels, runs)}
     unfinished = [f"run {lab}: {n}" for lab, r in zip(labels, runs)
                   for n in status_notes(*run_status(r, streams[lab], infos[lab]))]
     if status is not None:
         status.extend(unfinished)
-    out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / COMBINED_MARK, json.dumps({"runs": [str(r.resolve()) for r in runs]}, indent=2))
 
     def dname(d):
         return first["avg_name"] if d == AVERAGE else d
@@ -805,10 +953,6 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
           *([f"**Unfinished run:** {n}" for n in unfinished] + [""] if unfinished else []), "Runs:", ""]
     md += [f"- `{lab}`: `{r}`, config hash `{infos[lab].get('config_hash', '?')}`, {_seeds_of(infos[lab])}"
            for lab, r in zip(labels, runs)]
-    hashes = [infos[lab].get("config_hash") for lab in labels if infos[lab].get("config_hash")]
-    if len(set(hashes)) < len(hashes):
-        md += ["", "Note: some runs share a configuration hash, so they are repeats of one configuration and seed "
-                   "(their spread is run-to-run nondeterminism, not seed variation)."]
     md += ["", "## Accuracy", "", "\n".join(acc_lines), "",
            "Per run: accuracy in % with its 95% interval over problems (Wilson; bootstrap within sets for the "
            "average), n graded. mean ± sd and range: over runs (sample sd); the spread over seeds is not a "

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 
 import pytest
 
@@ -143,7 +144,7 @@ def test_seed_runs_combined(tmp_path):
 
 def test_seed_runs_with_other_streams_are_refused(tmp_path):
     a = make_run(tmp_path / "a")
-    b = make_run(tmp_path / "b", {k: v for k, v in PATTERNS.items() if k[1] == "setA"})
+    b = make_run(tmp_path / "b", {k: v for k, v in PATTERNS.items() if k[1] == "setA"}, seed=1)
     with pytest.raises(ValueError, match="same \\(method, dataset\\) streams"):
         write_report([a, b], out=tmp_path / "c")
 
@@ -360,3 +361,180 @@ def test_verdict_names_its_rule(measures, label, needle):
 
     got, rule = verdict_rule({"answers_last_half": 0, **measures})
     assert (got, verdict({"answers_last_half": 0, **measures})) == (label, label) and needle in rule
+
+
+# --- which runs combine as seeds, and where a combined report may go --------------------------
+def full_info(seed=0, method_seed=0, **config):
+    """A run.json as `python -m eval run` records it (config, every method's settings, identity)."""
+    from eval.runner import RunConfig
+    from zs_llm.config import AdaptConfig
+
+    cfg = RunConfig(model="/models/m", methods=["noadapt", "tent"], datasets=["arith"], limit=10).to_dict()
+    cfg |= {"seed": seed, "adapt": {"seed": method_seed}} | config
+    adapt = {m: AdaptConfig.from_spec(m).to_dict() | {"seed": method_seed} for m in ("noadapt", "tent")}
+    ident = {"model": {"kind": "files", "folder": "/models/m", "files": {"config.json": "c" * 64,
+                                                                        "model.safetensors": "a" * 64}},
+             "data_dir": None, "sets": {"arith": {"n": 10, "problems_sha256": f"{seed:064d}"}}}
+    return {"config": cfg, "config_hash": f"h{seed}-{method_seed}", "adapt_configs": adapt, "identity": ident,
+            "data": {"arith": {"source": "generated"}}, "prompt": {"sha256": "p" * 64}}
+
+
+def write_info(run, info):
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def _changed(value, rng):
+    """Another value of the same kind as `value`."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + rng.choice([1, 2, 7]) * (0.5 if isinstance(value, float) else 1)
+    if isinstance(value, str):
+        return value + rng.choice(["x", "-2", "_other"])
+    if isinstance(value, list):
+        return [*value, f"extra{rng.randrange(9)}"]
+    if isinstance(value, dict):
+        return {**value, f"k{rng.randrange(9)}": rng.randrange(9)}
+    return rng.choice([3, "set", 0.25])  # None
+
+
+def _one_field_changes():
+    """(what to change in run.json, the setting the refusal must name): every field that changes
+    results, of the run's config, its every-method overrides and one method's resolved settings."""
+    from eval.runner import RESULT_FREE_FIELDS
+
+    info = full_info()
+    cases = [(("config", k), k) for k in info["config"]
+             if k not in (*RESULT_FREE_FIELDS, "seed", "adapt", "model", "data_dir", "prompt_template")]
+    cases += [(("config", "adapt", k), f"{k} (every method)") for k in ("alpha", "lr", "steps")]
+    cases += [(("adapt_configs", "tent", k), f"tent {k}") for k in info["adapt_configs"]["tent"] if k != "seed"]
+    cases += [(("identity", "model", "files", "model.safetensors"), "model"),
+              (("identity", "model", "files", "config.json"), "model"),
+              (("identity", "sets", "arith", "problems_sha256"), "data"),
+              (("prompt", "sha256"), "prompt template")]
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_one_field_changes())))
+def test_runs_differing_in_one_setting_are_refused_naming_it(tmp_path, case):
+    import random
+
+    rng = random.Random(case)
+    path, name = _one_field_changes()[case]
+    seeds = rng.sample(range(50), 2)
+    a = write_info(make_run(tmp_path / "a"), full_info(seed=seeds[0], method_seed=seeds[0]))
+    info = full_info(seed=seeds[0] if path[0] in ("identity",) else seeds[1], method_seed=seeds[1])
+    *parents, last = path
+    d = info
+    for p in parents:
+        d = d[p]
+    d[last] = _changed(d.get(last), rng)
+    b = write_info(make_run(tmp_path / "b"), info)
+    with pytest.raises(ValueError, match=r"not seed runs of one configuration: b: " + re.escape(name) + " differs"):
+        write_report([a, b])
+    assert not list(tmp_path.glob("combined*"))  # refused before anything is written
+
+
+def test_report_cli_refuses_runs_of_other_configurations_in_one_line(tmp_path, capsys):
+    from eval.cli import main as cli_main
+
+    runs = [write_info(make_run(tmp_path / "r1"), full_info(seed=1)),
+            write_info(make_run(tmp_path / "r3"), full_info(seed=3, model="/models/other")),
+            write_info(make_run(tmp_path / "r4"), full_info(seed=4, adapt={"seed": 0, "alpha": 0.2})),
+            write_info(make_run(tmp_path / "r5"), full_info(seed=5, limit=5))]
+    runs[1].joinpath("run.json").write_text(json.dumps({**full_info(seed=3, model="/models/other"),
+                                                        "identity": {}}))  # no fingerprint: the names differ
+    assert cli_main(["report", *map(str, runs)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: these runs are not seed runs")
+    assert "r3: model differs ('/models/m' in r1, here '/models/other')" in err
+    assert "r4: alpha (every method) differs" in err and "r5: limit differs (10 in r1, here 5)" in err
+
+
+def test_model_copy_at_another_path_is_the_same_model(tmp_path):
+    a = write_info(make_run(tmp_path / "a"), full_info(seed=0))
+    info = full_info(seed=1, model="/elsewhere/m")
+    info["identity"]["model"]["folder"] = "/elsewhere/m"
+    b = write_info(make_run(tmp_path / "b"), info)
+    from eval.report import seed_run_conflicts
+
+    infos = {"a": json.loads((a / "run.json").read_text()), "b": json.loads((b / "run.json").read_text())}
+    assert seed_run_conflicts(infos) == []
+    infos["b"]["identity"]["model"]["files"]["model.safetensors"] = "b" * 64
+    assert seed_run_conflicts(infos)[0].startswith("b: model differs (model file /elsewhere/m/model.safetensors")
+
+
+@pytest.mark.parametrize("gen", range(3))
+def test_runs_differing_only_in_seeds_combine(tmp_path, gen):
+    import random
+
+    from eval.runner import RESULT_FREE_FIELDS
+
+    rng = random.Random(100 + gen)
+    seeds = rng.sample(range(1000), 3)
+    kind = ["data", "method", "both"][gen]
+    runs = []
+    for i, s in enumerate(seeds):
+        free = {k: rng.choice([1, 2, 16]) for k in RESULT_FREE_FIELDS if k != "device"} | {
+            "device": rng.choice(["cpu", "cuda", None])}
+        info = full_info(seed=s if kind != "method" else 0, method_seed=s if kind != "data" else 0, **free)
+        runs.append(write_info(make_run(tmp_path / f"s{i}"), info))
+    md = write_report(runs)
+    assert md.parent.name.startswith("combined-") and md.parent.parent == tmp_path
+    assert json.loads((md.parent / "combined.json").read_text())["runs"] == [str(r.resolve()) for r in runs]
+
+
+@pytest.mark.parametrize("kind", ["data", "method", "both", "same folder"])
+def test_the_same_seed_twice_is_refused(tmp_path, kind):
+    a = write_info(make_run(tmp_path / "a"), full_info(seed=3, method_seed=4))
+    b = write_info(make_run(tmp_path / "b"), full_info(seed=3 if kind != "method" else 5,
+                                                       method_seed=4 if kind != "data" else 5))
+    runs = [a, a] if kind == "same folder" else [a, b]
+    if kind in ("data", "method"):  # one seed differs: accepted
+        from eval.report import seed_run_conflicts
+
+        assert seed_run_conflicts({"a": full_info(seed=3, method_seed=4), "b": json.loads(
+            (b / "run.json").read_text())}) == []
+        return
+    with pytest.raises(ValueError, match="the same seed twice: these are not independent seed runs"):
+        write_report(runs, out=tmp_path / "c")
+
+
+def test_combined_report_refuses_a_run_folder_as_out(tmp_path):
+    from eval.cli import main as cli_main
+
+    a = write_info(make_run(tmp_path / "a"), full_info(seed=0))
+    b = write_info(make_run(tmp_path / "b"), full_info(seed=1))
+    other = write_info(make_run(tmp_path / "other"), full_info(seed=9))
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    for out in (other, a):
+        with pytest.raises(FileExistsError, match="is a run folder"):
+            write_report([a, b], out=out)
+        assert cli_main(["report", str(a), str(b), "--out", str(out)]) == 2
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+
+
+def test_combinations_do_not_overwrite_each_other(tmp_path):
+    runs = [write_info(make_run(tmp_path / f"s{s}"), full_info(seed=s)) for s in range(3)]
+    first = write_report(runs[:2])
+    second = write_report(runs[1:])
+    assert first.parent != second.parent and first.exists() and second.exists()
+    assert "`s0`" in first.read_text() and "`s0`" not in second.read_text()
+    again = write_report(runs[1::-1])  # the same runs in another order: the same folder, rewritten
+    assert again == first
+    with pytest.raises(FileExistsError, match="holds the combined report of other runs"):
+        write_report(runs[1:], out=first.parent)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match="not written by a combined report"):
+        write_report(runs[:2], out=tmp_path / "mine")
+    assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
+
+
+def test_report_of_one_run_refuses_out(tmp_path, capsys):
+    from eval.cli import main as cli_main
+
+    a = make_run(tmp_path / "a")
+    assert cli_main(["report", str(a), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "drop --out" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
