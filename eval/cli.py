@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: files, folders, the run lock
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: each row is on disk as it finishes, so a rerun resumes
+        what = "; rows so far are kept: rerun the same command to resume" if argv and argv[0] == "run" else ""
+        print(f"interrupted{what}", file=sys.stderr)
+        return 130
     return 0
 
 

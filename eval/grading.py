@@ -381,6 +381,9 @@ class _Worker:
             text=True,
             encoding="utf-8",
             bufsize=1,
+            # its own session: a Ctrl-C at the terminal (SIGINT to the process group) reaches the
+            # parent only, which stops the run; the worker ends when its stdin closes
+            start_new_session=True,
         )
         self.replies: queue.Queue[dict | None] = queue.Queue()
         self.ready = False
@@ -428,6 +431,7 @@ class _SoftTimeout(BaseException):
 def _worker_main() -> None:
     import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and closes our stdin
     try:
         import resource
 

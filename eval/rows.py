@@ -425,7 +425,8 @@ def enclosing_run(out: Path) -> Path | None:
 
 
 def contained_run(out: Path, limit: int = NEST_SEARCH_LIMIT) -> Path | None:
-    """A run folder somewhere under `out` (not `out` itself), if any; symlinks are not followed."""
+    """A run folder somewhere under `out` (not `out` itself), if any. A link to a folder counts
+    when that folder is a run; links are not searched through (a loop, or a whole disk)."""
     todo, seen = [Path(out)], 0
     while todo and seen < limit:
         folder = todo.pop()
@@ -434,6 +435,8 @@ def contained_run(out: Path, limit: int = NEST_SEARCH_LIMIT) -> Path | None:
         except OSError:
             continue
         for e in entries:
+            if e.is_symlink() and e.is_dir() and is_run_folder(Path(e.path)):
+                return Path(e.path)
             if e.is_dir(follow_symlinks=False):
                 seen += 1
                 if is_run_folder(Path(e.path)):

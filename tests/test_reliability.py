@@ -323,7 +323,7 @@ def test_cli_user_errors_are_one_line(case, tiny_dir, tmp_path, capsys, monkeypa
     elif case == "damaged_run_json":
         Runner(cfg(tiny_dir, methods=["noadapt"], limit=1), out, progress=False).run()
         (out / "run.json").write_text('{\n"config_hash": \n')
-        expect = ("run.json is damaged", "--overwrite")
+        expect = ("run.json is damaged", "another --out")
     elif case == "bad_data_line":
         base += ["--datasets", "gsm8k", "--data-dir", data_dir(tmp_path, "gsm8k", '{"question": "a", "answer": '
                                                                           '"#### 1"}\n{"question": \n')]
