@@ -31,6 +31,7 @@ from typing import Any
 
 from zs_llm.checkpoint import atomic_write_text
 from zs_llm.config import AdaptConfig, check_fields, check_overrides
+from zs_llm.settings import MAX_BATCH, SEED_MAX
 
 from .datasets import (
     DATASETS,
@@ -102,18 +103,20 @@ class RunConfig:
                 "Sample 1 is the method's answer, drafted and adapted on exactly as with one sample (one update "
                 "per problem, on that draft); samples 2..n are drawn after the update and do not adapt. Each "
                 "sample has its own seed (zs_llm.model.sample_seed of the method's seed, the problem's position "
-                "and the sample's), recorded in the row as sample_seeds.", "min": 1})
+                "and the sample's), recorded in the row as sample_seeds.", "min": 1,
+        "max": 100_000})  # papers report pass@k up to k=1024; 100k answers per problem is no real run
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting.",
-                                                 "min": 1})
+                                                 "min": 1, "max": MAX_BATCH})
     stream_batch: int | None = field(default=None, metadata={
         "help": "Streams of adapting methods (methods x datasets) run together, one problem each per batched "
                 "round (zs_llm.pool): a stream's rows are those it gives alone, up to the rounding of batched "
-                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU.", "min": 1})
+                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU.", "min": 1, "max": MAX_BATCH})
     backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods).",
                                                  "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems.",
-                                                       "min": 1})
-    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0})
+                                                       "min": 1, "max": 10**9})  # more than any stream holds
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0,
+                                                 "max": SEED_MAX})
     protocol: str = field(default="paper", metadata={
         "help": "paper: every method as its authors' code runs it except the deviations docs/protocol.md lists "
                 "(no guard, no clipping; the guard and clipping "
