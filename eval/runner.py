@@ -475,10 +475,31 @@ class Runner:
             _log(f"loaded in {time.perf_counter() - t:.1f}s")
             try:
                 self._check_loaded()
+                self._check_prompts_fit()
             except BaseException:
                 self.model = self.tokenizer = None
                 raise
         return self.model, self.tokenizer
+
+    def _check_prompts_fit(self) -> None:
+        """Every problem's prompt fits the loaded model's context, checked before any stream
+        starts: a question too long is refused by its id and set here, not met mid-run."""
+        from zs_llm.model import context_length, prompt_ids
+
+        limit = context_length(self.model.config)
+        if limit is None:
+            return
+        c = self.cfg
+        for dataset in c.datasets:
+            for p in self.problems(dataset):
+                messages = build_messages(p.question, c.prompt_style, template=c.prompt_template)
+                n = prompt_ids(self.tokenizer, messages).shape[1]
+                if n >= limit:
+                    rec = source_record(dataset, c.source, c.data_dir, c.seed)
+                    where = rec.get("path") or rec["source"]
+                    raise ValueError(f"dataset {dataset!r} ({where}) problem {p.id!r}: its prompt is {n} tokens, the "
+                                     f"model's context is {limit}; shorten that question, or leave it out with "
+                                     "--subset (a file of the ids to run)")
 
     def _check_loaded(self) -> None:
         """Before the loaded model writes a row: its revision (no local files) and the prompt as its
