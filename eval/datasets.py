@@ -16,7 +16,9 @@ own order; run.json records its size and the sha256 of its ids (`Subset`, `subse
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import json
 import math
 import numbers
@@ -451,9 +453,12 @@ def load_problems(
         path = _local_file(spec, data_dir, required=source == "local")
         problems = _load_local(spec, path) if path is not None else _load_hub(spec)
 
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"dataset {name!r} has duplicate problem ids; its row -> Problem function needs fixing")
+    first: dict[str, int] = {}  # a local file's repeats are named by line as it is read
+    for i, p in enumerate(problems):
+        if p.id in first:
+            raise ValueError(f"dataset {name!r} ({'generated' if spec.generate else 'from the hub'}) holds problem id "
+                             f"{p.id!r} at rows {first[p.id]} and {i}; its row -> Problem function needs fixing")
+        first[p.id] = i
     if subset is not None:
         problems = Subset.parse(subset).select(problems, name)
     return problems if limit is None else problems[:limit]
@@ -527,7 +532,7 @@ class Subset:
         if not p.is_file():
             raise FileNotFoundError(f"subset file {self.path} does not exist; give a text file of problem ids, one "
                                     "per line (python -m eval.datasets ids SET prints a set's ids)")
-        ids = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        ids = [line.strip() for line in _read_text(p).splitlines()]
         ids = [i for i in ids if i and not i.startswith("#")]
         if not ids:
             raise ValueError(f"subset file {self.path} lists no problem ids; write one id per line")
@@ -640,15 +645,40 @@ def _local_file(spec: DatasetSpec, data_dir: str | Path | None, required: bool) 
     return None
 
 
+def _json_object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object that names a key once (json's own reader keeps the last of a repeated key)."""
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ValueError(f"the key {k!r} is given twice")
+        seen.add(k)
+    return dict(pairs)
+
+
+def _read_text(path: Path) -> str:
+    """A data file's text: UTF-8, after a byte-order mark if it starts with one (Windows editors
+    write it); a byte that is not UTF-8 is an error naming the line."""
+    raw = path.read_bytes()
+    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body.count(b"\n", 0, e.start) + 1
+        column = e.start - body.rfind(b"\n", 0, e.start)
+        raise ValueError(f"{path} line {line}: byte 0x{body[e.start]:02x} (column {column}) is not UTF-8; re-encode "
+                         "the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
-    """Problems of a local JSONL file; a line that is not JSON, or a row the set's rule cannot
-    read, is an error naming the file and the line."""
+    """Problems of a local JSONL file; a line that is not JSON (a key given twice included), a
+    row the set's rule cannot read, or an id given to two rows, is an error naming the file and
+    the line."""
     problems = []
-    with path.open(encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(io.StringIO(_read_text(path)), 1) if line.strip()]
+    first_line: dict[str, int] = {}
     for i, (n, line) in enumerate(lines):
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_json_object)
             if not isinstance(row, dict):
                 raise ValueError(f"a JSON {type(row).__name__}, not an object")
             problem = spec.to_problem(row, i)
@@ -657,6 +687,10 @@ def _load_local(spec: DatasetSpec, path: Path) -> list[Problem]:
         except (ValueError, KeyError, TypeError) as e:
             what = f"no {e} field" if isinstance(e, KeyError) else str(e)
             raise ValueError(f"{path} line {n}: {what}; fix or remove that line") from None
+        if problem.id in first_line:
+            raise ValueError(f"{path} lines {first_line[problem.id]} and {n} both hold problem id {problem.id!r}; "
+                             "give each its own id or remove the repeated row")
+        first_line[problem.id] = n
         problems.append(problem)
     if not problems:
         raise ValueError(f"{path} holds no problems; point --data-dir at a folder with a filled {spec.folder}/test.jsonl")

@@ -31,6 +31,7 @@ from typing import Any
 
 from zs_llm.checkpoint import atomic_write_text
 from zs_llm.config import AdaptConfig, check_fields, check_overrides
+from zs_llm.settings import MAX_BATCH, SEED_MAX
 
 from .datasets import (
     DATASETS,
@@ -102,18 +103,20 @@ class RunConfig:
                 "Sample 1 is the method's answer, drafted and adapted on exactly as with one sample (one update "
                 "per problem, on that draft); samples 2..n are drawn after the update and do not adapt. Each "
                 "sample has its own seed (zs_llm.model.sample_seed of the method's seed, the problem's position "
-                "and the sample's), recorded in the row as sample_seeds.", "min": 1})
+                "and the sample's), recorded in the row as sample_seeds.", "min": 1,
+        "max": 100_000})  # papers report pass@k up to k=1024; 100k answers per problem is no real run
     batch_size: int = field(default=8, metadata={"help": "Batch size for methods that generate without adapting.",
-                                                 "min": 1})
+                                                 "min": 1, "max": MAX_BATCH})
     stream_batch: int | None = field(default=None, metadata={
         "help": "Streams of adapting methods (methods x datasets) run together, one problem each per batched "
                 "round (zs_llm.pool): a stream's rows are those it gives alone, up to the rounding of batched "
-                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU.", "min": 1})
+                "matmuls. 1 runs them one after another; default: 8 on a GPU, 4 on a CPU.", "min": 1, "max": MAX_BATCH})
     backend: str = field(default="hf", metadata={"help": "hf, or vllm (GPU; generation-only methods).",
                                                  "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems.",
-                                                       "min": 1})
-    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0})
+                                                       "min": 1, "max": 10**9})  # more than any stream holds
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0,
+                                                 "max": SEED_MAX})
     protocol: str = field(default="paper", metadata={
         "help": "paper: every method as its authors' code runs it except the deviations docs/protocol.md lists "
                 "(no guard, no clipping; the guard and clipping "
@@ -562,10 +565,31 @@ class Runner:
             _log(f"loaded in {time.perf_counter() - t:.1f}s")
             try:
                 self._check_loaded()
+                self._check_prompts_fit()
             except BaseException:
                 self.model = self.tokenizer = None
                 raise
         return self.model, self.tokenizer
+
+    def _check_prompts_fit(self) -> None:
+        """Every problem's prompt fits the loaded model's context, checked before any stream
+        starts: a question too long is refused by its id and set here, not met mid-run."""
+        from zs_llm.model import context_length, prompt_ids
+
+        limit = context_length(self.model.config)
+        if limit is None:
+            return
+        c = self.cfg
+        for dataset in c.datasets:
+            for p in self.problems(dataset):
+                messages = build_messages(p.question, c.prompt_style, template=c.prompt_template)
+                n = prompt_ids(self.tokenizer, messages).shape[1]
+                if n >= limit:
+                    rec = source_record(dataset, c.source, c.data_dir, c.seed)
+                    where = rec.get("path") or rec["source"]
+                    raise ValueError(f"dataset {dataset!r} ({where}) problem {p.id!r}: its prompt is {n} tokens, the "
+                                     f"model's context is {limit}; shorten that question, or leave it out with "
+                                     "--subset (a file of the ids to run)")
 
     def _check_loaded(self) -> None:
         """Before the loaded model writes a row: its revision (no local files) and the prompt as its

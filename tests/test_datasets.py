@@ -398,3 +398,135 @@ def test_a_local_run_records_the_file_and_its_sha256(data_dir, tiny_dir, tmp_pat
     assert data["amc23"] == {"source": "local", "path": str(path.resolve()),
                              "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert data["arith"] == {"source": "generated", "seed": 0}
+
+
+# ---------------------------------------------------------------------------- data files read strictly
+def _rows(rng, n: int) -> list[dict]:
+    return [{"problem": f"What is {i} + {rng.randint(0, 99)}?", "answer": str(rng.randint(0, 99)),
+             "unique_id": f"p{i}-{rng.randint(0, 10**6)}", "meta": {"level": rng.randint(1, 5)}} for i in range(n)]
+
+
+def _write(root: Path, lines: list[bytes]) -> Path:
+    path = root / "math500" / "test.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _refused(fn) -> str:
+    with pytest.raises(ValueError) as e:
+        fn()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_key_given_twice_in_a_row_is_refused_naming_file_line_and_key(seed, tmp_path):
+    import random
+
+    rng = random.Random(seed)
+    rows = _rows(rng, rng.randint(1, 12))
+    lines = [json.dumps(r).encode() for r in rows]
+    at = rng.randrange(len(rows))
+    key = rng.choice(["problem", "answer", "unique_id", "level"])
+    again = json.dumps(rng.choice([rows[at].get(key, 3), "other"]))  # the same value or another: both refused
+    text = lines[at].decode()
+    if key == "level":  # inside a nested object
+        text = text.replace('"level": ', f'"level": {again}, "level": ', 1)
+    else:
+        text = text[:-1] + f', "{key}": {again}}}'
+    lines[at] = text.encode()
+    path = _write(tmp_path, lines)
+    assert _refused(lambda: load_problems("math500", data_dir=tmp_path, source="local")) == (
+        f"{path} line {at + 1}: the key {key!r} is given twice; fix or remove that line")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_utf8_bom_at_the_start_of_a_data_file_is_read_past(seed, tmp_path):
+    import codecs
+    import random
+
+    rng = random.Random(seed)
+    lines = [json.dumps(r, ensure_ascii=rng.random() < 0.5).encode() for r in _rows(rng, rng.randint(1, 9))]
+    plain = [(p.id, p.question, p.gold) for p in load_problems("math500", data_dir=_write(tmp_path, lines).parents[1],
+                                                               source="local")]
+    lines[0] = codecs.BOM_UTF8 + lines[0]
+    _write(tmp_path, lines)
+    assert [(p.id, p.question, p.gold) for p in load_problems("math500", data_dir=tmp_path, source="local")] == plain
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(codecs.BOM_UTF8 + plain[-1][0].encode() + b"\n")  # a subset file, likewise
+    assert [p.id for p in load_problems("math500", data_dir=tmp_path, source="local", subset=str(ids))] == \
+        [plain[-1][0]]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_byte_that_is_not_utf8_is_refused_naming_file_and_line(seed, tmp_path):
+    import random
+
+    rng = random.Random(seed)
+    rows = _rows(rng, rng.randint(1, 12))
+    lines = [json.dumps(r).encode() for r in rows]
+    at = rng.randrange(len(rows))
+    byte = rng.randint(0x80, 0xFF)  # followed by an ASCII character, no such byte starts valid UTF-8
+    col = lines[at].index(b"What") + rng.randint(0, 3)
+    lines[at] = lines[at][:col] + bytes([byte]) + lines[at][col:]
+    path = _write(tmp_path, lines)
+    assert _refused(lambda: load_problems("math500", data_dir=tmp_path, source="local")) == (
+        f"{path} line {at + 1}: byte 0x{byte:02x} (column {col + 1}) is not UTF-8; re-encode the file as UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8)")
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16"])
+def test_a_file_in_another_encoding_is_refused_naming_the_fix(encoding, tmp_path):
+    rows = [{"problem": "Combien font 2 + 2, café ?", "answer": "4", "unique_id": "a"}]
+    path = tmp_path / "math500" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(json.dumps(rows[0], ensure_ascii=False).encode(encoding))
+    msg = _refused(lambda: load_problems("math500", data_dir=tmp_path, source="local"))
+    assert msg.startswith(f"{path} line 1: byte 0x") and msg.endswith("re-encode the file as UTF-8 (e.g. iconv -f "
+                                                                       "latin1 -t utf-8)")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_problem_id_on_two_rows_is_refused_naming_the_file_both_lines_and_the_id(seed, tmp_path):
+    import random
+
+    rng = random.Random(seed)
+    rows = _rows(rng, rng.randint(2, 12))
+    a, b = sorted(rng.sample(range(len(rows)), 2))
+    rows[b]["unique_id"] = rows[a]["unique_id"]
+    path = _write(tmp_path, [json.dumps(r).encode() for r in rows])
+    assert _refused(lambda: load_problems("math500", data_dir=tmp_path, source="local")) == (
+        f"{path} lines {a + 1} and {b + 1} both hold problem id {rows[a]['unique_id']!r}; give each its own id or "
+        "remove the repeated row")
+
+
+def test_a_problem_id_on_two_hub_rows_is_refused_naming_the_rows_and_the_id(monkeypatch):
+    fake_hub(monkeypatch, {"HuggingFaceH4/MATH-500": [{"problem": f"{i}?", "answer": "1", "unique_id": u}
+                                                      for i, u in enumerate("abcb")]})
+    assert _refused(lambda: load_problems("math500", source="hub")) == (
+        "dataset 'math500' (from the hub) holds problem id 'b' at rows 1 and 3; its row -> Problem function needs "
+        "fixing")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_question_longer_than_the_context_is_refused_by_id_before_any_row(seed, tiny_dir, tmp_path):
+    import random
+
+    from eval.runner import RunConfig, Runner
+    from zs_llm.testing import tiny_model
+
+    rng = random.Random(seed)
+    context = tiny_model("llama").config.max_position_embeddings
+    rows = _rows(rng, rng.randint(2, 6))
+    at = rng.randrange(len(rows))
+    rows[at]["problem"] = "x" * rng.randint(context, 3 * context)  # the character tokenizer: a token a character
+    path = _write(tmp_path / "data", [json.dumps(r).encode() for r in rows])
+    cfg = RunConfig(model=str(tiny_dir), methods=["noadapt", "tent"], datasets=["arith", "math500"], limit=8,
+                    data_dir=str(tmp_path / "data"), adapt={"max_new_tokens": 2}, stream_batch=1)
+    out = tmp_path / "run"
+    msg = _refused(lambda: Runner(cfg, out, progress=False).run())
+    assert msg.startswith(f"dataset 'math500' ({path.resolve()}) problem {rows[at]['unique_id']!r}: its prompt is ")
+    assert msg.endswith(f"tokens, the model's context is {context}; shorten that question, or leave it out with "
+                        "--subset (a file of the ids to run)")
+    assert not list((out / "rows").glob("*.jsonl")) or all(not p.stat().st_size for p in (out / "rows").glob("*"))

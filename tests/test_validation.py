@@ -7,6 +7,7 @@ limits past a generated stream's size and YAML alias bombs are refused fast, bef
 built."""
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -388,3 +389,107 @@ def test_small_aliases_and_the_other_bounds(tmp_path):
                                                 "e.g. noadapt,tent,zerosiam")
     y.write_text("1: 2\n")
     assert refused(lambda: read_options(y)).startswith("unknown field(s) ['1']")
+
+
+# --- sizes and seeds bounded, numpy numbers read as numbers --------------------------------------
+BOUNDED = [(w, o, f) for w, o, f in FIELDS if f.metadata.get("max") is not None and "int" in kinds(f)]
+
+
+def test_every_size_and_seed_declares_an_upper_bound():
+    sizes = {"steps", "n_samples", "max_new_tokens", "batch_size", "stream_batch", "checkpoint_every", "lora_r",
+             "seed", "logit_steps", "delta_steps"}
+    assert sizes <= {f.name for _, _, f in BOUNDED}
+
+
+@pytest.mark.parametrize("where,owner,f", BOUNDED, ids=[f"{w}-{f.name}" for w, _, f in BOUNDED])
+def test_an_absurd_size_is_refused_fast_before_anything_loads(where, owner, f, tmp_path, capsys):
+    rng = random.Random(f"absurd-{f.name}")
+    top = f.metadata["max"]
+    flag = "--set" if where in ("adapt", "method") and f.name != "seed" else None
+    for value in (top + 1, rng.randint(top + 2, 1000 * top), 10**12, 2**63, 2**80, rng.randint(2**64, 10**40)):
+        if value <= top:
+            continue
+        out = tmp_path / f"o{value}"
+        argv = [flag, f"{f.name}={value}"] if flag else [f"--{f.name}", str(value)]
+        if where == "method":
+            argv += ["--methods", owner]
+        start = time.perf_counter()
+        assert cli_main(["run", "--out", str(out), "--no_progress", "--model", "/nonexistent", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{f.name} must be in [{f.metadata['min']}, {top}], got {value}" in err, err
+        assert time.perf_counter() - start < 5.0 and not out.exists()
+
+
+def test_the_probes_absurd_commands_are_refused_in_one_line(tmp_path, capsys):
+    for argv in (["--set", "steps=1000000000000", "--methods", "zerosiam"],
+                 ["--n_samples", "1000000000000", "--set", "temperature=0.5"],
+                 ["--set", f"seed={2**80}"]):
+        assert cli_main(["run", "--out", str(tmp_path / "o"), "--no_progress", *argv]) == 2
+        assert capsys.readouterr().err.strip().count("\n") == 0
+        assert not (tmp_path / "o").exists()
+
+
+def test_the_largest_seed_is_one_torch_takes_for_every_problem_and_sample(make_lm):
+    import torch
+
+    from zs_llm.model import sample_seed
+    from zs_llm.settings import SEED_MAX
+
+    rng = random.Random(0)
+    for problem in (0, 1, rng.randint(2, 10**9), 10**12):
+        for sample in (0, 1, rng.randint(2, 10**4)):
+            torch.manual_seed(sample_seed(SEED_MAX, problem, sample))
+            torch.Generator().manual_seed(sample_seed(SEED_MAX, problem, sample))
+    lm = make_lm(method="zerosiam", seed=SEED_MAX, max_new_tokens=2, temperature=0.7)  # LoRA and predictor seeded
+    assert isinstance(lm.adapt_generate("1+1?").answer, str)
+
+
+def numpy_forms(f: dataclasses.Field, value) -> list:
+    import numpy as np
+
+    base = kinds(f)
+    if "int" in base and isinstance(value, int):
+        out = [np.int64(value), np.min_scalar_type(value).type(value)]
+        return out + ([np.uint64(value)] if value >= 0 else [])
+    forms = [np.float64(value), np.float32(value)]
+    if np.isfinite(np.float16(value)):
+        forms.append(np.float16(value))
+    return forms
+
+
+NUMERIC = [(w, o, f) for w, o, f in FIELDS if kinds(f) & {"int", "float"} and "list" not in kinds(f)]
+
+
+@pytest.mark.parametrize("where,owner,f", NUMERIC, ids=[f"{w}-{f.name}" for w, _, f in NUMERIC])
+def test_numpy_numbers_are_taken_as_the_python_number_they_hold(where, owner, f):
+    import numpy as np
+
+    for value in good_values(f):
+        for form in numpy_forms(f, value):
+            expect = int(form) if "int" in kinds(f) and isinstance(value, int) else float(form)
+            try:
+                built = construct(where, owner, f.name, form)
+            except ValueError as e:  # a float32 of a bound can round past it: refused as that number
+                assert str(e).startswith(f"{f.name} must be"), (form, e)
+                continue
+            held = getattr(built.method_config if where == "method" else built, f.name)
+            assert held == expect and type(held) is type(expect), (form, held)
+            json.dumps(built.to_dict() if hasattr(built, "to_dict") else dataclasses.asdict(built))  # records stay JSON
+    if "int" in kinds(f) and "float" not in kinds(f):  # a float of any kind is not an int, nor a numpy bool
+        for form in (np.float32(2.0), np.float64(3.0), np.bool_(True)):
+            msg = refused(lambda form=form: construct(where, owner, f.name, form))
+            assert msg.startswith(f"{f.name} expects {type_name(f.type)}, got "), msg
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_addon_given_twice_in_a_method_spec_is_refused(seed):
+    from zs_llm.config import ADDONS
+
+    rng = random.Random(seed)
+    method = rng.choice(sorted(METHODS))
+    addons = rng.sample(sorted(ADDONS), rng.randint(1, len(ADDONS)))
+    twice = rng.choice(addons)
+    addons.insert(rng.randint(0, len(addons)), twice)
+    spec = "+".join([method, *addons]) + rng.choice(["", ":lr=0.001"])
+    assert refused(lambda: AdaptConfig.from_spec(spec)) == (
+        f"method spec {spec!r}: the add-on +{twice} is given twice; give it once")

@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from .methods import METHODS
-from .settings import check_field, check_fields, check_value, help_text, parse_text, parse_value, setting
+from .settings import (
+    MAX_STEPS,
+    MAX_TOKENS,
+    SEED_MAX,
+    check_field,
+    check_fields,
+    check_value,
+    help_text,
+    parse_text,
+    parse_value,
+    setting,
+)
 
 __all__ = ["ADDONS", "AdaptConfig", "all_settings", "check_field", "check_fields", "check_overrides", "check_value",
            "help_text", "parse_text", "parse_value", "setting"]
@@ -47,7 +58,7 @@ class AdaptConfig:
     method_args: dict[str, Any] = setting({}, "The method's own settings (fields of METHODS[method].config_class; "
                                           "unset ones take their defaults).")
     # --- optimisation
-    steps: int = setting(1, "Optimizer steps per problem.", min=1)
+    steps: int = setting(1, "Optimizer steps per problem.", min=1, max=MAX_STEPS)
     optimizer: str = setting("sgd", "sgd (momentum, as the baselines' official code) or adamw.",
                              choices=("sgd", "adamw"))
     lr: float | None = setting(None, "Learning rate of the LoRA adapters; None takes the method's default_lr "
@@ -60,7 +71,7 @@ class AdaptConfig:
     grad_clip: float | None = setting(None, "Clip the global gradient norm of the updated parameters; None (the "
                                       "paper protocol) disables. The `+clip` add-on sets 1.0.", gt=0.0)
     # --- LoRA
-    lora_r: int = setting(8, "LoRA rank.", min=1)
+    lora_r: int = setting(8, "LoRA rank.", min=1, max=65_536)  # wider than any model
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).", min=1)
     lora_dropout: float = setting(0.0, "LoRA dropout (0 keeps the update deterministic).", min=0.0, lt=1.0)
     lora_target_modules: list[str] | None = setting(None, "Module names to adapt; None uses peft's per-architecture "
@@ -73,10 +84,12 @@ class AdaptConfig:
     answer: str = setting("draft", "draft: answer with the draft, then update (predict-then-update, one "
                           "generation); regenerate: generate again after the update.", choices=("regenerate", "draft"))
     # --- generation
-    max_new_tokens: int = setting(512, "Maximum tokens generated for a draft or an answer.", min=1)
+    max_new_tokens: int = setting(512, "Maximum tokens generated for a draft or an answer.", min=1,
+                             max=MAX_TOKENS)
     temperature: float = setting(0.0, "Sampling temperature; 0 is greedy.", min=0.0)
     top_p: float = setting(1.0, "Nucleus sampling mass (used when temperature > 0).", gt=0.0, max=1.0)
-    seed: int = setting(0, "Seed for sampling, LoRA's initialisation and the fixed_random predictor.", min=0)
+    seed: int = setting(0, "Seed for sampling, LoRA's initialisation and the fixed_random predictor.", min=0,
+                   max=SEED_MAX)
     # --- memory
     chunk_size: int = setting(512, "Tokens per chunk of the loss; peak loss memory grows with chunk_size x "
                               "vocabulary.", min=1)
@@ -171,6 +184,8 @@ class AdaptConfig:
         name, addons = head, []
         while name not in METHODS and "+" in name and name.rsplit("+", 1)[1] in ADDONS:
             name, addon = name.rsplit("+", 1)
+            if addon in addons:
+                raise ValueError(f"method spec {spec!r}: the add-on +{addon} is given twice; give it once")
             addons.insert(0, addon)
         if name not in METHODS:
             METHODS[name]  # KeyError naming the known methods
@@ -236,7 +251,8 @@ def all_settings() -> dict[str, dataclasses.Field]:
 def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
     """Overrides applied to every method of a run (each takes the ones it has) must each be a
     setting of some method; otherwise a misspelt name would be dropped silently. `methods`
-    (specs) are checked to parse."""
+    (specs) are checked to parse. Each value is replaced in `overrides` by the value as its field
+    holds it (`check_value`)."""
     for spec in methods:
         AdaptConfig.from_spec(spec)
     settings = all_settings()
@@ -244,7 +260,7 @@ def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
     if bad:
         raise ValueError(f"unknown setting(s) {bad}; valid: {sorted(settings)}")
     for k, v in overrides.items():  # also those no listed method has: a bad value is never skipped silently
-        check_field(settings[k], v)
+        overrides[k] = check_field(settings[k], v)  # as the field holds it (a numpy scalar as a Python number)
 
 
 _SHARED = {f.name for f in dataclasses.fields(AdaptConfig)}

@@ -32,6 +32,21 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 CHAT_ROLES = ("system", "user", "assistant")
 
 
+def prompt_ids(tokenizer, prompt: str | list[dict]) -> torch.Tensor:
+    """Token ids (1, T) of a prompt rendered by `render_prompt`, on the CPU."""
+    text = render_prompt(tokenizer, prompt)
+    return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None),
+                     return_tensors="pt").input_ids
+
+
+def context_length(config) -> int | None:
+    """The longest sequence a model's config allows, or None where it names none."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
+
+
 def sample_seed(seed: int, problem: int, sample: int = 0) -> int:
     """The sampling seed of sample `sample` of the `problem`-th problem (`problems_seen`) under
     `AdaptConfig.seed` `seed`. Sample 0 (the draft, and an answer regenerated after the update)
@@ -397,9 +412,7 @@ class ZeroSiamLM:
     # --- text ---------------------------------------------------------------------------
     def encode(self, prompt: str | list[dict]) -> torch.Tensor:
         """Token ids (1, T) of a prompt rendered by `render_prompt`."""
-        tok = self.tokenizer
-        text = render_prompt(tok, prompt)
-        ids = tok(text, add_special_tokens=not getattr(tok, "chat_template", None), return_tensors="pt").input_ids
+        ids = prompt_ids(self.tokenizer, prompt)
         limit = self.context_length
         if limit is not None and ids.shape[1] >= limit:
             raise ValueError(f"prompt is {ids.shape[1]} tokens, the model's context is {limit}: shorten the prompt")
@@ -407,11 +420,7 @@ class ZeroSiamLM:
 
     @property
     def context_length(self) -> int | None:
-        c = self.hf.config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if getattr(c, name, None):
-                return int(getattr(c, name))
-        return None
+        return context_length(self.hf.config)
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

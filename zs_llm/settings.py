@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import reprlib
 from collections.abc import Mapping
 from dataclasses import field
@@ -22,6 +23,15 @@ from typing import Any
 #: an example value of each type, for the fix an error names
 EXAMPLES = {"float": "1.0e-4", "int": "10", "bool": "true", "list": "a,b", "dict": "{key: value}", "str": "text"}
 _NUMBERS = ("bool", "int", "float")
+#: the largest seed a field accepts: torch.manual_seed takes [-2**63, 2**64), and a stream seeds
+#: problem i with seed + i (zs_llm.model.sample_seed), so seeds below 2**63 leave room for any stream
+SEED_MAX = 2**63 - 1
+#: upper bounds of sizes (`max=`), each far above any real use: a slip (three zeros too many, 2**80)
+#: is refused at once rather than hanging a run or failing after the model has loaded
+MAX_STEPS = 10_000  # optimisation steps per problem (papers use 1 to 10; 10k already takes hours per problem)
+MAX_TOKENS = 1_000_000  # tokens generated per answer (10x the longest reasoning traces; the model's own
+#                         position limit is checked against the prompt when the model is loaded)
+MAX_BATCH = 65_536  # prompts or streams run together
 
 
 def setting(default, help: str, **kw):
@@ -53,16 +63,16 @@ def _base(part: str) -> str:
 
 def _is(value: Any, part: str) -> bool:
     """Whether `value` has the type one part of an annotation names (a bool is not an int, a
-    float is not an int, an int is a float)."""
+    float is not an int, an int is a float; numpy scalars count as the numbers they hold)."""
     base = _base(part)
     if base == "None":
         return value is None
     if base == "bool":
         return isinstance(value, bool)
     if base == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if base == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if base == "str":
         return isinstance(value, str)
     if base == "list":
@@ -76,6 +86,21 @@ def _is(value: Any, part: str) -> bool:
 #: a value's text in an error, bounded however large or nested the value (a YAML alias bomb, a long list)
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 60, 60
+
+
+def _python(value: Any) -> Any:
+    """A number of another type (numpy's np.int64, np.float32; a Fraction) as the Python int or
+    float it holds, so records stay JSON and hash alike however the value was given; lists item
+    by item; anything else as it is."""
+    if isinstance(value, list):
+        return [_python(x) for x in value]
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def _shown(value: Any) -> str:
@@ -127,6 +152,7 @@ def check_value(name: str, value: Any, annotation: Any, metadata: Mapping | None
     parts = _parts(kind)
     if not any(_is(value, p) for p in parts):
         raise ValueError(f"{name} expects {kind}, got {_shown(value)}; e.g. {_example(kind, default)}")
+    value = _python(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name}={value} is not a finite number; give a finite value")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -162,10 +188,11 @@ def check_field(f: dataclasses.Field, value: Any, name: str | None = None) -> An
 
 
 def check_fields(obj) -> None:
-    """Every field of a config dataclass instance checked (`check_value`): for `__post_init__`."""
+    """Every field of a config dataclass instance checked (`check_value`) and set to the value as
+    the field holds it (an int given for a float, a numpy scalar): for `__post_init__`."""
     for f in dataclasses.fields(obj):
         if f.init:
-            check_field(f, getattr(obj, f.name))
+            object.__setattr__(obj, f.name, check_field(f, getattr(obj, f.name)))
 
 
 def help_text(cls) -> str:

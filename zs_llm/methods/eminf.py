@@ -5,13 +5,14 @@ import torch.nn.functional as F
 from transformers import LogitsProcessor
 
 from ..objective import eminf_rows
-from ..settings import setting
+from ..settings import MAX_STEPS, setting
 from .base import METHODS, Method, MethodConfig
 
 
 @dataclass
 class EMINFConfig(MethodConfig):
-    logit_steps: int = setting(3, "Adam steps on the logits at each decoding step (official script: 3).", min=0)
+    logit_steps: int = setting(3, "Adam steps on the logits at each decoding step (official script: 3).", min=0,
+                               max=MAX_STEPS)
     logit_lr: float = setting(0.1, "Adam learning rate of the logit optimisation (official: 0.1).", min=0.0)
     threshold: float = setting(0.3, "Stop optimising a row as soon as its entropy falls below this, in nats "
                                "(official: 0.3).", min=0.0)

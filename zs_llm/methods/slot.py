@@ -4,13 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from ..objective import head_loss
-from ..settings import setting
+from ..settings import MAX_STEPS, setting
 from .base import METHODS, LossBatch, Method, MethodConfig
 
 
 @dataclass
 class SLOTConfig(MethodConfig):
-    delta_steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0)
+    delta_steps: int = setting(5, "Optimisation steps of the per-prompt vector (paper: 5).", min=0, max=MAX_STEPS)
     delta_lr: float = setting(0.1, "AdamW learning rate of the per-prompt vector (paper: 0.1).", min=0.0)
     delta_weight_decay: float = setting(1e-8, "AdamW weight decay of the vector (official Hugging Face code: 1e-8).",
                                         min=0.0)
