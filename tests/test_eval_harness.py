@@ -145,8 +145,8 @@ def test_report_from_fixture_rows(tmp_path):
             for i, c in enumerate(pattern):
                 f.write(json.dumps(row(m, i, None if c is None else bool(c), f"\\boxed{{{i}}}")) + "\n")
     text = write_report(tmp_path).read_text()
-    assert "| noadapt | 50.0 [15.0, 85.0], n=4 |" in text  # Wilson interval of 2 / 4; n differs per method
-    assert "| tent | 100.0 [43.9, 100.0], n=3 |" in text  # 3 / 3 graded: 3 / (3 + z^2)
+    assert "| noadapt | 50.0 [15.0, 85.0]†, n=4 |" in text  # Wilson interval of 2 / 4; n differs per method
+    assert "| tent | 100.0 [43.9, 100.0]†, n=3 |" in text  # 3 / 3 graded: 3 / (3 + z^2)
     # paired on the 3 problems graded for both: 1/3 vs 3/3, 2 gained, none lost
     assert "| tent | arith | 3 | +66.7 [" in text and "| 2 | 0 | 0.500 |" in text
     assert "1 row with an unparseable gold answer is excluded" in text
