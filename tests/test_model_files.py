@@ -141,6 +141,23 @@ def test_a_truncated_or_garbled_weights_file_is_refused_naming_it(seed, saved, t
         assert f"{f} is damaged" in cli_error(d, tmp_path, capsys)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_truncated_torch_bin_is_refused_naming_it(seed, tmp_path, tok):
+    rng = random.Random(300 + seed)
+    d = tmp_path / "m"
+    model = tiny_model(rng.choice(ALL_ARCHS))
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    (d / "model.safetensors").unlink()
+    f = d / "pytorch_model.bin"
+    torch.save(model.state_dict(), f)
+    load_model(str(d))  # intact, it loads
+    data = f.read_bytes()
+    f.write_bytes(data[:rng.randint(1, len(data) - 1)])
+    with pytest.raises(ValueError, match=f"^{f} is damaged .*re-save or re-download the model$"):
+        load_model(str(d))
+
+
 GROUPS = {"config.json": ["config.json"], "weights": ["model.safetensors"],
           "tokenizer files": ["tokenizer.json", "tokenizer_config.json"]}
 

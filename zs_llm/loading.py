@@ -291,24 +291,25 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(e).__name__
 
 
-def _unreadable_weights(asked: str, folder: str, gguf_file: str | None, e: Exception) -> ValueError:
-    """The one-line error for weights transformers could not read, naming the damaged file."""
-    where = Path(folder)
-    if gguf_file:
-        culprit = where / gguf_file
-    else:
-        culprit = None
-        for f in sorted(where.glob("*.safetensors")) if where.is_dir() else []:
-            try:
-                from safetensors import safe_open
+def _damaged_file(where: Path, gguf_file: str | None) -> Path | None:
+    """After a failed load: the weights file in folder `where` that cannot be opened (a safetensors
+    file whose header does not parse or overruns the file, a torch .bin whose zip archive is cut
+    short, the GGUF file given), or None when none is found."""
+    import zipfile
 
-                with safe_open(str(f), framework="pt"):
-                    pass
-            except Exception:  # noqa: BLE001 - SafetensorError, OSError
-                culprit = f
-                break
-    what = f"{culprit} is damaged" if culprit else f"the weights of model {asked!r} could not be read"
-    return ValueError(f"{what} ({_first_line(e)}); re-save or re-download the model")
+    if gguf_file:
+        return where / gguf_file
+    if not where.is_dir():
+        return None
+    from safetensors import safe_open
+
+    for f in sorted(where.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError
+            return f
+    return next((f for f in sorted(where.glob("*.bin")) if not zipfile.is_zipfile(f)), None)
 
 
 def refuse_incomplete_weights(asked: str, info: dict) -> None:
@@ -384,10 +385,12 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
                 # transformers' RuntimeError that points at a report we silence
                 model, info = AutoModelForCausalLM.from_pretrained(
                     name_or_path, dtype=torch_dtype, output_loading_info=True, ignore_mismatched_sizes=True, **kw)
-            except OSError:
-                raise
             except Exception as e:  # noqa: BLE001 - safetensors, torch.load and pickle each raise their own type
-                raise _unreadable_weights(asked, name_or_path, gguf_file, e) from None
+                culprit = _damaged_file(Path(name_or_path), gguf_file)
+                if isinstance(e, OSError) and culprit is None:
+                    raise  # a hub id that does not exist, a missing shard: the general message below
+                what = f"{culprit} is damaged" if culprit else f"the weights of model {asked!r} could not be read"
+                raise ValueError(f"{what} ({_first_line(e)}); re-save or re-download the model") from None
     except OSError as e:
         # transformers' OSError for a hub id that does not exist (or cannot be reached) or a
         # folder that is not a model runs to many lines: keep the first
