@@ -249,6 +249,93 @@ def refuse_adapter_folder(name_or_path: str) -> None:
                          "save_pretrained(new_folder)) and give that folder")
 
 
+# --- a model folder that cannot give a faithful model --------------------------------------
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tekken.json")
+
+
+def refuse_incomplete_folder(folder: Path) -> None:
+    """Name the files a local model folder lacks (config.json, weights, tokenizer files): without
+    this, transformers asks to install sentencepiece or tiktoken."""
+    missing = []
+    if not (folder / "config.json").exists():
+        missing.append("config.json")
+    if not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if not any((folder / f).exists() for f in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        missing.append("tokenizer files (tokenizer.json, or tokenizer.model, or vocab.json with merges.txt)")
+    if missing:
+        raise FileNotFoundError(f"model folder {folder} has no {', no '.join(missing)}; give a folder written by "
+                                "save_pretrained (model and tokenizer), a hub id or a .gguf file")
+
+
+class _quiet_transformers:
+    """Silence transformers' logger while loading: its multi-line load report would precede the
+    one-line refusal that `refuse_incomplete_weights` gives for the same finding."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
+
+
+def _damaged_file(where: Path, gguf_file: str | None) -> Path | None:
+    """After a failed load: the weights file in folder `where` that cannot be opened (a safetensors
+    file whose header does not parse or overruns the file, a torch .bin whose zip archive is cut
+    short, the GGUF file given), or None when none is found."""
+    import zipfile
+
+    if gguf_file:
+        return where / gguf_file
+    if not where.is_dir():
+        return None
+    from safetensors import safe_open
+
+    for f in sorted(where.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError
+            return f
+    return next((f for f in sorted(where.glob("*.bin")) if not zipfile.is_zipfile(f)), None)
+
+
+def refuse_incomplete_weights(asked: str, info: dict) -> None:
+    """Refuse a checkpoint that lacks tensors the architecture needs, or holds one of another
+    shape: transformers fills those with random values and goes on. Tied weights (an lm_head
+    shared with the embedding) are not in `missing_keys`, so they pass."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ValueError(f"model {asked!r}: its checkpoint lacks {len(missing)} tensor(s) the architecture needs "
+                         f"({', '.join(missing[:3])}{more}), which would be random; re-save or re-download the model")
+    if mismatched:
+        key, ckpt, mine = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise ValueError(f"model {asked!r}: tensor {key} has shape {tuple(ckpt)} in the checkpoint, the architecture's "
+                         f"config needs {tuple(mine)}{more}; re-save or re-download the model, or fix its config.json")
+    if info.get("error_msgs"):
+        raise ValueError(f"model {asked!r}: its weights did not load ({_first_line(info['error_msgs'][0])}); "
+                         "re-save or re-download the model")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        warnings.warn(f"model {asked!r}: its checkpoint holds {len(unexpected)} tensor(s) the architecture does not "
+                      f"use ({', '.join(unexpected[:3])}); they are ignored", RuntimeWarning, stacklevel=3)
+
+
 def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
                device: str | None = None, cache: bool = True):
     """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file.
@@ -287,17 +374,30 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
         kw["gguf_file"] = gguf_file
     if not Path(name_or_path).exists():
         check_hub_reachable(name_or_path, gguf_file or "config.json")
+    elif not gguf_file and Path(name_or_path).is_dir():
+        refuse_incomplete_folder(Path(name_or_path))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **kw)
+            try:
+                # mismatched shapes come back in the loading info (refused below) rather than as
+                # transformers' RuntimeError that points at a report we silence
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    name_or_path, dtype=torch_dtype, output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+            except Exception as e:  # noqa: BLE001 - safetensors, torch.load and pickle each raise their own type
+                culprit = _damaged_file(Path(name_or_path), gguf_file)
+                if isinstance(e, OSError) and culprit is None:
+                    raise  # a hub id that does not exist, a missing shard: the general message below
+                what = f"{culprit} is damaged" if culprit else f"the weights of model {asked!r} could not be read"
+                raise ValueError(f"{what} ({_first_line(e)}); re-save or re-download the model") from None
     except OSError as e:
         # transformers' OSError for a hub id that does not exist (or cannot be reached) or a
         # folder that is not a model runs to many lines: keep the first
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"model {asked!r} could not be loaded: {first.rstrip('.')}. Give a hub id that exists (online, "
                                 "or cached), a local model folder or a .gguf file") from None
+    refuse_incomplete_weights(asked, info)
     if gguf_file:
         make_serializable(model)
         model._zs_gguf_file = gguf_file

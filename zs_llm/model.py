@@ -112,6 +112,12 @@ class ZeroSiamLM:
         self.method = METHODS[config.method](config)
         if _host is None:
             refuse_wrapped(model)
+            meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+            if meta is not None:
+                raise ValueError(f"{type(model).__name__} is on the meta device (no weights, e.g. {meta}); load "
+                                 "real weights first (from_pretrained, or load_state_dict(..., assign=True))")
+            if check:
+                refuse_nonfinite_weights(model)
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None:
             raise ValueError(
@@ -356,6 +362,10 @@ class ZeroSiamLM:
         n = min(8, getattr(self.hf.config, "vocab_size", 8))
         ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % max(1, self.head.weight.shape[0])
         ref = self.hf(input_ids=ids, use_cache=False).logits[0].float()
+        if not torch.isfinite(ref).all():  # its weights are finite (checked first): this dtype overflows
+            raise ValueError(f"{type(self.hf).__name__} gives non-finite logits before any adaptation though its "
+                             f"weights are finite ({self.head.weight.dtype} overflows?); load it in float32 or "
+                             "bfloat16, or re-save or re-download the model")
         mine = self.head_logits(self.predictor(self.features(ids))).float()
         tol = atol * max(1.0, float(ref.abs().max()))
         if ref.shape != mine.shape or not torch.allclose(ref, mine, atol=tol, rtol=1e-3):
@@ -727,6 +737,16 @@ class ZeroSiamLM:
     def __repr__(self):
         return (f"ZeroSiamLM({type(self.hf).__name__}, method={self.zs_config.method!r}, "
                 f"trainable={sum(p.numel() for p in self.trainable_parameters())})")
+
+
+def refuse_nonfinite_weights(model: nn.Module) -> None:
+    """Name the first parameter holding NaN or inf: a damaged checkpoint, not an architecture zs_llm
+    lacks. One pass over the weights, checked whole, since a NaN in some tensors never reaches
+    the few logits `check_identity` compares."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise ValueError(f"{type(model).__name__}: its weights are not finite (first: {name} holds NaN or inf); "
+                             "load intact weights (re-save or re-download the model)")
 
 
 def refuse_wrapped(model: nn.Module) -> None:
