@@ -37,7 +37,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from zs_llm.config import AdaptConfig, check_field, check_overrides
+from zs_llm.config import AdaptConfig, check_field
 from zs_llm.methods import METHODS
 from zs_llm.settings import check_fields, check_value, parse_text
 
@@ -461,8 +461,7 @@ def run_config(given: dict[str, Any]) -> tuple[RunConfig, Launch]:
     run = {k: v for k, v in given.items() if k in opts and opts[k].target == "run"}
     adapt = {**given.get("adapt", {}), **{k: v for k, v in given.items() if k in opts and opts[k].target == "adapt"}}
     launch = Launch(**{k: v for k, v in given.items() if k in opts and opts[k].target == "launch"})
-    cfg = RunConfig(**run, adapt=adapt)
-    check_overrides(adapt, cfg.methods)  # validate now, before any model is loaded
+    cfg = RunConfig(**run, adapt=adapt)  # checks the overrides (check_overrides), before any model is loaded
     for spec in cfg.methods:
         AdaptConfig.from_spec(spec, adapt)
     return cfg, launch

@@ -132,6 +132,9 @@ class RunConfig:
         if isinstance(self.subset, (str, dict)):  # the other forms parse_subsets reads
             self.subset = [f"{name}={sub.spec}" for name, sub in parse_subsets(self.subset).items()]
         check_fields(self)  # each field's type and range, as the command line and YAML check them
+        # every override named and its value held as its field holds it (1 -> 1.0 for a float), so the
+        # hash of a config is the same before and after a run validates it
+        check_overrides(self.adapt, self.methods)
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
@@ -385,7 +388,6 @@ class Runner:
     # --- checks before anything heavy ---------------------------------------------------
     def validate(self, overwrite: bool = False) -> None:
         cfg = self.cfg
-        check_overrides(cfg.adapt, cfg.methods)
         self.adapt_configs = {}
         for spec in cfg.methods:
             ac = parse_method_spec(spec, cfg.adapt)

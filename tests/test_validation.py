@@ -292,10 +292,25 @@ def test_a_method_spec_naming_a_key_twice_is_refused():
 
 
 def test_a_run_wide_setting_no_listed_method_has_is_still_checked(tmp_path):
-    cfg = RunConfig(methods=["tent"], adapt={"alpha": -1.0})
     out = tmp_path / "run"
-    assert refused(lambda: Runner(cfg, out, progress=False)) == "alpha must be >= 0.0, got -1.0"
-    assert not out.exists()  # refused before anything was built
+    assert refused(lambda: Runner(RunConfig(methods=["tent"], adapt={"alpha": -1.0}), out, progress=False)) == \
+        "alpha must be >= 0.0, got -1.0"  # refused when the config is built, before the run folder
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_run_configs_hash_is_the_same_before_and_after_a_run_validates_it(seed, tiny_dir, tmp_path):
+    """Values given as another type their field converts (an int for a float) are held converted
+    from construction: a config built again from the same values hashes as the run recorded it."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    adapt = {"max_new_tokens": 2, "lr": rng.choice([1, 2, 1e-2]), "predictor_lr_scale": rng.choice([1, 3, 0.5])}
+    cfg = RunConfig(model=str(tiny_dir), methods=["zerosiam"], datasets=["arith"], limit=1, adapt=dict(adapt))
+    out = Runner(cfg, tmp_path / "run", progress=False).run()
+    again = RunConfig(model=str(tiny_dir), methods=["zerosiam"], datasets=["arith"], limit=1, adapt=dict(adapt))
+    assert json.loads((out / "run.json").read_text())["config_hash"] == again.hash() == cfg.hash()
 
 
 # --- the command line end to end: one line, exit code 2, nothing built -----------------------------
