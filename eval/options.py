@@ -204,6 +204,14 @@ def _yaml_loader():
                                    "keep one")
             return super().construct_mapping(node, deep)
 
+        def construct_yaml_int(self, node):
+            digits = str(node.value).lstrip("+-").replace("_", "")
+            if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():  # not 0x / 0o / 0b
+                raise _Refused(f"{node.value} (line {node.start_mark.line + 1}) has a leading zero, which YAML reads "
+                               "as an octal number; write it without the zero, or quote it")
+            return super().construct_yaml_int(node)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     return Loader
 
 

@@ -165,3 +165,18 @@ def test_malformed_messages_are_one_line_errors(prompt, words):
 ])
 def test_the_known_roles_are_accepted(messages):
     check_prompt(messages)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_chat_without_a_user_question_is_refused(seed):
+    """Blank user messages, or none at all, are an empty prompt, as an empty string is."""
+    rng = random.Random(seed)
+    blank = "".join(rng.choice(" \n\t\r") for _ in range(rng.randint(0, 4)))
+    others = [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Sure."}]
+    chat = [{"role": "user", "content": blank}] * rng.randint(0, 2) + rng.sample(others, rng.randint(0, 2))
+    rng.shuffle(chat)
+    if not chat:
+        chat = [{"role": "user", "content": blank}]
+    with pytest.raises(ValueError, match="no user message with text"):
+        check_prompt(chat)
+    check_prompt(chat + [{"role": "user", "content": "What is 2 + 2?"}])  # one question is enough

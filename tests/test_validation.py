@@ -320,7 +320,7 @@ def test_a_run_configs_hash_is_the_same_before_and_after_a_run_validates_it(seed
     (["--datasets", ""], "datasets is an empty list"),
     (["--datasets", "arith,arith"], "datasets lists 'arith' twice"),
     (["--lora_target_modules", ","], "lora_target_modules is an empty list"),
-    (["--lora_alpha", "-16"], "lora_alpha must be >= 1, got -16"),
+    (["--lora_alpha", "-16"], "lora_alpha must be in [1, 1048576], got -16"),
     (["--guard_max_answer_share", "7"], "guard_max_answer_share must be in [0.0, 1.0], got 7"),
     (["--steps", "2.5"], "steps expects int, got 2.5 (float)"),
     (["--set", "lr=1e-3", "--lr", "0.5"], "lr is given twice, by --lr 0.5 and --set lr=1e-3"),
@@ -508,3 +508,19 @@ def test_an_addon_given_twice_in_a_method_spec_is_refused(seed):
     spec = "+".join([method, *addons]) + rng.choice(["", ":lr=0.001"])
     assert refused(lambda: AdaptConfig.from_spec(spec)) == (
         f"method spec {spec!r}: the add-on +{twice} is given twice; give it once")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_yaml_integer_with_a_leading_zero_is_refused_not_read_as_octal(seed, tmp_path):
+    """YAML 1.1 reads `010` as 8 where `--set steps=010` reads 10: the file refuses it instead."""
+    rng = random.Random(seed)
+    field = rng.choice(["steps", "max_new_tokens", "lora_r", "seed"])
+    text = "0" * rng.randint(1, 3) + str(rng.randint(1, 7)) + str(rng.randint(0, 7))
+    y = tmp_path / "zero.yaml"
+    y.write_text(f"methods: [zerosiam]\n{field}: {text}\n")
+    assert refused(lambda: read_options(y)) == (f"{y}: {text} (line 2) has a leading zero, which YAML reads as an "
+                                                "octal number; write it without the zero, or quote it")
+    y.write_text(f"methods: [zerosiam]\n{field}: {text.lstrip('0')}\n")  # the same number written plainly is read
+    assert read_options(y)[field] == int(text.lstrip("0"))
+    y.write_text("methods: [zerosiam]\nseed: 0\n")  # a lone zero is zero
+    assert read_options(y)["seed"] == 0

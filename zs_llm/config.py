@@ -72,7 +72,8 @@ class AdaptConfig:
                                       "paper protocol) disables. The `+clip` add-on sets 1.0.", gt=0.0)
     # --- LoRA
     lora_r: int = setting(8, "LoRA rank.", min=1, max=65_536)  # wider than any model
-    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).", min=1)
+    # at most 2**20: the scale multiplies every LoRA update, and no published LoRA scale is within orders of it
+    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = lora_alpha / lora_r).", min=1, max=2**20)
     lora_dropout: float = setting(0.0, "LoRA dropout (0 keeps the update deterministic).", min=0.0, lt=1.0)
     lora_target_modules: list[str] | None = setting(None, "Module names to adapt; None uses peft's per-architecture "
                                                     "default (q_proj/v_proj for Llama, c_attn for GPT-2, ...).")

@@ -886,6 +886,9 @@ def check_prompt(prompt) -> None:
             if m["role"] not in CHAT_ROLES:
                 raise ValueError(f"chat message {i} has role {m['role']!r}; the roles are {', '.join(CHAT_ROLES)}")
             texts.append((f"chat message {i}", m["content"]))
+        if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+            raise ValueError("the chat has no user message with text: give adapt_generate a question to answer "
+                             "(a {'role': 'user', 'content': ...} message that is not blank)")
     else:
         raise ValueError(f"the prompt is {type(prompt).__name__}; give a string or a list of chat messages "
                          "[{'role': 'user', 'content': ...}]")
