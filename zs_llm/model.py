@@ -595,7 +595,7 @@ class ZeroSiamLM:
             meta = {"adapt_config": self.zs_config.to_dict(),
                     "base_model": getattr(self.hf.config, "_name_or_path", None),
                     "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "hidden_size": self.hidden_size,
-                    "problems_seen": self.problems_seen, "files": files}
+                    "base_probe": base_probe(self.hf), "problems_seen": self.problems_seen, "files": files}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
             fsync_tree(tmp)
             before = _written_files(d)  # what an earlier save wrote here: only those may be removed
@@ -629,14 +629,16 @@ class ZeroSiamLM:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None = None, tokenizer=None,
-                        revision: str | None = None, **load_kwargs) -> ZeroSiamLM:
+                        revision: str | None = None, check_base: bool = True, **load_kwargs) -> ZeroSiamLM:
         """Rebuild a wrapper from `save_pretrained` output: a local folder, or a Hub repository id
         (`owner/name`, not an existing path; downloaded with `huggingface_hub.snapshot_download`
         at `revision`, or read from the cache when the hub is unreachable: `HubUnreachableError`
         when it is not there). Without `model`, the base model recorded in the folder is loaded with
         `zs_llm.load_model` (`load_kwargs` go there). Files whose sha256 differs from the
         recorded one, and tensors holding NaN, infinity or an absurd magnitude, are refused with
-        an error naming them."""
+        an error naming them. The base model must be the one the adapter was saved on (`base_probe`:
+        its architecture, shapes and a sample of its weights, to bf16 precision); `check_base=False`
+        loads it on another base anyway (e.g. a quantized copy)."""
         from safetensors.torch import load_file
 
         from .checkpoint import check_tensors, sha256_file
@@ -670,7 +672,19 @@ class ZeroSiamLM:
             check_tensors(tensors, str(d / name), allowed=allowed)
             return tensors
 
+        if model is not None and load_kwargs:
+            raise ValueError(f"from_pretrained got {sorted(load_kwargs)} beside model=: they are loading options of "
+                             "zs_llm.load_model, unused when model= is given (and the method and its settings come "
+                             f"from {CONFIG_NAME}); drop them, or build ZeroSiamLM(model, tokenizer, AdaptConfig(...))")
         if model is None:
+            import inspect
+
+            from .loading import load_model
+
+            unknown = sorted(set(load_kwargs) - set(inspect.signature(load_model).parameters))
+            if unknown:
+                raise ValueError(f"from_pretrained got {unknown}, which are not loading options of zs_llm.load_model "
+                                 f"(the method and its settings come from {CONFIG_NAME}); drop them")
             if not meta.get("base_model"):
                 raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
             from .loading import load_model
@@ -684,6 +698,12 @@ class ZeroSiamLM:
             raise ValueError(f"{d} was saved from a base model of hidden size {saved_h} ({meta.get('base_model')}); "
                              f"this {type(model).__name__} has {head.weight.shape[1]}: load it on the base it was "
                              "saved from")
+        if check_base and meta.get("base_probe") is not None:
+            differs = probe_mismatch(meta["base_probe"], base_probe(model))
+            if differs:
+                raise ValueError(f"{d} was saved on another base model than this one ({differs}; saved on "
+                                 f"{meta.get('base_model')}): load it on the base it was saved from, or pass "
+                                 "check_base=False to load it anyway")
         lm = cls(model, tokenizer, meta["adapt_config"])
         try:
             adapter = read("adapter_model.safetensors") if lm.peft is not None else None
@@ -862,6 +882,42 @@ def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
+
+
+#: base parameters a probe samples, and values sampled from each
+PROBE_TENSORS, PROBE_VALUES = 16, 8
+
+
+def base_probe(model: nn.Module) -> dict:
+    """A small record of a base model that tells it from another: its architecture, the shapes of
+    its parameters, and PROBE_VALUES values of PROBE_TENSORS of them spread over the model (LoRA
+    parameters left out, so a wrapped model gives its base's probe). Reading a few values per
+    tensor costs nothing even for an 8B model."""
+    params = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]
+    picked = sorted({round(i * (len(params) - 1) / max(PROBE_TENSORS - 1, 1)) for i in range(PROBE_TENSORS)})
+    values = []
+    with torch.no_grad():
+        for i in picked:
+            flat = params[i][1].detach().reshape(-1)
+            idx = torch.linspace(0, flat.numel() - 1, PROBE_VALUES).long().to(flat.device)
+            values.append([float(v) for v in flat[idx].float().cpu()])
+    return {"model_type": getattr(getattr(model, "config", None), "model_type", None),
+            "shapes": [list(p.shape) for _, p in params], "picked": picked, "values": values}
+
+
+def probe_mismatch(saved: dict, live: dict) -> str | None:
+    """What tells the base `live` from the one `saved` was taken of, or None. Values are compared to
+    bf16 precision (a copy in another dtype is the same base); re-saved weights differ far more."""
+    if saved.get("model_type") != live["model_type"]:
+        return f"architecture {saved.get('model_type')!r}, this one {live['model_type']!r}"
+    if saved.get("shapes") != live["shapes"]:
+        return "other parameter shapes"
+    if saved.get("picked") != live["picked"]:
+        return "another parameter layout"
+    a, b = torch.tensor(saved["values"]), torch.tensor(live["values"])
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-2, atol=1e-6):
+        return "other weights"
+    return None
 
 
 def check_prompt(prompt) -> None:
