@@ -282,6 +282,11 @@ def normalised_config(config: dict, info: dict, current: bool = False) -> dict:
             d[k] = sorted(map(str, d[k]))
     for k in PATH_FIELDS:
         d[k] = _local_path(d.get(k))
+    d["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(d.get("dtype"), d.get("dtype"))
+    try:  # each method's effective settings: a default given explicitly, or 1 for 1.0, is no change
+        d["adapt"] = {spec: AdaptConfig.from_spec(spec, d.get("adapt") or {}).to_dict() for spec in d["methods"]}
+    except (TypeError, ValueError, KeyError):
+        pass  # settings this version does not read: compared as written
     ident = info.get("identity") or {}
     model = ident.get("model")
     from .identity import model_files

@@ -221,6 +221,9 @@ def test_the_same_configuration_spelled_otherwise_resumes(seed, setup, tmp_path,
         ["model", "data_dir", "prompt_template"], rng.randrange(1, 4))}
     kw["methods"] = rng.sample(c.methods, len(c.methods))
     kw["datasets"] = rng.sample(c.datasets, len(c.datasets))
+    kw["dtype"] = rng.choice(["float32", "fp32"])  # an alias
+    defaults = {"alpha": rng.choice([1, 1.0]), "steps": 1, "momentum": 0.9, "divergence": "sym_kl"}
+    kw["adapt"] = {**c.adapt, **dict(rng.sample(sorted(defaults.items()), rng.randrange(0, 5)))}  # defaults spelled
     again = cfg(setup, **kw)
     Runner(again, out.resolve(), progress=False).run()
     rows = files(out / "rows")
