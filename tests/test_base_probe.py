@@ -58,3 +58,15 @@ def test_from_pretrained_refuses_options_it_would_ignore(kw, tmp_path):
         ZeroSiamLM.from_pretrained(tmp_path / "a", **kw)
     meta = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
     assert meta["base_probe"]["model_type"] == "llama"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_probe_indices_stay_inside_tensors_of_any_size(seed):
+    """The SmolLM2 export failed here: a float32 linspace rounded index 28,311,551 up to 28,311,552."""
+    from zs_llm.model import spread
+
+    rng = random.Random(seed)
+    for n in [1, 2, 7, 2**24 + 1, 28311552, rng.randrange(2**24, 2**34), rng.randrange(1, 10**6)]:
+        idx = spread(n, 8)
+        assert idx[0] == 0 and idx[-1] == n - 1 and all(0 <= i < n for i in idx)
+        assert idx == sorted(idx)

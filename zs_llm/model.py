@@ -899,10 +899,16 @@ def base_probe(model: nn.Module) -> dict:
     with torch.no_grad():
         for i in picked:
             flat = params[i][1].detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, PROBE_VALUES).long().to(flat.device)
+            idx = torch.tensor(spread(flat.numel(), PROBE_VALUES), device=flat.device)
             values.append([float(v) for v in flat[idx].float().cpu()])
     return {"model_type": getattr(getattr(model, "config", None), "model_type", None),
             "shapes": [list(p.shape) for _, p in params], "picked": picked, "values": values}
+
+
+def spread(n: int, k: int) -> list[int]:
+    """`k` indices spread evenly over range(n), first and last included, in integer arithmetic (a
+    float32 linspace rounds indices past 2**24 up, out of range)."""
+    return [i * (n - 1) // max(k - 1, 1) for i in range(k)]
 
 
 def probe_mismatch(saved: dict, live: dict) -> str | None:
