@@ -447,16 +447,21 @@ class Runner:
                                   "(deletes them) or another --out")
         old = read_run_json(run_json)
         raise FileExistsError(
-            f"{out} holds a run with another configuration ({self._config_change(old.get('config'))}; hash "
+            f"{out} holds a run with another configuration ({self._config_change(old, meaningful=True)}; hash "
             f"{old.get('config_hash')}, this one {self.cfg.hash()}); choose a new --out, or pass --overwrite to "
             "delete its results")
 
-    def _config_change(self, old: dict | None) -> str:
-        """The settings that differ from the run recorded in a folder, as `name: old -> new`."""
+    def _config_change(self, info: dict, meaningful: bool = False) -> str:
+        """The settings that differ from the run a folder's run.json (`info`) records, as `name: old ->
+        new`; `meaningful`: only those that differ after `normalised_config` (not in spelling alone)."""
+        old = info.get("config")
         if not isinstance(old, dict):
             return "its run.json records no settings"
         new, free = self.cfg.to_dict(), RESULT_FREE_FIELDS
         changed = [k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)]
+        if meaningful:
+            a, b = normalised_config(old, info), normalised_config(new, info, current=True)
+            changed = [k for k in changed if a.get(k) != b.get(k)] or changed
         shown = [f"{k}: {repr(old.get(k))[:60]} -> {repr(new.get(k))[:60]}" for k in changed[:4]]
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         return ("changed " + ", ".join(shown) + more) if changed else "the same settings under another hash"
@@ -524,7 +529,7 @@ class Runner:
         old = read_run_json(run_json) if run_json.exists() else None
         same = old is not None and self.same_run(old)
         if same and old.get("config_hash") != self.cfg.hash() and has_results(self.out):
-            _log(f"{run_json} records this configuration spelled otherwise ({self._config_change(old.get('config'))}"
+            _log(f"{run_json} records this configuration spelled otherwise ({self._config_change(old)}"
                  "); resuming it, checked against its recorded model, data and template fingerprints")
         recorded = old.get("prompt") if same else None
         if recorded and recorded["sha256"] != prompt["sha256"]:

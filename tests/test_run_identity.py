@@ -436,10 +436,10 @@ def test_a_folder_of_other_settings_is_refused_naming_what_changed(seed, setup, 
     fields = rng.sample(sorted(SETTING_CHANGES), rng.randint(1, 2))
     kw = {f: rng.choice([v for v in SETTING_CHANGES[f] if f != "prompt_style" or v in PROMPT_STYLES]) for f in fields}
     with pytest.raises(FileExistsError) as e:
-        Runner(cfg(model, data_dir=str(data), batch_size=3, **kw), out, progress=False)
+        Runner(cfg(f"{model}/", data_dir=str(data), batch_size=3, **kw), out, progress=False)
     msg = str(e.value)
     assert "\n" not in msg and "--overwrite" in msg
     for f in fields:
         assert f"{f}: " in msg, (f, msg)
-    # fields that do not change results are not named as changes
-    assert "batch_size" not in msg
+    # fields that do not change results, and a path spelled otherwise, are not named as changes
+    assert "batch_size" not in msg and "model: " not in msg
