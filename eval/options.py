@@ -38,7 +38,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from zs_llm.config import AdaptConfig, check_field
-from zs_llm.methods import METHODS
+from zs_llm.methods import METHODS, load_methods
 from zs_llm.settings import check_fields, check_value, parse_text
 
 from .datasets import DATASETS
@@ -361,6 +361,9 @@ class OptionParser(HfArgumentParser):
         super().__init__(types, **kw)
         self.add_argument("--config", action="append", metavar="FILE", help="YAML file of options (repeatable; later "
                           "files and then flags override earlier ones).")
+        self.add_argument("--method_module", action="append", metavar="FILE_OR_MODULE", help="A .py file or an "
+                          "importable module of methods outside zs_llm/methods (repeatable); its methods join "
+                          "--methods and their settings these options. A resume needs it again.")
         self.add_argument("--set", action="append", metavar="KEY=VALUE", help="A method setting by its AdaptConfig "
                           "name (repeatable), e.g. --set lr=1e-4; the same as --KEY VALUE, except that --set seed=N is "
                           "the methods' seed and --seed the harness's.")
@@ -445,8 +448,12 @@ def parse_options(argv: list[str] | None = None, base: str | Path | None = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", action="append", default=[])
-    pre.error = lambda message: (_ for _ in ()).throw(ValueError(f"--config needs a YAML file ({message})"))
+    pre.add_argument("--method_module", "--method-module", action="append", default=[])
+    pre.error = lambda message: (_ for _ in ()).throw(ValueError(f"--config and --method_module need a value "
+                                                                 f"({message})"))
     known, rest = pre.parse_known_args(argv)
+    for source in known.method_module:  # first: its methods' settings are options too
+        load_methods(source)
     given = read_options(base) if base else {}
     for path in known.config:
         merge(given, read_options(path))

@@ -4,9 +4,11 @@ from .adapt import AdaptResult
 from .api import adapt_generate, load
 from .config import AdaptConfig
 from .loading import EMBEDDED, load_model
-from .methods import METHODS, Method
+from .methods import METHODS, Method, load_entry_points
 from .model import ZeroSiamLM
 
 __all__ = ["AdaptConfig", "AdaptResult", "EMBEDDED", "METHODS", "Method", "ZeroSiamLM", "adapt_generate", "load",
            "load_model"]
 __version__ = "0.1.0"
+
+load_entry_points()  # methods installed by other packages (entry point group zs_llm.methods)

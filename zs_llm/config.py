@@ -284,3 +284,4 @@ def _init(self, *args, method_args: dict[str, Any] | None = None, **kw):
 
 _init.__doc__ = _dataclass_init.__doc__
 AdaptConfig.__init__ = _init
+METHODS.reserve(_SHARED)  # a method's own setting named like a shared field is refused at registration

@@ -158,6 +158,7 @@ class ZeroSiamLM:
             self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
             if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
                 self.check_identity()
+            self.method.attach(self)  # state sized by the model, before the first snapshot
             self._initial = self.snapshot()
             self.problems_seen = 0
             self.adapt_enabled = True

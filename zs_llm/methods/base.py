@@ -7,6 +7,8 @@ adaptation loop (`zs_llm.adapt`) drives every method the same way.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,7 +22,51 @@ if TYPE_CHECKING:
     from ..config import AdaptConfig
     from ..model import ZeroSiamLM
 
-METHODS = Registry("method")
+class MethodRegistry(Registry):
+    """The method registry: a `Registry` that also refuses a method whose own setting is named like
+    a shared field. A spec's `key=value` goes to the shared field of that name, so such a setting
+    could never be set (`mymethod:steps=5` would set the shared `steps`). The shared names come
+    from `zs_llm.config` once `AdaptConfig` exists (`reserve`); methods registered before that
+    (this package's own files, imported while `AdaptConfig` is being defined) are checked then."""
+
+    reserved: frozenset[str] | None = None
+
+    def __setitem__(self, name, cls):
+        if name not in self and self.reserved is not None:
+            self._check(name, cls)
+        super().__setitem__(name, cls)
+
+    def __missing__(self, name):
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(self))} (a method outside "
+                       "zs_llm/methods: --method_module FILE_OR_MODULE, or an entry point in the group "
+                       f"{ENTRY_POINT_GROUP!r})")
+
+    def reserve(self, names) -> None:
+        """Refuse, from now on and among those registered, own settings named like `names`."""
+        self.reserved = frozenset(names)
+        for name, cls in self.items():
+            self._check(name, cls)
+
+    def _check(self, name, cls) -> None:
+        config_class = getattr(cls, "config_class", None)
+        if config_class is None or not dataclasses.is_dataclass(config_class):
+            raise TypeError(f"method {name!r} ({_where(cls)}): config_class must be a dataclass (a subclass of "
+                            f"zs_llm.methods.MethodConfig), got {config_class!r}")
+        clash = sorted(f.name for f in dataclasses.fields(config_class) if f.name in self.reserved)
+        if clash:
+            raise TypeError(f"method {name!r} ({_where(cls)}): its own setting(s) {clash} are named like shared "
+                            f"AdaptConfig field(s), which `{name}:{clash[0]}=...` would set instead; rename them in "
+                            f"{config_class.__name__}")
+
+
+def _where(cls) -> str:
+    module = sys.modules.get(getattr(cls, "__module__", ""), None)
+    return getattr(module, "__file__", None) or getattr(cls, "__module__", "?")
+
+
+#: the entry point group of methods installed by other packages (`[project.entry-points."zs_llm.methods"]`)
+ENTRY_POINT_GROUP = "zs_llm.methods"
+METHODS = MethodRegistry("method")
 
 
 @dataclass
@@ -140,3 +186,8 @@ class Method:
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Tensors beyond LoRA and predictor that `reset()` and checkpoints must cover."""
         return {}
+
+    def attach(self, lm: ZeroSiamLM) -> None:
+        """Called once by the model that runs this method, before its first snapshot: state sized
+        by the model (EATA's mean of probabilities over the vocabulary) is allocated here, so that
+        `extra_state` has its final shapes from the start."""
