@@ -297,12 +297,39 @@ def sar_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tenso
     return (ent < margin * math.log(target_logits.shape[-1])).float()
 
 
-def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tensor:
+def eata_weights(target_logits: torch.Tensor, margin: float = 0.4, ent: torch.Tensor | None = None) -> torch.Tensor:
     """EATA's entropy weighting: exp(-(H - H0)) on rows with H < H0 = margin * ln K, else 0.
-    Log-probabilities work as well as logits."""
-    ent = entropy(target_logits.detach())
+    Log-probabilities work as well as logits; `ent`, the rows' entropy when the caller has it."""
+    ent = entropy(target_logits.detach()) if ent is None else ent
     h0 = margin * math.log(target_logits.shape[-1])
     return torch.where(ent < h0, torch.exp(h0 - ent), torch.zeros_like(ent))
+
+
+def eata_redundant(probs: torch.Tensor, mean_probs: torch.Tensor, d_margin: float) -> torch.Tensor:
+    """EATA's redundancy test: |cos(p, m)| >= d_margin, p each row's probabilities (c, V), m the
+    moving mean of the probabilities of the rows selected before (V,). (c, V) -> (c,) bool."""
+    cos = _dot(probs, mean_probs.expand_as(probs)) / (probs.norm(dim=-1) * mean_probs.norm()).clamp(min=1e-8)
+    return cos.abs() >= d_margin
+
+
+def deyo_weights(target_logp: torch.Tensor, target_p: torch.Tensor, prime_logits: torch.Tensor, margin: float = 0.5,
+                 margin_e0: float = 0.4, plpd_threshold: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeYO's selection and weights per row (`forward_and_adapt_deyo` in Jhyun17/DeYO `deyo.py`).
+
+    target_logp, target_p: (c, V) the predictions' log-probabilities and probabilities; prime_logits:
+    (c, V) the logits of the same rows on the order-destroyed input. The pseudo-label is each row's
+    argmax; PLPD = p(label) - p'(label). Selected: entropy H < margin * ln V and PLPD > plpd_threshold;
+    weight exp(E0 - H) + exp(PLPD) with E0 = margin_e0 * ln V, 0 off the selection.
+    Returns (weights (c,), PLPD (c,), H (c,)), all detached."""
+    ln_v = math.log(target_p.shape[-1])
+    ent = -_dot(target_p, target_logp)  # (c,)
+    p_label, label = target_p.max(-1)  # (c,)
+    p_prime = (prime_logits.float().gather(-1, label.unsqueeze(-1)).squeeze(-1)
+               - torch.logsumexp(prime_logits.float(), -1)).exp()  # (c,) p'(label), no (c, V) softmax
+    plpd = p_label - p_prime
+    keep = (ent < margin * ln_v) & (plpd > plpd_threshold)
+    w = torch.exp(margin_e0 * ln_v - ent) + torch.exp(plpd)
+    return torch.where(keep, w, torch.zeros_like(w)), plpd, ent
 
 
 # ---------------------------------------------------------------------------------------

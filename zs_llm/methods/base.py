@@ -95,6 +95,15 @@ class LossBatch:
     features: torch.Tensor | None = None
 
 
+def no_step_without_selection(lm: ZeroSiamLM, stats: dict) -> dict:
+    """EATA's and DeYO's rule: the optimizer steps only on a batch with a selected row, so with
+    none selected the gradients are dropped and momentum does not move the weights either."""
+    if stats.get("tokens_selected", 1) == 0:
+        for p in lm.trainable_parameters():
+            p.grad = None
+    return stats
+
+
 class Method:
     """Base class. Subclasses set `trains` and override `token_loss` (or `backward`)."""
 

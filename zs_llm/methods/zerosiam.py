@@ -1,9 +1,10 @@
 from dataclasses import dataclass
 
-from ..objective import DIVERGENCES, OBJECTIVES, eata_weights, sar_weights, zerosiam_rows
+from ..objective import DIVERGENCES, OBJECTIVES, sar_weights, zerosiam_rows
 from ..predictor import PREDICTORS
 from ..settings import setting
 from .base import METHODS, Method, MethodConfig
+from .eata import EATASelection
 
 
 @dataclass
@@ -79,28 +80,31 @@ class ZeroSiamSAR(ZeroSiam):
         return sar_weights(target_logp, self.cfg.filter_margin)
 
 
+@dataclass
+class ZeroSiamEATAConfig(FilteredZeroSiamConfig):
+    d_margin: float | None = setting(None, "EATA's redundancy filter: drop tokens with |cos(p, moving mean of the "
+                                     "selected tokens' p)| >= d_margin; None (this method's default) leaves it out, "
+                                     "0.05 is EATA's.", min=0.0)
+
+
 @METHODS.register("zerosiam+eata")
-class ZeroSiamEATA(ZeroSiam):
-    """ZeroSiam's loss weighted per token as EATA weights samples (`forward_and_adapt_eata` in
-    mr-eggplant/EATA `eata.py`): tokens whose entropy (of the predictions, the target branch)
-    is below E0 = `filter_margin * ln K` count with weight 1 / exp(H - E0); the loss is the
-    weighted sum divided by the number of those tokens (not by the sum of the weights), and no
-    optimizer step is taken when there is none. EATA's redundancy filter (cosine to a moving
-    mean of probabilities) and its Fisher regularizer (estimated on source data) are not
-    applied; E0 is a fraction of ln(vocabulary), as the official 0.4 * ln 1000 is of ImageNet's."""
+class ZeroSiamEATA(EATASelection, ZeroSiam):
+    """ZeroSiam's loss on EATA's selection of tokens, weighted as EATA weights samples
+    (`EATASelection`, shared with the `eata` method; `forward_and_adapt_eata` in mr-eggplant/EATA
+    `eata.py`): tokens whose entropy (of the predictions, the target branch) is below
+    E0 = `filter_margin * ln K` count with weight 1 / exp(H - E0); the loss is the weighted sum
+    divided by the number of those tokens (not by the sum of the weights), and no optimizer step
+    is taken when there is none. EATA's redundancy filter (cosine to a moving mean of
+    probabilities) is off by default (`d_margin=0.05` gives EATA's, as the `eata` method runs it)
+    and its Fisher regularizer (estimated on source data) is not applied; E0 is a fraction of
+    ln(vocabulary), as the official 0.4 * ln 1000 is of ImageNet's."""
 
     name = "zerosiam+eata"
-    config_class = FilteredZeroSiamConfig
+    config_class = ZeroSiamEATAConfig
 
     def token_loss(self, online_logits, target_logp, labels, target_p=None):
-        coeff = eata_weights(target_logp, self.cfg.filter_margin)  # (c,) 0 off the reliable tokens
-        loss, _, extras, grad = super().token_loss(online_logits, target_logp, labels, target_p)
+        q = target_logp.exp() if target_p is None else target_p
+        coeff, selection = self.eata_select(target_logp, q)  # (c,) 0 off the selected tokens
+        loss, _, extras, grad = super().token_loss(online_logits, target_logp, labels, q)
         # the coefficient goes into the loss; the weight only selects, so the mean is over selected tokens
-        return loss * coeff, (coeff > 0).float(), extras, grad.mul_(coeff.unsqueeze(-1))
-
-    def backward(self, lm, batch):
-        stats = super().backward(lm, batch)
-        if stats.get("tokens_selected", 1) == 0:
-            for p in lm.trainable_parameters():
-                p.grad = None  # EATA steps only on a batch with a selected sample: no momentum step either
-        return stats
+        return loss * coeff, (coeff > 0).float(), {**extras, **selection}, grad.mul_(coeff.unsqueeze(-1))
