@@ -2,7 +2,7 @@
 
 Protocol `paper` (the AdaptConfig defaults): each method as its authors' code runs it, with no
 collapse guard, no gradient clipping and its own default_lr. The methods are noadapt, tent, come,
-sar, slot, eminf, zerosiam, zerosiam+sar, zerosiam+eata, plus tent+guard and zerosiam+guard as
+sar, eata, deyo, slot, eminf, zerosiam, zerosiam+sar, zerosiam+eata, zerosiam+deyo, plus tent+guard and zerosiam+guard as
 separate rows labelled with the add-on. Each set is run whole unless a subset is given
 (`--subset college_math=ids.txt` or `--subset college_math=sample:240:seed0`; README, "CollegeMath").
 

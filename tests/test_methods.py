@@ -23,6 +23,9 @@ DECLARED = {
     "zerosiam": {"lora", "predictor"},
     "zerosiam+sar": {"lora", "predictor"},
     "zerosiam+eata": {"lora", "predictor"},
+    "eata": {"lora"},
+    "deyo": {"lora"},
+    "zerosiam+deyo": {"lora", "predictor"},
 }
 
 
@@ -42,9 +45,11 @@ def kind(name):
 
 @pytest.mark.parametrize("name", sorted(DECLARED))
 def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
-    # filter_margin 1.01 keeps every token for SAR-type filters on a near-uniform random model
+    # filter_margin 1.01 keeps every token for SAR-type filters on a near-uniform random model (DeYO's: its
+    # margin 1.01 and a PLPD threshold of -1)
     own = {f.name for f in dataclasses.fields(METHODS[name].config_class)}
-    extra = {k: v for k, v in {"predictor_lr": 5e-2, "filter_margin": 1.01}.items() if k in own}
+    keep_all = {"predictor_lr": 5e-2, "filter_margin": 1.01, "deyo_margin": 1.01, "plpd_threshold": -1.0}
+    extra = {k: v for k, v in keep_all.items() if k in own}
     lm = make_lm(method=name, lr=5e-2, **extra)
     assert set(lm.method.trains) == DECLARED[name]
     before = everything(lm)

@@ -80,8 +80,8 @@ def test_shipped_recipe_configs_resolve():
     assert run.model == "meta-llama/Llama-3.1-8B-Instruct" and run.dtype == "bfloat16"
     assert run.datasets == ["math500", "college_math", "aime24", "minerva_math"]
     # every method of the harness under the paper protocol, and the guarded two as rows of their own
-    assert run.methods == ["noadapt", "tent", "come", "sar", "slot", "eminf", "zerosiam", "zerosiam+sar",
-                           "zerosiam+eata", "tent+guard", "zerosiam+guard"]
+    assert run.methods == ["noadapt", "tent", "come", "sar", "eata", "deyo", "slot", "eminf", "zerosiam", "zerosiam+sar",
+                           "zerosiam+eata", "zerosiam+deyo", "tent+guard", "zerosiam+guard"]
     from zs_llm.methods import METHODS
 
     assert set(METHODS) <= set(run.methods)

@@ -12,10 +12,10 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from .base import ENTRY_POINT_GROUP, METHODS, LossBatch, Method, MethodConfig
+from .base import ENTRY_POINT_GROUP, METHODS, LossBatch, Method, MethodConfig, MethodRegistrationError
 
-__all__ = ["ENTRY_POINT_GROUP", "METHODS", "LossBatch", "Method", "MethodConfig", "load_entry_points",
-           "load_methods"]
+__all__ = ["ENTRY_POINT_GROUP", "METHODS", "LossBatch", "Method", "MethodConfig", "MethodRegistrationError",
+           "load_entry_points", "load_methods"]
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base" and not _info.name.startswith("_"):
@@ -38,15 +38,9 @@ def load_methods(source: str) -> list[str]:
     if is_file and not path.is_file():
         raise ValueError(f"method module {source}: no such file; give a .py file or an importable module name")
     before = set(METHODS)
+    name = f"zs_llm_user_methods.{path.stem}_{abs(hash(key)):x}" if is_file else source
     try:
-        if is_file:
-            name = f"zs_llm_user_methods.{path.stem}_{abs(hash(key)):x}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            importlib.import_module(source)
+        _import(source, path, name, is_file)
     except ModuleNotFoundError as e:
         if not is_file and e.name and (source + ".").startswith(e.name + "."):  # the module itself, not an import in it
             raise ValueError(f"method module {source}: no such module; give a .py file or an importable module "
@@ -64,6 +58,20 @@ def load_methods(source: str) -> list[str]:
                          '@METHODS.register("name") (from zs_llm.methods import METHODS)')
     _LOADED[key] = added
     return added
+
+
+def _import(source: str, path: Path, name: str, is_file: bool) -> None:
+    if not is_file:
+        importlib.import_module(source)
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)  # a file that failed leaves nothing behind: fixed, it loads again
+        raise
 
 
 def load_entry_points() -> list[str]:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ..config import AdaptConfig
     from ..model import ZeroSiamLM
 
+class MethodRegistrationError(TypeError):
+    """A method the registry refuses (its message is the one line that says why and what to rename)."""
+
+
 class MethodRegistry(Registry):
     """The method registry: a `Registry` that also refuses a method whose own setting is named like
     a shared field. A spec's `key=value` goes to the shared field of that name, so such a setting
@@ -50,11 +54,11 @@ class MethodRegistry(Registry):
     def _check(self, name, cls) -> None:
         config_class = getattr(cls, "config_class", None)
         if config_class is None or not dataclasses.is_dataclass(config_class):
-            raise TypeError(f"method {name!r} ({_where(cls)}): config_class must be a dataclass (a subclass of "
+            raise MethodRegistrationError(f"method {name!r} ({_where(cls)}): config_class must be a dataclass (a subclass of "
                             f"zs_llm.methods.MethodConfig), got {config_class!r}")
         clash = sorted(f.name for f in dataclasses.fields(config_class) if f.name in self.reserved)
         if clash:
-            raise TypeError(f"method {name!r} ({_where(cls)}): its own setting(s) {clash} are named like shared "
+            raise MethodRegistrationError(f"method {name!r} ({_where(cls)}): its own setting(s) {clash} are named like shared "
                             f"AdaptConfig field(s), which `{name}:{clash[0]}=...` would set instead; rename them in "
                             f"{config_class.__name__}")
 
