@@ -10,9 +10,9 @@ harness under the `paper` protocol (no guard, no clipping, SGD momentum 0.9, one
 problem) on the first `--limit` problems of `arith_dev` (the `arith` generator at another seed,
 with every question of the evaluation stream removed). The rule, the same for every method: the
 highest accuracy, graded again with the current grader; a tie goes to the smaller lr (the
-smaller step is the one that can do less harm). The plug-ins (zerosiam+sar, zerosiam+eata) take
-ZeroSiam's choice. Writes `selection.json` and `selection.md` into `--out`; the chosen values are
-the methods' `default_lr` (docs/protocol.md records the run they came from).
+smaller step is the one that can do less harm). The plug-ins (zerosiam+sar, zerosiam+eata,
+zerosiam+deyo) take ZeroSiam's choice. Writes `selection.json` and `selection.md` into `--out`;
+the chosen values are the methods' `default_lr` (docs/protocol.md records the run they came from).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from eval.rows import read_rows
 from eval.runner import RunConfig, Runner, stream_path
 
 GRID = (3e-4, 1e-3, 3e-3)
-METHODS = ("tent", "come", "sar", "zerosiam")
+METHODS = ("tent", "come", "sar", "eata", "deyo", "zerosiam")
 
 
 def specs(methods, grid) -> list[str]:

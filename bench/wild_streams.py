@@ -42,8 +42,8 @@ from _common import REPO
 sys.path.insert(0, str(REPO / "bench"))
 
 GRID = (3e-4, 1e-3, 3e-3)
-LORA_METHODS = ("tent", "come", "sar", "zerosiam")
-PLUGINS = {"zerosiam+sar": "zerosiam", "zerosiam+eata": "zerosiam"}
+LORA_METHODS = ("tent", "come", "sar", "eata", "deyo", "zerosiam")
+PLUGINS = {"zerosiam+sar": "zerosiam", "zerosiam+eata": "zerosiam", "zerosiam+deyo": "zerosiam"}
 STUDY_METHODS = ("noadapt", "tent", "come", "sar", "slot", "eminf", "zerosiam", "zerosiam+sar", "zerosiam+eata")
 GUARDED = ("tent", "zerosiam")
 ARITH30 = {"methods": STUDY_METHODS, "datasets": ["arith"], "limit": 30, "max_new_tokens": 64, "prompt_style": "boxed"}
