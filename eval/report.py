@@ -43,6 +43,7 @@ from .stats import (
     paired_difference_over_sets,
     wilson_interval,
 )
+from .userdata import set_name
 
 BASELINE = "noadapt"
 AVERAGE = "average"  # the dataset name of the average-over-sets rows in results.csv
@@ -71,7 +72,7 @@ def method_order(streams: dict, info: dict | None = None, baseline: str = BASELI
     configuration lists them (`--methods`, `--datasets`), then any others as found."""
     info = info or {}
     methods = [baseline, *(info.get("adapt_configs") or {}), *(m for m, _ in streams)]
-    datasets = [*((info.get("config") or {}).get("datasets") or []), *(d for _, d in streams)]
+    datasets = [*map(set_name, (info.get("config") or {}).get("datasets") or []), *(d for _, d in streams)]
     rank_m = {m: i for i, m in enumerate(dict.fromkeys(methods))}
     rank_d = {d: i for i, d in enumerate(dict.fromkeys(datasets))}
     return dict(sorted(streams.items(), key=lambda kv: (rank_m[kv[0][0]], rank_d[kv[0][1]])))
@@ -580,7 +581,7 @@ def run_status(run_dir: Path, streams: dict, info: dict) -> tuple[list[str], str
     sizes = {d: s.get("n") for d, s in ((info.get("identity") or {}).get("sets") or {}).items()}
     first = info.get("first_rows_only")  # an assembled run keeps only each stream's first rows
     methods = list(info.get("adapt_configs") or {}) or list(dict.fromkeys(m for m, _ in streams))
-    datasets = list(cfg.get("datasets") or []) or list(dict.fromkeys(d for _, d in streams))
+    datasets = list(map(set_name, cfg.get("datasets") or [])) or list(dict.fromkeys(d for _, d in streams))
     lines = []
     for d in datasets:
         longest = max((len(rows) for (_, dd), rows in streams.items() if dd == d), default=0)

@@ -61,6 +61,8 @@ from .rows import (
     stream_path,
     write_lines,
 )
+from .userdata import DatasetChoices
+from .userdata import register as register_user_data
 
 #: RunConfig fields that do not change a run's results: left out of its hash
 RESULT_FREE_FIELDS = ("batch_size", "stream_batch", "checkpoint_every", "device")
@@ -79,9 +81,10 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["noadapt", "tent", "zerosiam"], metadata={
         "help": "Method specs, comma- or space-separated: a registered name, optionally with add-ons (+clip, +guard) "
                 "and its own overrides as name:key=value:key=value (e.g. zerosiam:alpha=0)."})
-    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names, comma- or "
-                                                                                        "space-separated.",
-                                                                                "choices": DATASETS})
+    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={
+        "help": "Dataset names, comma- or space-separated; or your own data (eval/userdata.py): a .jsonl/.json/.csv/"
+                ".parquet file, hub:ORG/NAME:SPLIT, a task file (.yaml), a task of --include_path, NAME=any of these.",
+        "choices": DatasetChoices()})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
                                                      "it has one).", "min": 1})
     subset: list[str] = field(default_factory=list, metadata={
@@ -94,6 +97,12 @@ class RunConfig:
         "help": "Where the sets are read: local (the data dir) or hub (datasets.load_dataset, the ids in "
                 "eval/datasets.py; online). run.json records each set's file and sha256, or its hub ids.",
         "choices": ("local", "hub")})
+    fields: list[str] = field(default_factory=list, metadata={
+        "help": "Columns of your own data files and hub sets, comma-separated FIELD=COLUMN for the fields problem, "
+                "answer, id and solution, e.g. problem=question,answer=final (default: the usual column names).",
+        "empty_ok": True})
+    include_path: str | None = field(default=None, metadata={
+        "help": "Folder of task files (.yaml: task, path or hub+split, fields); --datasets names their tasks."})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES).",
                                                          "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={
@@ -132,6 +141,7 @@ class RunConfig:
         if isinstance(self.subset, (str, dict)):  # the other forms parse_subsets reads
             self.subset = [f"{name}={sub.spec}" for name, sub in parse_subsets(self.subset).items()]
         check_fields(self)  # each field's type and range, as the command line and YAML check them
+        self._names = register_user_data(self.datasets, self.fields, self.include_path)  # own data, by name
         # every override named and its value held as its field holds it (1 -> 1.0 for a float), so the
         # hash of a config is the same before and after a run validates it
         check_overrides(self.adapt, self.methods)
@@ -140,12 +150,16 @@ class RunConfig:
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
         subsets = parse_subsets(self.subset)  # syntax and set names; ids are checked when the run starts
         self.subset = [f"{name}={sub.spec}" for name, sub in subsets.items()]
-        stray = sorted(set(subsets) - set(self.datasets))
+        stray = sorted(set(subsets) - set(self.dataset_names()))
         if stray:
-            raise ValueError(f"subset given for {stray}, not among datasets {self.datasets}; add them to datasets or "
-                             "drop their subsets")
-        for d in self.datasets:  # before anything is built: a generated stream is as long as the limit
+            raise ValueError(f"subset given for {stray}, not among datasets {self.dataset_names()}; add them to "
+                             "datasets or drop their subsets")
+        for d in self.dataset_names():  # before anything is built: a generated stream is as long as the limit
             check_limit(d, self.limit, d in subsets)
+
+    def dataset_names(self) -> list[str]:
+        """The sets' names (your own data's by its name, not its path), as rows and reports name them."""
+        return list(self._names)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,6 +171,10 @@ class RunConfig:
             del d["subset"]  # run folders from before subsets existed keep their hash
         if d["source"] == "local":
             del d["source"]  # and from before the hub source
+        if not d["fields"]:
+            del d["fields"]  # and from before own data
+        if d["include_path"] is None:
+            del d["include_path"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -250,7 +268,7 @@ def read_run_json(path: Path) -> dict:
 
 
 #: settings naming local files, compared by what they resolve to (or by the content run.json fingerprints)
-PATH_FIELDS = ("model", "data_dir", "prompt_template")
+PATH_FIELDS = ("model", "data_dir", "prompt_template", "include_path")
 #: list settings whose order changes no stream's rows: each (method, dataset) stream is its own
 #: file with its own seeds, whatever order the streams are listed or run in
 SET_FIELDS = ("methods", "datasets", "subset")
@@ -277,6 +295,10 @@ def normalised_config(config: dict, info: dict, current: bool = False) -> dict:
         d.pop("subset", None)  # as RunConfig.hash: folders from before subsets and hub sources
     if d.get("source", "local") == "local":
         d.pop("source", None)
+    if not d.get("fields"):
+        d.pop("fields", None)  # as RunConfig.hash: folders from before own data
+    if d.get("include_path") is None:
+        d.pop("include_path", None)
     for k in SET_FIELDS:
         if isinstance(d.get(k), list):
             d[k] = sorted(map(str, d[k]))
@@ -400,11 +422,12 @@ class Runner:
             if label in self.adapt_configs:
                 raise ValueError(f"method {spec!r} repeats {label!r} in methods; list each once")
             self.adapt_configs[label] = ac
-        for d in cfg.datasets:
+        for d in cfg.dataset_names():
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {cfg.prompt_style!r}; choose one of {sorted(PROMPT_STYLES)}")
-        if any((DATASETS[d].generate is None and cfg.source == "local") or DATASETS[d].reads for d in cfg.datasets):
+        sets = [DATASETS[d] for d in cfg.dataset_names()]
+        if any((s.generate is None and s.load is None and cfg.source == "local") or s.reads for s in sets):
             resolve_data_dir(cfg.data_dir)  # raises naming --data-dir
         if cfg.n_samples > 1 and all(c.temperature == 0 for c in self.adapt_configs.values()):
             raise ValueError("n_samples > 1 needs sampling: set temperature > 0 (e.g. --set temperature=0.6)")
@@ -502,7 +525,7 @@ class Runner:
 
     # --- the run ------------------------------------------------------------------------
     def units(self) -> list[tuple[str, str]]:
-        return [(m, d) for m in self.adapt_configs for d in self.cfg.datasets]
+        return [(m, d) for m in self.adapt_configs for d in self.cfg.dataset_names()]
 
     def assignment(self, method: str, dataset: str, index: int) -> tuple[bool, str]:
         """Which part of a unit this rank does. Online adapting streams are sequential: a rank
@@ -544,7 +567,7 @@ class Runner:
                 raise FileExistsError(f"{self.out} was run on other {name} problems: subset {rec['spec']} selected "
                                       f"{old_subsets[name]['n']} ids (sha256 {old_subsets[name]['ids_sha256'][:12]}), "
                                       f"now {rec['n']} ({rec['ids_sha256'][:12]}); use a new --out")
-        data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.datasets}
+        data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.dataset_names()}
         ident = run_identity(self.cfg, data)  # model files and data: a resume on others is refused here
         if same:
             updated = check_resume(self.out, old, data, ident, has_results(self.out))
@@ -592,7 +615,7 @@ class Runner:
         if limit is None:
             return
         c = self.cfg
-        for dataset in c.datasets:
+        for dataset in c.dataset_names():
             for p in self.problems(dataset):
                 messages = build_messages(p.question, c.prompt_style, template=c.prompt_template)
                 n = prompt_ids(self.tokenizer, messages).shape[1]
