@@ -812,19 +812,33 @@ class Runner:
             self._stream(lm, method, dataset, unit["problems"], todo, unit["stored"], unit["path"], unit["folder"],
                          unit["order"], rows_hash)
             if unit["export"] is not None:
-                self._export(lm, unit["export"])
+                self._export(lm, unit["export"], unit["path"], dataset)
         finally:
             self.model = lm.unwrap()
 
-    def _export(self, lm, folder: Path) -> None:
+    def _export(self, lm, folder: Path, rows_path: Path, dataset: str) -> None:
         """The final adapted state of a finished online stream, as a folder that
-        `ZeroSiamLM.from_pretrained` and `peft.PeftModel.from_pretrained` load; written whole or
-        not at all."""
+        `ZeroSiamLM.from_pretrained` and `peft.PeftModel.from_pretrained` load, its model card
+        stating the stream, accuracy with its interval and the verdict; written whole or not at all."""
         from zs_llm.checkpoint import atomic_folder
+        from zs_llm.diagnostics import collapse_measures
 
+        from .stats import wilson_interval
+
+        rows = sorted(scan_rows(rows_path).rows, key=lambda r: r["index"])
+        graded = [r["correct"] for r in rows if r.get("correct") is not None]
+        source = source_record(dataset, self.cfg.source, self.cfg.data_dir, self.cfg.seed)
+        where = source.get("hub") or (Path(source["path"]).name if source.get("path") else source.get("source"))
+        card = {"stream": {"dataset": dataset, "source": f"{source.get('source')}: {where}", "problems": len(rows)}}
+        if graded:
+            low, high = wilson_interval(sum(graded), len(graded))
+            card["accuracy"] = {"correct": sum(graded), "n": len(graded), "acc": sum(graded) / len(graded),
+                                "low": low, "high": high}
+            measures = collapse_measures(rows)
+            card.update(verdict=measures["verdict"], verdict_rule=measures["verdict_rule"])
         remove_stale_temporaries(folder.parent)
         with atomic_folder(folder) as tmp:
-            lm.save_pretrained(tmp)
+            lm.save_pretrained(tmp, card=card)
 
     # --- pooled streams -------------------------------------------------------------------
     def stream_batch(self) -> int:
@@ -901,7 +915,7 @@ class Runner:
     def _finish_pooled(self, host, w) -> None:
         """A pooled stream is done: export its adapted state (online streams), then free its slot."""
         if w.export is not None:
-            self._export(w.lm, w.export)
+            self._export(w.lm, w.export, w.path, w.dataset)
         host.remove_stream(w.lm.stream_name)
 
     def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:
