@@ -83,7 +83,7 @@ class RunConfig:
                 "and its own overrides as name:key=value:key=value (e.g. zerosiam:alpha=0)."})
     datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={
         "help": "Dataset names, comma- or space-separated; or your own data (eval/userdata.py): a .jsonl/.json/.csv/"
-                ".parquet file, hub:ORG/NAME:SPLIT, a task file (.yaml), a task of --include_path, NAME=any of these.",
+                ".parquet file, hub:ORG/NAME:SPLIT, a task file (.yaml), task:NAME (of --include_path), NAME=any of these.",
         "choices": DatasetChoices()})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
                                                      "it has one).", "min": 1})
@@ -102,7 +102,7 @@ class RunConfig:
                 "answer, id and solution, e.g. problem=question,answer=final (default: the usual column names).",
         "empty_ok": True})
     include_path: str | None = field(default=None, metadata={
-        "help": "Folder of task files (.yaml: task, path or hub+split, fields); --datasets names their tasks."})
+        "help": "Folder of task files (.yaml: task, path or hub+split, fields); --datasets task:NAME runs one."})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES).",
                                                          "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={

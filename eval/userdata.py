@@ -6,7 +6,7 @@ An entry of `--datasets` that is not a built-in name is read as your own data:
     hub:ORG/NAME:SPLIT                       a hub dataset's split (name: NAME); also
                                              hub:ORG/NAME:CONFIG:SPLIT and a trailing @REVISION
     tasks/qa.yaml                            a task file (name: its `task:`)
-    qa                                       the task `qa` of a task file in --include_path DIR
+    task:qa                                  the task `qa` of a task file in --include_path DIR
     mine=SOURCE                              any of the above under the name `mine`
 
 A row becomes a problem through four fields: `problem` (the question text), `answer` (the gold
@@ -51,7 +51,7 @@ USUAL_COLUMNS = {
     "solution": ("solution", "Solution", "rationale"),
 }
 TASK_KEYS = ("task", "path", "hub", "config", "split", "revision", "fields")
-FORMS = ("FILE.jsonl|.json|.csv|.parquet", "hub:ORG/NAME:SPLIT", "TASK.yaml", "a task of --include_path",
+FORMS = ("FILE.jsonl|.json|.csv|.parquet", "hub:ORG/NAME:SPLIT", "TASK.yaml", "task:NAME (of --include_path)",
          "NAME=SOURCE")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _HUB = re.compile(r"hub:(?P<path>[^:@\s]+/[^:@\s]+)(?::(?P<config>[^:@\s]+))?:(?P<split>[^:@\s]+)"
@@ -123,11 +123,12 @@ def is_builtin(entry: str) -> bool:
 
 
 class DatasetChoices:
-    """What `--datasets` takes, for the option check: a registered set, or what may be your own data
-    (the run's configuration resolves it, refusing an unknown name with the forms it takes)."""
+    """What `--datasets` takes, for the option check: a built-in set, or an entry written as your own
+    data (a file, hub:, task:, NAME=), which the run's configuration then resolves. A bare name is
+    a built-in set's: a typo is refused by every entry point alike."""
 
     def __contains__(self, entry) -> bool:
-        return isinstance(entry, str) and (entry in DATASETS or _looks_own(entry))
+        return isinstance(entry, str) and (is_builtin(entry) or _looks_own(entry))
 
     def __iter__(self):
         yield from (n for n in DATASETS if is_builtin(n))
@@ -135,8 +136,7 @@ class DatasetChoices:
 
 
 def _looks_own(entry: str) -> bool:
-    return (entry.startswith("hub:") or "=" in entry or entry.endswith(DATA_SUFFIXES + TASK_SUFFIXES)
-            or _NAME.fullmatch(entry) is not None)
+    return entry.startswith(("hub:", "task:")) or "=" in entry or entry.endswith(DATA_SUFFIXES + TASK_SUFFIXES)
 
 
 def set_name(entry: str) -> str:
@@ -149,6 +149,8 @@ def set_name(entry: str) -> str:
     m = _HUB.fullmatch(entry)
     if m:
         return _safe(m["path"].rsplit("/", 1)[1])
+    if entry.startswith("task:"):
+        return entry[5:]
     p = Path(entry)
     if entry.endswith(TASK_SUFFIXES) and p.is_file():
         try:
@@ -210,14 +212,17 @@ def resolve(entry: str, fields: dict[str, str], include_path: str | None) -> Use
         if entry.endswith(TASK_SUFFIXES):
             return _from_task(p, entry)
         return UserSet(set_name(entry), entry, path=p, fields=dict(fields))
-    tasks = find_tasks(include_path) if include_path else {}
-    if entry in tasks:
-        return _with_name(_from_task(tasks[entry], entry), entry, entry)
+    if entry.startswith("task:"):
+        if not include_path:
+            raise ValueError(f"datasets entry {entry!r} names a task of --include_path, which is not given; add "
+                             "--include_path DIR (a folder of task files)")
+        tasks = find_tasks(include_path)
+        if entry[5:] not in tasks:
+            raise ValueError(f"datasets entry {entry!r}: no task {entry[5:]!r} in {include_path} (it has: "
+                             f"{', '.join(sorted(tasks)) or 'none'}); check the task: line of its file")
+        return _with_name(_from_task(tasks[entry[5:]], entry), entry[5:], entry)
     builtin = ", ".join(n for n in DATASETS if is_builtin(n))
-    where = f"a task in {include_path} (it has: {', '.join(sorted(tasks)) or 'none'})" if include_path else \
-        "a task of --include_path DIR"
-    raise ValueError(f"datasets={entry!r} is not valid; choose one of {builtin}, or your own data: a "
-                     f"{'/'.join(DATA_SUFFIXES)} file, hub:ORG/NAME:SPLIT, a task file (.yaml) or {where}")
+    raise ValueError(f"datasets={entry!r} is not valid; choose one of {builtin}, {', '.join(FORMS)}")
 
 
 def _with_name(us: UserSet, name: str, entry: str) -> UserSet:

@@ -82,7 +82,7 @@ def test_every_format_and_field_mapping_reads_the_same_problems(kind, seed, tmp_
     (tasks / "sub").mkdir(parents=True)
     (tasks / "sub" / f"t{seed}.yaml").write_text(f"task: mine{seed}\npath: ../../{mapped.name}\n"
                                                  f"fields: {json.dumps(own)}\n")
-    cfg = config("--datasets", f"mine{seed}", "--include_path", str(tasks))
+    cfg = config("--datasets", f"task:mine{seed}", "--include_path", str(tasks))
     assert cfg.dataset_names() == [f"mine{seed}"]
     assert [(p.id, p.question, p.gold) for p in load_problems(f"mine{seed}")] == want
     rec = source_record(f"mine{seed}", "local")
@@ -145,8 +145,11 @@ def test_repeated_ids_names_and_unknown_entries_are_refused(tmp_path):
     assert config("--datasets", f"mymath500={clash}").dataset_names() == ["mymath500"]
     other = write(tmp_path / "o" / "rep.jsonl", [{"problem": "a?", "answer": "1"}])
     assert "both named 'rep'" in one_line_error(lambda: config("--datasets", f"{path},{other}"))
-    msg = one_line_error(lambda: config("--datasets", "nosuch", "--include_path", str(tmp_path)))
-    assert "a task in" in msg and "it has: none" in msg
+    msg = one_line_error(lambda: config("--datasets", "task:nosuch", "--include_path", str(tmp_path)))
+    assert f"no task 'nosuch' in {tmp_path} (it has: none)" in msg
+    assert "add --include_path DIR" in one_line_error(lambda: config("--datasets", "task:nosuch"))
+    msg = one_line_error(lambda: config("--datasets", "nosuch"))  # a bare name is a built-in set's
+    assert msg.startswith("--datasets: datasets='nosuch' is not valid; choose one of math500") and "task:NAME" in msg
     assert "'mapp' is not a field" in one_line_error(lambda: config("--datasets", str(path), "--fields", "mapp=x"))
 
 
