@@ -303,11 +303,14 @@ def accuracy_section(summary: dict) -> str:
     avg = summary["average"]
     text += ["", f"### Change from {summary['baseline']}", "", change_table(summary), "",
              "Paired on problem id, over the problems graded for both. Interval: paired bootstrap "
-             f"({N_RESAMPLES:,} resamples of problems, seed 0{'; within each set for the average' * bool(avg)}). "
+             f"({N_RESAMPLES:,} resamples of problems, seed 0{'; within each set for the average' * bool(avg)}), "
+             "widened where needed to Newcombe's score interval for paired proportions (built from the two "
+             "accuracies' Wilson intervals; for the average at the effective number of problems), so a change every "
+             "resample repeats at a few problems still has its width. "
              f"gained / lost: problems only the method / only {summary['baseline']} solved. McNemar: exact two-sided "
              f"binomial test on those counts{' (for the average, pooled over the sets)' * bool(avg)}."
-             + (f" {SMALL_MARK} fewer than {SMALL_N} paired problems: a change that every resample repeats can show "
-                "an interval of no width there; it is not a precise result." if small else "")]
+             + (f" {SMALL_MARK} fewer than {SMALL_N} paired problems: the interval is wide and its 95% only "
+                "approximate; it is not a precise result." if small else "")]
     extra = [(k, a) for k, a in sets.items() if "avg@n" in a]
     if extra:
         cols = list(sample_columns(summary)[1:])
