@@ -32,6 +32,7 @@ from zs_llm.methods import METHODS
 
 from .datasets import FOUR_SETS
 from .identity import data_change, model_change
+from .report_html import write_html
 from .rows import lock_holder, read_rows_strict
 from .runner import RESULT_FREE_FIELDS
 from .stats import (
@@ -629,7 +630,8 @@ def _read_json(path: Path) -> dict:
 
 def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
                  status: list[str] | None = None) -> Path:
-    """Write report.md, metrics.json, results.csv and plots/ into `run_dir`; returns the report's path.
+    """Write report.md (and report.html, the same with its plots inline), metrics.json, results.csv and
+    plots/ into `run_dir`; returns the report's path.
     `status` gets a line per thing unfinished (a live writer, incomplete streams; `status_notes`).
 
     Several run folders (one configuration, different seeds) go to `write_combined_report`, into
@@ -688,6 +690,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS + sample_columns(summary))
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
+    write_html(path)  # report.html beside it, plots inline
     return path
 
 
@@ -869,7 +872,7 @@ def check_combined_out(out: Path, runs: Sequence[Path]) -> None:
             raise FileExistsError(f"--out {out} holds the combined report of other runs ({', '.join(were)}); choose "
                                   "another --out, or delete that folder to replace it")
         return
-    found = [n for n in ("report.md", "metrics.json", "results.csv", "plots") if (out / n).exists()]
+    found = [n for n in ("report.md", "report.html", "metrics.json", "results.csv", "plots") if (out / n).exists()]
     if found:
         raise FileExistsError(f"--out {out} holds {', '.join(found)} not written by a combined report (no "
                               f"{COMBINED_MARK}); choose another --out, or delete them")
@@ -997,4 +1000,5 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
                f"bars: mean of {len(runs)} runs; whiskers: range over runs; dots: each run")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
+    write_html(path)
     return path
