@@ -240,10 +240,13 @@ def test_an_exported_adapters_card_states_method_stream_accuracy_and_loading(fin
     assert "README.md" in cfg["files"]  # checked on load like the weights
     assert card.startswith("---\nlibrary_name: peft\n") and "# zerosiam adapter for " in card
     assert "Model Card for Model ID" not in card  # not peft's empty template
-    for k, v in cfg["adapt_config"].items():  # every setting with its value
+    own = cfg["adapt_config"]["method_args"]
+    assert own  # zerosiam's own settings (alpha, divergence, the predictor's) are shown as well
+    for k, v in [*cfg["adapt_config"].items(), *own.items()]:  # every setting with its value
         if k != "method_args":
             shown = json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v
-            assert f"| {k} | `{shown}` |" in card, k
+            name = f"{k} (zerosiam's own)" if k in own else k
+            assert f"| {name} | `{shown}` |" in card, k
     assert "| dataset | `arith` |" in card and "| source | generated: generated |" in card
     assert f"| problems seen (adapted on) | {cfg['problems_seen']} |" in card
     rows = sorted(scan_rows(out / "rows" / "zerosiam__arith.jsonl").rows, key=lambda r: r["index"])

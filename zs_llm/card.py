@@ -63,6 +63,10 @@ def _code(value) -> str:
     return f"`{value}`" if value not in (None, "") else "-"
 
 
+def _value(v) -> str:
+    return _code(json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v)
+
+
 def model_card(meta: dict, card: dict | None = None) -> str:
     """README.md of an adapter folder: `meta` is its zs_llm config (the method's settings, the base
     model record, problems seen); `card` what the harness adds: the stream, accuracy with its
@@ -86,9 +90,10 @@ def model_card(meta: dict, card: dict | None = None) -> str:
                      ("fingerprint", f"`{base['fingerprint']}` (zs_llm.model.base_probe: architecture, parameter "
                                      "shapes and sampled weights; checked when the adapter loads)")])
     lines += ["", "## Method and its settings", ""]
+    own = ac.get("method_args") or {}
     lines += ["| setting | value |", "|---|---|",
-              *(f"| {k} | {_code(json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v)} |"
-                for k, v in ac.items() if k != "method_args")]
+              *(f"| {k} | {_value(v)} |" for k, v in ac.items() if k != "method_args"),
+              *(f"| {k} ({method}'s own) | {_value(v)} |" for k, v in own.items())]
     lines += ["", "## Stream", ""]
     stream = card.get("stream") or {}
     lines += _table([("dataset", _code(stream.get("dataset"))), ("source", stream.get("source") or "-"),
