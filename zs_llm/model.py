@@ -11,13 +11,13 @@ import logging
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import adapt as _adapt
 from .config import AdaptConfig
 from .guard import CollapseGuard
 from .methods import METHODS
@@ -87,6 +87,27 @@ def _apply_post(logits: torch.Tensor, ops) -> torch.Tensor:
     return logits
 
 
+@dataclass
+class SharedModel:
+    """What the wrappers of one model share (`ZeroSiamLM(model, ..., share=other)`): peft's model
+    around it (None until a wrapper adds LoRA), the wrapper whose adapter runs now (its id), and how
+    many adapters sharers added (their names are numbered)."""
+
+    peft: Any = None
+    active: int | None = None
+    added: int = 0
+
+
+#: what ZeroSiamLM once offered itself and where it is now (the loop and stream hosting sit above it)
+MOVED = {
+    "adapt_generate": "zs_llm.adapt_generate(lm, prompt, return_result=True)",
+    "stream": "zs_llm.Streams(lm).stream(name, config)",
+    "streams": "zs_llm.Streams(lm).streams",
+    "remove_stream": "zs_llm.Streams(lm).remove(name)",
+    "adapt_generate_pool": "zs_llm.Streams(lm).adapt_generate({name: prompt})",
+}
+
+
 class ZeroSiamLM:
     """Wrap `model` (any `AutoModelForCausalLM`) for test-time adaptation.
 
@@ -100,17 +121,24 @@ class ZeroSiamLM:
     adapters loaded into it) is refused with ValueError rather than unwrapped, since whether
     those adapters should stay in the answers is the caller's call: `merge_and_unload()` folds
     them into the weights, `unload()` drops them. A model another `ZeroSiamLM` wraps is refused
-    too: add a method to that wrapper with `stream()`, or `unwrap()` it first.
+    too: host another method on it with `zs_llm.Streams(lm)` (or `share=lm`), or `unwrap()` it first.
+
+    `share`: another wrapper of the same `model`; this one then adds its own adapter (and keeps
+    its own predictor, optimizer and method state) beside that wrapper's, and runs it when it
+    generates or steps (`activate`). The adaptation loop is `zs_llm.adapt`; the library call
+    `zs_llm.adapt_generate`.
     """
 
     def __init__(self, model: nn.Module, tokenizer, config: AdaptConfig | None = None, check: bool = True,
-                 *, _host: ZeroSiamLM | None = None, _name: str | None = None):
+                 *, share: ZeroSiamLM | None = None):
         if isinstance(config, dict):
             config = AdaptConfig.from_dict(config)
         self.zs_config = config = config or AdaptConfig()
         self.tokenizer = tokenizer
         self.method = METHODS[config.method](config)
-        if _host is None:
+        if share is not None and model is not share.hf:
+            raise ValueError("share= must be a wrapper of this same model (its .hf); wrap another model on its own")
+        if share is None:
             refuse_wrapped(model)
             meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
             if meta is not None:
@@ -131,21 +159,25 @@ class ZeroSiamLM:
         self.head = head
         self.backbone = backbone
         self._post = logit_postprocess(model.config)
-        #: streams hosted on this model (`stream()`), shared by the host and every stream
-        self._hub = _host._hub if _host is not None else {"peft": None, "streams": {}, "active": None, "next": 0}
-        self.stream_name = _name
+        #: what this wrapper shares with the other wrappers of `model`
+        self.shared = share.shared if share is not None else SharedModel()
+        #: this wrapper wrapped `model` (the others share it)
+        self.owns_model = share is None
         #: this stream's peft adapter (None: generation runs through no LoRA)
         self.adapter_name = None
-        if _host is None:
+        if share is None:
             for p in model.parameters():
                 p.requires_grad_(False)
             model.eval()
         self.peft = None
         if "lora" in self.method.trains:
-            self.adapter_name = "default" if _host is None else f"stream{self._hub['next']}"
+            if share is None:
+                self.adapter_name = "default"
+            else:
+                self.adapter_name, self.shared.added = f"stream{self.shared.added}", self.shared.added + 1
             self.peft = self._inject_lora(model)
         try:
-            self._activate()
+            self.activate()
             self.hidden_size = head.weight.shape[1]
             kind = self.predictor_kind
             self.predictor = build_predictor(
@@ -156,7 +188,7 @@ class ZeroSiamLM:
                 self.set_gradient_checkpointing(True)
             self.optimizer = self._build_optimizer()
             self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
-            if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
+            if check and share is None and not self.method.batchable:  # generation-only methods never use head_logits
                 self.check_identity()
             self._initial = self.snapshot()
             self.problems_seen = 0
@@ -166,7 +198,7 @@ class ZeroSiamLM:
             if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
                 self.guard = CollapseGuard(self)
         except BaseException:  # the caller's model must come back as it was given (no stray LoRA layers)
-            self._drop_adapter()
+            self.drop_adapter()
             raise
 
     # --- construction -------------------------------------------------------------------
@@ -214,17 +246,17 @@ class ZeroSiamLM:
                 torch.manual_seed(c.seed)
                 # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning the user cannot act on
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                peft = self._hub["peft"]
+                peft = self.shared.peft
                 if peft is None:
-                    peft = self._hub["peft"] = get_peft_model(model, lcfg, adapter_name=self.adapter_name)
+                    peft = self.shared.peft = get_peft_model(model, lcfg, adapter_name=self.adapter_name)
                 else:  # another stream's adapter beside the ones already there, initialised as a fresh one would be
                     peft.add_adapter(self.adapter_name, lcfg)
             # peft trains only its active adapter: every stream's adapter stays trainable here (each
-            # stream's optimizer holds its own), and which one runs is set by `_activate`
+            # stream's optimizer holds its own), and which one runs is set by `activate`
             for n, p in model.named_parameters():
                 if "lora_" in n:
                     p.requires_grad_(True)
-            self._hub["active"] = None
+            self.shared.active = None
             model._zs_llm_wrapped = True  # for `refuse_wrapped`: a second wrapper must not stack on these layers
             return peft
         except ValueError as e:
@@ -260,71 +292,28 @@ class ZeroSiamLM:
         out += [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters() if p.requires_grad]
         return out
 
-    # --- several streams on one model ---------------------------------------------------
-    def stream(self, name: str, config: AdaptConfig | dict | None = None) -> ZeroSiamLM:
-        """The stream `name` hosted on this model, created on first use with `config` (default:
-        this wrapper's). A stream is a `ZeroSiamLM` of its own (its own LoRA adapter, predictor,
-        optimizer, method state, guard and problem count) that shares the base model, so
-        `lm.stream("math500/zerosiam").adapt_generate(prompt)` adapts that stream alone, and
-        `lm.adapt_generate_pool({name: prompt, ...})` answers one problem of several streams in
-        one batch. A new stream starts exactly as a new `ZeroSiamLM` with its config would."""
-        hub = self._hub
-        if isinstance(config, dict):
-            config = AdaptConfig.from_dict(config)
-        if name in hub["streams"]:
-            s = hub["streams"][name]
-            if config is not None and config.hash() != s.zs_config.hash():
-                raise ValueError(f"stream {name!r} exists with another config; remove_stream({name!r}) first")
-            return s
-        s = ZeroSiamLM(self.hf, self.tokenizer, config or self.zs_config, _host=self, _name=name)
-        hub["next"] += 1
-        hub["streams"][name] = s
-        return s
-
-    @property
-    def streams(self) -> dict[str, ZeroSiamLM]:
-        """The streams hosted on this model, by name."""
-        return dict(self._hub["streams"])
-
-    def remove_stream(self, name: str) -> None:
-        """Drop a stream and free its adapter, predictor and optimizer state."""
-        s = self._hub["streams"].pop(name)
-        s._drop_adapter()
-        s.optimizer = None
-
-    def _drop_adapter(self) -> None:
+    # --- several wrappers on one model -------------------------------------------------
+    def drop_adapter(self) -> None:
         """Remove this wrapper's own LoRA adapter from the shared model (all of peft's layers when
-        it is the host and the only adapter)."""
-        if self.adapter_name is None or self._hub["peft"] is None:
+        this wrapper wrapped the model and its adapter is the only one)."""
+        peft = self.shared.peft
+        if self.adapter_name is None or peft is None:
             return
-        if self.stream_name is None and not self._hub["streams"]:
+        if self.owns_model and set(peft.peft_config) <= {self.adapter_name}:
             self.unwrap()
             return
-        with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
+        with warnings.catch_warnings():  # peft names a new active adapter; `activate` decides which runs
             warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
-            self._hub["peft"].delete_adapter(self.adapter_name)
+            peft.delete_adapter(self.adapter_name)
         for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
             if "lora_" in n:
                 p.requires_grad_(True)
-        self._hub["active"] = None
+        self.shared.active = None
 
-    def adapt_generate_pool(self, prompts: dict, problem_ids: dict | None = None) -> dict:
-        """One problem for each of several streams, answered together: `{name: prompt}` ->
-        `{name: AdaptResult}`. Each stream sees exactly what `stream(name).adapt_generate(prompt)`
-        would (drafts generated in one batch, each row through its own stream's adapter; updates
-        one forward and backward over the pool, each stream's loss and optimizer its own). A
-        name not yet hosted becomes a stream with this wrapper's config: create streams with
-        other configs first (`stream(name, config)`)."""
-        from .pool import adapt_pool
-
-        ids = problem_ids or {}
-        items = [(self.stream(n), p, ids.get(n)) for n, p in prompts.items()]
-        return dict(zip(prompts, adapt_pool(items)))
-
-    def _activate(self) -> None:
-        """Make this stream's adapter the one the shared model runs (none for a stream without LoRA)."""
-        hub = self._hub
-        if hub["active"] == id(self) or hub["peft"] is None:
+    def activate(self) -> None:
+        """Make this wrapper's adapter the one the shared model runs (none for one without LoRA)."""
+        shared = self.shared
+        if shared.active == id(self) or shared.peft is None:
             return
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -332,7 +321,7 @@ class ZeroSiamLM:
         for m in self.hf.modules():
             if isinstance(m, BaseTunerLayer):
                 m._active_adapter = names
-        hub["active"] = id(self)
+        shared.active = id(self)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_trainable()]
@@ -344,7 +333,7 @@ class ZeroSiamLM:
 
     def features(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden state (after the final norm) of a (1, T) sequence at `positions`: (N, H)."""
-        self._activate()
+        self.activate()
         out = self.backbone(input_ids=input_ids.to(self.device), use_cache=False)
         h = out.last_hidden_state[0]  # (T, H)
         return h if positions is None else h[positions.to(self.device)]
@@ -358,7 +347,7 @@ class ZeroSiamLM:
         """Fail early when head(predictor(features)) does not reproduce the model's logits."""
         if self.predictor_kind == "fixed_random":
             return
-        self._activate()
+        self.activate()
         n = min(8, getattr(self.hf.config, "vocab_size", 8))
         ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % max(1, self.head.weight.shape[0])
         ref = self.hf(input_ids=ids, use_cache=False).logits[0].float()
@@ -377,7 +366,9 @@ class ZeroSiamLM:
             )
 
     # --- state --------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor adaptation changes, by name (live, not copies): this wrapper's trained
+        parameters, the predictor's buffers and the method's state."""
         # adapter names written as peft's "default": a stream's checkpoint loads into any stream
         # of the same config, pooled or alone
         d = {_canonical(n, self.adapter_name): p for n, p in self.named_trainable()}
@@ -388,14 +379,14 @@ class ZeroSiamLM:
     def snapshot(self) -> dict[str, Any]:
         """A copy of everything adaptation changes: trained tensors and optimizer state."""
         return {
-            "tensors": {k: v.detach().clone() for k, v in self._state_tensors().items()},
+            "tensors": {k: v.detach().clone() for k, v in self.state_tensors().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
         }
 
     @torch.no_grad()
     def restore(self, snap: dict[str, Any]) -> None:
         """Put back a `snapshot()` exactly (bitwise)."""
-        live = self._state_tensors()
+        live = self.state_tensors()
         for k, v in snap["tensors"].items():
             live[k].copy_(v)
         if self.optimizer is not None:
@@ -441,7 +432,7 @@ class ZeroSiamLM:
         Sampling (temperature > 0) seeds torch with `seed`, by default this problem's
         `sample_seed(config.seed, problems_seen)`: the same seed and state give the same text."""
         c = self.zs_config
-        self._activate()
+        self.activate()
         max_new = max_new_tokens or c.max_new_tokens
         if self.context_length is not None:
             max_new = max(1, min(max_new, self.context_length - input_ids.shape[1]))
@@ -726,32 +717,27 @@ class ZeroSiamLM:
                 for k, v in live_extra.items():
                     v.copy_(extra[k])
         except BaseException:  # a refused folder leaves `model` as it was given
-            lm._drop_adapter()
+            lm.drop_adapter()
             raise
         lm.problems_seen = meta.get("problems_seen", 0)
         return lm
 
     def unwrap(self) -> nn.Module:
-        """Remove the LoRA layers (every stream's) and return the plain base model (to wrap it again)."""
-        peft = self._hub["peft"]
+        """Remove the LoRA layers (every sharing wrapper's) and return the plain base model (to wrap it again)."""
+        peft = self.shared.peft
         if peft is not None:
             model = peft.unload()
             model.__dict__.pop("_zs_llm_wrapped", None)
-            self.peft = self._hub["peft"] = None
-            self._hub["streams"].clear()
+            self.peft = self.shared.peft = None
             return model
         return self.hf
-
-    # --- the library call ---------------------------------------------------------------
-    def adapt_generate(self, prompt, problem_id: str | None = None):
-        """Adapt on one problem and answer it; returns an `AdaptResult`. See `zs_llm.adapt`."""
-        self._activate()
-        return _adapt.adapt_on_problem(self, prompt, problem_id)
 
     def __getattr__(self, name):
         # only reached for attributes the wrapper does not have: pass through to the model
         if name.startswith("__") or name in ("hf",):
             raise AttributeError(name)
+        if name in MOVED:
+            raise AttributeError(f"ZeroSiamLM.{name} is gone: use {MOVED[name]}")
         return getattr(self.__dict__["hf"], name)
 
     def __repr__(self):
@@ -777,7 +763,7 @@ def refuse_wrapped(model: nn.Module) -> None:
 
     if getattr(model, "_zs_llm_wrapped", False):
         raise ValueError(f"this {type(model).__name__} is already wrapped by a ZeroSiamLM (its LoRA layers are in "
-                         "place): reuse that wrapper (lm.stream(name, config) adds another method), or call "
+                         "place): reuse that wrapper (zs_llm.Streams(lm).stream(name, config) adds another method), or call "
                          "lm.unwrap() first to get the plain model back")
     names = sorted({a for m in model.modules() if isinstance(m, BaseTunerLayer) for a in m.active_adapters})
     if names or getattr(model, "peft_config", None):
