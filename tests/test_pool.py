@@ -171,3 +171,27 @@ def test_bf16_pool_never_folds_lora_into_weights(tok, monkeypatch):
     n = min(len(row), alone_ids.shape[1])
     assert torch.equal(row[:n].cpu(), alone_ids[0, :n].cpu())
     assert (logits[:n] - alone_logits[0, :n]).abs().max() < 0.1  # bf16 rounding of a padded batch
+
+
+@pytest.mark.parametrize("name", ["adapt_generate", "stream", "streams", "remove_stream", "adapt_generate_pool"])
+def test_what_left_the_wrapper_names_where_it_went(name, tok):
+    lm = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    with pytest.raises(AttributeError, match=rf"ZeroSiamLM\.{name} is gone: use zs_llm\."):
+        getattr(lm, name)
+
+
+def test_a_stream_is_removed_by_name_or_by_itself_and_an_unknown_one_is_named(tok):
+    host = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
+    a, b = host.stream("a", config(STREAMS["tent"][0])), host.stream("b", config(STREAMS["tent"][0]))
+    host.remove(a)
+    host.remove("b")
+    assert host.streams == {} and a.optimizer is None and b.optimizer is None
+    assert not any("lora_" in n for n, _ in host.host.hf.named_parameters() if n.split(".")[-2] in ("stream0", "stream1"))
+    with pytest.raises(KeyError, match="no stream 'a' here"):
+        host.remove("a")
+
+
+def test_sharing_another_models_wrapper_is_refused(tok):
+    host = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    with pytest.raises(ValueError, match="share= must be a wrapper of this same model"):
+        ZeroSiamLM(tiny_model("llama"), tok, config(STREAMS["tent"][0]), share=host)

@@ -51,10 +51,12 @@ def test_stream_batch_is_not_part_of_the_run_hash(tiny_dir):
 
 def test_pooled_run_gives_the_rows_of_a_sequential_run(tiny_dir, tmp_path, monkeypatch):
     lengths = {"arith": 4, "arith_dev": 2}
-    one = short(Runner(cfg(tiny_dir, stream_batch=1), tmp_path / "one", progress=False), lengths).run()
     rounds = []
     real = zs_llm.adapt.adapt_round
     monkeypatch.setattr(zs_llm.adapt, "adapt_round", lambda items: rounds.append(len(items)) or real(items))
+    one = short(Runner(cfg(tiny_dir, stream_batch=1), tmp_path / "one", progress=False), lengths).run()
+    assert rounds == [1] * 6 * (4 + 2)  # run one at a time, every adapting stream goes through the same loop
+    rounds.clear()
     pooled = short(Runner(cfg(tiny_dir, stream_batch=3), tmp_path / "pool", progress=False), lengths).run()
     assert max(rounds) == 3 and sum(rounds) == 6 * (4 + 2)  # 6 pooled methods, noadapt keeps its batches
     assert_same_rows(load_run(one), load_run(pooled))
