@@ -17,7 +17,7 @@ from zs_llm import METHODS, AdaptConfig, Streams, ZeroSiamLM
 from zs_llm.adapt import adapt_on_problem
 from zs_llm.checkpoint import NONFINITE_KINDS, check_tensors, load_checkpoint, save_checkpoint
 from zs_llm.loading import HubUnreachableError, check_device
-from zs_llm.model import CONFIG_NAME, EXTRA_NAME
+from zs_llm.saving import CONFIG_NAME, EXTRA_NAME
 from zs_llm.testing import ARCHS, MORE_ARCHS, tiny_model
 
 KIND_VALUE = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
