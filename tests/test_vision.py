@@ -442,11 +442,28 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
                 assert len(r["n"]) == len(r["logit_norm"]) == len(r["batch_acc"]) > 0
                 assert all(math.isfinite(v) for v in r["logit_norm"] + r["entropy"] + r["predictor_dev"])
                 uses = VISION_METHODS[method].uses_predictor
-                assert (max(r["predictor_dev"]) > 0) == uses or (uses and r["selected"] == 0), (scenario, model, method)
+                # a plug-in that selected no sample in the first seed's streams has not moved its predictor
+                assert (max(r["predictor_dev"]) > 0) == (uses and r["selected"] > 0), (scenario, model, method)
+                # every (seed, stream) holds one outcome per sample; acc pools them
+                assert {seed for seed, _ in r["outcomes"]} == {0, 1}
+                flat = [c for o in r["outcomes"].values() for c in o]
+                assert r["acc"] == pytest.approx(sum(flat) / len(flat))
+                assert r["sec_per_sample"] > 0
             if scenario == "bs1":
                 assert set(per_method["tent"]["n"]) == {1.0}
+            # the same samples in the same order for every method of a seed: paired outcomes
+            lengths = {m: {k: len(o) for k, o in r["outcomes"].items()} for m, r in per_method.items()}
+            assert len({tuple(sorted(v.items())) for v in lengths.values()}) == 1
+            # the study's change from noadapt: the mean over (seed, stream) of the paired differences
+            tent, base = per_method["tent"]["outcomes"], per_method["noadapt"]["outcomes"]
+            diff = sum(sum(tent[k]) / len(tent[k]) - sum(base[k]) / len(base[k]) for k in tent) / len(tent)
+            row = next(r for r in out["study"].splitlines() if r.startswith(f"| {scenario} | {model} | tent |"))
+            assert row.split(" | ")[5].startswith(f"{100 * diff:+.1f} [")
     assert out["table"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS)
-    assert (tmp_path / "results.md").read_text().count("| label_shift |") == 2 * len(bench.MODELS)
+    assert out["study"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS) * len(bench.METHODS)
+    assert out["overhead"].count("\n") == 1 + len(bench.METHODS)
+    text = (tmp_path / "results.md").read_text()
+    assert text.count("| label_shift |") == 2 * len(bench.MODELS) + len(bench.MODELS) * len(bench.METHODS)
     assert len(out["plots"]) == len(bench.SCENARIOS) * len(bench.MODELS)
     assert all(p.exists() and p.stat().st_size > 0 for p in out["plots"])
 
