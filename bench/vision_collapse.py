@@ -660,13 +660,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1,
         help="torch threads (1 is fastest on 2 cores shared with other work)",
     )
-    p.add_argument("--train-steps", type=int, default=None, help="cap the training steps (quick mode: 15)")
+    p.add_argument("--train-steps", type=int, default=None, help="cap the training steps (quick mode: 6)")
     p.add_argument(
         "--test-limit", type=int, default=None, help="use only the first N test images (quick: 32)"
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.train_steps = args.train_steps or 15
+        args.train_steps = args.train_steps or 6
         args.test_limit = args.test_limit or 32
         args.corruptions = args.corruptions[:1]
         args.mixed_corruptions = args.mixed_corruptions[:2]
