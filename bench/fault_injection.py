@@ -62,6 +62,7 @@ from tqdm import tqdm  # noqa: E402
 
 import eval.grading  # noqa: E402
 import eval.runner  # noqa: E402
+import eval.writer  # noqa: E402
 import zs_llm.checkpoint  # noqa: E402
 from eval.rows import RowsAppender, RunFolderBusy, RunLock, scan_rows  # noqa: E402
 from eval.runner import RunConfig, Runner, list_checkpoints, result_signature  # noqa: E402
@@ -283,7 +284,7 @@ def child_run(model_dir: str, out: str, key: str, mode: str, k: int, j: int, fra
     elif mode == "checkpoint":
         bomb = FileBomb(j)
         bomb.install()
-        save, prune = zs_llm.checkpoint.save_checkpoint, eval.runner.prune_checkpoints
+        save, prune = zs_llm.checkpoint.save_checkpoint, eval.writer.prune_checkpoints
         count = [0]
 
         def armed(fn):
@@ -301,7 +302,7 @@ def child_run(model_dir: str, out: str, key: str, mode: str, k: int, j: int, fra
             return armed(save)(*a, **kw)
 
         zs_llm.checkpoint.save_checkpoint = counted_save
-        eval.runner.prune_checkpoints = armed(prune)
+        eval.writer.prune_checkpoints = armed(prune)
     elif mode == "step":
         count = [0]
         for cls in (torch.optim.SGD, torch.optim.AdamW):
