@@ -3,7 +3,7 @@ average over sets, the paired change from `noadapt` on the same problems (interv
 and collapse diagnostics along each stream; `write_combined_report` puts runs of one configuration
 with different seeds side by side (per-seed values, mean, sd and range).
 
-    python -m eval report runs/demo     # report.md, metrics.json, results.csv and plots/ in runs/demo
+    python -m eval report runs/demo     # report.md, report.html, metrics.json, results.csv and plots/
 """
 
 from __future__ import annotations
