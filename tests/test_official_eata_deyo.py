@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from test_official_baselines import SCALES, SIZES, BiasLM, close, entropy64, method, official, ours, rel, rows
 
-from zs_llm.adapt import adapt_step
+from zs_llm.adapt import adapt_on_problem, adapt_step
 from zs_llm.methods import LossBatch
 from zs_llm.methods.deyo import shuffle_prompt
 
@@ -353,12 +353,12 @@ def test_no_step_without_a_selected_token_on_a_model(spec, none, make_lm):
             "deyo": {"deyo_margin": 1.01, "plpd_threshold": -1.0}}[spec.replace("zerosiam+", "")]
     extra = {"predictor_lr": 5e-2} if spec.startswith("zerosiam") else {}
     lm = make_lm(method=spec, lr=5e-2, **keep, **extra)
-    lm.adapt_generate("What is 1 + 2?")  # every token selected: a step, momentum built
+    adapt_on_problem(lm, "What is 1 + 2?")  # every token selected: a step, momentum built
     assert lm.optimizer.state
     for k, v in none.items():
         setattr(lm.zs_config.method_config, k, v)
     before = {n: p.detach().clone() for n, p in lm.named_trainable()}
-    res = lm.adapt_generate("What is 1 + 2?")
+    res = adapt_on_problem(lm, "What is 1 + 2?")
     assert res.steps[0]["tokens_selected"] == 0
     assert all(torch.equal(p, before[n]) for n, p in lm.named_trainable())
 
@@ -367,7 +367,7 @@ def test_eata_mean_of_probabilities_is_state(make_lm):
     lm = make_lm(method="eata", lr=5e-2, filter_margin=1.01)
     state = lm.method.extra_state()["eata_mean_probs"]
     assert state.shape == (lm.head.weight.shape[0],) and not state.any()  # nothing recorded yet
-    lm.adapt_generate("What is 1 + 2?")
+    adapt_on_problem(lm, "What is 1 + 2?")
     assert float(state.sum()) == pytest.approx(1.0, abs=1e-5)  # a mean of probability vectors
     lm.reset()
     assert not lm.method.extra_state()["eata_mean_probs"].any()

@@ -312,26 +312,6 @@ def eata_redundant(probs: torch.Tensor, mean_probs: torch.Tensor, d_margin: floa
     return cos.abs() >= d_margin
 
 
-def deyo_weights(target_logp: torch.Tensor, target_p: torch.Tensor, prime_logits: torch.Tensor, margin: float = 0.5,
-                 margin_e0: float = 0.4, plpd_threshold: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DeYO's selection and weights per row (`forward_and_adapt_deyo` in Jhyun17/DeYO `deyo.py`).
-
-    target_logp, target_p: (c, V) the predictions' log-probabilities and probabilities; prime_logits:
-    (c, V) the logits of the same rows on the order-destroyed input. The pseudo-label is each row's
-    argmax; PLPD = p(label) - p'(label). Selected: entropy H < margin * ln V and PLPD > plpd_threshold;
-    weight exp(E0 - H) + exp(PLPD) with E0 = margin_e0 * ln V, 0 off the selection.
-    Returns (weights (c,), PLPD (c,), H (c,)), all detached."""
-    ln_v = math.log(target_p.shape[-1])
-    ent = -_dot(target_p, target_logp)  # (c,)
-    p_label, label = target_p.max(-1)  # (c,)
-    p_prime = (prime_logits.float().gather(-1, label.unsqueeze(-1)).squeeze(-1)
-               - torch.logsumexp(prime_logits.float(), -1)).exp()  # (c,) p'(label), no (c, V) softmax
-    plpd = p_label - p_prime
-    keep = (ent < margin * ln_v) & (plpd > plpd_threshold)
-    w = torch.exp(margin_e0 * ln_v - ent) + torch.exp(plpd)
-    return torch.where(keep, w, torch.zeros_like(w)), plpd, ent
-
-
 # ---------------------------------------------------------------------------------------
 # DeYO (Lee et al., ICLR 2024; Jhyun17/DeYO `forward_and_adapt_deyo`): an entropy filter,
 # then a filter on the pseudo-label probability difference (PLPD) between a sample and its

@@ -1,9 +1,10 @@
+import math
 import zlib
 from dataclasses import dataclass
 
 import torch
 
-from ..objective import FAST_OBJECTIVES, deyo_weights
+from ..objective import FAST_OBJECTIVES, _dot, deyo_weights, plpd
 from ..settings import setting
 from .base import METHODS, Method, MethodConfig, no_step_without_selection
 
@@ -43,7 +44,7 @@ class DeYOSelection:
     shared by `deyo` and `zerosiam+deyo`: the entropy filter (H < `deyo_margin * ln V`), then the
     PLPD filter: the pseudo-label (the row's argmax) must lose more than `plpd_threshold` of its
     probability when the input's order is destroyed; selected rows weigh exp(E0 - H) + exp(PLPD)
-    (`objective.deyo_weights`), the loss is the weighted sum over the number selected, and with
+    (`objective.plpd`, `objective.deyo_weights`, shared with the vision path), the loss is the weighted sum over the number selected, and with
     none selected no optimizer step is taken.
 
     The transformation on text (the official one shuffles an image's 4 x 4 patches): the prompt's
@@ -86,9 +87,11 @@ class DeYOSelection:
             prime = self._prime_head(self._prime[self._offset : self._offset + c])  # (c, V)
         self._offset += c
         c_ = self.cfg
-        coeff, plpd, _ = deyo_weights(target_logp, target_p, prime, c_.deyo_margin, c_.deyo_margin_e0,
-                                      c_.plpd_threshold)
-        return coeff, {"plpd": plpd}
+        ent = -_dot(target_p, target_logp)  # (c,)
+        drop = plpd(target_logp, prime)  # (c,) log-probabilities serve as logits
+        coeff = deyo_weights(ent, drop, math.log(target_p.shape[-1]), c_.deyo_margin, c_.deyo_margin_e0,
+                             c_.plpd_threshold)
+        return coeff, {"plpd": drop}
 
     def loss(self, lm, batch, stats=None):
         with torch.no_grad():
