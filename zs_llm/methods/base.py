@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..config import AdaptConfig
     from ..model import ZeroSiamLM
 
+
 class MethodRegistrationError(TypeError):
     """A method the registry refuses (its message is the one line that says why and what to rename)."""
 
@@ -54,13 +55,13 @@ class MethodRegistry(Registry):
     def _check(self, name, cls) -> None:
         config_class = getattr(cls, "config_class", None)
         if config_class is None or not dataclasses.is_dataclass(config_class):
-            raise MethodRegistrationError(f"method {name!r} ({_where(cls)}): config_class must be a dataclass (a subclass of "
-                            f"zs_llm.methods.MethodConfig), got {config_class!r}")
+            raise MethodRegistrationError(f"method {name!r} ({_where(cls)}): config_class must be a dataclass (a "
+                                          f"subclass of zs_llm.methods.MethodConfig), got {config_class!r}")
         clash = sorted(f.name for f in dataclasses.fields(config_class) if f.name in self.reserved)
         if clash:
-            raise MethodRegistrationError(f"method {name!r} ({_where(cls)}): its own setting(s) {clash} are named like shared "
-                            f"AdaptConfig field(s), which `{name}:{clash[0]}=...` would set instead; rename them in "
-                            f"{config_class.__name__}")
+            raise MethodRegistrationError(f"method {name!r} ({_where(cls)}): its own setting(s) {clash} are named "
+                                          f"like shared AdaptConfig field(s), which `{name}:{clash[0]}=...` would set "
+                                          f"instead; rename them in {config_class.__name__}")
 
 
 def _where(cls) -> str:
