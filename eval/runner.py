@@ -35,8 +35,9 @@ from .datasets import (
     check_limit,
     parse_subsets,
 )
-from .planning import StreamPlanning, _adapts, method_label, parse_method_spec
+from .planning import StreamPlanning
 from .prompting import PROMPT_STYLES
+from .resolved import ResolvedMethod, _adapts, method_label, parse_method_spec, resolve_methods
 from .rows import (
     RunLock,
     stream_path,
@@ -53,6 +54,7 @@ from .run_folder import (
     environment_summary,
     has_results,
     list_checkpoints,
+    method_overrides,
     normalised_config,
     prune_checkpoints,
     read_run_json,
@@ -60,6 +62,7 @@ from .run_folder import (
     remove_stale_temporaries,
     run_output_names,
     run_writes,
+    without_later_defaults,
 )
 from .streaming import StreamRunning, lm_render
 from .writer import _StreamWriter, export_adapter, result_signature
@@ -72,6 +75,12 @@ class RunConfig:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Hub id, local folder, .gguf path, or "
                                                                  "smollm2-135m-instruct (the embedded default)."})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside --model's folder."})
+    revision: str | None = field(default=None, metadata={
+        "help": "The model's hub revision (a branch, tag or commit), given to every from_pretrained of the model and "
+                "its tokenizer (default: the hub's main)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Let from_pretrained run the code a model repository ships (architectures transformers lacks); "
+                "given to every from_pretrained of the model and its tokenizer."})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto.", "choices": (
         "float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16")})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
@@ -97,6 +106,14 @@ class RunConfig:
                                                          "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={
         "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
+    chat_template: str = field(default="auto", metadata={
+        "help": "How prompts become text: auto (the tokenizer's own chat template; a model without one, such as a "
+                "base model, gets plain 'role: content' lines, and the report says so), none (those plain lines "
+                "always), or a Jinja chat template FILE (as transformers' tokenizer.chat_template). run.json records "
+                "which was used, and a FILE's sha256."})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "A system message before every problem's prompt (a prompt style with its own system turn takes "
+                "none)."})
     n_samples: int = field(default=1, metadata={
         "help": "Answers per problem; >1 samples (needs temperature > 0) and reports avg@n, pass@k and maj@k. "
                 "Sample 1 is the method's answer, drafted and adapted on exactly as with one sample (one update "
@@ -114,8 +131,10 @@ class RunConfig:
                                                  "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems.",
                                                        "min": 1, "max": 10**9})  # more than any stream holds
-    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0,
-                                                 "max": SEED_MAX})
+    seed: int = field(default=0, metadata={
+        "help": "Seeds everything: torch, numpy and random when the run starts, the synthetic sets (arith) and seeded "
+                "subsets, and every method's seed (sampling, LoRA's initialisation), unless --set seed=N gives the "
+                "methods their own.", "min": 0, "max": SEED_MAX})
     protocol: str = field(default="paper", metadata={
         "help": "paper: every method as its authors' code runs it except the deviations docs/protocol.md lists "
                 "(no guard, no clipping; the guard and clipping "
@@ -133,7 +152,7 @@ class RunConfig:
         check_fields(self)  # each field's type and range, as the command line and YAML check them
         # every override named and its value held as its field holds it (1 -> 1.0 for a float), so the
         # hash of a config is the same before and after a run validates it
-        check_overrides(self.adapt, self.methods)
+        check_overrides(self.adapt)
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
@@ -145,17 +164,23 @@ class RunConfig:
                              "drop their subsets")
         for d in self.datasets:  # before anything is built: a generated stream is as long as the limit
             check_limit(d, self.limit, d in subsets)
+        self.resolved_methods()  # each method spec parsed, with the overrides, before any model loads
+
+    def resolved_methods(self) -> list[ResolvedMethod]:
+        """Each method spec parsed once into its resolved settings, in order (`eval.resolved`);
+        parsed again only if `methods` or `adapt` changed since."""
+        key = json.dumps([self.methods, self.adapt, self.seed], sort_keys=True, default=repr)
+        if self.__dict__.get("_resolved_key") != key:
+            self._resolved = resolve_methods(self.methods, method_overrides(self.to_dict()))
+            self._resolved_key = key
+        return self._resolved
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
         # fields that change results (batch sizes, checkpoint cadence and the device do not)
-        d = {k: v for k, v in self.to_dict().items() if k not in RESULT_FREE_FIELDS}
-        if not d["subset"]:
-            del d["subset"]  # run folders from before subsets existed keep their hash
-        if d["source"] == "local":
-            del d["source"]  # and from before the hub source
+        d = without_later_defaults({k: v for k, v in self.to_dict().items() if k not in RESULT_FREE_FIELDS})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -178,8 +203,8 @@ class Runner(FolderChecks, StreamPlanning, StreamRunning):
 # the names the runner's parts define, importable from eval.runner as before the split
 __all__ = [
     "FINGERPRINTED", "KEEP_EVERY", "PATH_FIELDS", "RESULT_FREE_FIELDS", "RUN_SUBFOLDERS", "SET_FIELDS",
-    "FolderChecks", "RunConfig", "Runner", "StreamPlanning", "StreamRunning", "_StreamWriter", "_adapts", "_log",
-    "environment_summary", "export_adapter", "has_results", "list_checkpoints", "lm_render", "method_label",
+    "FolderChecks", "ResolvedMethod", "RunConfig", "Runner", "StreamPlanning", "StreamRunning", "_StreamWriter", "_adapts", "_log",
+    "environment_summary", "export_adapter", "method_overrides", "without_later_defaults", "has_results", "list_checkpoints", "lm_render", "method_label",
     "normalised_config", "parse_method_spec", "prune_checkpoints", "read_run_json", "remove_run_outputs",
-    "remove_stale_temporaries", "result_signature", "run_output_names", "run_writes", "stream_path",
+    "remove_stale_temporaries", "resolve_methods", "result_signature", "run_output_names", "run_writes", "stream_path",
 ]
