@@ -25,6 +25,7 @@ from .datasets import (
 )
 from .identity import check_loaded, check_resume, refusal, run_identity
 from .prompting import chat_template_record, prompt_info
+from .resolved import method_label
 from .rows import (
     make_run_folder,
 )
@@ -138,6 +139,18 @@ def _local_path(value):
     return str(p.resolve()) if p.exists() else os.path.normpath(value)
 
 
+def _recorded_methods(config: dict, info: dict) -> dict:
+    """The effective settings of a recorded run's methods, by spec: those its run.json `info`
+    records (`adapt_configs`, by label) where it has them, as they ran (a run from before `--seed`
+    seeded the methods ran them with seed 0), else the spec resolved now."""
+    recorded = info.get("adapt_configs") or {}
+    out = {}
+    for spec in config["methods"]:
+        ac = AdaptConfig.from_spec(spec, method_overrides(config))
+        out[spec] = recorded.get(method_label(spec, ac)) or ac.to_dict()
+    return out
+
+
 def normalised_config(config: dict, info: dict, current: bool = False, methods: dict | None = None) -> dict:
     """A RunConfig's settings (`config`, as recorded in run.json or `to_dict`) with the spelling that
     changes no result taken out: result-free fields dropped, list settings sorted, local paths
@@ -154,8 +167,7 @@ def normalised_config(config: dict, info: dict, current: bool = False, methods: 
         d[k] = _local_path(d.get(k))
     d["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(d.get("dtype"), d.get("dtype"))
     try:  # each method's effective settings: a default given explicitly, or 1 for 1.0, is no change
-        d["adapt"] = methods if methods is not None else {
-            spec: AdaptConfig.from_spec(spec, method_overrides(d)).to_dict() for spec in d["methods"]}
+        d["adapt"] = methods if methods is not None else _recorded_methods(d, info)
     except (TypeError, ValueError, KeyError):
         pass  # settings this version does not read: compared as written
     ident = info.get("identity") or {}

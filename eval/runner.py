@@ -181,6 +181,8 @@ class RunConfig:
     def hash(self) -> str:
         # fields that change results (batch sizes, checkpoint cadence and the device do not)
         d = without_later_defaults({k: v for k, v in self.to_dict().items() if k not in RESULT_FREE_FIELDS})
+        if self.seed and "seed" not in self.adapt:
+            d["methods_seed"] = self.seed  # the methods take the run's seed (before, they kept 0): a new run
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -185,3 +185,29 @@ def test_a_run_seeds_everything_from_its_seed(seed, models, tmp_path):
     assert [r["id"] for r in rows] != [r["id"] for r in read_rows(stream_path(other, "noadapt", "arith"))]
     info = json.loads((out / "run.json").read_text())
     assert info["adapt_configs"]["noadapt"]["seed"] == seed and rows[0]["config"]["seed"] == seed
+
+
+@pytest.mark.parametrize("seed", [2, 9])
+def test_a_folder_from_before_seed_seeded_the_methods_resumes_only_with_their_old_seed(seed, models, tmp_path):
+    """A run.json written when --seed left the methods at seed 0 (same config, same hash then):
+    the same command now means seeded methods, so it is refused; `--set seed=0` resumes it."""
+    from eval.run_folder import RESULT_FREE_FIELDS, without_later_defaults
+
+    out = tmp_path / "run"
+    pinned = cfg(models["chat"], seed=seed, adapt={"max_new_tokens": 2, "seed": 0})
+    r = Runner(pinned, out, progress=False)
+    r.problems = lambda d: Runner.problems(r, d)[:1]  # stopped after one problem
+    r.run()
+    old = cfg(models["chat"], seed=seed)
+    info = json.loads((out / "run.json").read_text())
+    before = without_later_defaults({k: v for k, v in old.to_dict().items() if k not in RESULT_FREE_FIELDS})
+    info["config"], info["config_hash"] = old.to_dict(), hashlib.sha256(
+        json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    (out / "run.json").write_text(json.dumps(info))  # as the older harness wrote it
+    rows = (out / "rows" / "noadapt__arith.jsonl").read_bytes()
+    assert old.hash() != info["config_hash"]
+    with pytest.raises(FileExistsError, match="another configuration"):
+        Runner(old, out, progress=False)
+    Runner(pinned, out, progress=False).run()
+    assert (out / "rows" / "noadapt__arith.jsonl").read_bytes().startswith(rows)
+    assert len(read_rows(stream_path(out, "noadapt", "arith"))) == 2
