@@ -33,7 +33,7 @@ from zs_llm.methods import METHODS
 from .datasets import FOUR_SETS
 from .identity import data_change, model_change
 from .rows import lock_holder, read_rows_strict
-from .runner import RESULT_FREE_FIELDS
+from .runner import RESULT_FREE_FIELDS, without_later_defaults
 from .stats import (
     N_RESAMPLES,
     PairedDiff,
@@ -774,7 +774,7 @@ def _seeds_key(info: dict) -> tuple:
 def _settings(info: dict, identity_known: bool) -> dict:
     """{setting: value} of a run that must match across seed runs: RunConfig fields that change
     results, the overrides every method gets, each method's resolved settings; seeds left out."""
-    cfg = dict(info.get("config") or {})
+    cfg = without_later_defaults(dict(info.get("config") or {}))  # a run from before a setting had its default
     out = {}
     for k, v in cfg.items():
         if k in RESULT_FREE_FIELDS or k == SEED_FIELD or (identity_known and k in LOCATION_FIELDS):
