@@ -81,17 +81,20 @@ class StreamRunning:
 
     def run_pool(self, units: list[tuple[str, str, str]]) -> None:
         """Run streams `units` ((method, dataset, shard)) as a pool of up to `stream_batch()`
-        streams on one model (`zs_llm.pool`): each round answers the next problem of every live
+        streams on one model (`zs_llm.Streams`; `zs_llm.adapt.adapt_round`, the loop every
+        adapting stream goes through): each round answers the next problem of every live
         stream in one batch; a finished stream leaves and the next waiting one enters. Each
         stream keeps its own rows file, checkpoints and resume, as `run_unit` does."""
         from collections import deque
 
+        from zs_llm.adapt import adapt_round
+        from zs_llm.api import Streams
         from zs_llm.model import ZeroSiamLM
-        from zs_llm.pool import adapt_pool
 
         model, tok = self.load_model()
         host = ZeroSiamLM(model, tok, AdaptConfig(method="noadapt"), check=False)
         host.check_identity()
+        streams = Streams(host)
         waiting, live = deque(units), []
         try:
             while waiting or live:
@@ -100,12 +103,12 @@ class StreamRunning:
                     unit = self._prepare_unit(method, dataset, shard)
                     if unit is None:
                         continue
-                    lm = host.stream(f"{method}|{dataset}{shard}", self.adapt_configs[method])
+                    lm = streams.stream(f"{method}|{dataset}{shard}", self.adapt_configs[method])
                     todo, rows_hash = self._start_unit(unit, lm)
                     w = _StreamWriter(self, lm, unit, todo, rows_hash)
                     if w.done:
                         w.close()
-                        self._finish_pooled(host, w)
+                        self._finish_pooled(streams, w)
                     else:
                         live.append(w)
                 if not live:
@@ -119,24 +122,24 @@ class StreamRunning:
                     messages = self.messages(p.question)
                     items.append((w.lm, messages, p.id))
                     asked.append((i, p, messages, w.lm.problems_seen))
-                results = adapt_pool(items)
+                results = adapt_round(items)
                 for w, (i, p, messages, seen), res in zip(live, asked, results):
                     solved = self._solved(w.lm, res, messages, seen)
                     w.emit([self._row(w.lm, w.method, w.dataset, p, messages, solved, i, w.order)])
                 for w in [w for w in live if w.done]:
                     w.close()
-                    self._finish_pooled(host, w)
+                    self._finish_pooled(streams, w)
                 live = [w for w in live if not w.done]
         finally:
             for w in live:
                 w.close()
             self.model = host.unwrap()
 
-    def _finish_pooled(self, host, w) -> None:
+    def _finish_pooled(self, streams, w) -> None:
         """A pooled stream is done: export its adapted state (online streams), then free its slot."""
         if w.export is not None:
             self._export(w.lm, w.export)
-        host.remove_stream(w.lm.stream_name)
+        streams.remove(w.lm)
 
     def _stream(self, lm, unit, todo: list[int], rows_hash: str | None) -> None:
         """Compute the rows `todo` (indices). Online (`ckpt` set): `todo` runs to the end of the
@@ -211,7 +214,9 @@ class StreamRunning:
             dt = (time.perf_counter() - t) / len(problems)
             return [{"draft": None, "responses": [x], "steps": [], "timings": {"total_s": dt}, "events": [],
                      "method_stats": {}} for x in texts]
-        return [self._solved(lm, lm.adapt_generate(messages[0], problem_id=problems[0].id), messages[0], first)]
+        from zs_llm.adapt import adapt_round
+
+        return [self._solved(lm, adapt_round([(lm, messages[0], problems[0].id)])[0], messages[0], first)]
 
     def _seeds(self, lm, problem: int) -> dict:
         """{"seeds": each sample's sampling seed} of a sampled problem answered n_samples times, else {}."""
