@@ -138,7 +138,9 @@ def run_job(job: dict) -> None:
     from eval.runner import RunConfig, Runner
 
     fields = {k: v for k, v in job.items() if k not in ("out", "max_new_tokens")}
-    cfg = RunConfig(**fields, adapt={"max_new_tokens": job["max_new_tokens"]})
+    # the study's seeds are its streams' (arith); its methods keep seed 0, as the runs already made did
+    # (--seed also seeds the methods now, unless adapt's seed is set)
+    cfg = RunConfig(**fields, adapt={"max_new_tokens": job["max_new_tokens"], **({"seed": 0} if job["seed"] else {})})
     Runner(cfg, job["out"], progress=False).run()
 
 
