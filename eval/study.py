@@ -8,7 +8,7 @@ seed, writes `eval report` for each and over the seeds, and writes the study's t
 
     python -m eval study studies/wild_streams.yaml                 # every stage, then the tables
     python -m eval study studies/wild_streams.yaml --stages study --set seeds=0 --set study.pool=24
-    python -m eval study studies/wild_streams.yaml --stages study --assemble --summary t7a.md
+    python -m eval study studies/wild_streams.yaml --stages study --assemble --summary   # print the tables
     python -m eval study studies/stability_sweep.yaml --list       # the run folders, and what they hold
 
 A study file:
@@ -483,10 +483,12 @@ def write_tables(study: Study, name: str, summary: str | None = None) -> None:
         folders = assemble(study, name)
         md = streams_tables(folders)
         (root / name / "tables.md").write_text(md)
-        if summary:
+        if summary and summary != "-":
             Path(summary).write_text(md)
         print(f"[study] {name}: {[str(p) for p in folders]}; tables: {summary or root / name / 'tables.md'}",
               flush=True)
+        if summary == "-":
+            print(md, end="", flush=True)
 
 
 # ------------------------------------------------------------------ the command
@@ -550,7 +552,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--stages", help="comma-separated stages to run or assemble (default: all, in the file's order)")
     ap.add_argument("--assemble", action="store_true", help="run nothing: gather the rows already run and write the "
                     "reports and tables")
-    ap.add_argument("--summary", help="write the streams stage's tables (markdown) to this file as well")
+    ap.add_argument("--summary", nargs="?", const="-", metavar="FILE", help="write the streams stage's tables "
+                    "(markdown) to FILE as well; without FILE, print them")
     ap.add_argument("--first", type=int, help="assemble each stream's first N rows only (the same as --set first=N)")
     ap.add_argument("--root", help="the study's folder (the same as --set root=DIR)")
     ap.add_argument("--include", action="append", default=[], help="another root whose rows join (repeatable)")

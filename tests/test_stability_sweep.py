@@ -11,7 +11,6 @@ from eval.cli import main as cli
 from eval.rows import read_rows, stream_path
 from zs_llm.diagnostics import collapse_measures
 
-
 # ------------------------------------------------------------------ hand-made streams
 
 

@@ -232,6 +232,9 @@ stages:
                 "--summary", str(tmp_path / "t2.md")]) == 0
     assert all(len(f.read_text().splitlines()) == 2 for f in (root / "study" / "seed0" / "rows").glob("*.jsonl"))
     assert "| tent+clip | 8 |" in (tmp_path / "t2.md").read_text()
+    capsys.readouterr()
+    assert cli(["study", str(path), "--stages", "study", "--assemble", "--first", "2", "--summary"]) == 0
+    assert capsys.readouterr().out.endswith((tmp_path / "t2.md").read_text())  # --summary alone prints them
 
     # rows run in another root join with include; a new root gathers them all
     other = tmp_path / "other" / "jobs" / "study" / "seed0" / "pool"
