@@ -270,3 +270,25 @@ def test_deadline_stops_jobs_before_they_start(tmp_path, tiny_dir):
     jobs = plan(study, "s", {}, 2)
     assert set(run_pool(jobs, 2, deadline=time.time(), log=print).values()) == {"not started"}
     assert set(run_pool(jobs, 0, deadline=time.time(), log=print).values()) == {"not started"}
+
+
+@pytest.mark.parametrize("rate, seconds, streams", [(10.0, 660, 60), (0.5, 3600, 8), (3.0, 100, 64), (None, 900, 4),
+                                                    (2.0, 900, 0), (50.0, 10_000, 2)])
+def test_limit_auto_fits_the_streams_in_the_time_left(rate, seconds, streams):
+    from eval.study import auto_limit
+
+    n = auto_limit(rate, seconds, streams, cap=300)
+    assert n % 10 == 0 and 20 <= n <= 300
+    if rate and streams and 20 < n < 300:  # the streams fit, and 10 more problems each would not
+        assert n * streams <= rate * (seconds - 60) < (n + 10) * streams
+
+
+def test_the_command_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
+    path = write_study(tmp_path, f"root: {tmp_path}\nstages: {{a: {{}}, b: {{}}, c: {{kind: select}}}}\n")
+    for argv, message in ([["--summary", "t.md"], "--summary writes one streams stage's tables, and --stages names 2 "
+                           "(a, b): name one with --stages"],
+                          [["--stages", "a,d"], "--stages d: the study has no such stage; its stages: a, b, c"],
+                          [["--set", "limit"], "--set expects key=value or stage.key=value, got 'limit'"],
+                          [["--set", "a.lmit=3"], "--set a.lmit: unknown key 'lmit'; did you mean 'limit'?"]):
+        assert cli(["study", str(path), "--list", *argv]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
