@@ -11,6 +11,7 @@ import torch
 
 from eval.runner import RunConfig, Runner
 from zs_llm import ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.testing import tiny_model
 
 IDS = torch.tensor([[7, 20, 31, 42, 53, 64]])  # (1, T) a fixed input for the logits
@@ -31,7 +32,7 @@ def finished_stream(tiny_dir, tmp_path, monkeypatch):
         stream(self, lm, *args, **kw)
         with torch.no_grad():
             final.update(lora=lora(lm.hf.named_parameters()), predictor=lm.predictor.state_dict(),
-                         logits=lm.hf(IDS).logits.clone(), state={k: v.clone() for k, v in lm._state_tensors().items()})
+                         logits=lm.hf(IDS).logits.clone(), state={k: v.clone() for k, v in lm.state_tensors().items()})
 
     monkeypatch.setattr(Runner, "_stream", spy)
     cfg = RunConfig(model=str(tiny_dir), methods=["zerosiam"], datasets=["arith"], limit=3, stream_batch=1,
@@ -54,7 +55,7 @@ def test_a_finished_stream_is_exported_and_loads_both_ways(finished_stream, tiny
 
     lm = ZeroSiamLM.from_pretrained(folder)  # the base model recorded in the folder (the tiny one)
     for k, v in final["state"].items():
-        assert torch.equal(lm._state_tensors()[k], v), k
+        assert torch.equal(lm.state_tensors()[k], v), k
     with torch.no_grad():
         assert torch.allclose(lm.hf(IDS).logits, final["logits"], atol=1e-6)
 
@@ -113,7 +114,7 @@ def test_push_to_hub_and_from_pretrained_with_a_hub_id(make_lm, tok, tmp_path, m
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
     monkeypatch.setattr("zs_llm.loading.hub_offline_reason", lambda: None)  # as if online: the fake answers
     lm = make_lm(method="zerosiam", lr=0.05, predictor_lr=0.05)
-    lm.adapt_generate("What is 2+3?")
+    adapt_on_problem(lm, "What is 2+3?")
     assert lm.push_to_hub("me/zs-adapter", private=True) == "https://huggingface.co/me/zs-adapter/commit/0"
     assert ("create_repo", "me/zs-adapter", True) in hub.calls
     pushed = next(c for c in hub.calls if c[0] == "upload_folder")
@@ -122,8 +123,8 @@ def test_push_to_hub_and_from_pretrained_with_a_hub_id(make_lm, tok, tmp_path, m
 
     again = ZeroSiamLM.from_pretrained("me/zs-adapter", model=tiny_model("llama"), tokenizer=tok, revision="main")
     assert ("snapshot_download", "me/zs-adapter", "main") in hub.calls
-    for k, v in lm._state_tensors().items():
-        assert torch.equal(again._state_tensors()[k], v), k
+    for k, v in lm.state_tensors().items():
+        assert torch.equal(again.state_tensors()[k], v), k
 
     lm.save_pretrained(tmp_path / "local" / "zs-adapter-2", push_to_hub=True, repo_id="me/zs-adapter-2")
     assert (tmp_path / "hub" / "me" / "zs-adapter-2" / "predictor.safetensors").is_file()
