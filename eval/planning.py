@@ -65,11 +65,12 @@ class StreamPlanning:
             if label in self.adapt_configs:
                 raise ValueError(f"method {spec!r} repeats {label!r} in methods; list each once")
             self.adapt_configs[label] = ac
-        for d in cfg.datasets:
+        for d in cfg.dataset_names():
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {cfg.prompt_style!r}; choose one of {sorted(PROMPT_STYLES)}")
-        if any((DATASETS[d].generate is None and cfg.source == "local") or DATASETS[d].reads for d in cfg.datasets):
+        sets = [DATASETS[d] for d in cfg.dataset_names()]
+        if any((s.generate is None and s.load is None and cfg.source == "local") or s.reads for s in sets):
             resolve_data_dir(cfg.data_dir)  # raises naming --data-dir
         if cfg.n_samples > 1 and all(c.temperature == 0 for c in self.adapt_configs.values()):
             raise ValueError("n_samples > 1 needs sampling: set temperature > 0 (e.g. --set temperature=0.6)")
@@ -101,7 +102,7 @@ class StreamPlanning:
 
     # --- the run ------------------------------------------------------------------------
     def units(self) -> list[tuple[str, str]]:
-        return [(m, d) for m in self.adapt_configs for d in self.cfg.datasets]
+        return [(m, d) for m in self.adapt_configs for d in self.cfg.dataset_names()]
 
     def assignment(self, method: str, dataset: str, index: int) -> tuple[bool, str]:
         """Which part of a unit this rank does. Online adapting streams are sequential: a rank
@@ -148,7 +149,7 @@ class StreamPlanning:
         if limit is None:
             return
         c = self.cfg
-        for dataset in c.datasets:
+        for dataset in c.dataset_names():
             for p in self.problems(dataset):
                 messages = build_messages(p.question, c.prompt_style, template=c.prompt_template)
                 n = prompt_ids(self.tokenizer, messages).shape[1]

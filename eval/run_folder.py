@@ -39,7 +39,7 @@ def run_output_names() -> dict[str, str]:
     sets = "|".join(re.escape(d) for d in sorted(DATASETS, key=len, reverse=True))
     stream = rf"[A-Za-z0-9_.+=-]+__(?:{sets})(?:\.shard\d+of\d+)?"  # rows.stream_path without .jsonl
     return {
-        "": r"run\.json|summary\.json|report\.md|metrics\.json|results\.csv|\.done\.rank\d+|\.overwritten\..+",
+        "": r"run\.json|summary\.json|report\.md|report\.html|metrics\.json|results\.csv|\.done\.rank\d+|\.overwritten\..+",
         "rows": rf"{stream}\.jsonl",
         "state": stream,
         "adapters": stream,
@@ -109,7 +109,7 @@ def read_run_json(path: Path) -> dict:
 
 
 #: settings naming local files, compared by what they resolve to (or by the content run.json fingerprints)
-PATH_FIELDS = ("model", "data_dir", "prompt_template")
+PATH_FIELDS = ("model", "data_dir", "prompt_template", "include_path")
 #: list settings whose order changes no stream's rows: each (method, dataset) stream is its own
 #: file with its own seeds, whatever order the streams are listed or run in
 SET_FIELDS = ("methods", "datasets", "subset")
@@ -136,6 +136,10 @@ def normalised_config(config: dict, info: dict, current: bool = False) -> dict:
         d.pop("subset", None)  # as RunConfig.hash: folders from before subsets and hub sources
     if d.get("source", "local") == "local":
         d.pop("source", None)
+    if not d.get("fields"):
+        d.pop("fields", None)  # as RunConfig.hash: folders from before own data
+    if d.get("include_path") is None:
+        d.pop("include_path", None)
     for k in SET_FIELDS:
         if isinstance(d.get(k), list):
             d[k] = sorted(map(str, d[k]))
@@ -325,7 +329,8 @@ class FolderChecks:
                 raise FileExistsError(f"{self.out} was run on other {name} problems: subset {rec['spec']} selected "
                                       f"{old_subsets[name]['n']} ids (sha256 {old_subsets[name]['ids_sha256'][:12]}), "
                                       f"now {rec['n']} ({rec['ids_sha256'][:12]}); use a new --out")
-        data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed) for d in self.cfg.datasets}
+        data = {d: source_record(d, self.cfg.source, self.cfg.data_dir, self.cfg.seed)
+                for d in self.cfg.dataset_names()}
         ident = run_identity(self.cfg, data)  # model files and data: a resume on others is refused here
         if same:
             updated = check_resume(self.out, old, data, ident, has_results(self.out))

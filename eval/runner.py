@@ -30,7 +30,6 @@ from zs_llm.config import check_fields, check_overrides
 from zs_llm.settings import MAX_BATCH, SEED_MAX
 
 from .datasets import (
-    DATASETS,
     SUBSET_SYNTAX,
     check_limit,
     parse_subsets,
@@ -62,6 +61,8 @@ from .run_folder import (
     run_writes,
 )
 from .streaming import StreamRunning, lm_render
+from .userdata import DatasetChoices
+from .userdata import register as register_user_data
 from .writer import _StreamWriter, export_adapter, result_signature
 
 
@@ -78,9 +79,11 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["noadapt", "tent", "zerosiam"], metadata={
         "help": "Method specs, comma- or space-separated: a registered name, optionally with add-ons (+clip, +guard) "
                 "and its own overrides as name:key=value:key=value (e.g. zerosiam:alpha=0)."})
-    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "Dataset names, comma- or "
-                                                                                        "space-separated.",
-                                                                                "choices": DATASETS})
+    datasets: list[str] = field(default_factory=lambda: ["arith"], metadata={
+        "help": "Dataset names, comma- or space-separated; or your own data (eval/userdata.py): a .jsonl/.json/.csv/"
+                ".parquet file, hub:ORG/NAME:SPLIT, a task file (.yaml), task:NAME (of --include_path), NAME=any of "
+                "these.",
+        "choices": DatasetChoices()})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each dataset (of its subset, if "
                                                      "it has one).", "min": 1})
     subset: list[str] = field(default_factory=list, metadata={
@@ -93,6 +96,12 @@ class RunConfig:
         "help": "Where the sets are read: local (the data dir) or hub (datasets.load_dataset, the ids in "
                 "eval/datasets.py; online). run.json records each set's file and sha256, or its hub ids.",
         "choices": ("local", "hub")})
+    fields: list[str] = field(default_factory=list, metadata={
+        "help": "Columns of your own data files and hub sets, comma-separated FIELD=COLUMN for the fields problem, "
+                "answer, id and solution, e.g. problem=question,answer=final (default: the usual column names).",
+        "empty_ok": True})
+    include_path: str | None = field(default=None, metadata={
+        "help": "Folder of task files (.yaml: task, path or hub+split, fields); --datasets task:NAME runs one."})
     prompt_style: str = field(default="boxed", metadata={"help": "Prompt style (eval.prompting.PROMPT_STYLES).",
                                                          "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={
@@ -131,6 +140,7 @@ class RunConfig:
         if isinstance(self.subset, (str, dict)):  # the other forms parse_subsets reads
             self.subset = [f"{name}={sub.spec}" for name, sub in parse_subsets(self.subset).items()]
         check_fields(self)  # each field's type and range, as the command line and YAML check them
+        self._names = register_user_data(self.datasets, self.fields, self.include_path)  # own data, by name
         # every override named and its value held as its field holds it (1 -> 1.0 for a float), so the
         # hash of a config is the same before and after a run validates it
         check_overrides(self.adapt, self.methods)
@@ -139,12 +149,16 @@ class RunConfig:
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
         subsets = parse_subsets(self.subset)  # syntax and set names; ids are checked when the run starts
         self.subset = [f"{name}={sub.spec}" for name, sub in subsets.items()]
-        stray = sorted(set(subsets) - set(self.datasets))
+        stray = sorted(set(subsets) - set(self.dataset_names()))
         if stray:
-            raise ValueError(f"subset given for {stray}, not among datasets {self.datasets}; add them to datasets or "
-                             "drop their subsets")
-        for d in self.datasets:  # before anything is built: a generated stream is as long as the limit
+            raise ValueError(f"subset given for {stray}, not among datasets {self.dataset_names()}; add them to "
+                             "datasets or drop their subsets")
+        for d in self.dataset_names():  # before anything is built: a generated stream is as long as the limit
             check_limit(d, self.limit, d in subsets)
+
+    def dataset_names(self) -> list[str]:
+        """The sets' names (your own data's by its name, not its path), as rows and reports name them."""
+        return list(self._names)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,6 +170,10 @@ class RunConfig:
             del d["subset"]  # run folders from before subsets existed keep their hash
         if d["source"] == "local":
             del d["source"]  # and from before the hub source
+        if not d["fields"]:
+            del d["fields"]  # and from before own data
+        if d["include_path"] is None:
+            del d["include_path"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

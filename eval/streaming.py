@@ -14,7 +14,7 @@ from zs_llm.config import AdaptConfig
 from .grading import check, default_grader
 from .prompting import build_messages, prompt_info
 from .run_folder import remove_stale_temporaries
-from .writer import _StreamWriter, export_adapter
+from .writer import _StreamWriter, export_adapter, stream_card
 
 
 class StreamRunning:
@@ -59,12 +59,12 @@ class StreamRunning:
             self._stream(lm, method, dataset, unit["problems"], todo, unit["stored"], unit["path"], unit["folder"],
                          unit["order"], rows_hash)
             if unit["export"] is not None:
-                self._export(lm, unit["export"])
+                self._export(lm, unit["export"], unit["path"], dataset)
         finally:
             self.model = lm.unwrap()
 
-    def _export(self, lm, folder: Path) -> None:
-        export_adapter(lm, folder)  # eval.writer
+    def _export(self, lm, folder: Path, rows_path: Path, dataset: str) -> None:
+        export_adapter(lm, folder, stream_card(self.cfg, rows_path, dataset))  # eval.writer
 
     def run_pool(self, units: list[tuple[str, str, str]]) -> None:
         """Run streams `units` ((method, dataset, shard)) as a pool of up to `stream_batch()`
@@ -127,7 +127,7 @@ class StreamRunning:
     def _finish_pooled(self, streams, w) -> None:
         """A pooled stream is done: export its adapted state (online streams), then free its slot."""
         if w.export is not None:
-            self._export(w.lm, w.export)
+            self._export(w.lm, w.export, w.path, w.dataset)
         streams.remove(w.lm)
 
     def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:

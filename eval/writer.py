@@ -112,12 +112,35 @@ class _StreamWriter:
         self.bar.close()
 
 
-def export_adapter(lm, folder: Path) -> None:
+def stream_card(cfg, rows_path: Path, dataset: str) -> dict:
+    """What an exported adapter's model card says of its stream: the set and its source, accuracy
+    with its Wilson interval and the verdict (`zs_llm.card.model_card`)."""
+    from zs_llm.diagnostics import collapse_measures
+
+    from .datasets import source_record
+    from .rows import scan_rows
+    from .stats import wilson_interval
+
+    rows = sorted(scan_rows(rows_path).rows, key=lambda r: r["index"])
+    graded = [r["correct"] for r in rows if r.get("correct") is not None]
+    source = source_record(dataset, cfg.source, cfg.data_dir, cfg.seed)
+    where = source.get("hub") or (Path(source["path"]).name if source.get("path") else source.get("source"))
+    card = {"stream": {"dataset": dataset, "source": f"{source.get('source')}: {where}", "problems": len(rows)}}
+    if graded:
+        low, high = wilson_interval(sum(graded), len(graded))
+        card["accuracy"] = {"correct": sum(graded), "n": len(graded), "acc": sum(graded) / len(graded),
+                            "low": low, "high": high}
+        measures = collapse_measures(rows)
+        card.update(verdict=measures["verdict"], verdict_rule=measures["verdict_rule"])
+    return card
+
+
+def export_adapter(lm, folder: Path, card: dict | None = None) -> None:
     """The final adapted state of a finished online stream, as a folder that
-    `ZeroSiamLM.from_pretrained` and `peft.PeftModel.from_pretrained` load; written whole or
-    not at all."""
+    `ZeroSiamLM.from_pretrained` and `peft.PeftModel.from_pretrained` load, its model card stating
+    `card` (`stream_card`); written whole or not at all."""
     from zs_llm.checkpoint import atomic_folder
 
     remove_stale_temporaries(folder.parent)
     with atomic_folder(folder) as tmp:
-        lm.save_pretrained(tmp)
+        lm.save_pretrained(tmp, card=card)

@@ -536,11 +536,11 @@ class ZeroSiamLM:
 
     # --- persistence --------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, push_to_hub: bool = False, repo_id: str | None = None,
-                        **hub_kwargs) -> None:
+                        card: dict | None = None, **hub_kwargs) -> None:
         """Save the adapted state: LoRA adapter (peft's own files), predictor, method state
-        (safetensors) and the config; `push_to_hub` then uploads the folder to `repo_id`. See
-        `zs_llm.saving.save_pretrained`."""
-        saving.save_pretrained(self, directory, push_to_hub, repo_id, **hub_kwargs)
+        (safetensors), the config and a model card (README.md; `card` adds the stream, accuracy and
+        verdict); `push_to_hub` then uploads the folder to `repo_id`. See `zs_llm.saving.save_pretrained`."""
+        saving.save_pretrained(self, directory, push_to_hub, repo_id, card=card, **hub_kwargs)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):

@@ -25,7 +25,7 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 
 
 def save_pretrained(lm: ZeroSiamLM, directory: str | os.PathLike, push_to_hub: bool = False,
-                    repo_id: str | None = None, **hub_kwargs) -> None:
+                    repo_id: str | None = None, card: dict | None = None, **hub_kwargs) -> None:
     """Save the adapted state: LoRA adapter, predictor, method state (safetensors) and the config.
     The adapter files are peft's own (`adapter_config.json`, `adapter_model.safetensors`), so
     `peft.PeftModel.from_pretrained(base, directory)` loads the LoRA part too.
@@ -35,11 +35,17 @@ def save_pretrained(lm: ZeroSiamLM, directory: str | os.PathLike, push_to_hub: b
     is present holds the files it names, and `from_pretrained` checks them and reads no
     other. Files an earlier save wrote into the same folder (listed in its config) that this
     one does not write are then removed; files zs_llm did not write are never touched.
-    `push_to_hub` then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
+    `push_to_hub` then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does.
+
+    The base model is recorded portably (`zs_llm.card.base_model_record`: a hub id and revision,
+    else the name it was loaded by and its fingerprint; never a cache path), in the config and in
+    peft's `adapter_config.json`, and README.md is the adapter's model card (`zs_llm.card.model_card`;
+    `card` adds the stream, accuracy and verdict, as the evaluation harness does)."""
     import shutil
 
     from safetensors.torch import save_file
 
+    from .card import base_model_record, model_card
     from .checkpoint import fsync_dir, fsync_tree, sha256_file
 
     d = Path(directory)
@@ -65,11 +71,18 @@ def save_pretrained(lm: ZeroSiamLM, directory: str | os.PathLike, push_to_hub: b
         extra = lm.method.extra_state()
         if extra:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        meta = {"adapt_config": lm.zs_config.to_dict(),
-                "base_model": getattr(lm.hf.config, "_name_or_path", None),
-                "gguf_file": getattr(lm.hf, "_zs_gguf_file", None), "hidden_size": lm.hidden_size,
-                "base_probe": base_probe(lm.hf), "problems_seen": lm.problems_seen, "files": files}
+        probe = base_probe(lm.hf)
+        base = base_model_record(lm.hf, probe)
+        if (tmp / "adapter_config.json").is_file():  # peft wrote the path the base was loaded from
+            peft_cfg = json.loads((tmp / "adapter_config.json").read_text())
+            peft_cfg.update(base_model_name_or_path=base["hub_id"] or base["name"], revision=base["revision"])
+            (tmp / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2, sort_keys=True))
+        meta = {"adapt_config": lm.zs_config.to_dict(), "base_model": base["hub_id"] or base["name"],
+                "gguf_file": base["gguf_file"], "base": base, "lora": lm.peft is not None,
+                "hidden_size": lm.hidden_size, "base_probe": probe, "problems_seen": lm.problems_seen}
+        (tmp / "README.md").write_text(model_card(meta, card))  # in place of peft's empty template
+        meta["files"] = files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
+                                 if p.is_file()}
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         fsync_tree(tmp)
         before = _written_files(d)  # what an earlier save wrote here: only those may be removed
@@ -160,6 +173,15 @@ def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None =
                              f"(the method and its settings come from {CONFIG_NAME}); drop them")
         if not meta.get("base_model"):
             raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
+        from .loading import EMBEDDED
+
+        base = meta.get("base") or {}
+        if base and not base.get("hub_id") and base.get("name") not in (EMBEDDED, "embedded") \
+                and not Path(str(base.get("name"))).expanduser().exists():
+            raise FileNotFoundError(f"{d} was adapted on base model {base.get('name')!r} (fingerprint "
+                                    f"{base.get('fingerprint')}), which is not found from here; load that model "
+                                    "and pass model= and tokenizer= (its fingerprint is checked), or run from "
+                                    "where that name resolves")
         from .loading import load_model
 
         model, tokenizer = load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
