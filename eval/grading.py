@@ -7,11 +7,23 @@ its answer does not parse), math-verify's own extraction reads the response's ta
 lighteval and open-r1 grade (LaTeX and plain expressions, boxed answers first).
 
 Normalisation applied before math-verify sees either side:
-- thousands separators: `10\\,000`, `10{,}000`, `10\\ 000`, thin spaces, and in an answer `1 000`;
+- thousands separators: `10\\,000`, `10{,}000`, `10,\\!000`, `10\\ 000`, thin spaces, and in an answer `1 000`;
 - units: trailing unit words or `\\text{}` units after a number (`10 weeks`, `5\\text{ dollars}`);
 - primes: `f'(x)` becomes `f^{\\prime}(x)` (math-verify drops the prime and equates it with `f(x)`);
 - `\\mathrm{e}` and `\\mathrm{i}` become the constants `e` and `i`; `4.5e33` becomes `4.5\\times10^{33}`;
-- several boxes against a gold of several answers: `\\boxed{-2}` and `\\boxed{1}` answer `1,-2`.
+- several boxes against a gold of several answers: `\\boxed{-2}` and `\\boxed{1}` answer `1,-2`
+  (a `\\pm` counts as two: `\\boxed{5}` and `\\boxed{-5}` answer `\\pm 5`);
+- a mixed number `3 1/2` becomes `\\frac{7}{2}` (math-verify itself reads `3\\frac{1}{2}` as 7/2);
+- a letter in another font is the letter: `\\mathcal{A}`, `\\mathbf{v}` (not `\\mathbb{R}`);
+- what an answer ends with that says nothing: a trailing `\\\\`, `\\`, LaTeX spacing or `\\$`.
+
+Compared outside math-verify or after it says no (choices stated in docs/protocol.md, Grading):
+- clock times (`9:30`, `9:30 a.m.`, `21:30`, `\\text{4:15 PM}`) are compared as times of day;
+- a free `i` is the imaginary unit: `(1+i)^2` equals `2i`;
+- a decimal gold states its precision: an exact answer that rounds to it (`\\frac{1}{3}` for 0.33)
+  is right; a decimal answer keeps math-verify's comparison, and an exact gold wants the value;
+- an equation gold (`x + y = 5`) is answered by its right-hand side alone only when its left side
+  names what it defines (`y = 2x+1`, `f(x) = 2x`).
 
 A gold answer that is prose ("min at x=-1, max at x=1") is not graded: status `gold_free_text`,
 correct None, like a gold that does not parse (`gold_unparseable`); both are counted in `stats` and

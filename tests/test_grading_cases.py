@@ -201,6 +201,8 @@ CASES = [
     ("definition", "2x - y = 7", r"\boxed{7}", False),
     ("definition", "2x - y = 7", r"\boxed{y = 2x - 7}", True),
     ("definition", "7", r"\boxed{2x - y = 7}", True),
+    ("definition", "a + b = 12", r"\boxed{12}", False),
+    ("definition", "a + b = 12", r"\boxed{b + a = 12}", True),
     # ---- complex numbers: a free `i` is the imaginary unit
     ("complex", "-4", r"\boxed{(1+i)^4}", True),
     ("complex", "4", r"\boxed{(1+i)^4}", False),
@@ -308,7 +310,9 @@ def _definition(rng):
     yield "definition", f"{name} = {a}x{b:+d}", _boxed(f"{a}x{b:+d}"), True
     yield "definition", f"{a}x{b:+d}", _boxed(f"{name} = {a}x{b:+d}"), True
     yield "definition", f"{name} = {a}x{b:+d}", _boxed(f"{a}x{-b:+d}"), False
-    yield "definition", f"{a}x{c:+d}y = {b}", _boxed(str(b)), False
+    lhs = rng.choice([f"{a}x{c:+d}y", "x+y", "x-y", "a+b", "xy"])  # math-verify takes `x+y = 5` for 5
+    yield "definition", f"{lhs} = {b}", _boxed(str(b)), False
+    yield "definition", f"{lhs} = {b}", _boxed(f"{lhs} = {b}"), True
 
 
 def _font(rng):
