@@ -83,15 +83,18 @@ _THOUSANDS = re.compile(
     r"(?<![\d.])[1-9]\d{0,2}(?:(?:,\\!|\\[,;:! ]|\\thinspace\b|\{,\}|~|[\u2009\u202f\u00a0])\s?\d{3})+(?!\d)"
 )
 # `\mathcal{A}`, `\mathbf{v}`: a letter in another font is the letter (math-verify reads `\mathcal{A}`
-# as a symbol named `math{a}`); `\mathbb{R}` and `\mathfrak{g}` name other objects and are kept
-_FONT_LETTER = re.compile(r"\\(?:mathcal|mathscr|mathbf|boldsymbol|bm|mathsf|mathit)\s*\{\s*([A-Za-z])\s*\}")
+# as a symbol named `math{a}`); `\mathbb{R}` and `\mathfrak{g}` name other objects and are kept, and
+# so are `\mathbf{e}` and `\mathbf{i}` (unit vectors, not the constants e and i)
+_FONT_LETTER = re.compile(r"\\(?:mathcal|mathscr|mathbf|boldsymbol|bm|mathsf|mathit)\s*\{\s*((?![ei])[A-Za-z])\s*\}")
 # what an answer may end with that says nothing: spaces, `\\`, a lone `\`, LaTeX spacing, a `\$` sign
 _TRAILING = re.compile(r"(?:\s|\\[\\,;:!$ ]?)+$")
-# `3 1/2`: a whole number and a proper fraction (math-verify reads it as 3 * 1/2, or only the 2)
+# `3 1/2`: a whole number and a proper fraction (math-verify reads `3 1/2` as 2)
 _MIXED_PLAIN = re.compile(r"([+-]?)(\d+)\s+(\d+)\s*/\s*(\d+)")
 # a clock time once `\\text{}`, `$` and LaTeX spacing are gone: `9:30`, `09:30 a.m.`, `4:15 PM`, `12:00 noon`
 _CLOCK = re.compile(r"(\d{1,2})\s*:\s*(\d{2})\s*(?:(a|p)\.?\s*m\b\.?|(noon)|(midnight)|o'?clock)?\s*\.?", re.IGNORECASE)
-_CLOCK_NOISE = re.compile(r"\\(?:text|textrm|mathrm|mbox|rm)\s*\{([^{}]*)\}|\$|\\[,;! ]|~|\{:\}|\\colon")
+_CLOCK_TEXT = re.compile(r"\\(?:text|textrm|mathrm|mbox|rm)\s*\{([^{}]*)\}")
+_CLOCK_COLON = re.compile(r"\{:\}|\\colon\b")
+_CLOCK_SPACE = re.compile(r"\$|\\[,;! ]|~")
 _DECIMAL = re.compile(r"[+-]?\d*\.\d+")  # a gold written to stated decimal places
 _SPACE_THOUSANDS = re.compile(r"(?<![\d.,])[1-9]\d{0,2}(?: \d{3})+(?![\d]|[.,]\d)")  # `1 000`: in an answer only
 _ANSWER_IS = re.compile(
@@ -162,7 +165,7 @@ def normalise(text: str, answer: bool = True) -> str:
 
 def _mixed_number(answer: str) -> str:
     """`3 1/2` -> `\\frac{7}{2}`, `-1 1/4` -> `-\\frac{5}{4}`; anything else unchanged. Only a whole
-    answer, and only a proper fraction: `2 3/2` stays a product. (`3\\frac{1}{2}` needs nothing:
+    answer, and only a proper fraction: `2 3/2` is left as written. (`3\\frac{1}{2}` needs nothing:
     math-verify reads it as 7/2.)"""
     m = _MIXED_PLAIN.fullmatch(answer.strip())
     if m is None:
@@ -209,7 +212,7 @@ def clock_time(answer: str) -> tuple[int, str | None] | None:
     """`answer` as a clock time: (minutes after midnight or after noon, "am" | "pm" | None), or None
     when it is not one. `9:30` -> (570, None), `9:30 p.m.` -> (1290, "pm"), `21:30` -> (1290, "pm"),
     `12:00 noon` -> (720, "pm"); an hour past 23 or a minute past 59 is not a time."""
-    text = _CLOCK_NOISE.sub(lambda m: m.group(1) or (":" if ":" in m.group() or "colon" in m.group() else " "), answer)
+    text = _CLOCK_SPACE.sub(" ", _CLOCK_COLON.sub(":", _CLOCK_TEXT.sub(r" \1 ", answer)))
     m = _CLOCK.fullmatch(text.strip())
     if m is None:
         return None
@@ -525,8 +528,7 @@ def _worker_main() -> None:
     sys.stdout = sys.stderr
 
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-    from sympy import Eq, Expr, Float, I, Rational, Symbol
-    from sympy.core.function import UndefinedFunction
+    from sympy import Eq, Expr, Float, Function, I, Rational, Symbol
     from sympy.core.relational import Relational
 
     def on_alarm(signum, frame):
@@ -552,13 +554,12 @@ def _worker_main() -> None:
 
     def equation_against_value(g, p) -> bool:
         # math-verify reads `x + y = 5` against `5` as its right-hand side; only a gold that names
-        # what it defines (`y = 2x + 1`, `f(x) = 2x`) may be answered by the right-hand side alone
+        # what it defines (`y = 2x + 1`, `f(x) = 2x`, `\tan\theta = 3/4`) may be answered by the
+        # right-hand side alone
         if not isinstance(g, Eq) or isinstance(p, Relational):
             return False
         lhs = g.lhs
-        named = isinstance(lhs, Symbol) or (
-            isinstance(lhs.func, UndefinedFunction) and all(isinstance(a, Symbol) for a in lhs.args)
-        )
+        named = isinstance(lhs, Symbol) or (isinstance(lhs, Function) and all(isinstance(a, Symbol) for a in lhs.args))
         return not named
 
     def rounds_to(gold: str, p) -> bool:

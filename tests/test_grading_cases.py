@@ -193,6 +193,9 @@ CASES = [
     ("font", r"\mathbf{v}", r"\boxed{\boldsymbol{v}}", True),
     ("font", r"\mathbf{v}", r"\boxed{\mathbf{w}}", False),
     ("font", r"\mathbb{R}", r"\boxed{\mathcal{R}}", False),
+    ("font", r"\mathbf{i} - \mathbf{j}", r"\boxed{\mathbf{i}-\mathbf{j}}", True),  # unit vectors stay vectors
+    ("font", r"\mathbf{i} - \mathbf{j}", r"\boxed{\mathbf{i}+\mathbf{j}}", False),
+    ("font", r"2\mathbf{e}", r"\boxed{2e}", False),
     # ---- an equation gold: its right-hand side answers it only when its left names what it defines
     ("definition", "y = 3x - 4", r"\boxed{3x-4}", True),
     ("definition", "y = 3x - 4", r"\boxed{3x+4}", False),
@@ -203,6 +206,8 @@ CASES = [
     ("definition", "7", r"\boxed{2x - y = 7}", True),
     ("definition", "a + b = 12", r"\boxed{12}", False),
     ("definition", "a + b = 12", r"\boxed{b + a = 12}", True),
+    ("definition", r"\tan\theta = \frac{3}{4}", r"\boxed{0.75}", True),
+    ("definition", r"\sin x + \cos x = 1", r"\boxed{1}", False),
     # ---- complex numbers: a free `i` is the imaginary unit
     ("complex", "-4", r"\boxed{(1+i)^4}", True),
     ("complex", "4", r"\boxed{(1+i)^4}", False),
