@@ -2,7 +2,8 @@
 
 `expected` is what a careful human grader would say; None means the gold is not graded (prose or
 unparseable) and must be reported, not scored. Each class holds cases that must be equal and cases
-that must not.
+that must not, written by hand and generated (random values per class, seeded; see GENERATORS).
+The choices behind the debatable verdicts are in docs/protocol.md, Grading.
 
 Agreement per class, for whichever `eval.grading` is importable (run from the repository root;
 run it from an older checkout to measure that one):
@@ -400,3 +401,19 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_heldout_check_fails_a_constant_grader():
+    # bench/grading_heldout.py is run by hand and not used to tune the grader; this checks only its
+    # logic: a grader that says True (or False) to everything scores below 1 in every class
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "grading_heldout.py"
+    spec = importlib.util.spec_from_file_location("grading_heldout", path)
+    heldout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heldout)
+    for constant in (True, False):
+        table, misses = heldout.agreement(lambda response, gold, c=constant: c)
+        assert all(hit < n for hit, n in table.values()), constant
+        assert len(misses) == sum(n - hit for hit, n in table.values())
