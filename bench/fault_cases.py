@@ -847,7 +847,7 @@ def run_library(ctx: Ctx, case: Case) -> tuple[str, str]:
         lm.save_pretrained(w / "a")
         second = make(p["second"])
         with torch.no_grad():
-            for t in second._state_tensors().values():
+            for t in second.state_tensors().values():
                 if t.is_floating_point():
                     t.add_(0.01)  # not a fresh adapter: a stale one could not pass for it
         second.save_pretrained(w / "a")
@@ -857,7 +857,7 @@ def run_library(ctx: Ctx, case: Case) -> tuple[str, str]:
             return "crash", f"the second save does not load: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
         if back.zs_config.method != p["second"]:
             return "silently wrong", f"loaded {back.zs_config.method}, saved {p['second']} last"
-        mine, got = second._state_tensors(), back._state_tensors()
+        mine, got = second.state_tensors(), back.state_tensors()
         same = lambda a, b: a.shape == b.shape and bool(  # noqa: E731 - NaN markers (SAR's EMA) equal NaN
             (a == b).logical_or(a.isnan() & b.isnan() if a.is_floating_point() else a != a).all())
         differ = [k for k in mine if k not in got or not same(mine[k], got[k])]

@@ -62,9 +62,11 @@ from tqdm import tqdm  # noqa: E402
 
 import eval.grading  # noqa: E402
 import eval.runner  # noqa: E402
+import eval.writer  # noqa: E402
 import zs_llm.checkpoint  # noqa: E402
 from eval.rows import RowsAppender, RunFolderBusy, RunLock, scan_rows  # noqa: E402
 from eval.runner import RunConfig, Runner, list_checkpoints, result_signature  # noqa: E402
+from zs_llm.adapt import adapt_on_problem  # noqa: E402
 from zs_llm.testing import char_tokenizer, tiny_model  # noqa: E402
 
 OUTCOMES = ("clean", "silently wrong", "crash", "data lost", "hang")
@@ -283,7 +285,7 @@ def child_run(model_dir: str, out: str, key: str, mode: str, k: int, j: int, fra
     elif mode == "checkpoint":
         bomb = FileBomb(j)
         bomb.install()
-        save, prune = zs_llm.checkpoint.save_checkpoint, eval.runner.prune_checkpoints
+        save, prune = zs_llm.checkpoint.save_checkpoint, eval.writer.prune_checkpoints
         count = [0]
 
         def armed(fn):
@@ -301,7 +303,7 @@ def child_run(model_dir: str, out: str, key: str, mode: str, k: int, j: int, fra
             return armed(save)(*a, **kw)
 
         zs_llm.checkpoint.save_checkpoint = counted_save
-        eval.runner.prune_checkpoints = armed(prune)
+        eval.writer.prune_checkpoints = armed(prune)
     elif mode == "step":
         count = [0]
         for cls in (torch.optim.SGD, torch.optim.AdamW):
@@ -858,13 +860,13 @@ def non_finite_cases(bench: Bench, quick: bool) -> None:
 
     def stream(lm, n=4):
         """n problems; returns (rows for the verdict, whether any trainable tensor moved)."""
-        before = {k: v.clone() for k, v in lm._state_tensors().items()}
+        before = {k: v.clone() for k, v in lm.state_tensors().items()}
         rows = []
         for i in range(n):
-            res = lm.adapt_generate(f"{i}+1=", problem_id=str(i))
+            res = adapt_on_problem(lm, f"{i}+1=", problem_id=str(i))
             rows.append({"response": res.answer, "extracted": None, "correct": None, "steps": res.steps})
-        moved = any(not torch.equal(before[k], v) for k, v in lm._state_tensors().items())
-        finite = all(bool(torch.isfinite(v).all()) for v in lm._state_tensors().values())
+        moved = any(not torch.equal(before[k], v) for k, v in lm.state_tensors().items())
+        finite = all(bool(torch.isfinite(v).all()) for v in lm.state_tensors().values())
         return rows, moved, finite
 
     def poisoned(kind):
@@ -905,7 +907,7 @@ def non_finite_cases(bench: Bench, quick: bool) -> None:
     d = bench.work / "nonfinite"
     lm = make()
     with warnings_off():
-        lm.adapt_generate("1+1=")
+        adapt_on_problem(lm, "1+1=")
     save_checkpoint(lm, d / "ckpt", {})
     lm.save_pretrained(d / "adapter")
     files = [("checkpoint", d / "ckpt" / "state.safetensors", "t.predictor.weight"),

@@ -20,6 +20,7 @@ import torch
 from _common import arith_messages, fixed_length, load_smollm2, median_ms, ratio, set_threads, timed
 
 from zs_llm import AdaptConfig, ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 
 
 def main():
@@ -46,7 +47,7 @@ def main():
                                               pad_token_id=pad, temperature=None, top_p=None, top_k=None))
             runs = {"generate": t}
             for a, lm in lms.items():
-                res, runs[a] = timed(lm.adapt_generate, msg)
+                res, runs[a] = timed(adapt_on_problem, lm, msg)
                 if i > 0:
                     split[a].append(res.timings)
             if i > 0:  # the first problem warms up

@@ -19,6 +19,7 @@ import torch
 from _common import arith_messages, fixed_length, load_smollm2, set_threads
 
 from zs_llm import METHODS, AdaptConfig, ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 
 
 def main():
@@ -41,7 +42,7 @@ def main():
     with fixed_length(*(lm.hf for lm in lms.values()), tokens=args.tokens):
         for i, msg in enumerate(arith_messages(args.problems + 1)):
             for m, lm in lms.items():
-                res = lm.adapt_generate(msg)
+                res = adapt_on_problem(lm, msg)
                 if i > 0:
                     totals[m].append(res.timings["total_s"])
                     parts[m].append(res.timings)

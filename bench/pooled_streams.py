@@ -25,7 +25,8 @@ import time
 import torch
 from _common import REPO, arith_messages, fixed_length  # noqa: F401  (REPO puts the repository on sys.path)
 
-from zs_llm import AdaptConfig, ZeroSiamLM
+from zs_llm import AdaptConfig, Streams, ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 
 
 def build(model: str, dtype: str, device: str, layers: int | None):
@@ -67,9 +68,9 @@ def run_sequential(host, cfg, prompts, golds, device):
     t = time.perf_counter()
     for s, ps in prompts.items():
         lm = host.stream(f"seq{s}", cfg)
-        out[s] = [lm.adapt_generate(p) for p in ps]
+        out[s] = [adapt_on_problem(lm, p) for p in ps]
         grade(out[s], golds[s])
-        host.remove_stream(f"seq{s}")
+        host.remove(f"seq{s}")
     sync(device)
     return out, time.perf_counter() - t
 
@@ -83,14 +84,14 @@ def run_pooled(host, cfg, prompts, golds, device):
     sync(device)
     t = time.perf_counter()
     for i in range(len(next(iter(prompts.values())))):
-        res = host.adapt_generate_pool({names[s]: ps[i] for s, ps in prompts.items()})
+        res = host.adapt_generate({names[s]: ps[i] for s, ps in prompts.items()})
         for s in prompts:
             out[s].append(res[names[s]])
         grade([res[names[s]] for s in prompts], [golds[s][i] for s in prompts])
     sync(device)
     dt = time.perf_counter() - t
     for s in prompts:
-        host.remove_stream(names[s])
+        host.remove(names[s])
     return out, dt
 
 
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     model, tok = build(args.model, args.dtype, args.device, args.layers)
     cfg = AdaptConfig(method="zerosiam", max_new_tokens=args.tokens, lr=1e-4, predictor_lr=1e-4)
-    host = ZeroSiamLM(model, tok, AdaptConfig(method="noadapt"), check=False)
+    host = Streams(ZeroSiamLM(model, tok, AdaptConfig(method="noadapt"), check=False))
     n_seq = args.sequential_streams or max(args.streams)
     most = max(max(args.streams), n_seq)
     from eval.datasets import load_problems

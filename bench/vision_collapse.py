@@ -1,6 +1,7 @@
-"""Vision collapse benchmark: NoAdapt, Tent, SAR, EATA and ZeroSiam on corrupted digits streams.
+"""Vision study: the paper's columns (NoAdapt, Tent, SAR, EATA, COME, DeYO, ZeroSiam, ZeroSiam+EATA,
+ZeroSiam+DeYO) on corrupted digits streams in its four wild scenarios, over three stream seeds.
 
-    .venv/bin/python bench/vision_collapse.py            # full run: ~10 min on 2 busy cores (~8 cached)
+    OMP_NUM_THREADS=1 .venv/bin/python bench/vision_collapse.py --bs1-limit 200   # the docs/vision.md study
     .venv/bin/python bench/vision_collapse.py --quick    # seconds; a smoke run (the test suite's)
     .venv/bin/python bench/vision_collapse.py --sweep    # the learning-rate sweep behind the defaults
 
@@ -32,12 +33,22 @@ scaled by batch/64 as in the paper's code (so batch size 1 runs at base/64). The
 are the ones that maximize *Tent's* accuracy in a mild, i.i.d. setting on a held-out
 corruption (speckle_noise, batch 64): `--sweep` reproduces that choice. SAR and EATA use
 their papers' margins (0.4 ln K), SAR rho 0.05 and model recovery at 0.2 nats; EATA runs
-without its Fisher regularizer and redundancy filter.
+without its Fisher regularizer and redundancy filter. COME is COME's own code (opinion entropy, C = K);
+`come+deyo` is what the ZeroSiam repository runs as its COME baseline. DeYO keeps its official
+defaults (entropy filter 0.5 ln K, PLPD > 0.2, E0 0.4 ln K, a 4x4 patch shuffle); neither SAR nor
+DeYO gets the doubled rate the official scripts give them at batch size 1. The plug-ins use
+ZeroSiam's loss under EATA's or DeYO's selection and weights.
+
+Seeds: the models are trained once (`--seed`); each of `--seeds` draws its own corruptions, stream
+orders and DeYO shuffles. Every method of a seed sees the same samples in the same order, so the
+tables give paired changes from NoAdapt with the language tables' intervals (eval.stats), and the
+wall time per sample of each method (the paper's overhead comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -60,7 +71,8 @@ from zs_llm.vision import VISION_METHODS, Adapter, VisionAdaptConfig, wrap_class
 
 SIZE = 32
 NUM_CLASSES = 10
-METHODS = ("noadapt", "tent", "sar", "eata", "zerosiam")
+# the paper's vision table: its baselines, ZeroSiam, and ZeroSiam as a plug-in to EATA and DeYO
+METHODS = ("noadapt", "tent", "sar", "eata", "come", "deyo", "zerosiam", "zerosiam+eata", "zerosiam+deyo")
 SCENARIOS = ("mixed", "label_shift", "bs1", "blind_spot")
 HELD_OUT = "speckle_noise"  # used only to choose the learning rates
 # base learning rates at batch 64, chosen by `--sweep` (Tent's best on the held-out corruption)
@@ -346,9 +358,12 @@ def batches(x: torch.Tensor, y: torch.Tensor, bs: int) -> list[tuple[torch.Tenso
     return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
 
 
-def make_adapter(base: nn.Module, method: str, lr: float) -> Adapter:
+def make_adapter(base: nn.Module, method: str, lr: float, seed: int = 0) -> Adapter:
     model = wrap_classifier(_copy(base))
-    return Adapter(model, VISION_METHODS[method](), VisionAdaptConfig(lr=lr))
+    cls = VISION_METHODS[method]
+    # methods that draw random numbers (DeYO's shuffles) take the stream's seed
+    kwargs = {"seed": seed} if any(f.name == "seed" for f in dataclasses.fields(cls)) else {}
+    return Adapter(model, cls(**kwargs), VisionAdaptConfig(lr=lr))
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -357,10 +372,16 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def run_stream(base: nn.Module, method: str, stream, lr: float) -> tuple[list[dict], Adapter]:
-    adapter = make_adapter(base, method, lr)
+def run_stream(base: nn.Module, method: str, stream, lr: float, seed: int = 0) -> tuple[list[dict], Adapter]:
+    """Adapt on `stream`; the adapter's history gains each sample's correctness (`correct`) and the
+    stream's seconds per sample (`seconds`, the wall time of predicting and updating)."""
+    adapter = make_adapter(base, method, lr, seed)
+    correct = []
+    t0 = time.perf_counter()
     for xb, yb in stream:
-        adapter(xb, yb)
+        correct += (adapter(xb, yb).argmax(-1) == yb).tolist()
+    seconds = (time.perf_counter() - t0) / max(1, len(correct))
+    adapter.correct, adapter.seconds = correct, seconds
     return adapter.history, adapter
 
 
@@ -377,24 +398,27 @@ def summarize(histories: list[list[dict]]) -> dict:
         "logit_norm_centered": [b["logit_norm_centered"] for b in h],
         "entropy": [b["entropy"] for b in h],
         "predictor_dev": [b["predictor_dev"] for b in h],
+        "selected": float(np.mean([b.get("selected", 0.0) for b in h])),
         "boundaries": np.cumsum([sum(b["n"] for b in hist) for hist in histories]).tolist(),
     }
 
 
-def build_streams(scenario: str, x, y, source: nn.Module, args) -> list[dict]:
-    """The streams of one scenario: a list of {"batches": [(x, y)], "eval": (x, y) | None}."""
-    g = torch.Generator().manual_seed(args.seed + 1)
+def build_streams(scenario: str, x, y, source: nn.Module, args, seed: int | None = None) -> list[dict]:
+    """The streams of one scenario: a list of {"batches": [(x, y)], "eval": (x, y) | None}. `seed`
+    (default args.seed) draws the corruptions and the orders."""
+    seed0 = args.seed if seed is None else seed
+    g = torch.Generator().manual_seed(seed0 + 1)
     out = []
     if scenario == "mixed":
         xs, ys = [], []
         for i, c in enumerate(args.mixed_corruptions):
-            xs.append(corrupt(x, c, args.severity, seed=args.seed * 1000 + i))
+            xs.append(corrupt(x, c, args.severity, seed=seed0 * 1000 + i))
             ys.append(y)
         xs, ys = torch.cat(xs), torch.cat(ys)
         perm = torch.randperm(len(ys), generator=g)
         return [{"batches": batches(xs[perm], ys[perm], args.batch_size), "eval": None}]
     for i, c in enumerate(args.corruptions):
-        seed = args.seed * 1000 + 100 + i
+        seed = seed0 * 1000 + 100 + i
         if scenario == "label_shift":
             xs = torch.cat([corrupt(x, c, args.severity, seed=seed + 17 * r) for r in range(args.repeats)])
             ys = y.repeat(args.repeats)
@@ -417,25 +441,39 @@ def build_streams(scenario: str, x, y, source: nn.Module, args) -> list[dict]:
     return out
 
 
-def run_scenario(scenario: str, base: nn.Module, x, y, args, base_lr: float) -> dict[str, dict]:
-    streams = build_streams(scenario, x, y, base, args)
+def run_scenario(scenario: str, base: nn.Module, x, y, args, base_lr: float, seeds=None) -> dict[str, dict]:
+    """Every method on the scenario's streams, for each seed. Per method: the first seed's curves
+    (`summarize`), `acc` pooled over seeds and streams, `outcomes` {(seed, stream): [correct, ...]}
+    (the predictions before each update; blind_spot: the adapted model on the whole corrupted test
+    set), and `sec_per_sample` (mean over seeds and streams)."""
+    seeds = [args.seed] if seeds is None else list(seeds)
+    streams = {s: build_streams(scenario, x, y, base, args, s) for s in seeds}
     results = {}
     for method in args.methods:
-        hists, final_accs = [], []
-        for s in streams:
-            bs = len(s["batches"][0][1])
-            hist, adapter = run_stream(base, method, s["batches"], base_lr * bs / 64)
-            hists.append(hist)
-            if s["eval"] is not None:
-                xe, ye = s["eval"]
-                preds = torch.cat([adapter.predict(xb).argmax(-1) for xb, _ in batches(xe, ye, 256)])
-                final_accs.append(float((preds == ye).float().mean()))
-        res = summarize(hists)
+        outcomes, seconds, curves = {}, [], None
+        for seed in seeds:
+            hists = []
+            for i, s in enumerate(streams[seed]):
+                bs = len(s["batches"][0][1])
+                hist, adapter = run_stream(base, method, s["batches"], base_lr * bs / 64, seed)
+                hists.append(hist)
+                seconds.append(adapter.seconds)
+                outcomes[seed, i] = adapter.correct
+                if s["eval"] is not None:
+                    xe, ye = s["eval"]
+                    preds = torch.cat([adapter.predict(xb).argmax(-1) for xb, _ in batches(xe, ye, 256)])
+                    outcomes[seed, i] = (preds == ye).tolist()
+            if curves is None:
+                curves = summarize(hists)
+        res = curves
         res["stream_acc"] = res["acc"]
-        if final_accs:
-            res["acc"] = float(np.mean(final_accs))
-        res["n_streams"] = len(streams)
+        flat = [c for o in outcomes.values() for c in o]
+        res["acc"] = float(np.mean(flat))
+        res["outcomes"] = outcomes
+        res["sec_per_sample"] = float(np.mean(seconds))
+        res["n_streams"] = len(streams[seeds[0]])
         res["samples"] = int(sum(res["n"]))
+        res["seeds"] = seeds
         results[method] = res
     return results
 
@@ -456,6 +494,49 @@ def table(results: dict, methods, models) -> str:
             lines.append(
                 f"| {scenario} | {model} | {cells[methods[0]]['samples']} | " + " | ".join(row) + " |"
             )
+    return "\n".join(lines)
+
+
+def study_table(results: dict, methods, models) -> str:
+    """Per scenario and model, each method pooled over seeds and streams: accuracy with its Wilson
+    95% interval, the paired change from NoAdapt on the same samples with its stratified bootstrap
+    interval (samples resampled within each (seed, stream)) and the exact McNemar p, as the
+    language tables (eval.stats); and the seconds per sample."""
+    from eval.stats import paired_difference_over_sets, wilson_interval
+
+    lines = [
+        "| scenario | model | method | n | accuracy % [95% CI] | change from noadapt, points [95% CI] | McNemar p "
+        "| ms/sample |",
+        "|---|---|---|---:|---|---|---:|---:|",
+    ]
+    for scenario, per_model in results.items():
+        for model in models:
+            cells = per_model[model]
+            base = cells.get("noadapt")
+            for m in methods:
+                out = cells[m]["outcomes"]
+                n, k = sum(map(len, out.values())), sum(map(sum, out.values()))
+                lo, hi = wilson_interval(k, n)
+                row = f"| {scenario} | {model} | {m} | {n} | {100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |"
+                if base is not None and m != "noadapt":
+                    sets = [(dict(enumerate(o)), dict(enumerate(base["outcomes"][key]))) for key, o in out.items()]
+                    d = paired_difference_over_sets(sets)
+                    row += f" {100 * d.diff:+.1f} [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}] | {d.p_mcnemar:.3g} |"
+                else:
+                    row += " - | - |"
+                lines.append(row + f" {1000 * cells[m]['sec_per_sample']:.2f} |")
+    return "\n".join(lines)
+
+
+def overhead_table(results: dict, methods, models) -> str:
+    """Milliseconds per sample (predict + update, wall time) per method, mean over scenarios, and the
+    ratio to Tent's: the paper's overhead comparison."""
+    lines = ["| method | " + " | ".join(f"{m} ms/sample" for m in models) + " | x Tent |",
+             "|---|" + "---:|" * (len(models) + 1)]
+    per = {m: [np.mean([results[s][mod][m]["sec_per_sample"] for s in results]) for mod in models] for m in methods}
+    for m in methods:
+        ratio = (f"{np.mean([a / b for a, b in zip(per[m], per['tent'])]):.2f}" if "tent" in per else "-")
+        lines.append(f"| {m} | " + " | ".join(f"{1000 * v:.2f}" for v in per[m]) + f" | {ratio} |")
     return "\n".join(lines)
 
 
@@ -570,26 +651,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--lr", type=float, nargs="+", default=None, help="base lr per model at batch 64 (default: table)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data split and model training seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="stream seeds: corruption draws, orders and DeYO's shuffles (quick: 0 1)")
     p.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads (1 is fastest on 2 cores shared with other work)",
     )
-    p.add_argument("--train-steps", type=int, default=None, help="cap the training steps (quick mode: 15)")
+    p.add_argument("--train-steps", type=int, default=None, help="cap the training steps (quick mode: 6)")
     p.add_argument(
-        "--test-limit", type=int, default=None, help="use only the first N test images (quick: 48)"
+        "--test-limit", type=int, default=None, help="use only the first N test images (quick: 32)"
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.train_steps = args.train_steps or 15
-        args.test_limit = args.test_limit or 48
+        args.train_steps = args.train_steps or 6
+        args.test_limit = args.test_limit or 32
         args.corruptions = args.corruptions[:1]
         args.mixed_corruptions = args.mixed_corruptions[:2]
         args.batch_size = 16
         args.repeats = 1
-        args.bs1_limit = args.bs1_limit or 8
+        args.bs1_limit = args.bs1_limit or 6
+        args.seeds = args.seeds[:2]
         if args.out == ROOT / "runs" / "vision_bench":
             args.out = args.out / "quick"
     if args.lr is not None and len(args.lr) not in (1, len(args.models)):
@@ -663,7 +747,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         results[scenario] = {}
         for name, model in models.items():
             t0 = time.time()
-            results[scenario][name] = run_scenario(scenario, model, x_te, y_te, args, lrs[name])
+            results[scenario][name] = run_scenario(scenario, model, x_te, y_te, args, lrs[name], args.seeds)
             accs = ", ".join(f"{m} {100 * r['acc']:.1f}" for m, r in results[scenario][name].items())
             log(f"[{scenario}/{name}] {accs} ({time.time() - t0:.0f}s)")
 
@@ -678,24 +762,31 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items())
         + ".",
         f"Per-corruption scenarios: {', '.join(args.corruptions)} (mean over them). "
-        f"Mixed: {', '.join(args.mixed_corruptions)}.",
+        f"Mixed: {', '.join(args.mixed_corruptions)}. Stream seeds (corruption draws, orders, DeYO's shuffles): "
+        f"{', '.join(map(str, args.seeds))}; models trained at seed {args.seed}.",
         "",
         "Accuracy (%), predictions made before each update; blind_spot: accuracy on the whole corrupted test set "
-        "after adapting on the source model's errors only.",
+        "after adapting on the source model's errors only. Pooled over seeds and streams:",
         "",
     ]
     norm_md = norm_table(results, args.methods, args.models)
     summary = (
         collapse_summary(results, args.models) if {"noadapt", "tent", "zerosiam"} <= set(args.methods) else []
     )
+    study_md = study_table(results, args.methods, args.models)
+    overhead_md = overhead_table(results, args.methods, args.models)
     text = "\n".join(
         header
-        + [md, "", "Centered logit norm, mean over the last 20% of each stream:", "", norm_md, ""]
+        + [md, "", "With intervals (eval.stats, as the language tables):", "", study_md, "",
+           "Time per sample (wall, predict + update, one thread; mean over scenarios):", "", overhead_md, "",
+           "Centered logit norm, mean over the last 20% of each stream (first seed):", "", norm_md, ""]
         + (["Tent vs ZeroSiam against NoAdapt:", ""] + [f"- {s}" for s in summary] + [""] if summary else [])
     )
     (args.out / "results.md").write_text(text)
     compact = {
-        s: {m: {k: {"acc": v["acc"], "samples": v["samples"]} for k, v in pm.items()} for m, pm in r.items()}
+        s: {m: {k: {"acc": v["acc"], "samples": v["samples"], "sec_per_sample": v["sec_per_sample"],
+                    "outcomes": {f"seed{a}/stream{b}": o for (a, b), o in v["outcomes"].items()}}
+                for k, v in pm.items()} for m, pm in r.items()}
         for s, r in results.items()
     }
     (args.out / "results.json").write_text(json.dumps(compact, indent=1))
@@ -703,7 +794,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     print()
     print(text)
     log(f"wrote {args.out / 'results.md'} and {len(pngs)} plots in {time.time() - t_start:.0f}s")
-    return {"results": results, "table": md, "summary": summary, "plots": pngs, "lrs": lrs}
+    return {"results": results, "table": md, "study": study_md, "overhead": overhead_md, "summary": summary,
+            "plots": pngs, "lrs": lrs}
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ class DatasetSpec:
     reads: tuple[str, ...] = ()  # sets a generated stream draws problems from (needs the data dir)
     scales: bool = False  # a generated stream whose shape scales: `limit` N generates its N-problem version
     max_size: int | None = None  # the longest stream a scaling set generates (a larger `limit` is refused)
+    load: Callable[[], list[Problem]] | None = None  # your own data (eval.userdata): reads its problems
+    record: Callable[[], dict] | None = None  # and what run.json keeps of its source
 
 
 DATASETS: Registry = Registry("dataset")
@@ -444,7 +446,9 @@ def load_problems(
         raise ValueError(f"limit must be >= 0, not {limit}")
     check_limit(name, limit, subset is not None)
 
-    if spec.generate is not None:
+    if spec.load is not None:
+        problems = spec.load()
+    elif spec.generate is not None:
         sized = {"size": limit} if spec.scales and limit and subset is None else {}
         problems = spec.generate(seed, data_dir=data_dir, **sized)
     elif source == "hub":
@@ -609,6 +613,8 @@ def source_record(name: str, source: str, data_dir: str | Path | None = None, se
     """Where set `name` is read from, for run.json: the local file and its sha256, the hub ids tried
     in order, or the generator's seed."""
     spec = DATASETS[name]
+    if spec.record is not None:
+        return spec.record()
     if spec.generate is not None:
         return {"source": "generated", "seed": seed}
     if source == "hub":

@@ -232,7 +232,7 @@ def run_identity(cfg, data: dict) -> dict:
     per-set source records)."""
     subsets = parse_subsets(cfg.subset)
     sets = {}
-    for d in cfg.datasets:
+    for d in cfg.dataset_names():
         problems = load_problems(d, data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed, source=cfg.source,
                                  subset=subsets.get(d))
         sets[d] = {"n": len(problems), "problems_sha256": problems_sha256(problems)}
@@ -298,6 +298,9 @@ def data_change(old_info: dict, data: dict, ident: dict) -> tuple[str | None, li
         if was.get("sha256") and rec.get("sha256") and was["sha256"] != rec["sha256"]:
             return (f"{where}{d} file {rec['path']} differs (sha256 {_short(was['sha256'])}, now "
                     f"{_short(rec['sha256'])})"), warnings
+        if was.get("commit") and rec.get("commit") and was["commit"] != rec["commit"]:
+            return (f"hub dataset {rec.get('hub')} of {d} is at another revision ({_short(was['commit'])}, now "
+                    f"{_short(rec['commit'])})"), warnings
         if was.get("path") and rec.get("path") and was["path"] != rec["path"]:
             warnings.append(f"{d} is now read from {rec['path']} (it was {was['path']}); same sha256, so the "
                             "rows continue")

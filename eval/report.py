@@ -3,7 +3,7 @@ average over sets, the paired change from `noadapt` on the same problems (interv
 and collapse diagnostics along each stream; `write_combined_report` puts runs of one configuration
 with different seeds side by side (per-seed values, mean, sd and range).
 
-    python -m eval report runs/demo     # report.md, metrics.json, results.csv and plots/ in runs/demo
+    python -m eval report runs/demo     # report.md, report.html, metrics.json, results.csv and plots/
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from zs_llm.methods import METHODS
 
 from .datasets import FOUR_SETS
 from .identity import data_change, model_change
+from .report_html import write_html
 from .rows import lock_holder, read_rows_strict
 from .runner import RESULT_FREE_FIELDS
 from .stats import (
@@ -43,6 +44,7 @@ from .stats import (
     paired_difference_over_sets,
     wilson_interval,
 )
+from .userdata import set_name
 
 BASELINE = "noadapt"
 AVERAGE = "average"  # the dataset name of the average-over-sets rows in results.csv
@@ -71,7 +73,7 @@ def method_order(streams: dict, info: dict | None = None, baseline: str = BASELI
     configuration lists them (`--methods`, `--datasets`), then any others as found."""
     info = info or {}
     methods = [baseline, *(info.get("adapt_configs") or {}), *(m for m, _ in streams)]
-    datasets = [*((info.get("config") or {}).get("datasets") or []), *(d for _, d in streams)]
+    datasets = [*map(set_name, (info.get("config") or {}).get("datasets") or []), *(d for _, d in streams)]
     rank_m = {m: i for i, m in enumerate(dict.fromkeys(methods))}
     rank_d = {d: i for i, d in enumerate(dict.fromkeys(datasets))}
     return dict(sorted(streams.items(), key=lambda kv: (rank_m[kv[0][0]], rank_d[kv[0][1]])))
@@ -302,11 +304,14 @@ def accuracy_section(summary: dict) -> str:
     avg = summary["average"]
     text += ["", f"### Change from {summary['baseline']}", "", change_table(summary), "",
              "Paired on problem id, over the problems graded for both. Interval: paired bootstrap "
-             f"({N_RESAMPLES:,} resamples of problems, seed 0{'; within each set for the average' * bool(avg)}). "
+             f"({N_RESAMPLES:,} resamples of problems, seed 0{'; within each set for the average' * bool(avg)}), "
+             "widened where needed to Newcombe's score interval for paired proportions (built from the two "
+             "accuracies' Wilson intervals; for the average at the effective number of problems), so a change every "
+             "resample repeats at a few problems still has its width. "
              f"gained / lost: problems only the method / only {summary['baseline']} solved. McNemar: exact two-sided "
              f"binomial test on those counts{' (for the average, pooled over the sets)' * bool(avg)}."
-             + (f" {SMALL_MARK} fewer than {SMALL_N} paired problems: a change that every resample repeats can show "
-                "an interval of no width there; it is not a precise result." if small else "")]
+             + (f" {SMALL_MARK} fewer than {SMALL_N} paired problems: the interval is wide and its 95% only "
+                "approximate; it is not a precise result." if small else "")]
     extra = [(k, a) for k, a in sets.items() if "avg@n" in a]
     if extra:
         cols = list(sample_columns(summary)[1:])
@@ -580,7 +585,7 @@ def run_status(run_dir: Path, streams: dict, info: dict) -> tuple[list[str], str
     sizes = {d: s.get("n") for d, s in ((info.get("identity") or {}).get("sets") or {}).items()}
     first = info.get("first_rows_only")  # an assembled run keeps only each stream's first rows
     methods = list(info.get("adapt_configs") or {}) or list(dict.fromkeys(m for m, _ in streams))
-    datasets = list(cfg.get("datasets") or []) or list(dict.fromkeys(d for _, d in streams))
+    datasets = list(map(set_name, cfg.get("datasets") or [])) or list(dict.fromkeys(d for _, d in streams))
     lines = []
     for d in datasets:
         longest = max((len(rows) for (_, dd), rows in streams.items() if dd == d), default=0)
@@ -625,7 +630,8 @@ def _read_json(path: Path) -> dict:
 
 def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
                  status: list[str] | None = None) -> Path:
-    """Write report.md, metrics.json, results.csv and plots/ into `run_dir`; returns the report's path.
+    """Write report.md (and report.html, the same with its plots inline), metrics.json, results.csv and
+    plots/ into `run_dir`; returns the report's path.
     `status` gets a line per thing unfinished (a live writer, incomplete streams; `status_notes`).
 
     Several run folders (one configuration, different seeds) go to `write_combined_report`, into
@@ -684,6 +690,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS + sample_columns(summary))
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
+    write_html(path)  # report.html beside it, plots inline
     return path
 
 
@@ -865,7 +872,7 @@ def check_combined_out(out: Path, runs: Sequence[Path]) -> None:
             raise FileExistsError(f"--out {out} holds the combined report of other runs ({', '.join(were)}); choose "
                                   "another --out, or delete that folder to replace it")
         return
-    found = [n for n in ("report.md", "metrics.json", "results.csv", "plots") if (out / n).exists()]
+    found = [n for n in ("report.md", "report.html", "metrics.json", "results.csv", "plots") if (out / n).exists()]
     if found:
         raise FileExistsError(f"--out {out} holds {', '.join(found)} not written by a combined report (no "
                               f"{COMBINED_MARK}); choose another --out, or delete them")
@@ -993,4 +1000,5 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
                f"bars: mean of {len(runs)} runs; whiskers: range over runs; dots: each run")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
+    write_html(path)
     return path

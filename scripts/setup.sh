@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# a headless browser for the report.html test (tests/test_report_html.py; skipped, saying so, without
+# one): Debian's chromium-headless-shell, where apt-get can install it
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing chromium-headless-shell (apt-get) for the report.html browser test"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; } \
+    >/dev/null 2>&1 || echo "[setup] chromium-headless-shell could not be installed: the report.html test will be skipped"
+fi
 stamp=.venv/.zs_llm_setup
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import zs_llm, torch" 2>/dev/null; then

@@ -11,6 +11,7 @@ import pytest
 
 from eval.datasets import DATASETS, DatasetSpec, HubSource, Problem, check_gold, load_problems
 from zs_llm import AdaptConfig, ZeroSiamLM, adapt_generate
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.model import CHAT_ROLES, check_prompt
 from zs_llm.testing import char_tokenizer, tiny_model
 
@@ -127,7 +128,7 @@ def test_adapt_generate_refuses_an_unknown_role_before_touching_the_model(role):
     lm = ZeroSiamLM(model, tok, AdaptConfig(method="tent", max_new_tokens=4, schedule="episodic",
                                                 answer="regenerate"))
     before = lm.snapshot()["tensors"]
-    for call in (lambda m: lm.adapt_generate(m), lambda m: lm.generate_texts([m]), lambda m: lm.encode(m)):
+    for call in (lambda m: adapt_on_problem(lm, m), lambda m: lm.generate_texts([m]), lambda m: lm.encode(m)):
         with pytest.raises(ValueError, match="the roles are system, user, assistant"):
             call([{"role": "user", "content": "hi"}, {"role": role, "content": "2+2?"}])
     assert lm.problems_seen == 0

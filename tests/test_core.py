@@ -5,7 +5,7 @@ import torch
 
 import zs_llm
 from zs_llm import AdaptConfig, ZeroSiamLM, adapt_generate
-from zs_llm.adapt import adapt_step, make_batch
+from zs_llm.adapt import adapt_on_problem, adapt_step, make_batch
 from zs_llm.predictor import PREDICTORS, build_predictor
 from zs_llm.testing import ARCHS, tiny_model
 
@@ -100,28 +100,28 @@ def test_snapshot_restore_includes_optimizer_state(make_lm):
             if torch.is_tensor(vv):
                 assert torch.equal(vv, list(opt0.values())[k][kk])
     for n, t in snap["tensors"].items():
-        assert torch.equal(lm._state_tensors()[n], t)
+        assert torch.equal(lm.state_tensors()[n], t)
 
 
 @pytest.mark.parametrize("schedule,answer", [("online", "draft"), ("episodic", "regenerate")])
 def test_online_carries_state_episodic_does_not(schedule, answer, make_lm):
     lm = make_lm(lr=1e-2, predictor_lr=1e-2, schedule=schedule, answer=answer)
     ad0 = adapted_state(lm)
-    lm.adapt_generate("first problem: 1 + 1")
+    adapt_on_problem(lm, "first problem: 1 + 1")
     after_one = adapted_state(lm)
-    lm.adapt_generate("second problem: 2 + 2")
+    adapt_on_problem(lm, "second problem: 2 + 2")
     after_two = adapted_state(lm)
     changed_from_start = any(not torch.equal(after_two[n], ad0[n]) for n in ad0)
     assert changed_from_start
     if schedule == "online":
         # the second update started from the first's state: differs from one update on a fresh model
         fresh = make_lm(lr=1e-2, predictor_lr=1e-2, schedule=schedule, answer=answer)
-        fresh.adapt_generate("second problem: 2 + 2")
+        adapt_on_problem(fresh, "second problem: 2 + 2")
         assert any(not torch.equal(after_two[n], p) for n, p in fresh.named_trainable())
         assert any(not torch.equal(after_two[n], after_one[n]) for n in ad0)
     else:
         fresh = make_lm(lr=1e-2, predictor_lr=1e-2, schedule=schedule, answer=answer)
-        fresh.adapt_generate("second problem: 2 + 2")
+        adapt_on_problem(fresh, "second problem: 2 + 2")
         for n, p in fresh.named_trainable():
             assert torch.equal(after_two[n], p), n
 
@@ -162,7 +162,7 @@ def step_with_corrupted_loss(lm, monkeypatch, corrupt, **kw):
     stats = adapt_step(lm, prompt_batch(lm), **kw)
     assert stats["skipped"]
     for n, t in before["tensors"].items():
-        assert torch.equal(lm._state_tensors()[n], t)
+        assert torch.equal(lm.state_tensors()[n], t)
 
 
 def test_non_finite_loss_skips_and_restores(make_lm, monkeypatch):
@@ -193,9 +193,9 @@ def test_one_non_finite_gradient_entry_skips_the_step(bad, make_lm, monkeypatch)
 def test_clear_errors(make_lm, tok):
     lm = make_lm()
     with pytest.raises(ValueError, match="empty prompt"):
-        lm.adapt_generate("   ")
+        adapt_on_problem(lm, "   ")
     with pytest.raises(ValueError, match="context is 2048"):
-        lm.adapt_generate("x" * 2100)
+        adapt_on_problem(lm, "x" * 2100)
     with pytest.raises(ValueError, match="AutoModelForCausalLM"):
         ZeroSiamLM(tiny_model("llama").model, tok)
     with pytest.raises(ValueError, match="choose one of"):
@@ -237,13 +237,13 @@ def test_adapt_generate_plain_model_and_result(tok):
 
 def test_prompt_signal_uses_prompt_tokens(make_lm):
     lm = make_lm(signal="prompt", answer="regenerate")
-    res = lm.adapt_generate("a prompt of some length")
+    res = adapt_on_problem(lm, "a prompt of some length")
     assert res.steps[0]["tokens"] == lm.encode("a prompt of some length").shape[1] - 1
 
 
 def test_save_and_load_roundtrip(make_lm, tok, tmp_path):
     lm = make_lm(lr=1e-2, predictor_lr=1e-2)
-    lm.adapt_generate("adapt me")
+    adapt_on_problem(lm, "adapt me")
     lm.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "predictor.safetensors").exists()
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
@@ -298,7 +298,7 @@ def test_generation_with_lora_folded_in_matches_and_restores_exactly(arch, tok):
         assert after[n] is p and torch.equal(p, v), n
     assert not any(m.merged for m in lm.hf.modules() if hasattr(m, "merged_adapters"))
     lm.generate_ids(ids)  # through the merged path, then a step still reaches the LoRA parameters
-    stats = lm.adapt_generate("what is 2 + 3?").steps[0]
+    stats = adapt_on_problem(lm, "what is 2 + 3?").steps[0]
     assert stats["grad_norm"] > 0
 
 
@@ -345,7 +345,7 @@ def test_kept_draft_logits_save_a_head_matmul_and_change_nothing(steps, make_lm,
         lm = make_lm("llama", seed=3, steps=steps, lr=0.05, predictor_lr=0.05, guard=False, draft_logits_mib=mib)
         calls = count_head_calls(lm)
         kept.clear()
-        results = [lm.adapt_generate(q) for q in ("What is 1 + 2?", "What is 5 * 3?", "Name a prime.")]
+        results = [adapt_on_problem(lm, q) for q in ("What is 1 + 2?", "What is 5 * 3?", "Name a prime.")]
         runs[mib] = (len(calls), list(kept), adapted_state(lm), results)
     (calls_k, kept_k, state_k, res_k), (calls_r, kept_r, state_r, res_r) = runs[512.0], runs[0.0]
     assert kept_k == [True] + [False] * (steps - 1) + ([True] + [False] * (steps - 1)) * 2

@@ -3,6 +3,7 @@ online stream is exported to <run>/adapters/<stream>/, which ZeroSiamLM.from_pre
 peft.PeftModel.from_pretrained both load; ZeroSiamLM pushes to and loads from the Hub (faked here:
 tests never download)."""
 
+import hashlib
 import json
 import shutil
 
@@ -11,6 +12,7 @@ import torch
 
 from eval.runner import RunConfig, Runner
 from zs_llm import ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.testing import tiny_model
 
 IDS = torch.tensor([[7, 20, 31, 42, 53, 64]])  # (1, T) a fixed input for the logits
@@ -31,7 +33,7 @@ def finished_stream(tiny_dir, tmp_path, monkeypatch):
         stream(self, lm, *args, **kw)
         with torch.no_grad():
             final.update(lora=lora(lm.hf.named_parameters()), predictor=lm.predictor.state_dict(),
-                         logits=lm.hf(IDS).logits.clone(), state={k: v.clone() for k, v in lm._state_tensors().items()})
+                         logits=lm.hf(IDS).logits.clone(), state={k: v.clone() for k, v in lm.state_tensors().items()})
 
     monkeypatch.setattr(Runner, "_stream", spy)
     cfg = RunConfig(model=str(tiny_dir), methods=["zerosiam"], datasets=["arith"], limit=3, stream_batch=1,
@@ -54,7 +56,7 @@ def test_a_finished_stream_is_exported_and_loads_both_ways(finished_stream, tiny
 
     lm = ZeroSiamLM.from_pretrained(folder)  # the base model recorded in the folder (the tiny one)
     for k, v in final["state"].items():
-        assert torch.equal(lm._state_tensors()[k], v), k
+        assert torch.equal(lm.state_tensors()[k], v), k
     with torch.no_grad():
         assert torch.allclose(lm.hf(IDS).logits, final["logits"], atol=1e-6)
 
@@ -113,7 +115,7 @@ def test_push_to_hub_and_from_pretrained_with_a_hub_id(make_lm, tok, tmp_path, m
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
     monkeypatch.setattr("zs_llm.loading.hub_offline_reason", lambda: None)  # as if online: the fake answers
     lm = make_lm(method="zerosiam", lr=0.05, predictor_lr=0.05)
-    lm.adapt_generate("What is 2+3?")
+    adapt_on_problem(lm, "What is 2+3?")
     assert lm.push_to_hub("me/zs-adapter", private=True) == "https://huggingface.co/me/zs-adapter/commit/0"
     assert ("create_repo", "me/zs-adapter", True) in hub.calls
     pushed = next(c for c in hub.calls if c[0] == "upload_folder")
@@ -122,8 +124,8 @@ def test_push_to_hub_and_from_pretrained_with_a_hub_id(make_lm, tok, tmp_path, m
 
     again = ZeroSiamLM.from_pretrained("me/zs-adapter", model=tiny_model("llama"), tokenizer=tok, revision="main")
     assert ("snapshot_download", "me/zs-adapter", "main") in hub.calls
-    for k, v in lm._state_tensors().items():
-        assert torch.equal(again._state_tensors()[k], v), k
+    for k, v in lm.state_tensors().items():
+        assert torch.equal(again.state_tensors()[k], v), k
 
     lm.save_pretrained(tmp_path / "local" / "zs-adapter-2", push_to_hub=True, repo_id="me/zs-adapter-2")
     assert (tmp_path / "hub" / "me" / "zs-adapter-2" / "predictor.safetensors").is_file()
@@ -156,3 +158,105 @@ def test_pooled_streams_export_what_they_export_alone(tmp_path, tiny_dir):
             assert torch.allclose(alone[k], pooled[k], atol=1e-4), (name, k)
     assert any(not torch.allclose(tensors[2, "zerosiam__arith"][k], tensors[2, "tent__arith"][k])
                for k in tensors[2, "tent__arith"])
+
+
+# ---------------------------------------------------------------------------- portable, described adapters
+def _no_local_path(folder, *paths) -> None:
+    for f in ("zs_llm_config.json", "adapter_config.json", "README.md"):
+        text = (folder / f).read_text()
+        for p in paths:
+            assert str(p) not in text, (f, p)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("layout", ["folder", "hub_cache"])
+def test_an_adapter_moved_with_its_base_to_another_folder_loads(arch, layout, tmp_path, monkeypatch, tok):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from zs_llm import AdaptConfig
+    from zs_llm.loading import load_model
+
+    machine = tmp_path / "one"
+    commit = hashlib.sha1(f"{arch}/{layout}".encode()).hexdigest()  # a snapshot folder is named by its commit
+    rel = "base" if layout == "folder" else f"hub/models--org--tiny-{arch}/snapshots/{commit}"
+    (machine / rel).mkdir(parents=True)
+    tiny_model(arch).save_pretrained(machine / rel)
+    tok.save_pretrained(machine / rel)
+    monkeypatch.chdir(machine)
+    model, tokenizer = load_model(rel if layout == "folder" else str(machine / rel))
+    lm = ZeroSiamLM(model, tokenizer, AdaptConfig.from_dict({"method": "zerosiam", "lr": 0.05, "max_new_tokens": 4}))
+    with torch.no_grad():  # an adapted state: LoRA B and the predictor off their no-op start
+        for n, p in lm.hf.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        lm.predictor.weight.add_(0.01)
+        want = lm.hf(IDS).logits.clone()
+    lm.save_pretrained("adapter")
+    cfg = json.loads((machine / "adapter" / "zs_llm_config.json").read_text())
+    peft_cfg = json.loads((machine / "adapter" / "adapter_config.json").read_text())
+    hub_id = f"org/tiny-{arch}"
+    if layout == "folder":
+        assert cfg["base"]["name"] == peft_cfg["base_model_name_or_path"] == "base" and cfg["base"]["hub_id"] is None
+    else:
+        assert (cfg["base"]["hub_id"], cfg["base"]["revision"]) == (hub_id, commit)
+        assert (peft_cfg["base_model_name_or_path"], peft_cfg["revision"]) == (hub_id, commit)
+    assert len(cfg["base"]["fingerprint"]) == 16
+    _no_local_path(machine / "adapter", machine, tmp_path)
+
+    other = tmp_path / "two"  # another machine: the adapter and the base model's files moved there
+    shutil.move(machine, other)
+    monkeypatch.chdir(other)
+    base_dir = other / rel
+    if layout == "folder":
+        again = ZeroSiamLM.from_pretrained("adapter")  # the base found by the name it was given
+    else:
+        base, base_tok = load_model(str(base_dir))  # a hub id loads from the hub: here, the moved cache copy
+        again = ZeroSiamLM.from_pretrained(other / "adapter", model=base, tokenizer=base_tok)
+    with torch.no_grad():
+        assert torch.allclose(again.hf(IDS).logits, want, atol=1e-6)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), other / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(IDS).logits, want, atol=1e-6)
+    got = lora(peft_model.named_parameters())
+    for k, v in lora(again.hf.named_parameters()).items():
+        assert torch.equal(got[k], v), k
+    if layout == "folder":
+        monkeypatch.chdir(tmp_path)  # where "base" names nothing: one line naming the base and the fix
+        with pytest.raises(FileNotFoundError) as e:
+            ZeroSiamLM.from_pretrained(other / "adapter")
+        assert "\n" not in str(e.value) and "'base'" in str(e.value) and cfg["base"]["fingerprint"] in str(e.value)
+        assert "pass model= and tokenizer=" in str(e.value)
+
+
+def test_an_exported_adapters_card_states_method_stream_accuracy_and_loading(finished_stream, tiny_dir):
+    from eval.rows import scan_rows
+    from eval.stats import wilson_interval
+    from zs_llm.diagnostics import collapse_measures
+
+    out, _ = finished_stream
+    folder = out / "adapters" / "zerosiam__arith"
+    card = (folder / "README.md").read_text()
+    cfg = json.loads((folder / "zs_llm_config.json").read_text())
+    assert "README.md" in cfg["files"]  # checked on load like the weights
+    assert card.startswith("---\nlibrary_name: peft\n") and "# zerosiam adapter for " in card
+    assert "Model Card for Model ID" not in card  # not peft's empty template
+    own = cfg["adapt_config"]["method_args"]
+    assert own  # zerosiam's own settings (alpha, divergence, the predictor's) are shown as well
+    for k, v in [*cfg["adapt_config"].items(), *own.items()]:  # every setting with its value
+        if k != "method_args":
+            shown = json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v
+            name = f"{k} (zerosiam's own)" if k in own else k
+            assert f"| {name} | `{shown}` |" in card, k
+    assert "| dataset | `arith` |" in card and "| source | generated: generated |" in card
+    assert f"| problems seen (adapted on) | {cfg['problems_seen']} |" in card
+    rows = sorted(scan_rows(out / "rows" / "zerosiam__arith.jsonl").rows, key=lambda r: r["index"])
+    k, n = sum(bool(r["correct"]) for r in rows), len(rows)
+    low, high = wilson_interval(k, n)
+    assert f"| accuracy | {k}/{n} = {100 * k / n:.1f}% [95% Wilson interval {100 * low:.1f}, {100 * high:.1f}] |" in card
+    m = collapse_measures(rows)
+    assert f"| verdict | {m['verdict']} ({m['verdict_rule']}) |" in card
+    assert f"| fingerprint | `{cfg['base']['fingerprint']}`" in card
+    assert 'PeftModel.from_pretrained(base, "path/to/this/folder")' in card
+    assert 'ZeroSiamLM.from_pretrained("path/to/this/folder")' in card
+    assert f'zs_llm.load_model("{tiny_dir}")' in card  # a local base: loaded by the name it was given

@@ -1,6 +1,6 @@
 import torch
 
-from zs_llm.adapt import adapt_step, make_batch
+from zs_llm.adapt import adapt_on_problem, adapt_step, make_batch
 from zs_llm.diagnostics import collapse_measures
 
 
@@ -22,7 +22,7 @@ def test_guard_rolls_back_to_the_checkpoint_bitwise(make_lm):
     for _ in range(4):  # a large learning rate and one answer for everything
         event = event or g.observe("23 - 13 = \\boxed{6}", step(lm))
     assert event and "one answer" in event and "halved" in event
-    for k, v in lm._state_tensors().items():
+    for k, v in lm.state_tensors().items():
         assert torch.equal(v, kept[k]), k
     assert [x["lr"] for x in lm.optimizer.param_groups] == [lr / 2 for lr in lrs]
     assert lm.guard.events[0]["restored_to"] == 4
@@ -33,7 +33,7 @@ def test_guard_stop_action_and_stream_finishes(make_lm):
     for _ in range(3):
         lm.guard.observe("\\boxed{6}", step(lm))
     assert lm.adapt_enabled is False
-    res = lm.adapt_generate("after the stop")  # the stream goes on, without adapting
+    res = adapt_on_problem(lm, "after the stop")  # the stream goes on, without adapting
     assert res.steps == [] and isinstance(res.answer, str)
 
 
@@ -42,7 +42,7 @@ def test_guard_changes_nothing_on_a_healthy_stream(make_lm):
     runs = []
     for guard in (True, False):
         lm = make_lm(lr=1e-3, guard=guard, guard_window=3, guard_every=1)
-        rows = [lm.adapt_generate(p, problem_id=str(i)) for i, p in enumerate(prompts)]
+        rows = [adapt_on_problem(lm, p, problem_id=str(i)) for i, p in enumerate(prompts)]
         runs.append([(r.answer, r.events, [s["loss"] for s in r.steps]) for r in rows])
         if guard:
             assert lm.guard.events == []

@@ -4,12 +4,18 @@ function; `if TYPE_CHECKING:` blocks are annotations only and do not count):
 - nothing in `zs_llm/` imports `eval` or `recipes` (the library does not depend on its harness);
 - `zs_llm/objective.py` imports only torch and the standard library (text and vision share it);
 - `zs_llm/vision/` does not import the LLM methods, wrapper or loop;
-- no import cycle among the modules of `zs_llm/`.
+- no import cycle among the modules of `zs_llm/`;
+- the wrapper (`zs_llm/model.py`) imports neither the loop (`adapt`) nor the pool's mechanics
+  (`pool`) nor the library calls (`api`); the pool imports no loop;
+- exactly one module holds the per-problem loop: a function that both generates and steps an
+  optimizer (or runs a backward pass), counting what it reaches through its module's own functions.
 """
 
 import ast
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "zs_llm"
@@ -132,3 +138,82 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
         assert "zs_llm.a -> zs_llm.b -> zs_llm.a" in str(e)
     else:
         raise AssertionError("the cycle between a and b was not found")
+
+
+#: module -> the zs_llm modules it must not import (a layer sees only what is below it)
+BELOW = {"zs_llm.model": {"zs_llm.adapt", "zs_llm.pool", "zs_llm.api"},
+         "zs_llm.pool": {"zs_llm.adapt", "zs_llm.api"}, "zs_llm.adapt": {"zs_llm.api"}}
+#: calls that generate tokens, and calls that step an optimizer or run a backward pass
+GENERATES = {"generate", "generate_ids", "generate_rows", "generate_texts", "generate_batches"}
+STEPS = {"step", "backward"}
+
+
+def test_the_wrapper_imports_neither_the_loop_nor_the_pool():
+    graph = package_graph()
+    found = {m: sorted(graph[m] & BELOW[m]) for m in BELOW}
+    assert found == {m: [] for m in BELOW}
+
+
+def called(node: ast.AST) -> set[str]:
+    """The names of everything `node` calls: `f(...)` -> f, `x.f(...)` -> f."""
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            out.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return out
+
+
+def loop_functions(tree: ast.Module) -> list[str]:
+    """The functions of a module that both generate and step, counting what they reach through
+    the module's own functions (a loop split into phases is still one loop)."""
+    funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    reach = {name: called(f) for name, f in funcs.items()}
+    changed = True
+    while changed:  # close over calls to the module's own functions
+        changed = False
+        for name in reach:
+            more = set().union(*(reach[c] for c in reach[name] & funcs.keys()))
+            if not more <= reach[name]:
+                reach[name] |= more
+                changed = True
+    return sorted(n for n, r in reach.items() if r & GENERATES and r & STEPS)
+
+
+def test_exactly_one_module_holds_the_per_problem_loop():
+    holders = {}
+    for p in sorted(PKG.rglob("*.py")):
+        found = loop_functions(ast.parse(p.read_text(encoding="utf-8")))
+        if found:
+            holders[module_name(p)] = found
+    assert list(holders) == ["zs_llm.adapt"], holders
+    assert "adapt_round" in holders["zs_llm.adapt"]
+
+
+def test_the_import_rule_can_fail(tmp_path, monkeypatch):
+    # the checker itself: a wrapper importing the loop inside a function is reported
+    pkg = tmp_path / "zs_llm"
+    pkg.mkdir()
+    for name in ("__init__", "adapt", "pool", "api"):
+        (pkg / f"{name}.py").write_text("")
+    (pkg / "model.py").write_text("def adapt_generate(self):\n    from .adapt import adapt_round\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    try:
+        test_the_wrapper_imports_neither_the_loop_nor_the_pool()
+    except AssertionError as e:
+        assert "zs_llm.adapt" in str(e)
+    else:
+        raise AssertionError("model importing adapt was not found")
+
+
+@pytest.mark.parametrize("source,loop", [
+    ("def f(lm):\n    lm.generate_ids(x)\n    lm.optimizer.step()", ["f"]),
+    ("def f(lm):\n    g(lm)\n    h(lm)\ndef g(lm):\n    lm.hf.generate()\ndef h(lm):\n    loss.backward()", ["f"]),
+    ("def f(lm):\n    lm.generate_ids(x)\ndef g(lm):\n    lm.optimizer.step()", []),
+    ("class P:\n    def run(self):\n        self.draft()\n        opt.step()\n    def draft(self):\n"
+     "        generate_rows(x)", ["run"]),
+    ("def f(lm):\n    return lm.encode(x)", []),
+])
+def test_the_loop_reader_follows_a_modules_own_calls(source, loop):
+    assert loop_functions(ast.parse(source)) == loop

@@ -13,10 +13,11 @@ import torch
 import zs_llm.loading
 from eval.cli import main as cli_main
 from eval.runner import RunConfig, Runner
-from zs_llm import METHODS, AdaptConfig, ZeroSiamLM
+from zs_llm import METHODS, AdaptConfig, Streams, ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.checkpoint import NONFINITE_KINDS, check_tensors, load_checkpoint, save_checkpoint
 from zs_llm.loading import HubUnreachableError, check_device
-from zs_llm.model import CONFIG_NAME, EXTRA_NAME
+from zs_llm.saving import CONFIG_NAME, EXTRA_NAME
 from zs_llm.testing import ARCHS, MORE_ARCHS, tiny_model
 
 KIND_VALUE = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
@@ -27,7 +28,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def states_equal(a: ZeroSiamLM, b: ZeroSiamLM) -> None:
-    sa, sb = a._state_tensors(), b._state_tensors()
+    sa, sb = a.state_tensors(), b.state_tensors()
     assert sa.keys() == sb.keys()
     for k in sa:
         assert same(sa[k].cpu(), sb[k].cpu()), k
@@ -49,7 +50,7 @@ def test_every_methods_state_round_trips_through_checkpoint_and_save(method, mak
         lm.save_pretrained(tmp_path / stage / "saved")
         again = ZeroSiamLM.from_pretrained(tmp_path / stage / "saved", model=tiny_model("llama"), tokenizer=tok)
         states_equal(lm, again)
-        lm.adapt_generate("What is 2 + 3?")
+        adapt_on_problem(lm, "What is 2 + 3?")
 
 
 @pytest.mark.parametrize("method", [m for m in sorted(METHODS) if METHODS[m](AdaptConfig(method=m)).extra_state()])
@@ -143,12 +144,12 @@ def test_sar_exports_a_loadable_adapter_and_resumes_from_its_checkpoint(tiny_dir
 # ------------------------------------------------------ b. several streams on every architecture
 @pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
 def test_several_lora_streams_share_each_tiny_architecture(arch, tok):
-    host = ZeroSiamLM(tiny_model(arch), tok, AdaptConfig(method="noadapt", max_new_tokens=3), check=False)
+    host = Streams(ZeroSiamLM(tiny_model(arch), tok, AdaptConfig(method="noadapt", max_new_tokens=3), check=False))
     streams = {m: host.stream(m, AdaptConfig(method=m, lr=0.05, max_new_tokens=3)) for m in ("tent", "zerosiam", "sar")}
     targets = {m: s.lora_targets for m, s in streams.items()}
     assert len({tuple(t) for t in targets.values()}) == 1, targets  # the second stream sees through the first's LoRA
     before = {m: {n: p.detach().clone() for n, p in s.named_trainable()} for m, s in streams.items()}
-    host.adapt_generate_pool({m: "What is 2 + 3?" for m in streams})
+    host.adapt_generate({m: "What is 2 + 3?" for m in streams})
     for m, s in streams.items():
         mine = dict(s.named_trainable())
         assert all(n.split(".")[-2] == s.adapter_name for n in mine if "lora_" in n)
@@ -445,7 +446,7 @@ def test_a_wrapper_that_fails_to_build_leaves_the_model_as_given(where, tok, mon
 
     monkeypatch.setattr(ZeroSiamLM, "_build_optimizer", broken)
     def build():
-        return host.stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig())
+        return Streams(host).stream("b", AdaptConfig(method="zerosiam")) if host else ZeroSiamLM(model, tok, AdaptConfig())
 
     with pytest.raises(ValueError, match="broken"):
         build()
@@ -464,10 +465,10 @@ def test_a_save_over_another_methods_folder_leaves_only_its_own_files(first, sec
     d.mkdir()
     (d / "notes.txt").write_text("mine")  # not zs_llm's: never touched
     a = make_lm(method=first, lr=0.05)
-    a.adapt_generate("What is 2 + 3?")
+    adapt_on_problem(a, "What is 2 + 3?")
     a.save_pretrained(d)
     b = make_lm(method=second, lr=0.05, seed=1)
-    b.adapt_generate("What is 4 + 4?")
+    adapt_on_problem(b, "What is 4 + 4?")
     b.save_pretrained(d)
     listed = set(json.loads((d / CONFIG_NAME).read_text())["files"])
     assert {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()} == listed | {CONFIG_NAME, "notes.txt"}

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from zs_llm import METHODS
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.methods.come import opinion_entropy
 from zs_llm.methods.eminf import EntropyMinLogitsProcessor
 from zs_llm.objective import entropy
@@ -48,7 +49,7 @@ def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
     lm = make_lm(method=name, lr=5e-2, **extra)
     assert set(lm.method.trains) == DECLARED[name]
     before = everything(lm)
-    res = lm.adapt_generate("What is 1 + 2?")
+    res = adapt_on_problem(lm, "What is 1 + 2?")
     assert isinstance(res.answer, str)
     moved = {kind(n) for n, p in everything(lm).items() if not torch.equal(p, before[n])}
     assert "base" not in moved
@@ -56,12 +57,12 @@ def test_method_runs_and_changes_exactly_what_it_declares(name, make_lm):
     if name == "slot":
         first = lm.method.delta.clone()
         assert first.abs().sum() > 0 and res.method_stats["slot_loss_last"] < res.method_stats["slot_loss_first"]
-        lm.adapt_generate("A different prompt entirely")
+        adapt_on_problem(lm, "A different prompt entirely")
         second = lm.method.delta.clone()
         assert not torch.equal(first, second)
         # reset between prompts: the vector for a prompt does not depend on what came before
         fresh = make_lm(method="slot")
-        fresh.adapt_generate("A different prompt entirely")
+        adapt_on_problem(fresh, "A different prompt entirely")
         torch.testing.assert_close(fresh.method.delta, second)
 
 
@@ -152,5 +153,5 @@ def test_registry_refuses_duplicates_and_lists_known():
                                        {"divergence": "js"}, {"divergence": "mse"}, {"objective": "slr"}])
 def test_zerosiam_ablations_run(overrides, make_lm):
     lm = make_lm(lr=1e-2, predictor_lr=1e-2, **overrides)
-    res = lm.adapt_generate("ablation")
+    res = adapt_on_problem(lm, "ablation")
     assert not res.steps[0]["skipped"] and math.isfinite(res.steps[0]["loss"])

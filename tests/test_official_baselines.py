@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from zs_llm import METHODS, AdaptConfig
-from zs_llm.adapt import adapt_step
+from zs_llm.adapt import adapt_on_problem, adapt_step
 from zs_llm.methods import LossBatch
 from zs_llm.methods.eminf import EntropyMinLogitsProcessor
 from zs_llm.objective import head_loss
@@ -279,7 +279,7 @@ def test_sar_recovery_resets_when_the_ema_falls_below_the_constant():
 def test_sar_recovery_restores_lora_and_optimizer_on_a_model(make_lm):
     lm = make_lm(method="sar", lr=5e-2, filter_margin=1.01, reset_constant=100.0)
     start = {n: p.detach().clone() for n, p in lm.named_trainable()}
-    res = lm.adapt_generate("What is 1 + 2?")
+    res = adapt_on_problem(lm, "What is 1 + 2?")
     assert res.steps[0]["sar_recovered"] and res.steps[0]["sar_ema"] is not None
     assert all(torch.equal(p, start[n]) for n, p in lm.named_trainable())
     assert not lm.optimizer.state  # the optimizer's momentum is gone too
@@ -292,7 +292,7 @@ def test_sar_leaves_the_top_quarter_of_layers_unadapted(make_lm):
     for fraction, moved_layers in ((0.25, {0}), (0.0, {0, 1})):  # tiny models have 2 layers
         lm = make_lm(method="sar", lr=5e-2, filter_margin=1.01, frozen_top_fraction=fraction)
         start = {n: p.detach().clone() for n, p in lm.named_trainable()}
-        lm.adapt_generate("What is 1 + 2?")
+        adapt_on_problem(lm, "What is 1 + 2?")
         moved = {int(n.split("layers.")[1].split(".")[0]) for n, p in lm.named_trainable()
                  if not torch.equal(p, start[n])}
         assert moved == moved_layers
@@ -326,11 +326,11 @@ def test_zerosiam_eata_weighting_equals_official(v):
 
 def test_zerosiam_eata_takes_no_step_without_a_selected_token(make_lm):
     lm = make_lm(method="zerosiam+eata", lr=5e-2, predictor_lr=5e-2, filter_margin=1.01)
-    lm.adapt_generate("What is 1 + 2?")  # all selected: a step, momentum built
+    adapt_on_problem(lm, "What is 1 + 2?")  # all selected: a step, momentum built
     assert lm.optimizer.state
     lm.zs_config.method_config.filter_margin = 0.0  # nothing is reliable now
     before = {n: p.detach().clone() for n, p in lm.named_trainable()}
-    res = lm.adapt_generate("What is 1 + 2?")
+    res = adapt_on_problem(lm, "What is 1 + 2?")
     assert res.steps[0]["tokens_selected"] == 0
     assert all(torch.equal(p, before[n]) for n, p in lm.named_trainable())
 

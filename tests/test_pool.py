@@ -1,12 +1,13 @@
-"""Pooled streams (zs_llm.pool): several streams on one model, drafts and updates batched, give
-every stream what it gets alone (tiny random models, fp32)."""
+"""Pooled streams (zs_llm.Streams, the loop in zs_llm.adapt): several streams on one model, drafts
+and updates batched, give every stream what it gets alone (tiny random models, fp32)."""
 
 import math
 
 import pytest
 import torch
 
-from zs_llm import AdaptConfig, ZeroSiamLM
+from zs_llm import AdaptConfig, Streams, ZeroSiamLM
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.testing import tiny_model
 
 PROMPTS = ["What is 2+3?", "Compute 17*3 please", "x", "Solve: 10 - 4 = ?", "hello there, add 5 and 9",
@@ -47,7 +48,7 @@ def check_same(alone, pooled, name):
 
 
 def check_state(a, b, name, atol=1e-5):
-    ta, tb = a._state_tensors(), b._state_tensors()
+    ta, tb = a.state_tensors(), b.state_tensors()
     assert ta.keys() == tb.keys(), name
     for k in ta:
         assert torch.allclose(ta[k].float(), tb[k].float(), atol=atol, rtol=1e-4, equal_nan=True), (name, k)
@@ -55,18 +56,18 @@ def check_state(a, b, name, atol=1e-5):
 
 def run_alone(tok, cfg, n, arch="llama"):
     lm = ZeroSiamLM(tiny_model(arch), tok, cfg)
-    return [lm.adapt_generate(p, problem_id=str(i)) for i, p in enumerate(PROMPTS[:n])], lm
+    return [adapt_on_problem(lm, p, problem_id=str(i)) for i, p in enumerate(PROMPTS[:n])], lm
 
 
 def test_a_new_stream_starts_as_a_new_wrapper(tok):
     cfg = config(STREAMS["zerosiam"][0])
     alone = ZeroSiamLM(tiny_model("llama"), tok, cfg)
-    host = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    host = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
     for other in ("a", "b"):
         host.stream(other, config(STREAMS["tent"][0], seed=5))
     s = host.stream("math500/zerosiam", cfg)
     assert host.stream("math500/zerosiam") is s and set(host.streams) == {"a", "b", "math500/zerosiam"}
-    a, b = alone._state_tensors(), s._state_tensors()
+    a, b = alone.state_tensors(), s.state_tensors()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(s.trainable_parameters()) == len(alone.trainable_parameters())
@@ -77,13 +78,13 @@ def test_a_new_stream_starts_as_a_new_wrapper(tok):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_pooled_streams_match_streams_run_alone(tok, arch):
     names = list(STREAMS) if arch == "llama" else ["zerosiam", "tent", "slot"]
-    host = ZeroSiamLM(tiny_model(arch), tok, config({"method": "noadapt"}))
+    host = Streams(ZeroSiamLM(tiny_model(arch), tok, config({"method": "noadapt"})))
     for n in names:
         host.stream(n, config(STREAMS[n][0]))
     pooled = {n: [] for n in names}
     for i in range(max(STREAMS[n][1] for n in names)):
         live = [n for n in names if i < STREAMS[n][1]]  # unequal lengths: finished streams leave the pool
-        out = host.adapt_generate_pool({n: PROMPTS[i] for n in live},
+        out = host.adapt_generate({n: PROMPTS[i] for n in live},
                                        {n: str(i) for n in live} if i % 2 else None)
         for n in live:
             pooled[n].append(out[n])
@@ -100,15 +101,15 @@ def test_pooled_streams_match_streams_run_alone(tok, arch):
 def test_updates_moved_each_stream_only_by_its_own_problems(tok):
     """A pooled stream's state does not depend on who else is in the pool (no cross-talk)."""
     cfg = config(STREAMS["zerosiam"][0])
-    solo = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
-    busy = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    solo = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
+    busy = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
     solo.stream("z", cfg), busy.stream("z", cfg), busy.stream("t", config(STREAMS["tent"][0]))
     for i in range(3):
-        solo.adapt_generate_pool({"z": PROMPTS[i]})
-        busy.adapt_generate_pool({"z": PROMPTS[i], "t": PROMPTS[5 - i]})
+        solo.adapt_generate({"z": PROMPTS[i]})
+        busy.adapt_generate({"z": PROMPTS[i], "t": PROMPTS[5 - i]})
     check_state(solo.stream("z", cfg), busy.stream("z", cfg), "z")
-    moved = solo.stream("z")._state_tensors()
-    init = ZeroSiamLM(tiny_model("llama"), tok, cfg)._state_tensors()
+    moved = solo.stream("z").state_tensors()
+    init = ZeroSiamLM(tiny_model("llama"), tok, cfg).state_tensors()
     assert any(not torch.equal(moved[k], init[k]) for k in moved)
 
 
@@ -117,39 +118,39 @@ def test_pool_checkpoint_resumes_alone_and_back(tok, tmp_path):
     from zs_llm.checkpoint import load_checkpoint, save_checkpoint
 
     cfg = config(STREAMS["zerosiam"][0])
-    host = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    host = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
     host.stream("other", config(STREAMS["tent"][0]))
-    host.stream("z", cfg).adapt_generate(PROMPTS[0])  # alone, then pooled
-    host.adapt_generate_pool({"z": PROMPTS[1], "other": PROMPTS[1]})
+    adapt_on_problem(host.stream("z", cfg), PROMPTS[0])  # alone, then pooled
+    host.adapt_generate({"z": PROMPTS[1], "other": PROMPTS[1]})
     save_checkpoint(host.stream("z"), tmp_path / "ck")
     alone = ZeroSiamLM(tiny_model("llama"), tok, cfg)
     load_checkpoint(alone, tmp_path / "ck")
     check_state(alone, host.stream("z"), "z", atol=0)
-    a = alone.adapt_generate(PROMPTS[2])
-    b = host.adapt_generate_pool({"z": PROMPTS[2], "other": PROMPTS[3]})["z"]
+    a = adapt_on_problem(alone, PROMPTS[2])
+    b = host.adapt_generate({"z": PROMPTS[2], "other": PROMPTS[3]})["z"]
     check_same(a, b, "z")
 
 
 def test_removed_stream_frees_its_adapter(tok):
-    host = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    host = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
     a = host.stream("a", config(STREAMS["tent"][0]))
     b = host.stream("b", config(STREAMS["zerosiam"][0]))
-    n_before = sum(1 for n, _ in host.hf.named_parameters() if "lora_" in n)
-    host.remove_stream("a")
+    n_before = sum(1 for n, _ in host.host.hf.named_parameters() if "lora_" in n)
+    host.remove("a")
     assert set(host.streams) == {"b"}
-    assert sum(1 for n, _ in host.hf.named_parameters() if "lora_" in n) == n_before // 2
+    assert sum(1 for n, _ in host.host.hf.named_parameters() if "lora_" in n) == n_before // 2
     assert all(p.requires_grad for p in b.trainable_parameters())
-    b.adapt_generate(PROMPTS[0])  # still runs alone after the removal
-    assert a.adapter_name not in {n.split(".")[-2] for n, _ in host.hf.named_parameters() if "lora_" in n}
+    adapt_on_problem(b, PROMPTS[0])  # still runs alone after the removal
+    assert a.adapter_name not in {n.split(".")[-2] for n, _ in host.host.hf.named_parameters() if "lora_" in n}
 
 
 def test_bf16_pool_never_folds_lora_into_weights(tok, monkeypatch):
     """In bf16 the pool runs the unmerged LoRA path (never folded into the weights) and agrees
     with a stream's own bf16 drafts, which take the same path."""
     cfg = config(STREAMS["tent"][0])
-    host = ZeroSiamLM(tiny_model("llama").to(torch.bfloat16), tok, config({"method": "noadapt"}))
+    host = Streams(ZeroSiamLM(tiny_model("llama").to(torch.bfloat16), tok, config({"method": "noadapt"})))
     host.stream("t", cfg), host.stream("z", config(STREAMS["zerosiam"][0]))
-    weights = {n: p.detach().clone() for n, p in host.hf.named_parameters() if "lora_" not in n}
+    weights = {n: p.detach().clone() for n, p in host.host.hf.named_parameters() if "lora_" not in n}
 
     def no_fold(self):
         raise AssertionError("the pool folded LoRA into the weights")
@@ -157,9 +158,9 @@ def test_bf16_pool_never_folds_lora_into_weights(tok, monkeypatch):
     for i in range(3):
         with monkeypatch.context() as m:
             m.setattr(ZeroSiamLM, "lora_merged", no_fold)
-            host.adapt_generate_pool({"t": PROMPTS[i], "z": PROMPTS[i + 1]})
+            host.adapt_generate({"t": PROMPTS[i], "z": PROMPTS[i + 1]})
     t = host.stream("t", cfg)
-    for n, p in host.hf.named_parameters():
+    for n, p in host.host.hf.named_parameters():
         if "lora_" not in n:
             assert torch.equal(p, weights[n]), n
     from zs_llm.pool import generate_rows
@@ -170,3 +171,28 @@ def test_bf16_pool_never_folds_lora_into_weights(tok, monkeypatch):
     n = min(len(row), alone_ids.shape[1])
     assert torch.equal(row[:n].cpu(), alone_ids[0, :n].cpu())
     assert (logits[:n] - alone_logits[0, :n]).abs().max() < 0.1  # bf16 rounding of a padded batch
+
+
+@pytest.mark.parametrize("name", ["adapt_generate", "stream", "streams", "remove_stream", "adapt_generate_pool"])
+def test_what_left_the_wrapper_names_where_it_went(name, tok):
+    lm = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    with pytest.raises(AttributeError, match=rf"ZeroSiamLM\.{name} is gone: use zs_llm\."):
+        getattr(lm, name)
+
+
+def test_a_stream_is_removed_by_name_or_by_itself_and_an_unknown_one_is_named(tok):
+    host = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
+    a, b = host.stream("a", config(STREAMS["tent"][0])), host.stream("b", config(STREAMS["tent"][0]))
+    host.remove(a)
+    host.remove("b")
+    assert host.streams == {} and a.optimizer is None and b.optimizer is None
+    left = {n.split(".")[-2] for n, _ in host.host.hf.named_parameters() if "lora_" in n}
+    assert not left & {a.adapter_name, b.adapter_name}
+    with pytest.raises(KeyError, match="no stream 'a' here"):
+        host.remove("a")
+
+
+def test_sharing_another_models_wrapper_is_refused(tok):
+    host = ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"}))
+    with pytest.raises(ValueError, match="share= must be a wrapper of this same model"):
+        ZeroSiamLM(tiny_model("llama"), tok, config(STREAMS["tent"][0]), share=host)

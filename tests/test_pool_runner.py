@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-import zs_llm.pool
+import zs_llm.adapt
 from eval.report import load_run
 from eval.runner import RunConfig, Runner
 
@@ -51,10 +51,12 @@ def test_stream_batch_is_not_part_of_the_run_hash(tiny_dir):
 
 def test_pooled_run_gives_the_rows_of_a_sequential_run(tiny_dir, tmp_path, monkeypatch):
     lengths = {"arith": 4, "arith_dev": 2}
-    one = short(Runner(cfg(tiny_dir, stream_batch=1), tmp_path / "one", progress=False), lengths).run()
     rounds = []
-    real = zs_llm.pool.adapt_pool
-    monkeypatch.setattr(zs_llm.pool, "adapt_pool", lambda items: rounds.append(len(items)) or real(items))
+    real = zs_llm.adapt.adapt_round
+    monkeypatch.setattr(zs_llm.adapt, "adapt_round", lambda items: rounds.append(len(items)) or real(items))
+    one = short(Runner(cfg(tiny_dir, stream_batch=1), tmp_path / "one", progress=False), lengths).run()
+    assert rounds == [1] * 6 * (4 + 2)  # run one at a time, every adapting stream goes through the same loop
+    rounds.clear()
     pooled = short(Runner(cfg(tiny_dir, stream_batch=3), tmp_path / "pool", progress=False), lengths).run()
     assert max(rounds) == 3 and sum(rounds) == 6 * (4 + 2)  # 6 pooled methods, noadapt keeps its batches
     assert_same_rows(load_run(one), load_run(pooled))
@@ -64,7 +66,7 @@ def test_killed_pooled_run_resumes_every_stream(tiny_dir, tmp_path, monkeypatch)
     lengths = {"arith": 4, "arith_dev": 3}
     c = cfg(tiny_dir, stream_batch=4, checkpoint_every=2)
     full = short(Runner(c, tmp_path / "full", progress=False), lengths).run()
-    real, calls = zs_llm.pool.adapt_pool, []
+    real, calls = zs_llm.adapt.adapt_round, []
 
     def killed(items):
         calls.append(1)
@@ -72,11 +74,11 @@ def test_killed_pooled_run_resumes_every_stream(tiny_dir, tmp_path, monkeypatch)
             raise KeyboardInterrupt  # mid-run: some streams done, some mid-way, some not started
         return real(items)
 
-    monkeypatch.setattr(zs_llm.pool, "adapt_pool", killed)
+    monkeypatch.setattr(zs_llm.adapt, "adapt_round", killed)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
         short(Runner(c, part, progress=False), lengths).run()
-    monkeypatch.setattr(zs_llm.pool, "adapt_pool", real)
+    monkeypatch.setattr(zs_llm.adapt, "adapt_round", real)
     short(Runner(c, part, progress=False), lengths).run()
     assert not (part / "quarantine").exists()
     # to float tolerance, not bit for bit: a resumed stream may share its rounds with other streams than

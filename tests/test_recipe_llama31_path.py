@@ -338,16 +338,16 @@ def test_a_stopped_run_resumes_to_the_same_rows(recipe_run, llama31_dir, tmp_pat
     full = load_run(recipe_run[0])
     out = tmp_path / "resumed"
     cfg = recipe_cfg(llama31_dir, out, "--methods", "zerosiam")
-    real, calls = adapt.adapt_on_problem, []
+    real, calls = adapt.adapt_round, []
 
-    def stop_on_the_fourth(lm, prompt, problem_id=None):
-        calls.append(problem_id)
+    def stop_on_the_fourth(items):
+        calls.extend(pid for _, _, pid in items)
         if len(calls) == 4:  # the second problem of the second stream: its first is checkpointed
             raise Stopped
-        return real(lm, prompt, problem_id)
+        return real(items)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(adapt, "adapt_on_problem", stop_on_the_fourth)
+        mp.setattr(adapt, "adapt_round", stop_on_the_fourth)
         with pytest.raises(Stopped):
             recipe.main(cfg)
     rows_dir = out / "rows"

@@ -18,6 +18,7 @@ from eval.report import load_run
 from eval.rows import DamagedRows, RunFolderBusy, RunLock, scan_rows, stream_path
 from eval.runner import RunConfig, Runner, result_signature
 from zs_llm import AdaptConfig, ZeroSiamLM, adapt_generate
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.checkpoint import load_checkpoint, save_checkpoint
 from zs_llm.diagnostics import collapse_measures
 from zs_llm.testing import tiny_model
@@ -157,15 +158,15 @@ def rewrite_tensor(folder: Path, value: float) -> None:
 @pytest.mark.parametrize("value,word", [(float("nan"), "NaN"), (float("inf"), "infinite"), (1e30, "1e+30")])
 def test_load_checkpoint_refuses_bad_values_naming_the_tensor_and_changes_nothing(value, word, make_lm, tmp_path):
     lm = make_lm(method="zerosiam")
-    lm.adapt_generate("1+1=")
+    adapt_on_problem(lm, "1+1=")
     save_checkpoint(lm, tmp_path / "c", {"rows_done": 1})
     rewrite_tensor(tmp_path / "c", value)
     fresh = make_lm(method="zerosiam")
-    before = {k: v.clone() for k, v in fresh._state_tensors().items()}
+    before = {k: v.clone() for k, v in fresh.state_tensors().items()}
     with pytest.raises(ValueError, match=r"tensor t\..* holds .*" + re.escape(word)) as e:
         load_checkpoint(fresh, tmp_path / "c")
     assert "\n" not in str(e.value)
-    assert all(torch.equal(before[k], v) for k, v in fresh._state_tensors().items())
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_tensors().items())
     (tmp_path / "c" / "state.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="state.safetensors is damaged"):
         load_checkpoint(fresh, tmp_path / "c")
@@ -176,7 +177,7 @@ def test_saved_adapter_and_predictor_with_bad_values_are_refused(value, make_lm,
     from safetensors.torch import load_file, save_file
 
     lm = make_lm(method="zerosiam")
-    lm.adapt_generate("2+2=")
+    adapt_on_problem(lm, "2+2=")
     lm.save_pretrained(tmp_path / "a")
     ZeroSiamLM.from_pretrained(tmp_path / "a", tiny_model("llama"), tok)  # a clean save loads
     pred = tmp_path / "a" / "predictor.safetensors"

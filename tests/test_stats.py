@@ -168,3 +168,65 @@ def test_docstring_examples():
 
     result = doctest.testmod(eval.stats, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------- honest paired intervals at small n
+@pytest.mark.parametrize("seed", range(6))
+def test_the_paired_interval_at_a_few_problems_has_width_when_answers_moved(seed):
+    """At n < 30 a change every resample repeats (3 problems, all gained) made the bootstrap interval
+    [+100, +100]; the interval is widened to Newcombe's score interval, so it keeps the width a few
+    problems deserve, contains the point and stays inside [-1, 1]."""
+    from eval.stats import paired_difference
+
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        n = int(rng.integers(1, 13))
+        method = {i: bool(rng.random() < 0.5) for i in range(n)}
+        baseline = dict(method)
+        moved = rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False)
+        one_way = bool(rng.random() < 0.5)  # every moved answer moved the same way: the bootstrap's blind spot
+        for i in moved:
+            method[int(i)] = True if one_way else not method[int(i)]
+            baseline[int(i)] = not method[int(i)]
+        d = paired_difference(method, baseline, n_resamples=500, seed=seed)
+        assert -1.0 <= d.ci_low <= d.diff <= d.ci_high <= 1.0, d
+        assert d.ci_high - d.ci_low > 0.2, d  # at most 12 problems: never a near-point interval
+        assert d.ci_low < d.diff or d.diff == -1.0, d
+        assert (d.ci_low, d.ci_high) != (0.0, 0.0)
+
+
+def test_the_paired_interval_covers_about_95_percent_at_small_n():
+    """Coverage of the true difference over tables drawn at random: the bootstrap alone covers far
+    less at 5 problems; the widened interval about its nominal 95%."""
+    from eval.stats import bootstrap_interval, paired_difference
+
+    rng = np.random.default_rng(0)
+    for n, at_least in ((5, 0.9), (10, 0.9)):
+        covered = boot = 0
+        trials = 400
+        for _ in range(trials):
+            p = rng.dirichlet([1, 1, 1, 1])  # both right, method only, baseline only, neither
+            cells = rng.multinomial(n, p)
+            kinds = np.repeat(np.arange(4), cells)
+            method = {i: k in (0, 1) for i, k in enumerate(kinds)}
+            baseline = {i: k in (0, 2) for i, k in enumerate(kinds)}
+            d = paired_difference(method, baseline, n_resamples=300)
+            covered += d.ci_low <= p[1] - p[2] <= d.ci_high
+            lo, hi = bootstrap_interval([method[i] - baseline[i] for i in method], n_resamples=300)
+            boot += lo <= p[1] - p[2] <= hi
+        assert covered / trials >= at_least, (n, covered / trials)
+        assert covered > boot, (n, covered, boot)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_widening_leaves_a_large_sample_interval_near_the_bootstrap(seed):
+    from eval.stats import bootstrap_interval, newcombe_interval
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    cells = rng.multinomial(n, rng.dirichlet([2, 1, 1, 2]))
+    kinds = np.repeat(np.arange(4), cells)
+    diffs = (np.isin(kinds, (0, 1)).astype(float) - np.isin(kinds, (0, 2)).astype(float))
+    b_lo, b_hi = bootstrap_interval(diffs, n_resamples=4000, seed=seed)
+    s_lo, s_hi = newcombe_interval(*cells)
+    assert abs(b_lo - s_lo) < 0.006 and abs(b_hi - s_hi) < 0.006

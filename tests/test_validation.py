@@ -29,6 +29,7 @@ from eval.options import (
 )
 from eval.runner import RunConfig, Runner
 from zs_llm import METHODS, AdaptConfig
+from zs_llm.adapt import adapt_on_problem
 from zs_llm.settings import type_name
 
 
@@ -104,7 +105,7 @@ def bad_values(f: dataclasses.Field, rng: random.Random) -> list[tuple[object, s
 
 
 #: text fields whose values are free (paths, names, devices); every other text field declares its choices
-FREE_TEXT = {"out", "model", "gguf_file", "device", "data_dir", "prompt_template", "protocol"}
+FREE_TEXT = {"out", "model", "gguf_file", "device", "data_dir", "prompt_template", "protocol", "include_path"}
 
 
 @pytest.mark.parametrize("where,owner,f", FIELDS, ids=[f"{w}-{f.name}" for w, _, f in FIELDS])
@@ -194,7 +195,7 @@ def good_values(f: dataclasses.Field) -> list:
 def test_every_entry_point_accepts_a_good_value_alike(where, owner, f, parser, tmp_path):
     """The bounds are inclusive where declared so, and a flag, YAML and the dataclass agree."""
     name = f.name
-    if name in ("methods", "datasets", "model", "subset", "protocol"):
+    if name in ("methods", "datasets", "model", "subset", "protocol", "fields"):
         pytest.skip("a registry name or a spec: its values are tested where it is read")
     if where == "adapt" and name == "seed":
         pytest.skip("--seed is the harness's; the methods' seed is tested in test_options")
@@ -456,7 +457,7 @@ def test_the_largest_seed_is_one_torch_takes_for_every_problem_and_sample(make_l
             torch.manual_seed(sample_seed(SEED_MAX, problem, sample))
             torch.Generator().manual_seed(sample_seed(SEED_MAX, problem, sample))
     lm = make_lm(method="zerosiam", seed=SEED_MAX, max_new_tokens=2, temperature=0.7)  # LoRA and predictor seeded
-    assert isinstance(lm.adapt_generate("1+1?").answer, str)
+    assert isinstance(adapt_on_problem(lm, "1+1?").answer, str)
 
 
 def numpy_forms(f: dataclasses.Field, value) -> list:

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.numerical  # rerun under forced instruction sets (scrip
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 10
+ADAPTING = ("tent", "sar", "eata", "zerosiam", "zerosiam+eata", "come", "deyo", "zerosiam+deyo", "come+deyo")
 
 
 class FcNet(nn.Module):
@@ -92,10 +93,12 @@ def _x(n=16, seed=1):
 
 def _methods(**over):
     """Every adapting method, with SAR/EATA margins wide enough to select samples of an untrained model."""
-    kw = {"sar": {"margin": 1.0, "recovery": None}, "eata": {"margin": 1.0}}
+    deyo = {"margin": 1.0, "plpd_threshold": -1.0}
+    kw = {"sar": {"margin": 1.0, "recovery": None}, "eata": {"margin": 1.0}, "zerosiam+eata": {"margin": 1.0},
+          "deyo": deyo, "zerosiam+deyo": deyo, "come+deyo": deyo}
     return {
         name: VISION_METHODS[name](**{**kw.get(name, {}), **over.get(name, {})})
-        for name in ("tent", "sar", "eata", "zerosiam")
+        for name in ADAPTING
     }
 
 
@@ -165,7 +168,7 @@ def test_collect_params_names():
     assert collect_params(model, norm=False)[1] == ["predictor.weight"]
 
 
-@pytest.mark.parametrize("name", ["tent", "sar", "eata", "zerosiam"])
+@pytest.mark.parametrize("name", ADAPTING)
 def test_only_norm_affine_and_predictor_move(name):
     model = wrap_classifier(_net())
     adapter = Adapter(model, _methods()[name], VisionAdaptConfig(lr=0.5))
@@ -179,7 +182,7 @@ def test_only_norm_affine_and_predictor_move(name):
     assert not any(
         k.startswith("model.bn.running") or "num_batches" in k for k in moved
     )  # BN buffers untouched
-    assert ("predictor.weight" in moved) == (name == "zerosiam")
+    assert ("predictor.weight" in moved) == VISION_METHODS[name].uses_predictor
     assert any(k.startswith("model.") for k in moved)  # the norm parameters moved too
     assert all(p.requires_grad == (n in allowed) for n, p in model.named_parameters())
 
@@ -234,7 +237,7 @@ def _run(adapter, n=3):
     return [adapter(_x(seed=s)) for s in range(n)]
 
 
-@pytest.mark.parametrize("name", ["tent", "sar", "zerosiam"])
+@pytest.mark.parametrize("name", ["tent", "sar", "zerosiam", "deyo", "zerosiam+deyo"])
 def test_reset_restores_bitwise(name):
     model = wrap_classifier(_net())
     adapter = Adapter(model, _methods()[name], VisionAdaptConfig(lr=0.3))
@@ -289,7 +292,10 @@ def test_noadapt_changes_nothing_and_records_stats():
 
 def test_sar_and_eata_leave_a_fresh_model_unchanged_on_a_batch_with_no_reliable_sample():
     # EATA skips the step; SAR steps on zero gradients, which moves nothing before momentum exists
-    for method in (VISION_METHODS["sar"](margin=1e-4), VISION_METHODS["eata"](margin=1e-4)):
+    for method in (VISION_METHODS["sar"](margin=1e-4), VISION_METHODS["eata"](margin=1e-4),
+                   VISION_METHODS["zerosiam+eata"](margin=1e-4), VISION_METHODS["deyo"](margin=1e-4),
+                   VISION_METHODS["zerosiam+deyo"](margin=1.0, plpd_threshold=0.999),
+                   VISION_METHODS["come+deyo"](margin=1.0, plpd_threshold=0.999)):
         model = wrap_classifier(_net())
         before = {k: v.clone() for k, v in model.state_dict().items()}
         adapter = Adapter(model, method, VisionAdaptConfig(lr=1.0))
@@ -371,6 +377,26 @@ def test_vision_losses_come_from_zs_llm_objective(monkeypatch):
         assert "log_softmax" not in src and ".log()" not in src, path
 
 
+@pytest.mark.parametrize("name", ["deyo", "zerosiam+deyo", "come+deyo"])
+def test_deyo_selection_comes_from_zs_llm_objective_and_moves_with_momentum_only_when_kept(name, monkeypatch):
+    calls = []
+
+    def spy(*args, **kw):
+        calls.append(args[0].shape)
+        return objective.deyo_weights(*args, **kw)
+
+    monkeypatch.setattr(vision_methods, "deyo_weights", spy)
+    method = _methods()[name]
+    adapter = Adapter(wrap_classifier(_net()), method, VisionAdaptConfig(lr=0.3))
+    adapter(_x())  # every sample kept: a step, momentum built
+    assert calls == [(16,)] and adapter.history[-1]["selected"] == 1.0
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    method.plpd_threshold = 0.999  # no shuffle drops a probability that far: nothing kept
+    adapter(_x(seed=5))
+    assert adapter.history[-1]["selected"] == 0.0 and adapter.history[-1]["selected_entropy"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())  # no momentum step
+
+
 def test_zerosiam_loss_matches_the_objective_at_init():
     model = wrap_classifier(_net())
     out = model.branches(_x())
@@ -415,17 +441,35 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
                 assert 0.0 <= r["acc"] <= 1.0
                 assert len(r["n"]) == len(r["logit_norm"]) == len(r["batch_acc"]) > 0
                 assert all(math.isfinite(v) for v in r["logit_norm"] + r["entropy"] + r["predictor_dev"])
-                assert (max(r["predictor_dev"]) > 0) == (method == "zerosiam"), (scenario, model, method)
+                uses = VISION_METHODS[method].uses_predictor
+                # a plug-in that selected no sample in the first seed's streams has not moved its predictor
+                assert (max(r["predictor_dev"]) > 0) == (uses and r["selected"] > 0), (scenario, model, method)
+                # every (seed, stream) holds one outcome per sample; acc pools them
+                assert {seed for seed, _ in r["outcomes"]} == {0, 1}
+                flat = [c for o in r["outcomes"].values() for c in o]
+                assert r["acc"] == pytest.approx(sum(flat) / len(flat))
+                assert r["sec_per_sample"] > 0
             if scenario == "bs1":
                 assert set(per_method["tent"]["n"]) == {1.0}
+            # the same samples in the same order for every method of a seed: paired outcomes
+            lengths = {m: {k: len(o) for k, o in r["outcomes"].items()} for m, r in per_method.items()}
+            assert len({tuple(sorted(v.items())) for v in lengths.values()}) == 1
+            # the study's change from noadapt: the mean over (seed, stream) of the paired differences
+            tent, base = per_method["tent"]["outcomes"], per_method["noadapt"]["outcomes"]
+            diff = sum(sum(tent[k]) / len(tent[k]) - sum(base[k]) / len(base[k]) for k in tent) / len(tent)
+            row = next(r for r in out["study"].splitlines() if r.startswith(f"| {scenario} | {model} | tent |"))
+            assert row.split(" | ")[5].startswith(f"{100 * diff:+.1f} [")
     assert out["table"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS)
-    assert (tmp_path / "results.md").read_text().count("| label_shift |") == 2 * len(bench.MODELS)
+    assert out["study"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS) * len(bench.METHODS)
+    assert out["overhead"].count("\n") == 1 + len(bench.METHODS)
+    text = (tmp_path / "results.md").read_text()
+    assert text.count("| label_shift |") == 2 * len(bench.MODELS) + len(bench.MODELS) * len(bench.METHODS)
     assert len(out["plots"]) == len(bench.SCENARIOS) * len(bench.MODELS)
     assert all(p.exists() and p.stat().st_size > 0 for p in out["plots"])
 
 
-def test_registry_lists_the_five_methods():
-    assert set(VISION_METHODS) == {"noadapt", "tent", "sar", "eata", "zerosiam"}
+def test_registry_lists_every_method():
+    assert set(VISION_METHODS) == {"noadapt", *ADAPTING}
     assert isinstance(wrap_classifier(_net()), SiameseClassifier)
     for cls in VISION_METHODS.values():
         assert inspect.getdoc(cls)

@@ -1,13 +1,32 @@
-"""The per-problem adaptation loop and `adapt_generate`, the library call.
+"""The per-problem adaptation loop, written for a pool of streams (one stream is a pool of one).
 
 Per problem: (episodic: reset) -> method hook -> draft from the target branch -> `steps`
 optimizer steps on the loss over the draft's tokens (or the prompt's) -> the answer (the draft,
 or a new generation after the update). Non-finite losses or gradients skip the step and leave
 the state as it was before it.
+
+`adapt_round` takes one problem for each of several streams (`ZeroSiamLM`s sharing one model,
+`zs_llm.Streams`) and gives every stream what it would get alone:
+
+- greedy drafts (and regenerated answers) of two or more streams come from one `generate` call
+  (`zs_llm.pool.generate_rows`), every row through its own stream's LoRA, head hook and logits
+  processors; a lone greedy row, and every sampled row (temperature > 0: the sampler draws from
+  one RNG per call), generates on its own (`ZeroSiamLM.generate_ids`, which folds fp32 LoRA
+  into the weights for speed);
+- the updates of two or more streams whose method computes the loss with `Method.loss` and steps
+  as `Method.backward` does are one forward and one backward over their sequences
+  (`zs_llm.pool.pooled_hidden`); then each stream's own finiteness check, clipping and optimizer
+  step run (`end_step`), so momentum and Adam step counts are per stream. Other methods (SAR's
+  two SAM passes and model recovery, ZeroSiam+EATA's no-step rule), and a lone stream, step on
+  their own (`adapt_step`).
+
+Rows of a pool match a stream run alone up to the rounding of batched matmuls and of the
+unmerged LoRA path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -17,7 +36,8 @@ from typing import Any
 import torch
 
 from .config import AdaptConfig
-from .methods import LossBatch
+from .methods import LossBatch, Method
+from .pool import generate_rows, pooled_hidden
 
 
 @dataclass
@@ -39,16 +59,16 @@ class AdaptResult:
         return asdict(self)
 
 
-def _trim(ids: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> torch.Tensor:
-    """Cut a generated row after its first end-of-sequence token (kept) and drop padding."""
-    row = ids.tolist()
-    for i, t in enumerate(row):
-        if t in eos_ids:
+def trim_at_eos(ids: torch.Tensor, eos: set[int]) -> torch.Tensor:
+    """Cut a generated row (n,) after its first end-of-sequence token (kept)."""
+    for i, t in enumerate(ids.tolist()):
+        if t in eos:
             return ids[: i + 1]
     return ids
 
 
-def _eos_ids(lm) -> set[int]:
+def eos_ids(lm) -> set[int]:
+    """The token ids that end a generation: the tokenizer's and the generation config's."""
     ids = set()
     for src in (lm.tokenizer.eos_token_id, getattr(lm.hf.generation_config, "eos_token_id", None)):
         if isinstance(src, int):
@@ -140,74 +160,180 @@ def end_step(lm, stats: dict, before: dict, t0: float, problem_id: str | None = 
     return stats
 
 
-def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
-    """Adapt `lm` (a `ZeroSiamLM`) on one problem and answer it."""
-    c: AdaptConfig = lm.zs_config
-    method = lm.method
+def joins_pooled_update(lm) -> bool:
+    """Whether a stream's update can join a pool's one forward and backward: its method computes
+    the loss with `Method.loss` and steps as `Method.backward` does."""
+    m = type(lm.method)
+    return m.backward is Method.backward and m.loss is Method.loss
+
+
+def pooled_step(items: list[tuple]) -> list[dict]:
+    """One optimizer step for each (stream, LossBatch, problem_id) of `items`, the streams'
+    sequences in one forward and one backward (`pooled_hidden`). Returns each stream's step
+    stats, as `adapt_step` would."""
+    lms = [lm for lm, _, _ in items]
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    events: list[str] = []
-    prompt_ids = lm.encode(prompt)  # before the reset: a prompt that is refused changes nothing
-    if c.schedule == "episodic":
-        seen = lm.problems_seen
-        lm.reset()
-        lm.problems_seen = seen  # sampling seeds still follow the problem
-    eos, pad = _eos_ids(lm), lm.tokenizer.pad_token_id
+    prep = [begin_step(lm) for lm in lms]
+    stats, losses = [], []
+    with pooled_hidden(lms, [b.input_ids for _, b, _ in items]) as h:  # (S, T, H)
+        for i, (lm, b, _) in enumerate(items):
+            st: dict = {}
+            rows = dataclasses.replace(b, features=h[i, b.positions.to(h.device)])  # (N, H)
+            losses.append(lm.method.loss(lm, rows, st))
+            stats.append(st)
+        total = [x for x in losses if x.requires_grad]
+        if total:
+            torch.stack([x.float() for x in total]).sum().backward()
+    out = []
+    for (lm, _, pid), st, loss, (t0, before) in zip(items, stats, losses, prep):
+        st["loss"] = float(loss.detach())
+        out.append(end_step(lm, st, before, t0, pid))
+        out[-1]["time_s"] = (time.perf_counter() - t_start) / len(items)  # the pool's time, shared
+    return out
 
-    t = time.perf_counter()
-    method_stats = method.on_problem_start(lm, prompt_ids)
-    timings["method_s"] = time.perf_counter() - t
 
-    adapts = method.adapts and method.loop_update and lm.adapt_enabled
-    draft_ids = draft_logits = None
-    if (adapts and c.signal == "response") or c.answer == "draft" or not adapts:
+# --- the loop -------------------------------------------------------------------------------
+class _Problem:
+    """One stream's problem through a round."""
+
+    def __init__(self, lm, prompt, problem_id):
+        self.lm, self.problem_id = lm, problem_id
+        c: AdaptConfig = lm.zs_config
+        method = lm.method
+        self.t_start = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.events: list[str] = []
+        self.steps: list[dict] = []
+        self.prompt_ids = lm.encode(prompt)  # before the reset: a prompt that is refused changes nothing
+        if c.schedule == "episodic":
+            seen = lm.problems_seen
+            lm.reset()
+            lm.problems_seen = seen  # sampling seeds still follow the problem
         t = time.perf_counter()
-        if adapts and c.signal == "response" and _keep_draft_logits(lm):
-            new_ids, logits = lm.generate_ids(prompt_ids, return_logits=True)
-            draft_ids = _trim(new_ids[0], eos, pad)
-            draft_logits = logits[0, : draft_ids.numel()]
-        else:
-            draft_ids = _trim(lm.generate_ids(prompt_ids)[0], eos, pad)
-        timings["draft_s"] = time.perf_counter() - t
+        lm.activate()
+        self.method_stats = method.on_problem_start(lm, self.prompt_ids)
+        self.timings["method_s"] = time.perf_counter() - t
+        self.adapts = method.adapts and method.loop_update and lm.adapt_enabled
+        self.wants_draft = (self.adapts and c.signal == "response") or c.answer == "draft" or not self.adapts
+        self.keep_logits = self.adapts and c.signal == "response" and _keep_draft_logits(lm)
+        self.draft_ids = self.draft_logits = self.answer_ids = self.batch = None
 
-    steps: list[dict] = []
+    def result(self) -> AdaptResult:
+        """Count the problem, decode the answer, let the guard see it."""
+        lm = self.lm
+        answer_ids = self.answer_ids if self.answer_ids is not None else self.draft_ids
+        lm.problems_seen += 1
+        answer_text = lm.decode(answer_ids)
+        if lm.guard is not None and self.adapts:
+            event = lm.guard.observe(answer_text, self.steps, self.problem_id)
+            if event:
+                self.events.append(event)
+                warnings.warn(f"problem {self.problem_id!r}: {event}", RuntimeWarning, stacklevel=3)
+        self.timings["total_s"] = time.perf_counter() - self.t_start
+        return AdaptResult(
+            problem_id=self.problem_id, draft=None if self.draft_ids is None else lm.decode(self.draft_ids),
+            answer=answer_text, steps=self.steps, method_stats=self.method_stats, timings=self.timings,
+            events=self.events, prompt_tokens=int(self.prompt_ids.shape[1]),
+            draft_tokens=0 if self.draft_ids is None else int(self.draft_ids.numel()),
+            answer_tokens=int(answer_ids.numel()))
+
+
+def _generate(problems: list[_Problem], logits: bool) -> list[tuple]:
+    """(new token ids (n,) cut at the first end-of-sequence token, logits (n, V) or None) for each
+    problem: greedy rows batched when there are several, a lone greedy row and sampled rows alone."""
+    out: list = [None] * len(problems)
+    greedy = [i for i, p in enumerate(problems) if p.lm.zs_config.temperature == 0]
+    pooled = greedy if len(greedy) > 1 else []
+    for i, p in enumerate(problems):
+        if i in pooled:
+            continue
+        if logits and p.keep_logits:
+            ids, lg = p.lm.generate_ids(p.prompt_ids, return_logits=True)
+            out[i] = (ids[0], lg[0])
+        else:
+            out[i] = (p.lm.generate_ids(p.prompt_ids)[0], None)
+    if pooled:
+        rows = generate_rows([problems[i].lm for i in pooled], [problems[i].prompt_ids for i in pooled],
+                             [logits and problems[i].keep_logits for i in pooled])
+        for i, r in zip(pooled, rows):
+            out[i] = r
+    for i, (ids, lg) in enumerate(out):
+        ids = trim_at_eos(ids, eos_ids(problems[i].lm))
+        out[i] = (ids, None if lg is None else lg[: ids.numel()])
+    return out
+
+
+def _timed(problems: list[_Problem], key: str, t: float) -> None:
+    """Share the time since `t` equally among `problems` as timing `key`."""
+    dt = (time.perf_counter() - t) / len(problems)
+    for p in problems:
+        p.timings[key] = dt
+
+
+def _draft(problems: list[_Problem]) -> None:
+    drafting = [p for p in problems if p.wants_draft]
+    if not drafting:
+        return
     t = time.perf_counter()
-    if adapts:
-        batch = make_batch(prompt_ids, draft_ids, c.signal)
-        if batch is None:
-            events.append("no tokens to adapt on: update skipped")
-        else:
-            batch.target_logits = draft_logits  # the first step's state is the draft's: its target logits
-            for _ in range(c.steps):
-                steps.append(adapt_step(lm, batch, problem_id))
-                batch.target_logits = None  # stale once the step moved the state
-                if steps[-1]["skipped"]:
-                    events.append("non-finite step skipped")
-    timings["adapt_s"] = time.perf_counter() - t
+    for p, (ids, lg) in zip(drafting, _generate(drafting, logits=True)):
+        p.draft_ids = ids
+        if p.keep_logits:
+            p.draft_logits = lg  # the first step's state is the draft's: its target logits
+    _timed(drafting, "draft_s", t)
 
-    if adapts and c.answer == "regenerate":
-        t = time.perf_counter()
-        answer_ids = _trim(lm.generate_ids(prompt_ids)[0], eos, pad)
-        timings["answer_s"] = time.perf_counter() - t
-    else:
-        answer_ids = draft_ids
-    lm.problems_seen += 1
-    answer_text = lm.decode(answer_ids)
-    if lm.guard is not None and adapts:
-        event = lm.guard.observe(answer_text, steps, problem_id)
-        if event:
-            events.append(event)
-            warnings.warn(f"problem {problem_id!r}: {event}", RuntimeWarning, stacklevel=2)
-    timings["total_s"] = time.perf_counter() - t_start
-    return AdaptResult(
-        problem_id=problem_id,
-        draft=None if draft_ids is None else lm.decode(draft_ids),
-        answer=answer_text,
-        steps=steps,
-        method_stats=method_stats,
-        timings=timings,
-        events=events,
-        prompt_tokens=int(prompt_ids.shape[1]),
-        draft_tokens=0 if draft_ids is None else int(draft_ids.numel()),
-        answer_tokens=int(answer_ids.numel()),
-    )
+
+def _update(problems: list[_Problem]) -> None:
+    t = time.perf_counter()
+    for p in problems:
+        if p.adapts:
+            p.batch = make_batch(p.prompt_ids, p.draft_ids, p.lm.zs_config.signal)
+            if p.batch is None:
+                p.events.append("no tokens to adapt on: update skipped")
+            else:
+                p.batch.target_logits = p.draft_logits
+    for k in range(max((p.lm.zs_config.steps for p in problems if p.batch is not None), default=0)):
+        live = [p for p in problems if p.batch is not None and k < p.lm.zs_config.steps]
+        joint = [p for p in live if joins_pooled_update(p.lm)]
+        joint = joint if len(joint) > 1 else []
+        for p in live:
+            if p not in joint:
+                p.steps.append(adapt_step(p.lm, p.batch, p.problem_id))
+        if joint:
+            for p, st in zip(joint, pooled_step([(p.lm, p.batch, p.problem_id) for p in joint])):
+                p.steps.append(st)
+        for p in live:
+            p.batch.target_logits = None  # stale once the step moved the state
+            if p.steps[-1]["skipped"]:
+                p.events.append("non-finite step skipped")
+    _timed(problems, "adapt_s", t)
+
+
+def _answer(problems: list[_Problem]) -> None:
+    regen = [p for p in problems if p.adapts and p.lm.zs_config.answer == "regenerate"]
+    if not regen:
+        return
+    t = time.perf_counter()
+    for p, (ids, _) in zip(regen, _generate(regen, logits=False)):
+        p.answer_ids = ids
+    _timed(regen, "answer_s", t)
+
+
+def adapt_round(items: list[tuple]) -> list[AdaptResult]:
+    """Adapt each (stream, prompt, problem_id) of `items` on its problem and answer it: the loop.
+    Several streams are pooled (see the module's docstring); they must be distinct and share one
+    model. Returns one `AdaptResult` per item, in order."""
+    lms = [lm for lm, _, _ in items]
+    if len({id(lm) for lm in lms}) != len(lms):
+        raise ValueError("a stream appears twice in one round: each stream answers its problems in order")
+    if len({id(lm.shared) for lm in lms}) > 1:
+        raise ValueError("the streams of a pool must share one model (make them with zs_llm.Streams(lm).stream)")
+    problems = [_Problem(lm, prompt, pid) for lm, prompt, pid in items]
+    _draft(problems)
+    _update(problems)
+    _answer(problems)
+    return [p.result() for p in problems]
+
+
+def adapt_on_problem(lm, prompt, problem_id: str | None = None) -> AdaptResult:
+    """Adapt `lm` (a `ZeroSiamLM`) on one problem and answer it: a round of one stream."""
+    return adapt_round([(lm, prompt, problem_id)])[0]

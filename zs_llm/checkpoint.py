@@ -233,7 +233,7 @@ def load_checkpoint(lm, directory: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged header
         raise ValueError(f"{f} is not a readable safetensors file ({e}); delete the folder") from None
     check_tensors(flat, str(f), allowed={f"t.method.{k}": v for k, v in lm.method.nonfinite_state.items()})
-    live = lm._state_tensors()
+    live = lm.state_tensors()
     saved = {k[2:]: v for k, v in flat.items() if k.startswith("t.")}
     check_fits(f, saved, live, "it was written by another configuration", "it was written for another model")
     snap = {"tensors": saved, "optimizer": None}

@@ -398,6 +398,7 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
         raise FileNotFoundError(f"model {asked!r} could not be loaded: {first.rstrip('.')}. Give a hub id that exists (online, "
                                 "or cached), a local model folder or a .gguf file") from None
     refuse_incomplete_weights(asked, info)
+    model._zs_name = asked  # the name it was loaded by, for an exported adapter (zs_llm.card)
     if gguf_file:
         make_serializable(model)
         model._zs_gguf_file = gguf_file

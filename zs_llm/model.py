@@ -6,28 +6,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import logging
 import os
-import re
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import adapt as _adapt
+from . import saving
 from .config import AdaptConfig
 from .guard import CollapseGuard
 from .methods import METHODS
 from .predictor import build_predictor
 
 logger = logging.getLogger("zs_llm")
-CONFIG_NAME = "zs_llm_config.json"
-PREDICTOR_NAME = "predictor.safetensors"
-EXTRA_NAME = "method_state.safetensors"
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 #: the chat roles a prompt may use (every chat template we render knows these three)
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -87,6 +81,27 @@ def _apply_post(logits: torch.Tensor, ops) -> torch.Tensor:
     return logits
 
 
+@dataclass
+class SharedModel:
+    """What the wrappers of one model share (`ZeroSiamLM(model, ..., share=other)`): peft's model
+    around it (None until a wrapper adds LoRA), the wrapper whose adapter runs now (its id), and how
+    many adapters sharers added (their names are numbered)."""
+
+    peft: Any = None
+    active: int | None = None
+    added: int = 0
+
+
+#: what ZeroSiamLM once offered itself and where it is now (the loop and stream hosting sit above it)
+MOVED = {
+    "adapt_generate": "zs_llm.adapt_generate(lm, prompt, return_result=True)",
+    "stream": "zs_llm.Streams(lm).stream(name, config)",
+    "streams": "zs_llm.Streams(lm).streams",
+    "remove_stream": "zs_llm.Streams(lm).remove(name)",
+    "adapt_generate_pool": "zs_llm.Streams(lm).adapt_generate({name: prompt})",
+}
+
+
 class ZeroSiamLM:
     """Wrap `model` (any `AutoModelForCausalLM`) for test-time adaptation.
 
@@ -100,17 +115,24 @@ class ZeroSiamLM:
     adapters loaded into it) is refused with ValueError rather than unwrapped, since whether
     those adapters should stay in the answers is the caller's call: `merge_and_unload()` folds
     them into the weights, `unload()` drops them. A model another `ZeroSiamLM` wraps is refused
-    too: add a method to that wrapper with `stream()`, or `unwrap()` it first.
+    too: host another method on it with `zs_llm.Streams(lm)` (or `share=lm`), or `unwrap()` it first.
+
+    `share`: another wrapper of the same `model`; this one then adds its own adapter (and keeps
+    its own predictor, optimizer and method state) beside that wrapper's, and runs it when it
+    generates or steps (`activate`). The adaptation loop is `zs_llm.adapt`; the library call
+    `zs_llm.adapt_generate`.
     """
 
     def __init__(self, model: nn.Module, tokenizer, config: AdaptConfig | None = None, check: bool = True,
-                 *, _host: ZeroSiamLM | None = None, _name: str | None = None):
+                 *, share: ZeroSiamLM | None = None):
         if isinstance(config, dict):
             config = AdaptConfig.from_dict(config)
         self.zs_config = config = config or AdaptConfig()
         self.tokenizer = tokenizer
         self.method = METHODS[config.method](config)
-        if _host is None:
+        if share is not None and model is not share.hf:
+            raise ValueError("share= must be a wrapper of this same model (its .hf); wrap another model on its own")
+        if share is None:
             refuse_wrapped(model)
             meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
             if meta is not None:
@@ -131,21 +153,25 @@ class ZeroSiamLM:
         self.head = head
         self.backbone = backbone
         self._post = logit_postprocess(model.config)
-        #: streams hosted on this model (`stream()`), shared by the host and every stream
-        self._hub = _host._hub if _host is not None else {"peft": None, "streams": {}, "active": None, "next": 0}
-        self.stream_name = _name
+        #: what this wrapper shares with the other wrappers of `model`
+        self.shared = share.shared if share is not None else SharedModel()
+        #: this wrapper wrapped `model` (the others share it)
+        self.owns_model = share is None
         #: this stream's peft adapter (None: generation runs through no LoRA)
         self.adapter_name = None
-        if _host is None:
+        if share is None:
             for p in model.parameters():
                 p.requires_grad_(False)
             model.eval()
         self.peft = None
         if "lora" in self.method.trains:
-            self.adapter_name = "default" if _host is None else f"stream{self._hub['next']}"
+            if share is None:
+                self.adapter_name = "default"
+            else:
+                self.adapter_name, self.shared.added = f"stream{self.shared.added}", self.shared.added + 1
             self.peft = self._inject_lora(model)
         try:
-            self._activate()
+            self.activate()
             self.hidden_size = head.weight.shape[1]
             kind = self.predictor_kind
             self.predictor = build_predictor(
@@ -156,7 +182,7 @@ class ZeroSiamLM:
                 self.set_gradient_checkpointing(True)
             self.optimizer = self._build_optimizer()
             self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else []
-            if check and _host is None and not self.method.batchable:  # generation-only methods never use head_logits
+            if check and share is None and not self.method.batchable:  # generation-only methods never use head_logits
                 self.check_identity()
             self._initial = self.snapshot()
             self.problems_seen = 0
@@ -166,7 +192,7 @@ class ZeroSiamLM:
             if config.guard and config.schedule == "online" and self.method.adapts and self.method.loop_update:
                 self.guard = CollapseGuard(self)
         except BaseException:  # the caller's model must come back as it was given (no stray LoRA layers)
-            self._drop_adapter()
+            self.drop_adapter()
             raise
 
     # --- construction -------------------------------------------------------------------
@@ -214,17 +240,17 @@ class ZeroSiamLM:
                 torch.manual_seed(c.seed)
                 # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning the user cannot act on
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                peft = self._hub["peft"]
+                peft = self.shared.peft
                 if peft is None:
-                    peft = self._hub["peft"] = get_peft_model(model, lcfg, adapter_name=self.adapter_name)
+                    peft = self.shared.peft = get_peft_model(model, lcfg, adapter_name=self.adapter_name)
                 else:  # another stream's adapter beside the ones already there, initialised as a fresh one would be
                     peft.add_adapter(self.adapter_name, lcfg)
             # peft trains only its active adapter: every stream's adapter stays trainable here (each
-            # stream's optimizer holds its own), and which one runs is set by `_activate`
+            # stream's optimizer holds its own), and which one runs is set by `activate`
             for n, p in model.named_parameters():
                 if "lora_" in n:
                     p.requires_grad_(True)
-            self._hub["active"] = None
+            self.shared.active = None
             model._zs_llm_wrapped = True  # for `refuse_wrapped`: a second wrapper must not stack on these layers
             return peft
         except ValueError as e:
@@ -260,71 +286,28 @@ class ZeroSiamLM:
         out += [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters() if p.requires_grad]
         return out
 
-    # --- several streams on one model ---------------------------------------------------
-    def stream(self, name: str, config: AdaptConfig | dict | None = None) -> ZeroSiamLM:
-        """The stream `name` hosted on this model, created on first use with `config` (default:
-        this wrapper's). A stream is a `ZeroSiamLM` of its own (its own LoRA adapter, predictor,
-        optimizer, method state, guard and problem count) that shares the base model, so
-        `lm.stream("math500/zerosiam").adapt_generate(prompt)` adapts that stream alone, and
-        `lm.adapt_generate_pool({name: prompt, ...})` answers one problem of several streams in
-        one batch. A new stream starts exactly as a new `ZeroSiamLM` with its config would."""
-        hub = self._hub
-        if isinstance(config, dict):
-            config = AdaptConfig.from_dict(config)
-        if name in hub["streams"]:
-            s = hub["streams"][name]
-            if config is not None and config.hash() != s.zs_config.hash():
-                raise ValueError(f"stream {name!r} exists with another config; remove_stream({name!r}) first")
-            return s
-        s = ZeroSiamLM(self.hf, self.tokenizer, config or self.zs_config, _host=self, _name=name)
-        hub["next"] += 1
-        hub["streams"][name] = s
-        return s
-
-    @property
-    def streams(self) -> dict[str, ZeroSiamLM]:
-        """The streams hosted on this model, by name."""
-        return dict(self._hub["streams"])
-
-    def remove_stream(self, name: str) -> None:
-        """Drop a stream and free its adapter, predictor and optimizer state."""
-        s = self._hub["streams"].pop(name)
-        s._drop_adapter()
-        s.optimizer = None
-
-    def _drop_adapter(self) -> None:
+    # --- several wrappers on one model -------------------------------------------------
+    def drop_adapter(self) -> None:
         """Remove this wrapper's own LoRA adapter from the shared model (all of peft's layers when
-        it is the host and the only adapter)."""
-        if self.adapter_name is None or self._hub["peft"] is None:
+        this wrapper wrapped the model and its adapter is the only one)."""
+        peft = self.shared.peft
+        if self.adapter_name is None or peft is None:
             return
-        if self.stream_name is None and not self._hub["streams"]:
+        if self.owns_model and set(peft.peft_config) <= {self.adapter_name}:
             self.unwrap()
             return
-        with warnings.catch_warnings():  # peft names a new active adapter; `_activate` decides which runs
+        with warnings.catch_warnings():  # peft names a new active adapter; `activate` decides which runs
             warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
-            self._hub["peft"].delete_adapter(self.adapter_name)
+            peft.delete_adapter(self.adapter_name)
         for n, p in self.hf.named_parameters():  # peft re-freezes the adapters it did not make active
             if "lora_" in n:
                 p.requires_grad_(True)
-        self._hub["active"] = None
+        self.shared.active = None
 
-    def adapt_generate_pool(self, prompts: dict, problem_ids: dict | None = None) -> dict:
-        """One problem for each of several streams, answered together: `{name: prompt}` ->
-        `{name: AdaptResult}`. Each stream sees exactly what `stream(name).adapt_generate(prompt)`
-        would (drafts generated in one batch, each row through its own stream's adapter; updates
-        one forward and backward over the pool, each stream's loss and optimizer its own). A
-        name not yet hosted becomes a stream with this wrapper's config: create streams with
-        other configs first (`stream(name, config)`)."""
-        from .pool import adapt_pool
-
-        ids = problem_ids or {}
-        items = [(self.stream(n), p, ids.get(n)) for n, p in prompts.items()]
-        return dict(zip(prompts, adapt_pool(items)))
-
-    def _activate(self) -> None:
-        """Make this stream's adapter the one the shared model runs (none for a stream without LoRA)."""
-        hub = self._hub
-        if hub["active"] == id(self) or hub["peft"] is None:
+    def activate(self) -> None:
+        """Make this wrapper's adapter the one the shared model runs (none for one without LoRA)."""
+        shared = self.shared
+        if shared.active == id(self) or shared.peft is None:
             return
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -332,7 +315,7 @@ class ZeroSiamLM:
         for m in self.hf.modules():
             if isinstance(m, BaseTunerLayer):
                 m._active_adapter = names
-        hub["active"] = id(self)
+        shared.active = id(self)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_trainable()]
@@ -344,7 +327,7 @@ class ZeroSiamLM:
 
     def features(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden state (after the final norm) of a (1, T) sequence at `positions`: (N, H)."""
-        self._activate()
+        self.activate()
         out = self.backbone(input_ids=input_ids.to(self.device), use_cache=False)
         h = out.last_hidden_state[0]  # (T, H)
         return h if positions is None else h[positions.to(self.device)]
@@ -358,7 +341,7 @@ class ZeroSiamLM:
         """Fail early when head(predictor(features)) does not reproduce the model's logits."""
         if self.predictor_kind == "fixed_random":
             return
-        self._activate()
+        self.activate()
         n = min(8, getattr(self.hf.config, "vocab_size", 8))
         ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % max(1, self.head.weight.shape[0])
         ref = self.hf(input_ids=ids, use_cache=False).logits[0].float()
@@ -377,7 +360,9 @@ class ZeroSiamLM:
             )
 
     # --- state --------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor adaptation changes, by name (live, not copies): this wrapper's trained
+        parameters, the predictor's buffers and the method's state."""
         # adapter names written as peft's "default": a stream's checkpoint loads into any stream
         # of the same config, pooled or alone
         d = {_canonical(n, self.adapter_name): p for n, p in self.named_trainable()}
@@ -388,14 +373,14 @@ class ZeroSiamLM:
     def snapshot(self) -> dict[str, Any]:
         """A copy of everything adaptation changes: trained tensors and optimizer state."""
         return {
-            "tensors": {k: v.detach().clone() for k, v in self._state_tensors().items()},
+            "tensors": {k: v.detach().clone() for k, v in self.state_tensors().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
         }
 
     @torch.no_grad()
     def restore(self, snap: dict[str, Any]) -> None:
         """Put back a `snapshot()` exactly (bitwise)."""
-        live = self._state_tensors()
+        live = self.state_tensors()
         for k, v in snap["tensors"].items():
             live[k].copy_(v)
         if self.optimizer is not None:
@@ -441,7 +426,7 @@ class ZeroSiamLM:
         Sampling (temperature > 0) seeds torch with `seed`, by default this problem's
         `sample_seed(config.seed, problems_seen)`: the same seed and state give the same text."""
         c = self.zs_config
-        self._activate()
+        self.activate()
         max_new = max_new_tokens or c.max_new_tokens
         if self.context_length is not None:
             max_new = max(1, min(max_new, self.context_length - input_ids.shape[1]))
@@ -551,207 +536,42 @@ class ZeroSiamLM:
 
     # --- persistence --------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, push_to_hub: bool = False, repo_id: str | None = None,
-                        **hub_kwargs) -> None:
-        """Save the adapted state: LoRA adapter, predictor, method state (safetensors) and the config.
-        The adapter files are peft's own (`adapter_config.json`, `adapter_model.safetensors`), so
-        `peft.PeftModel.from_pretrained(base, directory)` loads the LoRA part too.
-
-        The files are written into a temporary folder beside `directory`, fsynced, and moved in
-        one by one with the config last (it records each file's sha256): a folder whose config
-        is present holds the files it names, and `from_pretrained` checks them and reads no
-        other. Files an earlier save wrote into the same folder (listed in its config) that this
-        one does not write are then removed; files zs_llm did not write are never touched.
-        `push_to_hub` then uploads the folder to `repo_id` (default: the folder's name), as `push_to_hub` does."""
-        import shutil
-
-        from safetensors.torch import save_file
-
-        from .checkpoint import fsync_dir, fsync_tree, sha256_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d.with_name(f".{d.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            if self.peft is not None:
-                own = self.adapter_name or "default"
-                was = self.peft.active_adapter
-                self.peft.active_adapter = own  # peft's model card reads the active adapter's config
-                try:
-                    self.peft.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[own])
-                finally:
-                    self.peft.active_adapter = was
-                if own != "default":  # peft writes another adapter into a subfolder: this stream's goes on top
-                    for f in list((tmp / own).iterdir()):
-                        os.replace(f, tmp / f.name)
-                    (tmp / own).rmdir()
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.predictor.state_dict().items()},
-                      str(tmp / PREDICTOR_NAME))
-            extra = self.method.extra_state()
-            if extra:
-                save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
-            files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            meta = {"adapt_config": self.zs_config.to_dict(),
-                    "base_model": getattr(self.hf.config, "_name_or_path", None),
-                    "gguf_file": getattr(self.hf, "_zs_gguf_file", None), "hidden_size": self.hidden_size,
-                    "base_probe": base_probe(self.hf), "problems_seen": self.problems_seen, "files": files}
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-            fsync_tree(tmp)
-            before = _written_files(d)  # what an earlier save wrote here: only those may be removed
-            (d / CONFIG_NAME).unlink(missing_ok=True)  # until the new one lands, the folder reads as incomplete
-            fsync_dir(d)
-            for name in files:
-                (d / name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp / name, d / name)
-            os.replace(tmp / CONFIG_NAME, d / CONFIG_NAME)
-            fsync_dir(d)
-            for name in sorted(before - set(files)):  # another method's state would otherwise sit beside ours
-                (d / name).unlink(missing_ok=True)
-            fsync_dir(d)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if push_to_hub:
-            _upload(d, repo_id or d.name, **hub_kwargs)
+                        card: dict | None = None, **hub_kwargs) -> None:
+        """Save the adapted state: LoRA adapter (peft's own files), predictor, method state
+        (safetensors), the config and a model card (README.md; `card` adds the stream, accuracy and
+        verdict); `push_to_hub` then uploads the folder to `repo_id`. See `zs_llm.saving.save_pretrained`."""
+        saving.save_pretrained(self, directory, push_to_hub, repo_id, card=card, **hub_kwargs)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):
-        """Upload the adapted state (`save_pretrained`'s files: peft adapter, predictor, method state,
-        config) to the Hub model repository `repo_id`, creating it if needed. Returns the commit info.
-        `ZeroSiamLM.from_pretrained(repo_id)` loads it back."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / repo_id.split("/")[-1]
-            self.save_pretrained(folder)
-            return _upload(folder, repo_id, private=private, token=token, commit_message=commit_message,
-                           revision=revision)
+        """Upload the adapted state to the Hub model repository `repo_id`. See `zs_llm.saving.push_to_hub`."""
+        return saving.push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                                  revision=revision)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None = None, tokenizer=None,
                         revision: str | None = None, check_base: bool = True, **load_kwargs) -> ZeroSiamLM:
-        """Rebuild a wrapper from `save_pretrained` output: a local folder, or a Hub repository id
-        (`owner/name`, not an existing path; downloaded with `huggingface_hub.snapshot_download`
-        at `revision`, or read from the cache when the hub is unreachable: `HubUnreachableError`
-        when it is not there). Without `model`, the base model recorded in the folder is loaded with
-        `zs_llm.load_model` (`load_kwargs` go there). Files whose sha256 differs from the
-        recorded one, and tensors holding NaN, infinity or an absurd magnitude, are refused with
-        an error naming them. The base model must be the one the adapter was saved on (`base_probe`:
-        its architecture, shapes and a sample of its weights, to bf16 precision); `check_base=False`
-        loads it on another base anyway (e.g. a quantized copy)."""
-        from safetensors.torch import load_file
-
-        from .checkpoint import check_tensors, sha256_file
-
-        d = Path(directory).expanduser()
-        if not d.exists() and HUB_ID.fullmatch(str(directory)):
-            from .loading import hub_download
-
-            d = Path(hub_download(str(directory), revision=revision))
-        if not (d / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained "
-                                    "(a save that was cut short leaves none)")
-        meta = read_saved_config(d)
-        files = meta["files"]
-        for name, digest in files.items():
-            if not (d / name).exists():
-                raise FileNotFoundError(f"{d / name} is missing (the save was cut short or the file deleted); save "
-                                        "the adapter again")
-            if digest is not None and sha256_file(d / name) != digest:
-                raise ValueError(f"{d / name} is damaged (its sha256 differs from the one {CONFIG_NAME} recorded); "
-                                 "save the adapter again")
-
-        def read(name: str, allowed: dict | None = None) -> dict[str, torch.Tensor]:
-            if name not in files:
-                raise FileNotFoundError(f"{d / CONFIG_NAME} lists no {name}, which this method needs: the folder was "
-                                        "saved by another method or configuration; save the adapter again")
-            try:
-                tensors = load_file(str(d / name))
-            except Exception as e:  # noqa: BLE001 - safetensors has its own error types for a damaged header
-                raise ValueError(f"{d / name} is not a readable safetensors file ({e})") from None
-            check_tensors(tensors, str(d / name), allowed=allowed)
-            return tensors
-
-        if model is not None and load_kwargs:
-            raise ValueError(f"from_pretrained got {sorted(load_kwargs)} beside model=: they are loading options of "
-                             "zs_llm.load_model, unused when model= is given (and the method and its settings come "
-                             f"from {CONFIG_NAME}); drop them, or build ZeroSiamLM(model, tokenizer, AdaptConfig(...))")
-        if model is None:
-            import inspect
-
-            from .loading import load_model
-
-            unknown = sorted(set(load_kwargs) - set(inspect.signature(load_model).parameters))
-            if unknown:
-                raise ValueError(f"from_pretrained got {unknown}, which are not loading options of zs_llm.load_model "
-                                 f"(the method and its settings come from {CONFIG_NAME}); drop them")
-            if not meta.get("base_model"):
-                raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
-            from .loading import load_model
-
-            model, tokenizer = load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
-        if tokenizer is None:
-            raise ValueError("pass tokenizer= together with model=")
-        saved_h = meta.get("hidden_size")
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if saved_h is not None and head is not None and head.weight.shape[1] != saved_h:
-            raise ValueError(f"{d} was saved from a base model of hidden size {saved_h} ({meta.get('base_model')}); "
-                             f"this {type(model).__name__} has {head.weight.shape[1]}: load it on the base it was "
-                             "saved from")
-        if check_base and meta.get("base_probe") is not None:
-            differs = probe_mismatch(meta["base_probe"], base_probe(model))
-            if differs:
-                raise ValueError(f"{d} was saved on another base model than this one ({differs}; saved on "
-                                 f"{meta.get('base_model')}): load it on the base it was saved from, or pass "
-                                 "check_base=False to load it anyway")
-        lm = cls(model, tokenizer, meta["adapt_config"])
-        try:
-            adapter = read("adapter_model.safetensors") if lm.peft is not None else None
-            predictor = read(PREDICTOR_NAME)
-            live_extra = lm.method.extra_state()
-            extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
-            if adapter is not None:
-                from peft import get_peft_model_state_dict
-
-                _check_fits(d / "adapter_model.safetensors", adapter,
-                            get_peft_model_state_dict(lm.peft, adapter_name=lm.adapter_name or "default"))
-            _check_fits(d / PREDICTOR_NAME, predictor, lm.predictor.state_dict())
-            _check_fits(d / EXTRA_NAME, extra, live_extra)
-            with torch.no_grad():
-                if adapter is not None:
-                    from peft import set_peft_model_state_dict
-
-                    set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
-                lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
-                for k, v in live_extra.items():
-                    v.copy_(extra[k])
-        except BaseException:  # a refused folder leaves `model` as it was given
-            lm._drop_adapter()
-            raise
-        lm.problems_seen = meta.get("problems_seen", 0)
-        return lm
+        """Rebuild a wrapper from `save_pretrained` output (a folder or a Hub repository id), on
+        `model` or on the base model the folder records. See `zs_llm.saving.from_pretrained`."""
+        return saving.from_pretrained(cls, directory, model, tokenizer, revision=revision, check_base=check_base,
+                                      **load_kwargs)
 
     def unwrap(self) -> nn.Module:
-        """Remove the LoRA layers (every stream's) and return the plain base model (to wrap it again)."""
-        peft = self._hub["peft"]
+        """Remove the LoRA layers (every sharing wrapper's) and return the plain base model (to wrap it again)."""
+        peft = self.shared.peft
         if peft is not None:
             model = peft.unload()
             model.__dict__.pop("_zs_llm_wrapped", None)
-            self.peft = self._hub["peft"] = None
-            self._hub["streams"].clear()
+            self.peft = self.shared.peft = None
             return model
         return self.hf
-
-    # --- the library call ---------------------------------------------------------------
-    def adapt_generate(self, prompt, problem_id: str | None = None):
-        """Adapt on one problem and answer it; returns an `AdaptResult`. See `zs_llm.adapt`."""
-        self._activate()
-        return _adapt.adapt_on_problem(self, prompt, problem_id)
 
     def __getattr__(self, name):
         # only reached for attributes the wrapper does not have: pass through to the model
         if name.startswith("__") or name in ("hf",):
             raise AttributeError(name)
+        if name in MOVED:
+            raise AttributeError(f"ZeroSiamLM.{name} is gone: use {MOVED[name]}")
         return getattr(self.__dict__["hf"], name)
 
     def __repr__(self):
@@ -777,8 +597,8 @@ def refuse_wrapped(model: nn.Module) -> None:
 
     if getattr(model, "_zs_llm_wrapped", False):
         raise ValueError(f"this {type(model).__name__} is already wrapped by a ZeroSiamLM (its LoRA layers are in "
-                         "place): reuse that wrapper (lm.stream(name, config) adds another method), or call "
-                         "lm.unwrap() first to get the plain model back")
+                         "place): reuse that wrapper (zs_llm.Streams(lm).stream(name, config) adds another method), "
+                         "or call lm.unwrap() first to get the plain model back")
     names = sorted({a for m in model.modules() if isinstance(m, BaseTunerLayer) for a in m.active_adapters})
     if names or getattr(model, "peft_config", None):
         held = f" {names}" if names else ""
@@ -803,67 +623,6 @@ def check_lora_memory(model: nn.Module, targets: list[str], config: AdaptConfig,
                          f"{free / 2**30:.1f} GiB available; lower lora_r (e.g. 8-64)")
 
 
-def _written_files(d: Path) -> set[str]:
-    """The files an earlier `save_pretrained` into `d` wrote (its config's list); none when the
-    config is absent or unreadable, so nothing of unknown origin is ever removed."""
-    try:
-        files = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8")).get("files") or {}
-    except (OSError, ValueError, AttributeError):
-        return set()
-    root = d.resolve()
-    names = {n for n in files if isinstance(n, str) and n != CONFIG_NAME}
-    return {n for n in names if (d / n).resolve().parent.is_relative_to(root)}
-
-
-def read_saved_config(d: Path) -> dict[str, Any]:
-    """The `zs_llm_config.json` of a saved folder, checked field by field; ValueError naming the
-    file when it is not one that `save_pretrained` writes."""
-    p = d / CONFIG_NAME
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{p} is damaged ({e}); save the adapter again") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("adapt_config"), dict):
-        raise ValueError(f"{p} is damaged (no adapt_config record); save the adapter again")
-    files = meta.get("files")
-    if files is None:  # written before the list existed: what is there is what was saved
-        files = {n: None for n in ("adapter_model.safetensors", PREDICTOR_NAME, EXTRA_NAME) if (d / n).exists()}
-    if not isinstance(files, dict) or not all(isinstance(v, (str, type(None))) for v in files.values()):
-        raise ValueError(f"{p} is damaged (its files record is not a name -> sha256 table); save the adapter again")
-    meta["files"] = {n: v for n, v in files.items()}
-    try:
-        meta["adapt_config"] = AdaptConfig.from_dict(meta["adapt_config"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{p} is damaged or from another zs_llm version (its adapt_config: {e}); save the adapter "
-                         "again") from None
-    return meta
-
-
-def _check_fits(path: Path, saved: dict[str, torch.Tensor], live: dict[str, torch.Tensor]) -> None:
-    """Refuse saved tensors that do not fit the wrapper they are loaded into, naming the first."""
-    from .checkpoint import check_fits
-
-    check_fits(path, saved, live, "load it with the base model and method it was saved with",
-               "it was saved from a base model of another size; load it on the base it was saved from")
-
-
-def _upload(folder: Path, repo_id: str, private: bool | None = None, token: str | None = None,
-            commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):
-    from huggingface_hub import HfApi
-
-    from .loading import HubUnreachableError, hub_offline_reason
-
-    why = hub_offline_reason()
-    if why is not None:
-        raise HubUnreachableError(f"cannot push to the hub repository {repo_id!r}: {why}. Save locally with "
-                                  "lm.save_pretrained(folder) and upload that folder later, online")
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                             revision=revision)
-
-
 def _canonical(name: str, adapter: str | None) -> str:
     parts = name.split(".")
     if "lora_" in name and len(parts) > 1 and parts[-2] == adapter:
@@ -882,48 +641,6 @@ def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
-
-
-#: base parameters a probe samples, and values sampled from each
-PROBE_TENSORS, PROBE_VALUES = 16, 8
-
-
-def base_probe(model: nn.Module) -> dict:
-    """A small record of a base model that tells it from another: its architecture, the shapes of
-    its parameters, and PROBE_VALUES values of PROBE_TENSORS of them spread over the model (LoRA
-    parameters left out, so a wrapped model gives its base's probe). Reading a few values per
-    tensor costs nothing even for an 8B model."""
-    params = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]
-    picked = sorted({round(i * (len(params) - 1) / max(PROBE_TENSORS - 1, 1)) for i in range(PROBE_TENSORS)})
-    values = []
-    with torch.no_grad():
-        for i in picked:
-            flat = params[i][1].detach().reshape(-1)
-            idx = torch.tensor(spread(flat.numel(), PROBE_VALUES), device=flat.device)
-            values.append([float(v) for v in flat[idx].float().cpu()])
-    return {"model_type": getattr(getattr(model, "config", None), "model_type", None),
-            "shapes": [list(p.shape) for _, p in params], "picked": picked, "values": values}
-
-
-def spread(n: int, k: int) -> list[int]:
-    """`k` indices spread evenly over range(n), first and last included, in integer arithmetic (a
-    float32 linspace rounds indices past 2**24 up, out of range)."""
-    return [i * (n - 1) // max(k - 1, 1) for i in range(k)]
-
-
-def probe_mismatch(saved: dict, live: dict) -> str | None:
-    """What tells the base `live` from the one `saved` was taken of, or None. Values are compared to
-    bf16 precision (a copy in another dtype is the same base); re-saved weights differ far more."""
-    if saved.get("model_type") != live["model_type"]:
-        return f"architecture {saved.get('model_type')!r}, this one {live['model_type']!r}"
-    if saved.get("shapes") != live["shapes"]:
-        return "other parameter shapes"
-    if saved.get("picked") != live["picked"]:
-        return "another parameter layout"
-    a, b = torch.tensor(saved["values"]), torch.tensor(live["values"])
-    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-2, atol=1e-6):
-        return "other weights"
-    return None
 
 
 def check_prompt(prompt) -> None:

@@ -306,6 +306,52 @@ def eata_weights(target_logits: torch.Tensor, margin: float = 0.4) -> torch.Tens
 
 
 # ---------------------------------------------------------------------------------------
+# DeYO (Lee et al., ICLR 2024; Jhyun17/DeYO `forward_and_adapt_deyo`): an entropy filter,
+# then a filter on the pseudo-label probability difference (PLPD) between a sample and its
+# object-destroying transformation, and a weight from both. Pure functions of per-row values,
+# so each path brings its own entropy (softmax, opinion) and its own transformation (image
+# patches, token order). Thresholds are fractions of ln K, as in the official `main.py`.
+
+
+def deyo_entropy_mask(ent: torch.Tensor, log_k: float, margin: float = 0.5) -> torch.Tensor:
+    """DeYO's first filter: rows with entropy < margin * ln K (official `deyo_margin` 0.5). (...) -> (...) bool.
+    Only these rows need the transformed forward."""
+    return ent.detach() < margin * log_k
+
+
+def plpd(logits: torch.Tensor, transformed_logits: torch.Tensor) -> torch.Tensor:
+    """Pseudo-label probability difference per row: p(y_hat | x) - p(y_hat | x'), y_hat the argmax of
+    softmax(logits), x' the transformed input. (..., K), (..., K) -> (...), in [-1, 1], detached."""
+    p = F.softmax(logits.detach().float(), -1)
+    p_t = F.softmax(transformed_logits.detach().float(), -1)
+    y_hat = p.argmax(-1, keepdim=True)
+    return (p.gather(-1, y_hat) - p_t.gather(-1, y_hat)).squeeze(-1)
+
+
+def deyo_weights(ent: torch.Tensor, drop: torch.Tensor, log_k: float, margin: float = 0.5,
+                 margin_e0: float = 0.4, plpd_threshold: float = 0.2, reweight_ent: bool = True,
+                 reweight_plpd: bool = True) -> torch.Tensor:
+    """DeYO's per-row coefficient, 0 off the selection. (...), (...) -> (...).
+
+    Selected: entropy < margin * ln K and PLPD (`drop`) > plpd_threshold (official 0.5, 0.2).
+    Coefficient: reweight_ent * exp(E0 - H) + reweight_plpd * exp(PLPD), E0 = margin_e0 * ln K
+    (official 0.4); 1 when neither reweighting is on. The official loss is the mean of
+    coefficient * entropy over the selected rows (`_selected_mean`-style), with no step when
+    none is selected. `drop` may hold anything (NaN) on rows the entropy filter drops.
+    """
+    ent, drop = ent.detach().float(), drop.detach().float()
+    keep = deyo_entropy_mask(ent, log_k, margin) & (drop > plpd_threshold)
+    coeff = torch.zeros_like(ent)
+    if reweight_ent:
+        coeff = coeff + torch.exp(margin_e0 * log_k - ent)
+    if reweight_plpd:
+        coeff = coeff + torch.exp(drop)
+    if not (reweight_ent or reweight_plpd):
+        coeff = torch.ones_like(ent)
+    return torch.where(keep, coeff, torch.zeros_like(ent))
+
+
+# ---------------------------------------------------------------------------------------
 # baselines' own per-row losses, as their official code computes them (constants included):
 # a reference form (autograd) and a closed form, tested against each other and against a
 # transcription of the official code (tests/test_official_baselines.py)

@@ -1,36 +1,26 @@
-"""Several streams answered as one batch: the pooled form of `adapt_on_problem`.
+"""Batching mechanics for a pool of streams on one model (the loop itself is `zs_llm.adapt`).
 
-Each stream is a `ZeroSiamLM` hosted on one shared model (`ZeroSiamLM.stream`). A round takes
-one problem per stream and gives every stream what `adapt_on_problem` would give it alone:
+Each stream is a `ZeroSiamLM` sharing one model with the others (`ZeroSiamLM(..., share=)`,
+`zs_llm.Streams`). Here:
 
-- drafts (and regenerated answers) come from one `generate` call (left padding, KV cache) in
-  which every row runs through its own stream's LoRA (`route_lora`), head hook (SLOT) and
-  logits processors (EM-INF);
-- updates are one forward and one backward over the pool's sequences (right padding: each
-  row keeps its own positions and needs no mask), every row through its own adapter and
-  predictor. The streams share no trained tensor, so the summed loss gives each stream's
-  parameters exactly its own gradient; then each stream's own finiteness check, clipping and
-  optimizer step run (`end_step`), so momentum and Adam step counts are per stream.
+- `route_lora`: inside it every row of a batch runs through its own stream's LoRA adapter;
+- `generate_rows`: greedy drafts of one prompt per stream in one `generate` call (left padding,
+  KV cache), every row through its own stream's LoRA, head hook (SLOT) and logits processors
+  (EM-INF);
+- `pooled_hidden`: the final hidden states of one sequence per stream in one forward (right
+  padding: each row keeps its own positions and needs no mask), every row through its own
+  adapter, for a joint backward. The streams share no trained tensor, so a summed loss gives
+  each stream's parameters exactly its own gradient.
 
 Rows match a stream run alone up to the rounding of batched matmuls (and of the unmerged LoRA
-path: drafts in a pool never fold LoRA into the weights, whatever their dtype). Sequential
-fallbacks, per stream, where a batch could not reproduce the lone run exactly: sampling
-(temperature > 0: the sampler draws from one RNG per call) and methods that override
-`Method.backward` or `Method.loss` (SAR's two SAM passes and model recovery, ZeroSiam+EATA's
-no-step rule).
+path: rows generated here never fold LoRA into the weights, whatever their dtype).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import time
-import warnings
 
 import torch
-
-from .adapt import AdaptResult, _eos_ids, _keep_draft_logits, _trim, adapt_step, begin_step, end_step, make_batch
-from .methods import Method
 
 
 # --- per-row LoRA ---------------------------------------------------------------------------
@@ -181,167 +171,19 @@ def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[b
     return [(new[i, :limits[i]], stacked[i, :limits[i]] if want_logits[i] else None) for i in range(len(lms))]
 
 
-# --- pooled updates -------------------------------------------------------------------------
-def pooled_update(lm) -> bool:
-    """Whether a stream's update can join the pool's one forward and backward: its method
-    computes the loss with `Method.loss` and steps as `Method.backward` does."""
-    m = type(lm.method)
-    return m.backward is Method.backward and m.loss is Method.loss
-
-
-def pooled_step(items: list[tuple]) -> list[dict]:
-    """One optimizer step for each (stream, LossBatch, problem_id) of `items`, the streams'
-    sequences in one forward and one backward. Returns each stream's step stats, as
-    `adapt_step` would."""
-    lms = [lm for lm, _, _ in items]
+# --- pooled forward -------------------------------------------------------------------------
+@contextlib.contextmanager
+def pooled_hidden(lms: list, sequences: list[torch.Tensor]):
+    """Inside: the final hidden states (S, T, H) of one sequence (1, T_s) per stream of `lms` (all
+    sharing one model), computed in one forward with every row through its own stream's adapter
+    (right padding; row s is real up to T_s). Run the backward inside too: gradient checkpointing
+    recomputes the forward then, and must route the rows the same way."""
     host = lms[0]
-    t_start = time.perf_counter()
-    prep = [begin_step(lm) for lm in lms]
-    width = max(b.input_ids.shape[1] for _, b, _ in items)
+    width = max(q.shape[1] for q in sequences)
     pad = host.tokenizer.pad_token_id or 0
     # right padding: causal attention keeps every row's real tokens blind to the pad after them
-    ids = torch.full((len(items), width), pad, dtype=torch.long, device=host.device)
-    for i, (_, b, _) in enumerate(items):
-        ids[i, : b.input_ids.shape[1]] = b.input_ids[0]
-    stats, losses = [], []
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long, device=host.device)
+    for i, q in enumerate(sequences):
+        ids[i, : q.shape[1]] = q[0]
     with route_lora(host.hf, [lm.adapter_name for lm in lms]):
-        h = host.backbone(input_ids=ids, use_cache=False).last_hidden_state  # (S, T, H)
-        for i, (lm, b, _) in enumerate(items):
-            st: dict = {}
-            rows = dataclasses.replace(b, features=h[i, b.positions.to(h.device)])  # (N, H)
-            losses.append(lm.method.loss(lm, rows, st))
-            stats.append(st)
-        total = [x for x in losses if x.requires_grad]
-        if total:
-            torch.stack([x.float() for x in total]).sum().backward()
-    out = []
-    for (lm, _, pid), st, loss, (t0, before) in zip(items, stats, losses, prep):
-        st["loss"] = float(loss.detach())
-        out.append(end_step(lm, st, before, t0, pid))
-        out[-1]["time_s"] = (time.perf_counter() - t_start) / len(items)  # the pool's time, shared
-    return out
-
-
-# --- one round ------------------------------------------------------------------------------
-class _Problem:
-    """One stream's problem through a round: the state `adapt_on_problem` keeps in locals."""
-
-    def __init__(self, lm, prompt, problem_id):
-        self.lm, self.problem_id = lm, problem_id
-        c, method = lm.zs_config, lm.method
-        self.t_start = time.perf_counter()
-        self.timings: dict[str, float] = {}
-        self.events: list[str] = []
-        self.steps: list[dict] = []
-        self.prompt_ids = lm.encode(prompt)  # before the reset: a prompt that is refused changes nothing
-        if c.schedule == "episodic":
-            seen = lm.problems_seen
-            lm.reset()
-            lm.problems_seen = seen  # sampling seeds still follow the problem
-        t = time.perf_counter()
-        lm._activate()
-        self.method_stats = method.on_problem_start(lm, self.prompt_ids)
-        self.timings["method_s"] = time.perf_counter() - t
-        self.adapts = method.adapts and method.loop_update and lm.adapt_enabled
-        self.wants_draft = (self.adapts and c.signal == "response") or c.answer == "draft" or not self.adapts
-        self.keep_logits = self.adapts and c.signal == "response" and _keep_draft_logits(lm)
-        self.draft_ids = self.draft_logits = self.answer_ids = self.batch = None
-
-    def trim(self, ids):
-        return _trim(ids, _eos_ids(self.lm), self.lm.tokenizer.pad_token_id)
-
-
-def _generate(problems: list[_Problem], logits: bool) -> list[tuple]:
-    """New tokens (and logits) for each problem: greedy rows pooled, sampling rows alone."""
-    out: list = [None] * len(problems)
-    pooled = [i for i, p in enumerate(problems) if p.lm.zs_config.temperature == 0]
-    for i, p in enumerate(problems):
-        if i not in pooled:
-            lm = p.lm
-            if logits and p.keep_logits:
-                ids, lg = lm.generate_ids(p.prompt_ids, return_logits=True)
-                out[i] = (ids[0], lg[0])
-            else:
-                out[i] = (lm.generate_ids(p.prompt_ids)[0], None)
-    if pooled:
-        rows = generate_rows([problems[i].lm for i in pooled], [problems[i].prompt_ids for i in pooled],
-                             [logits and problems[i].keep_logits for i in pooled])
-        for i, r in zip(pooled, rows):
-            out[i] = r
-    return out
-
-
-def adapt_pool(items: list[tuple]) -> list[AdaptResult]:
-    """Adapt each (stream, prompt, problem_id) of `items` on its problem and answer it, the
-    streams pooled (see the module's docstring). Streams must be distinct and share one model."""
-    lms = [lm for lm, _, _ in items]
-    if len({id(lm) for lm in lms}) != len(lms):
-        raise ValueError("a stream appears twice in one round: each stream answers its problems in order")
-    if len({id(lm._hub) for lm in lms}) > 1:
-        raise ValueError("the streams of a pool must share one model (make them with one ZeroSiamLM's stream())")
-    problems = [_Problem(lm, prompt, pid) for lm, prompt, pid in items]
-
-    drafting = [p for p in problems if p.wants_draft]
-    if drafting:
-        t = time.perf_counter()
-        for p, (ids, lg) in zip(drafting, _generate(drafting, logits=True)):
-            p.draft_ids = p.trim(ids)
-            if p.keep_logits:
-                p.draft_logits = lg[: p.draft_ids.numel()]
-        dt = (time.perf_counter() - t) / len(drafting)
-        for p in drafting:
-            p.timings["draft_s"] = dt
-
-    t = time.perf_counter()
-    for p in problems:
-        if p.adapts:
-            p.batch = make_batch(p.prompt_ids, p.draft_ids, p.lm.zs_config.signal)
-            if p.batch is None:
-                p.events.append("no tokens to adapt on: update skipped")
-            else:
-                p.batch.target_logits = p.draft_logits
-    for k in range(max((p.lm.zs_config.steps for p in problems if p.batch is not None), default=0)):
-        live = [p for p in problems if p.batch is not None and k < p.lm.zs_config.steps]
-        joint = [p for p in live if pooled_update(p.lm)]
-        for p in live:
-            if p not in joint:
-                p.steps.append(adapt_step(p.lm, p.batch, p.problem_id))
-        if joint:
-            for p, st in zip(joint, pooled_step([(p.lm, p.batch, p.problem_id) for p in joint])):
-                p.steps.append(st)
-        for p in live:
-            p.batch.target_logits = None  # stale once the step moved the state
-            if p.steps[-1]["skipped"]:
-                p.events.append("non-finite step skipped")
-    dt = (time.perf_counter() - t) / len(problems)
-    for p in problems:
-        p.timings["adapt_s"] = dt
-
-    regen = [p for p in problems if p.adapts and p.lm.zs_config.answer == "regenerate"]
-    if regen:
-        t = time.perf_counter()
-        for p, (ids, _) in zip(regen, _generate(regen, logits=False)):
-            p.answer_ids = p.trim(ids)
-        dt = (time.perf_counter() - t) / len(regen)
-        for p in regen:
-            p.timings["answer_s"] = dt
-
-    results = []
-    for p in problems:
-        lm = p.lm
-        answer_ids = p.answer_ids if p.answer_ids is not None else p.draft_ids
-        lm.problems_seen += 1
-        answer_text = lm.decode(answer_ids)
-        if lm.guard is not None and p.adapts:
-            event = lm.guard.observe(answer_text, p.steps, p.problem_id)
-            if event:
-                p.events.append(event)
-                warnings.warn(f"problem {p.problem_id!r}: {event}", RuntimeWarning, stacklevel=2)
-        p.timings["total_s"] = time.perf_counter() - p.t_start
-        results.append(AdaptResult(
-            problem_id=p.problem_id, draft=None if p.draft_ids is None else lm.decode(p.draft_ids),
-            answer=answer_text, steps=p.steps, method_stats=p.method_stats, timings=p.timings, events=p.events,
-            prompt_tokens=int(p.prompt_ids.shape[1]),
-            draft_tokens=0 if p.draft_ids is None else int(p.draft_ids.numel()),
-            answer_tokens=int(answer_ids.numel())))
-    return results
+        yield host.backbone(input_ids=ids, use_cache=False).last_hidden_state  # (S, T, H)

@@ -8,24 +8,44 @@ for x, y in stream:
 """
 
 from .adapt import Adapter, VisionAdaptConfig, check_model, collect_params, configure_model, norm_layers
-from .methods import EATA, SAR, VISION_METHODS, NoAdapt, Tent, VisionMethod, ZeroSiam
+from .methods import (
+    COME,
+    EATA,
+    SAR,
+    VISION_METHODS,
+    COMEDeYO,
+    DeYO,
+    NoAdapt,
+    Tent,
+    VisionMethod,
+    ZeroSiam,
+    ZeroSiamDeYO,
+    ZeroSiamEATA,
+    patch_shuffle,
+)
 from .model import Branches, SiameseClassifier, wrap_classifier
 
 __all__ = [
+    "COME",
     "EATA",
     "SAR",
     "VISION_METHODS",
     "Adapter",
     "Branches",
+    "COMEDeYO",
+    "DeYO",
     "NoAdapt",
     "SiameseClassifier",
     "Tent",
     "VisionAdaptConfig",
     "VisionMethod",
     "ZeroSiam",
+    "ZeroSiamDeYO",
+    "ZeroSiamEATA",
     "check_model",
     "collect_params",
     "configure_model",
     "norm_layers",
+    "patch_shuffle",
     "wrap_classifier",
 ]

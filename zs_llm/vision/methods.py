@@ -19,7 +19,12 @@ from ..objective import (
     DIVERGENCES,
     OBJECTIVES,
     confidence_objective,
+    deyo_entropy_mask,
+    deyo_weights,
     eata_weights,
+    entropy,
+    opinion_entropy,
+    plpd,
     sar_weights,
     zerosiam_token_loss,
 )
@@ -136,8 +141,11 @@ class EATA(VisionMethod):
                 new = kept.mean(0)
                 m = self.probs_momentum
                 self._mean_probs = new if self._mean_probs is None else m * self._mean_probs + (1 - m) * new
-        ent = confidence_objective(out.online, "entropy")  # (B,)
-        return _selected_mean(ent, w), {"selected": float((w > 0).float().mean())}
+        rows, stats = self._per_row(out)  # (B,)
+        return _selected_mean(rows, w), {"selected": float((w > 0).float().mean()), **stats}
+
+    def _per_row(self, out: Branches) -> tuple[torch.Tensor, dict[str, float]]:
+        return confidence_objective(out.online, "entropy"), {}
 
 
 @VISION_METHODS.register("sar")
@@ -231,12 +239,7 @@ class ZeroSiam(VisionMethod):
     update_norm: bool = True
 
     def __post_init__(self):
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {self.divergence!r}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        _check_zerosiam(self)
 
     def loss(self, out):
         per_row, extras = zerosiam_token_loss(
@@ -244,3 +247,198 @@ class ZeroSiam(VisionMethod):
         )
         stats = {"selected": 1.0, **{k: float(v.mean()) for k, v in extras.items()}}
         return per_row.mean(), stats
+
+
+def _check_zerosiam(m) -> None:
+    if m.divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {m.divergence!r}")
+    if m.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {m.objective!r}")
+    if m.alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {m.alpha}")
+
+
+def _zerosiam_rows(m, out: Branches) -> tuple[torch.Tensor, dict[str, float]]:
+    # ZeroSiam's per-sample loss for the plug-ins: H(p_o) + alpha * D(p_o || sg[p_r])
+    rows, extras = zerosiam_token_loss(out.online, out.target, m.alpha, m.divergence, m.objective)
+    return rows, {k: float(v.mean()) for k, v in extras.items()}
+
+
+@VISION_METHODS.register("zerosiam+eata")
+@dataclass
+class ZeroSiamEATA(EATA):
+    """ZeroSiam's loss weighted per sample as EATA weights samples (the paper's plug-in ablation,
+    as the language `zerosiam+eata`): samples whose prediction entropy (target branch) is below
+    `margin * ln K` count with weight exp(E0 - H); the mean is over those samples and no step is
+    taken without one. The redundancy filter is off unless `d_margin` is set; no Fisher term."""
+
+    name: ClassVar[str] = "zerosiam+eata"
+    uses_predictor: ClassVar[bool] = True
+    alpha: float = 1.0
+    divergence: str = "sym_kl"
+    objective: str = "entropy"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_zerosiam(self)
+
+    def _per_row(self, out):
+        return _zerosiam_rows(self, out)
+
+
+@VISION_METHODS.register("come")
+@dataclass
+class COME(VisionMethod):
+    """COME (Zhang et al., ICLR 2025) as `dirichlet_entropy` in BlueWhaleLab/COME `tent_come.py`
+    runs it with Tent: minimize the mean entropy of the (K+1)-way opinion, beliefs
+    exp(x_k) / (S + C) and uncertainty C / (S + C), the logits' norm detached, 1e-7 added to
+    every entry; `zs_llm.objective.opinion_entropy`, the language path's formula. C = `evidence`,
+    None: the number of classes (the code's 1000 is ImageNet's K, so None is the code on ImageNet).
+    The ZeroSiam repository's COME baseline (`deyo_come.py`) runs this entropy inside DeYO's
+    selection: that is `come+deyo`."""
+
+    name: ClassVar[str] = "come"
+    evidence: float | None = None
+    eps: float = 1e-7
+    tau: float = 1.0
+
+    def __post_init__(self):
+        if self.evidence is not None and self.evidence <= 0:
+            raise ValueError(f"evidence must be > 0 (or None for the class count), got {self.evidence}")
+        if self.eps < 0 or self.tau <= 0:
+            raise ValueError(f"eps must be >= 0 and tau > 0, got eps={self.eps}, tau={self.tau}")
+
+    def loss(self, out):
+        h = opinion_entropy(out.online, self.evidence, self.eps, self.tau)  # (B,)
+        return h.mean(), {"selected": 1.0, "objective": float(h.detach().mean())}
+
+
+def patch_shuffle(x: torch.Tensor, patches: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DeYO's object-destroying transformation: cut each image into a `patches` x `patches` grid
+    and put the tiles back in a random order of its own. (B, C, H, W) -> (B, C, H, W).
+
+    A side that `patches` does not divide is resized (bilinear, antialiased) to the nearest lower
+    multiple and back, as the official code does for square images."""
+    b, c, h, w = x.shape
+    hh, ww = h // patches * patches, w // patches * patches
+    if hh == 0 or ww == 0:
+        raise ValueError(f"a {h}x{w} image has fewer pixels per side than patches={patches}")
+    resized = (hh, ww) != (h, w)
+    y = F.interpolate(x, size=(hh, ww), mode="bilinear", antialias=True) if resized else x
+    n, ph, pw = patches * patches, hh // patches, ww // patches
+    perm = torch.rand(b, n, generator=generator).argsort(-1).to(x.device)  # (B, n) a permutation per image
+    tiles = y.reshape(b, c, patches, ph, patches, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c, ph, pw)
+    tiles = tiles[torch.arange(b, device=x.device)[:, None], perm]  # (B, n, C, ph, pw)
+    y = tiles.reshape(b, patches, patches, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
+    return F.interpolate(y, size=(h, w), mode="bilinear", antialias=True) if resized else y
+
+
+@VISION_METHODS.register("deyo")
+@dataclass
+class DeYO(VisionMethod):
+    """DeYO (Lee et al., ICLR 2024) as `forward_and_adapt_deyo` in Jhyun17/DeYO `methods/deyo.py`
+    runs it with its `config.py` defaults: samples with entropy < `margin` * ln K (0.5) are patch-
+    shuffled (`patches` 4 per side, a permutation per image); the shuffled batch goes through the
+    model without gradients; PLPD = p(y_hat | x) - p(y_hat | x') on the pseudo-label y_hat; samples
+    with PLPD > `plpd_threshold` (0.2, the wild settings' value) are kept with coefficient
+    exp(E0 - H) + exp(PLPD), E0 = `margin_e0` * ln K (0.4); the loss is the mean of coefficient x
+    entropy over them, and no step is taken when none is kept (the formula:
+    `zs_llm.objective.deyo_weights`, shared with the language path).
+
+    Differs from the official code: every normalization layer is adapted (the official
+    `collect_params` leaves out ResNet `layer4`, ViT blocks 9-11 and the final norm, as SAR's);
+    the shuffles draw from a generator seeded with `seed` (None: torch's global generator, as
+    the official code) so a run repeats; a non-square image is resized per side (the official
+    code resizes both sides to the width). The official `main.py` doubles DeYO's learning rate
+    at batch size 1; that is the caller's `VisionAdaptConfig.lr`."""
+
+    name: ClassVar[str] = "deyo"
+    margin: float = 0.5
+    margin_e0: float = 0.4
+    plpd_threshold: float = 0.2
+    patches: int = 4
+    reweight_ent: bool = True
+    reweight_plpd: bool = True
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if not 0 < self.margin <= 1 or not 0 < self.margin_e0 <= 1:
+            raise ValueError(f"margin and margin_e0 are fractions of ln K in (0, 1], got {self.margin}, {self.margin_e0}")
+        if not -1 <= self.plpd_threshold < 1:
+            raise ValueError(f"plpd_threshold is a probability difference in [-1, 1), got {self.plpd_threshold}")
+        if self.patches < 2:
+            raise ValueError(f"patches must be >= 2 (a 1x1 grid shuffles nothing), got {self.patches}")
+        self.reset()
+
+    def reset(self):
+        self._gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+    def _selection_entropy(self, out: Branches) -> torch.Tensor:
+        return entropy(out.target.detach())  # (B,)
+
+    def _per_row(self, out: Branches) -> tuple[torch.Tensor, dict[str, float]]:
+        return confidence_objective(out.online, "entropy"), {}
+
+    def weights(self, adapter: Adapter, x: torch.Tensor, out: Branches) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B,) DeYO coefficients of batch `x` (0 off the selection), and the two filters' pass rates."""
+        ent = self._selection_entropy(out)  # (B,)
+        log_k = math.log(out.target.shape[-1])
+        first = deyo_entropy_mask(ent, log_k, self.margin)  # (B,)
+        drop = torch.full_like(ent, float("nan"))
+        if first.any():
+            with torch.no_grad():  # only the entropy-selected samples are shuffled, as one batch
+                shuffled = adapter.model(patch_shuffle(x[first], self.patches, self._gen))  # (B1, K) target branch
+            drop[first] = plpd(out.target[first], shuffled)
+        w = deyo_weights(ent, drop, log_k, self.margin, self.margin_e0, self.plpd_threshold,
+                         self.reweight_ent, self.reweight_plpd)
+        return w, {"selected_entropy": float(first.float().mean()), "selected": float((w > 0).float().mean())}
+
+    def update(self, adapter, x, out):
+        w, info = self.weights(adapter, x, out)
+        rows, stats = self._per_row(out)  # (B,)
+        loss = _selected_mean(rows, w)
+        info.update(stats, loss=float(loss.detach()))
+        if (w > 0).any():
+            adapter.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            adapter.optimizer.step()
+        return info
+
+
+@VISION_METHODS.register("zerosiam+deyo")
+@dataclass
+class ZeroSiamDeYO(DeYO):
+    """ZeroSiam's loss on DeYO's selection with DeYO's weights (the paper's plug-in ablation, as
+    `zerosiam+eata`): entropy and PLPD from the predictions (target branch; the shuffled batch
+    through the target branch too), the per-sample loss H(p_o) + alpha * D(p_o || sg[p_r])."""
+
+    name: ClassVar[str] = "zerosiam+deyo"
+    uses_predictor: ClassVar[bool] = True
+    alpha: float = 1.0
+    divergence: str = "sym_kl"
+    objective: str = "entropy"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_zerosiam(self)
+
+    def _per_row(self, out):
+        return _zerosiam_rows(self, out)
+
+
+@VISION_METHODS.register("come+deyo")
+@dataclass
+class COMEDeYO(DeYO):
+    """COME's opinion entropy inside DeYO's selection, as the ZeroSiam repository's COME baseline
+    (`tta_library/deyo_come.py`) runs it: the opinion entropy (C = `evidence`, None: K; 1e-7)
+    replaces the softmax entropy in the entropy filter, the weight exp(E0 - H) and the loss;
+    PLPD stays on the softmax probabilities."""
+
+    name: ClassVar[str] = "come+deyo"
+    evidence: float | None = None
+
+    def _selection_entropy(self, out):
+        return opinion_entropy(out.target.detach(), self.evidence)
+
+    def _per_row(self, out):
+        return opinion_entropy(out.online, self.evidence), {}
