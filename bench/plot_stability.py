@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/plot_stability.py runs/stability --out docs/stability
 
-Reads every `summary_*.json` that `bench/stability_sweep.py` wrote into the sweep folder and
-the rows of its points. Writes, per method (`zerosiam`, `tent`, ablations ...):
+Reads every `summary_*.json` that a sweep study (`python -m eval study studies/stability_sweep.yaml`)
+wrote into its root and the rows of its points. Writes, per method (`zerosiam`, `tent`, ablations ...):
 `stream_<method>.png`, the running accuracy and each collapse measure along the stream for the
 best and the worst setting (`rank_key`: stability first, accuracy second) with `noadapt` for
 reference; and `verdicts_zerosiam.png` (lr x predictor lr scale, one panel per optimizer) and
@@ -232,7 +232,7 @@ def plot_compare(sweep_dir: Path, points: list[str], path: Path, window: int = 2
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweep_dir", help="the --out folder of bench/stability_sweep.py")
+    ap.add_argument("sweep_dir", help="the root of a sweep study (studies/stability_*.yaml)")
     ap.add_argument("--out", default="docs/stability", help="folder for the PNGs")
     ap.add_argument("--compare", nargs="+", metavar="POINT", help="only plot these points' streams together "
                     "(every collapse diagnostic, rolling windows) into compare_<--name>.png")
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     recs = load_records(sweep_dir)
     if not recs:
-        raise SystemExit(f"no summary_*.json in {sweep_dir}; run bench/stability_sweep.py (--summary-only) first")
+        raise SystemExit(f"no summary_*.json in {sweep_dir}; run python -m eval study studies/stability_sweep.yaml (--assemble) first")
     for p in plot_streams(sweep_dir, recs, out) + plot_verdict_maps(recs, out):
         print(f"wrote {p}")
     print(seed_table(recs))

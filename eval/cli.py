@@ -4,6 +4,7 @@
         --datasets arith,math500 --limit 20 --out runs/demo
     python -m eval run --config recipes/configs/smollm2_135m_math.yaml --limit 5
     python -m eval report runs/demo
+    python -m eval study studies/wild_streams.yaml --stages study --assemble
 
 `run` takes the options every recipe takes (`eval.options`; `python -m eval run --help`).
 """
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help=f"run methods on datasets into an output folder (resumable); {RUN_USAGE} --help",
                    add_help=False)
+    sub.add_parser("study", help="run a study file's stages, then its reports and tables (eval.study); "
+                   "python -m eval study --help", add_help=False)
     rep = sub.add_parser("report", help="write report.md and plots for a run folder")
     rep.add_argument("run_dir", nargs="+", help="a run folder, or several seed runs of one configuration to combine "
                      "(runs that differ in their seeds alone; written to --out, default <their common "
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "run":  # its options are parsed by eval.options, as a recipe's are
             run(argv[1:])
+            return 0
+        if argv and argv[0] == "study":  # a study file's runs, reports and tables (eval/study.py)
+            from .study import main as study
+
+            study(argv[1:])
             return 0
         args = ap.parse_args(argv)
         if args.cmd == "report":
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: each row is on disk as it finishes, so a rerun resumes
-        what = "; rows so far are kept: rerun the same command to resume" if argv and argv[0] == "run" else ""
+        what = "; rows so far are kept: rerun the same command to resume" if argv and argv[0] in ("run", "study") else ""
         print(f"interrupted{what}", file=sys.stderr)
         return 130
     return 0

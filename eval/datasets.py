@@ -274,7 +274,7 @@ DATASETS["arith"] = DatasetSpec("arith", None, (), None, None, generate=arith_pr
 
 
 def arith_dev_problems(seed: int = 0, size: int = 500, data_dir=None) -> list[Problem]:
-    """The development stream for choosing settings (bench/select_lr.py): `arith` drawn with seed
+    """The development stream for choosing settings (studies/select_lr.yaml): `arith` drawn with seed
     1000 + `seed`, without any question that the evaluation stream (`arith`, seed 0, 500
     problems) asks, so a setting is never chosen on the problems it is scored on."""
     held_out = {p.question for p in arith_problems(seed=0, size=500)}

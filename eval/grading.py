@@ -7,11 +7,23 @@ its answer does not parse), math-verify's own extraction reads the response's ta
 lighteval and open-r1 grade (LaTeX and plain expressions, boxed answers first).
 
 Normalisation applied before math-verify sees either side:
-- thousands separators: `10\\,000`, `10{,}000`, `10\\ 000`, thin spaces, and in an answer `1 000`;
+- thousands separators: `10\\,000`, `10{,}000`, `10,\\!000`, `10\\ 000`, thin spaces, and in an answer `1 000`;
 - units: trailing unit words or `\\text{}` units after a number (`10 weeks`, `5\\text{ dollars}`);
 - primes: `f'(x)` becomes `f^{\\prime}(x)` (math-verify drops the prime and equates it with `f(x)`);
 - `\\mathrm{e}` and `\\mathrm{i}` become the constants `e` and `i`; `4.5e33` becomes `4.5\\times10^{33}`;
-- several boxes against a gold of several answers: `\\boxed{-2}` and `\\boxed{1}` answer `1,-2`.
+- several boxes against a gold of several answers: `\\boxed{-2}` and `\\boxed{1}` answer `1,-2`
+  (a `\\pm` counts as two: `\\boxed{5}` and `\\boxed{-5}` answer `\\pm 5`);
+- a mixed number `3 1/2` becomes `\\frac{7}{2}` (math-verify itself reads `3\\frac{1}{2}` as 7/2);
+- a letter in another font is the letter: `\\mathcal{A}`, `\\mathbf{v}` (not `\\mathbb{R}`);
+- what an answer ends with that says nothing: a trailing `\\\\`, `\\`, LaTeX spacing or `\\$`.
+
+Compared outside math-verify or after it says no (choices stated in docs/protocol.md, Grading):
+- clock times (`9:30`, `9:30 a.m.`, `21:30`, `\\text{4:15 PM}`) are compared as times of day;
+- a free `i` is the imaginary unit: `(1+i)^2` equals `2i`;
+- a decimal gold states its precision: an exact answer that rounds to it (`\\frac{1}{3}` for 0.33)
+  is right; a decimal answer keeps math-verify's comparison, and an exact gold wants the value;
+- an equation gold (`x + y = 5`) is answered by its right-hand side alone only when its left side
+  names what it defines (`y = 2x+1`, `f(x) = 2x`).
 
 A gold answer that is prose ("min at x=-1, max at x=1") is not graded: status `gold_free_text`,
 correct None, like a gold that does not parse (`gold_unparseable`); both are counted in `stats` and
@@ -70,6 +82,20 @@ _PRIME = re.compile(r"(?<![A-Za-z\\])([A-Za-z])('+)(?![A-Za-z'])")
 _THOUSANDS = re.compile(
     r"(?<![\d.])[1-9]\d{0,2}(?:(?:,\\!|\\[,;:! ]|\\thinspace\b|\{,\}|~|[\u2009\u202f\u00a0])\s?\d{3})+(?!\d)"
 )
+# `\mathcal{A}`, `\mathbf{v}`: a letter in another font is the letter (math-verify reads `\mathcal{A}`
+# as a symbol named `math{a}`); `\mathbb{R}` and `\mathfrak{g}` name other objects and are kept, and
+# so are `\mathbf{e}` and `\mathbf{i}` (unit vectors, not the constants e and i)
+_FONT_LETTER = re.compile(r"\\(?:mathcal|mathscr|mathbf|boldsymbol|bm|mathsf|mathit)\s*\{\s*((?![ei])[A-Za-z])\s*\}")
+# what an answer may end with that says nothing: spaces, `\\`, a lone `\`, LaTeX spacing, a `\$` sign
+_TRAILING = re.compile(r"(?:\s|\\[\\,;:!$ ]?)+$")
+# `3 1/2`: a whole number and a proper fraction (math-verify reads `3 1/2` as 2)
+_MIXED_PLAIN = re.compile(r"([+-]?)(\d+)\s+(\d+)\s*/\s*(\d+)")
+# a clock time once `\\text{}`, `$` and LaTeX spacing are gone: `9:30`, `09:30 a.m.`, `4:15 PM`, `12:00 noon`
+_CLOCK = re.compile(r"(\d{1,2})\s*:\s*(\d{2})\s*(?:(a|p)\.?\s*m\b\.?|(noon)|(midnight)|o'?clock)?\s*\.?", re.IGNORECASE)
+_CLOCK_TEXT = re.compile(r"\\(?:text|textrm|mathrm|mbox|rm)\s*\{([^{}]*)\}")
+_CLOCK_COLON = re.compile(r"\{:\}|\\colon\b")
+_CLOCK_SPACE = re.compile(r"\$|\\[,;! ]|~")
+_DECIMAL = re.compile(r"[+-]?\d*\.\d+")  # a gold written to stated decimal places
 _SPACE_THOUSANDS = re.compile(r"(?<![\d.,])[1-9]\d{0,2}(?: \d{3})+(?![\d]|[.,]\d)")  # `1 000`: in an answer only
 _ANSWER_IS = re.compile(
     r"^\s*(?:the\s+)?(?:solution|answer)s?\s*(?:(?:is|are)\s*:?|:)\s*", re.IGNORECASE
@@ -126,12 +152,28 @@ def normalise(text: str, answer: bool = True) -> str:
     text = _NUMPY.sub(r"\\\1", text)
     text = _THOUSANDS.sub(_digits_only, text)
     text = _PRIME.sub(lambda m: m.group(1) + "^{" + "\\prime" * len(m.group(2)) + "}", text)
+    text = _FONT_LETTER.sub(r"\1", text)
     if answer:
         text = _ANSWER_IS.sub("", text)
+        text = _TRAILING.sub("", text)
         text = _SPACE_THOUSANDS.sub(_digits_only, text)
         text = _PERCENT_WORD.sub(r"\\%", text)
         text = strip_units(text)
+        text = _mixed_number(text)
     return text.strip()
+
+
+def _mixed_number(answer: str) -> str:
+    """`3 1/2` -> `\\frac{7}{2}`, `-1 1/4` -> `-\\frac{5}{4}`; anything else unchanged. Only a whole
+    answer, and only a proper fraction: `2 3/2` is left as written. (`3\\frac{1}{2}` needs nothing:
+    math-verify reads it as 7/2.)"""
+    m = _MIXED_PLAIN.fullmatch(answer.strip())
+    if m is None:
+        return answer
+    sign, whole, num, den = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+    if not 0 < num < den:
+        return answer
+    return f"{'-' if sign == '-' else ''}\\frac{{{whole * den + num}}}{{{den}}}"
 
 
 def strip_units(answer: str) -> str:
@@ -166,9 +208,46 @@ def is_free_text(gold: str) -> bool:
     return len(words) >= 2 or (len(words) == 1 and re.search(r"[\d=<>]", gold) is not None)
 
 
+def clock_time(answer: str) -> tuple[int, str | None] | None:
+    """`answer` as a clock time: (minutes after midnight or after noon, "am" | "pm" | None), or None
+    when it is not one. `9:30` -> (570, None), `9:30 p.m.` -> (1290, "pm"), `21:30` -> (1290, "pm"),
+    `12:00 noon` -> (720, "pm"); an hour past 23 or a minute past 59 is not a time."""
+    text = _CLOCK_SPACE.sub(" ", _CLOCK_COLON.sub(":", _CLOCK_TEXT.sub(r" \1 ", answer)))
+    m = _CLOCK.fullmatch(text.strip())
+    if m is None:
+        return None
+    hour, minute = int(m.group(1)), int(m.group(2))
+    if m.group(5):
+        half = "am"  # midnight
+    elif m.group(4):
+        half = "pm"  # noon
+    else:
+        half = m.group(3).lower() + "m" if m.group(3) else None
+    if minute > 59 or hour > 23 or (half is not None and not 1 <= hour <= 12):
+        return None
+    if half is not None:
+        return (hour % 12 + (12 if half == "pm" else 0)) * 60 + minute, half
+    if hour == 0 or hour > 12:  # a 24-hour time says which half of the day it is
+        return hour * 60 + minute, "am" if hour < 12 else "pm"
+    return hour * 60 + minute, None
+
+
+def same_clock_time(gold: str, pred: str) -> bool | None:
+    """Whether two clock times are the same time, or None unless both are clock times. A time
+    without a.m./p.m. (`9:30`) matches the same time in either half of the day (`9:30 p.m.`,
+    `21:30`); two times that name their halves must name the same one. Two `h:mm` answers are read
+    as times, not ratios: `1:20` and `2:40` differ."""
+    g, p = clock_time(gold), clock_time(pred)
+    if g is None or p is None:
+        return None
+    if g[1] is not None and p[1] is not None:
+        return g[0] == p[0]
+    return (g[0] - p[0]) % 720 == 0
+
+
 def count_answers(answer: str) -> int:
-    """How many answers a comma list holds: "1,-2" -> 2, "\\{1, 2, 3\\}" -> 3; a tuple or interval
-    "(1,2)" and a number "1,000" are one."""
+    """How many answers a comma list holds: "1,-2" -> 2, "\\{1, 2, 3\\}" -> 3, "\\pm 5" -> 2; a tuple
+    or interval "(1,2)" and a number "1,000" are one."""
     s = answer.strip()
     for left, right in (("\\left\\{", "\\right\\}"), ("\\{", "\\}")):
         if s.startswith(left) and s.endswith(right):
@@ -183,7 +262,7 @@ def count_answers(answer: str) -> int:
             depth -= 1
         elif ch == "," and depth == 0 and i not in thousands:
             n += 1
-    return n
+    return n * 2 ** len(re.findall(r"\\(?:pm|mp)\b", s))
 
 
 def _compact(answer: str) -> str:
@@ -240,7 +319,7 @@ class Grader:
             if not gold or len(gold) > MAX_ANSWER_CHARS:
                 self.stats["gold_unparseable"] += 1
                 return GradeResult(None, None, "gold_unparseable")
-            gold = normalise(gold)
+            raw_gold, gold = gold, normalise(gold)
             answer = final_answer(response)
             pred, source = (answer.text, answer.source) if answer is not None and answer.text else (None, None)
             if is_free_text(gold):
@@ -251,6 +330,8 @@ class Grader:
             if pred is not None and len(pred) > MAX_ANSWER_CHARS:
                 self.stats["too_long"] += 1
                 return GradeResult(False, pred, "too_long", source)
+            if pred is not None and (same := same_clock_time(raw_gold, pred)) is not None:
+                return GradeResult(same, pred, "ok", source)  # read before normalise drops `PM` as a unit
             pred_n = None if pred is None else normalise(pred)
             if pred_n is not None and _PLAIN_INT.fullmatch(gold) and _PLAIN_INT.fullmatch(pred_n):
                 # The common case for arithmetic and AIME ("025" vs "25") needs no sympy.
@@ -447,6 +528,8 @@ def _worker_main() -> None:
     sys.stdout = sys.stderr
 
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from sympy import Eq, Expr, Float, Function, I, Rational, Symbol
+    from sympy.core.relational import Relational
 
     def on_alarm(signum, frame):
         raise _SoftTimeout
@@ -466,6 +549,49 @@ def _worker_main() -> None:
     # after "final answer is" / "answer:", then any LaTeX or plain expression, rightmost first
     whole_response = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
+    def first_expr(parsed: list):
+        return next((p for p in parsed if not isinstance(p, str)), None)
+
+    def equation_against_value(g, p) -> bool:
+        # math-verify reads `x + y = 5` against `5` as its right-hand side; only a gold that names
+        # what it defines (`y = 2x + 1`, `f(x) = 2x`, `\tan\theta = 3/4`) may be answered by the
+        # right-hand side alone
+        if not isinstance(g, Eq) or isinstance(p, Relational):
+            return False
+        lhs = g.lhs
+        named = isinstance(lhs, Symbol) or (isinstance(lhs, Function) and all(isinstance(a, Symbol) for a in lhs.args))
+        return not named
+
+    def rounds_to(gold: str, p) -> bool:
+        # a decimal gold states its precision: an exact answer (1/3, pi, sqrt 2; no decimal of its
+        # own) that rounds to it is right; a decimal answer keeps math-verify's 6-place comparison
+        if not _DECIMAL.fullmatch(gold) or not isinstance(p, Expr) or p.atoms(Float) or not p.is_number:
+            return False
+        places = len(gold.split(".")[1])
+        value = p.evalf(places + 15)
+        if value.is_real is not True:
+            return False
+        return abs(value - Rational(gold)) <= Rational(1, 2 * 10**places) * (1 + Rational(1, 10**12))
+
+    def with_unit_i(expr):
+        # math-verify keeps `i` a symbol, so `(1+i)^2` and `2i` differ; a free `i` in a final answer
+        # is the imaginary unit (an index `i` is bound inside its sum and is not touched)
+        free = [s for s in getattr(expr, "free_symbols", ()) if isinstance(s, Symbol) and s.name == "i"]
+        return expr.subs({s: I for s in free}) if free else None
+
+    def agree(gold: str, gold_parsed: list, pred_parsed: list) -> bool:
+        g, p = first_expr(gold_parsed), first_expr(pred_parsed)
+        if equation_against_value(g, p):
+            return False
+        if verify(gold_parsed, pred_parsed, timeout_seconds=None):
+            return True
+        if rounds_to(gold, p):
+            return True
+        g_i, p_i = with_unit_i(g), with_unit_i(p)
+        if g_i is None and p_i is None:
+            return False
+        return verify([g if g_i is None else g_i], [p if p_i is None else p_i], timeout_seconds=None)
+
     def judge(gold: str, pred: str | None, text: str | None) -> tuple[str, str | None]:
         if gold not in gold_cache:
             parsed = parse_boxed(gold)
@@ -480,12 +606,12 @@ def _worker_main() -> None:
         if pred:
             pred_parsed = parse_boxed(pred)
             if is_math(pred_parsed):
-                return ("true" if verify(gold_parsed, pred_parsed, timeout_seconds=None) else "false"), pred
+                return ("true" if agree(gold, gold_parsed, pred_parsed) else "false"), pred
         if text:
             found = parse(text, whole_response, parsing_timeout=None)
             if is_math(found):
                 used = next((p for p in found if isinstance(p, str)), None) or str(found[0])
-                return ("true" if verify(gold_parsed, found, timeout_seconds=None) else "false"), used
+                return ("true" if agree(gold, gold_parsed, found) else "false"), used
         return ("false", pred) if pred else ("no_answer", None)
 
     judge("\\frac{1}{2}", "0.5", None)  # the first verify imports and builds sympy internals: do it before timing

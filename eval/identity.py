@@ -169,12 +169,13 @@ def model_record(model: str, gguf_file: str | None = None) -> dict | None:
             "files": {f.name: digests[f] for f in sorted(files, key=lambda f: f.name)}}
 
 
-def hub_revision(model_id: str) -> str | None:
-    """The commit of `model_id`'s snapshot in the local hub cache (what transformers loaded)."""
+def hub_revision(model_id: str, revision: str | None = None) -> str | None:
+    """The commit of `model_id`'s snapshot (at `revision`, default main) in the local hub cache
+    (what transformers loaded)."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(model_id, "config.json")
+        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
     except (ImportError, ValueError):
         return None
     if not isinstance(found, str):
@@ -195,21 +196,22 @@ def tensors_sha256(model) -> str:
     return h.hexdigest()
 
 
-def loaded_model_record(model_name: str, model) -> dict:
+def loaded_model_record(model_name: str, model, revision: str | None = None) -> dict:
     """The fingerprint of a model with no local files, once it is loaded."""
-    rev = hub_revision(model_name)
+    rev = hub_revision(model_name, revision)
     if rev is not None:
         return {"kind": "hub", "id": model_name, "revision": rev}
     return {"kind": "tensors", "sha256": tensors_sha256(model)}
 
 
-def rendered_prompt_sha256(tokenizer, style: str, template: str | None) -> str:
-    """sha256 of a probe question in `style` rendered through the tokenizer's chat template."""
+def rendered_prompt_sha256(tokenizer, style: str, template: str | None, system: str | None = None) -> str:
+    """sha256 of a probe question in `style` (after the system message `system`) rendered through
+    the tokenizer's chat template."""
     from zs_llm.model import render_prompt
 
     from .prompting import build_messages
 
-    text = render_prompt(tokenizer, build_messages(PROBE_QUESTION, style, template=template))
+    text = render_prompt(tokenizer, build_messages(PROBE_QUESTION, style, system=system, template=template))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -355,8 +357,9 @@ def check_loaded(out: Path, info: dict, cfg, model, tokenizer, has_results: bool
     ident = dict(info.get("identity") or {})
     update = {}
     if model_files(cfg.model, cfg.gguf_file) is None:
-        update["loaded_model"] = loaded_model_record(cfg.model, model)
-    update["prompt"] = {"rendered_sha256": rendered_prompt_sha256(tokenizer, cfg.prompt_style, cfg.prompt_template)}
+        update["loaded_model"] = loaded_model_record(cfg.model, model, cfg.revision)
+    update["prompt"] = {"rendered_sha256": rendered_prompt_sha256(tokenizer, cfg.prompt_style, cfg.prompt_template,
+                                                                  cfg.system_prompt)}
     if has_results:
         what = model_change(ident.get("loaded_model"), update.get("loaded_model"))
         old_p, new_p = (ident.get("prompt") or {}).get("rendered_sha256"), update["prompt"]["rendered_sha256"]

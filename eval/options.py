@@ -12,8 +12,9 @@ A YAML file holds `field: value` lines; `--config FILE` (repeatable) reads one, 
     alpha: 0.5                          # ZeroSiam's own; methods without it skip it
     out: runs/demo                      # Launch
 
-A name both `RunConfig` and `AdaptConfig` have (`seed`) is the harness's; the methods' own value
-is reached with `--set seed=N` or `adapt: {seed: N}` in YAML. `--set KEY=VALUE` sets any method
+A name both `RunConfig` and `AdaptConfig` have (`seed`) is the harness's: `--seed N` seeds
+everything, the methods included; `--set seed=N` (or `adapt: {seed: N}` in YAML) gives the methods
+another. `--set KEY=VALUE` sets any method
 setting by name, as the flat flag does.
 
 Every value, from a flag, `--set`, a YAML file or a method spec, is checked by the one check its
@@ -119,8 +120,7 @@ def options() -> dict[str, Option]:
     for f, hint in _fields(RunConfig):
         if f.name == "adapt":
             continue
-        extra = " (The methods' seed: --set seed=N.)" if f.name == "seed" else ""
-        add(f, hint, "harness (eval.runner.RunConfig)", "run", extra)
+        add(f, hint, "harness (eval.runner.RunConfig)", "run")
     for f, hint in _fields(AdaptConfig):
         if f.name in ("method", "method_args") or f.name in out:
             continue  # the method comes from each spec in --methods; seed: see the module docstring
@@ -366,7 +366,7 @@ class OptionParser(HfArgumentParser):
                           "--methods and their settings these options. A resume needs it again.")
         self.add_argument("--set", action="append", metavar="KEY=VALUE", help="A method setting by its AdaptConfig "
                           "name (repeatable), e.g. --set lr=1e-4; the same as --KEY VALUE, except that --set seed=N is "
-                          "the methods' seed and --seed the harness's.")
+                          "the methods' seed alone (--seed seeds everything, the methods too, unless --set seed=N).")
         for action in self._actions:
             o = self.opts.get(action.dest)
             if o is None:
@@ -446,12 +446,7 @@ def parse_options(argv: list[str] | None = None, base: str | Path | None = None,
     configuration records exactly what was set). `--help` lists every option with its help and
     the default in force (after the YAML files) and exits."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config", action="append", default=[])
-    pre.add_argument("--method_module", "--method-module", action="append", default=[])
-    pre.error = lambda message: (_ for _ in ()).throw(ValueError(f"--config and --method_module need a value "
-                                                                 f"({message})"))
-    known, rest = pre.parse_known_args(argv)
+    known, rest = _ConfigFiles().parse_known_args(argv)
     for source in known.method_module:  # first: its methods' settings are options too
         load_methods(source)
     given = read_options(base) if base else {}
@@ -460,6 +455,19 @@ def parse_options(argv: list[str] | None = None, base: str | Path | None = None,
     shown = {k: v for k, v in given.items() if k != "adapt"}
     parser = OptionParser(shown, prog=prog, description=description, formatter_class=_HelpFormatter)
     return merge(given, parser.parse(rest))
+
+
+class _ConfigFiles(argparse.ArgumentParser):
+    """Picks the `--config FILE`s and `--method_module`s out of a command line, before the options
+    they set are parsed."""
+
+    def __init__(self):
+        super().__init__(add_help=False, allow_abbrev=False)
+        self.add_argument("--config", action="append", default=[])
+        self.add_argument("--method_module", "--method-module", action="append", default=[])
+
+    def error(self, message: str):
+        raise ValueError(f"--config needs a YAML file, --method_module a .py file or module name ({message})")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -476,9 +484,7 @@ def run_config(given: dict[str, Any]) -> tuple[RunConfig, Launch]:
     run = {k: v for k, v in given.items() if k in opts and opts[k].target == "run"}
     adapt = {**given.get("adapt", {}), **{k: v for k, v in given.items() if k in opts and opts[k].target == "adapt"}}
     launch = Launch(**{k: v for k, v in given.items() if k in opts and opts[k].target == "launch"})
-    cfg = RunConfig(**run, adapt=adapt)  # checks the overrides (check_overrides), before any model is loaded
-    for spec in cfg.methods:
-        AdaptConfig.from_spec(spec, adapt)
+    cfg = RunConfig(**run, adapt=adapt)  # checks the overrides and resolves each method spec, once
     return cfg, launch
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from zs_llm.config import AdaptConfig
@@ -19,7 +20,8 @@ from .datasets import (
     resolve_data_dir,
     source_record,
 )
-from .prompting import PROMPT_STYLES, build_messages
+from .prompting import PLAIN_PROMPT, PROMPT_STYLES, apply_chat_template, build_messages, chat_template_record
+from .resolved import by_label
 from .rows import (
     check_not_nested,
     prefix_hashes,
@@ -32,24 +34,19 @@ from .rows import (
 from .run_folder import _log, list_checkpoints, remove_run_outputs, remove_stale_temporaries
 
 
-def parse_method_spec(spec: str, base: dict | None = None) -> AdaptConfig:
-    """`zerosiam+clip:alpha=0` -> its AdaptConfig (see `AdaptConfig.from_spec`)."""
-    return AdaptConfig.from_spec(spec, base)
+@dataclass
+class PlannedStream:
+    """One (method, dataset) stream ready to run, as `StreamPlanning._prepare_unit` finds it."""
 
-
-def method_label(spec: str, cfg: AdaptConfig) -> str:
-    """The name a method's rows and tables carry: the spec with every add-on its config turns on
-    written into it (`--set guard=true` makes `tent` read `tent+guard`), so a table never mixes
-    guarded or clipped methods with plain ones silently."""
-    _, sep, rest = spec.partition(":")
-    return cfg.label() + sep + rest
-
-
-def _adapts(ac: AdaptConfig) -> bool:
-    from zs_llm.methods import METHODS
-
-    m = METHODS[ac.method]
-    return bool(m.trains) and m.loop_update
+    method: str  # its label
+    dataset: str
+    problems: list  # this rank's share of the set
+    order: str  # the set's fingerprint, recorded in every row
+    path: Path  # its rows file
+    stored: dict[int, tuple[dict, str]]  # the valid stored rows (row, line) by index
+    folder: Path | None = None  # its checkpoints (online adapting streams only)
+    export: Path | None = None  # its final adapter (online adapting streams only)
+    hashes: list[str] | None = None  # rows hash of the first n stored rows in order (online only)
 
 
 class StreamPlanning:
@@ -58,13 +55,8 @@ class StreamPlanning:
     # --- checks before anything heavy ---------------------------------------------------
     def validate(self, overwrite: bool = False) -> None:
         cfg = self.cfg
-        self.adapt_configs = {}
-        for spec in cfg.methods:
-            ac = parse_method_spec(spec, cfg.adapt)
-            label = method_label(spec, ac)
-            if label in self.adapt_configs:
-                raise ValueError(f"method {spec!r} repeats {label!r} in methods; list each once")
-            self.adapt_configs[label] = ac
+        self.resolved = by_label(cfg.resolved_methods())  # parsed once, when cfg was made
+        self.adapt_configs = {label: r.config for label, r in self.resolved.items()}
         for d in cfg.dataset_names():
             DATASETS[d]  # KeyError listing the known ones
         if cfg.prompt_style not in PROMPT_STYLES:
@@ -86,6 +78,7 @@ class StreamPlanning:
         from zs_llm.loading import check_device
 
         check_device(cfg.device)
+        chat_template_record(cfg.chat_template)  # a missing template file stops the run here
         m = cfg.model
         looks_local = m.startswith((".", "/", "~")) or m.endswith(".gguf")
         if looks_local and not Path(m).expanduser().exists():
@@ -107,8 +100,7 @@ class StreamPlanning:
     def assignment(self, method: str, dataset: str, index: int) -> tuple[bool, str]:
         """Which part of a unit this rank does. Online adapting streams are sequential: a rank
         takes whole streams (round-robin). Other units are split by problem index."""
-        ac = self.adapt_configs[method]
-        online = ac.schedule == "online" and _adapts(ac)
+        online = self.resolved[method].online
         if self.world == 1:
             return True, ""
         if online:
@@ -130,15 +122,29 @@ class StreamPlanning:
             _log(f"loading model {self.cfg.model}" + (f" ({self.cfg.gguf_file})" if self.cfg.gguf_file else ""))
             t = time.perf_counter()
             self.model, self.tokenizer = load_model(self.cfg.model, gguf_file=self.cfg.gguf_file, dtype=self.cfg.dtype,
-                                                    device=device)
+                                                    device=device, **self.hub_kwargs())
             _log(f"loaded in {time.perf_counter() - t:.1f}s")
             try:
+                self.prompt_format = apply_chat_template(self.tokenizer, self.cfg.chat_template, self.cfg.system_prompt)
+                if self.prompt_format["plain"] and self.cfg.chat_template == "auto":
+                    _log(f"{self.cfg.model} has no chat template: prompts are {PLAIN_PROMPT} (the report says so; "
+                         "--chat_template FILE gives one)")
                 self._check_loaded()
                 self._check_prompts_fit()
             except BaseException:
                 self.model = self.tokenizer = None
                 raise
         return self.model, self.tokenizer
+
+    def hub_kwargs(self) -> dict:
+        """--revision and --trust_remote_code, as every from_pretrained of the model takes them."""
+        return {"revision": self.cfg.revision, "trust_remote_code": self.cfg.trust_remote_code}
+
+    def messages(self, question: str) -> list[dict]:
+        """A problem's chat messages: the prompt style's (its template file, if given) after the
+        run's system prompt."""
+        c = self.cfg
+        return build_messages(question, c.prompt_style, system=c.system_prompt, template=c.prompt_template)
 
     def _check_prompts_fit(self) -> None:
         """Every problem's prompt fits the loaded model's context, checked before any stream
@@ -151,7 +157,7 @@ class StreamPlanning:
         c = self.cfg
         for dataset in c.dataset_names():
             for p in self.problems(dataset):
-                messages = build_messages(p.question, c.prompt_style, template=c.prompt_template)
+                messages = self.messages(p.question)
                 n = prompt_ids(self.tokenizer, messages).shape[1]
                 if n >= limit:
                     rec = source_record(dataset, c.source, c.data_dir, c.seed)
@@ -252,7 +258,7 @@ class StreamPlanning:
         shard (`assignment`) holds every world-th problem, so its seeds match a one-process run."""
         return i * self.world + self.rank if path.name.endswith(self._shard_suffix() + ".jsonl") else i
 
-    def _prepare_unit(self, method: str, dataset: str, shard: str = "") -> dict | None:
+    def _prepare_unit(self, method: str, dataset: str, shard: str = "") -> PlannedStream | None:
         """A stream's problems, stored rows and checkpoint folder; None when it is complete."""
         from zs_llm.checkpoint import read_checkpoint_meta
 
@@ -264,7 +270,7 @@ class StreamPlanning:
         path = stream_path(self.out, method, dataset, shard)
         folder = self.out / "state" / f"{safe_name(method)}__{dataset}{shard}"
         export = self.out / "adapters" / folder.name
-        online = ac.schedule == "online" and _adapts(ac)
+        online = self.resolved[method].online
         stored = self._read_stream(path, method, dataset, ac, problems)
         n = len(problems)
         hashes = None
@@ -283,18 +289,18 @@ class StreamPlanning:
                     return None  # complete, the last checkpoint (if any) vouches for every row, adapter exported
         elif all(i in stored for i in range(n)):
             return None
-        return {"method": method, "dataset": dataset, "problems": problems, "order": order, "path": path,
-                "folder": folder if online else None, "stored": stored, "hashes": hashes,
-                "export": export if online else None}
+        if not online:
+            return PlannedStream(method, dataset, problems, order, path, stored)
+        return PlannedStream(method, dataset, problems, order, path, stored, folder, export, hashes)
 
-    def _start_unit(self, unit: dict, lm) -> tuple[list[int], str | None]:
+    def _start_unit(self, unit: PlannedStream, lm) -> tuple[list[int], str | None]:
         """Restore a prepared stream's state into `lm`: the indices to compute and the rows hash
         they follow."""
-        n = len(unit["problems"])
-        if unit["folder"] is not None:
-            start = self._restore(lm, unit["folder"], unit["hashes"])
-            return list(range(start, n)), unit["hashes"][start]
-        return [i for i in range(n) if i not in unit["stored"]], None
+        n = len(unit.problems)
+        if unit.folder is not None:
+            start = self._restore(lm, unit.folder, unit.hashes)
+            return list(range(start, n)), unit.hashes[start]
+        return [i for i in range(n) if i not in unit.stored], None
 
     # --- pooled streams -------------------------------------------------------------------
     def stream_batch(self) -> int:

@@ -269,6 +269,56 @@ def render(tokenizer, messages: list[dict]) -> str:
     return f"{prefix}Question: {user}\nAnswer:"
 
 
+# --- the chat template (--chat_template) -------------------------------------------------------
+#: --chat_template's words; any other value names a Jinja template file
+CHAT_TEMPLATE_MODES = ("auto", "none")
+#: what a prompt becomes without a chat template (`zs_llm.model.render_prompt`)
+PLAIN_PROMPT = "plain `role: content` lines ending in `assistant:`"
+
+
+def chat_template_record(choice: str) -> dict:
+    """What run.json records of `--chat_template` before the model loads: the choice, and for a
+    file its path and sha256 (a resume on an edited file is refused). A missing or unreadable
+    file is a one-line error."""
+    if choice in CHAT_TEMPLATE_MODES:
+        return {"choice": choice}
+    p = Path(choice).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"--chat_template {choice}: no such file; give auto, none or a Jinja chat template "
+                                "file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--chat_template {choice} is not UTF-8 text; save the template as UTF-8") from None
+    return {"choice": "file", "path": str(p.resolve()), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def apply_chat_template(tokenizer, choice: str, system: str | None = None) -> dict:
+    """Set `tokenizer.chat_template` as `--chat_template` asks (auto: leave it; none: drop it; a
+    file: its text), check that it renders a problem's messages (after the system message
+    `system`), and return run.json's `prompt_format`: which was used, and `plain` when prompts
+    are plain lines because there is no template (a base model under auto says so in the report)."""
+    from zs_llm.model import render_prompt
+
+    if choice == "none":
+        tokenizer.chat_template = None
+    elif choice != "auto":
+        tokenizer.chat_template = Path(choice).expanduser().read_text(encoding="utf-8")
+    plain = not getattr(tokenizer, "chat_template", None)
+    probe = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "1 + 1?"}]
+    try:
+        render_prompt(tokenizer, probe)
+    except Exception as e:  # noqa: BLE001 - jinja2 raises its own types, a template its own exceptions
+        where = f"the chat template file {choice}" if choice not in CHAT_TEMPLATE_MODES else "the tokenizer's chat template"
+        what = "a system message and a user message" if system else "a user message"
+        raise ValueError(f"{where} does not render {what} ({type(e).__name__}: {e}); fix the template, or pass "
+                         "--chat_template none" + (" or drop --system_prompt" if system else "")) from None
+    used = PLAIN_PROMPT if plain else "the tokenizer's chat template" if choice == "auto" else f"the file {choice}"
+    if plain and choice == "auto":
+        used += " (the tokenizer has no chat template)"
+    return {"chat_template": choice, "rendered_with": used, "plain": plain}
+
+
 @functools.cache
 def _from_source(style: str) -> Template:  # a hub read happens once per process
     return PROMPT_STYLES[style]()

@@ -34,7 +34,7 @@ from .datasets import FOUR_SETS
 from .identity import data_change, model_change
 from .report_html import write_html
 from .rows import lock_holder, read_rows_strict
-from .runner import RESULT_FREE_FIELDS
+from .runner import RESULT_FREE_FIELDS, without_later_defaults
 from .stats import (
     N_RESAMPLES,
     PairedDiff,
@@ -628,6 +628,24 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path} is damaged ({e}); restore it, or delete it to report without it") from None
 
 
+def prompt_format_note(info: dict) -> list[str]:
+    """The report's line on how prompts became text when it is not the model's own chat template
+    (run.json's `prompt_format`, written when the model loaded; a system prompt is named too)."""
+    fmt, cfg = info.get("prompt_format") or {}, info.get("config") or {}
+    lines = []
+    if fmt.get("plain"):
+        why = ("the model's tokenizer has no chat template (a base model?), so" if fmt.get("chat_template") == "auto"
+               else "--chat_template none:")
+        lines.append(f"**Prompt format:** {why} every prompt was given as plain `role: content` lines ending in "
+                     "`assistant:`, not through a chat template (`--chat_template FILE` gives one).")
+    elif fmt.get("chat_template") not in (None, "auto"):
+        lines.append(f"**Prompt format:** the chat template of the file `{fmt['chat_template']}` (run.json records "
+                     "its sha256), not the tokenizer's own.")
+    if cfg.get("system_prompt"):
+        lines.append(f"**System prompt:** {cfg['system_prompt']!r}, before every problem.")
+    return [*lines, ""] if lines else []
+
+
 def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
                  status: list[str] | None = None) -> Path:
     """Write report.md (and report.html, the same with its plots inline), metrics.json, results.csv and
@@ -669,6 +687,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
             "(run.json has the full record)." for name, s in (info.get("subsets") or {}).items()],
           *([""] if info.get("subsets") else []),
           *([f"**Incomplete:** {n}" for n in notes] + [""] if notes else []),
+          *prompt_format_note(info),
           "## Accuracy", "", accuracy_section(summary), "",
           "Every number above, as fractions: `results.csv` (one row per method x set, plus an `average` row per "
           "method when the run has several sets) and `metrics.json`.", "",
@@ -762,7 +781,7 @@ def _seeds_key(info: dict) -> tuple:
 def _settings(info: dict, identity_known: bool) -> dict:
     """{setting: value} of a run that must match across seed runs: RunConfig fields that change
     results, the overrides every method gets, each method's resolved settings; seeds left out."""
-    cfg = dict(info.get("config") or {})
+    cfg = without_later_defaults(dict(info.get("config") or {}))  # a run from before a setting had its default
     out = {}
     for k, v in cfg.items():
         if k in RESULT_FREE_FIELDS or k == SEED_FIELD or (identity_known and k in LOCATION_FIELDS):

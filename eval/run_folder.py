@@ -24,13 +24,29 @@ from .datasets import (
     subset_record,
 )
 from .identity import check_loaded, check_resume, refusal, run_identity
-from .prompting import prompt_info
+from .prompting import chat_template_record, prompt_info
+from .resolved import method_label
 from .rows import (
     make_run_folder,
 )
 
 #: RunConfig fields that do not change a run's results: left out of its hash
-RESULT_FREE_FIELDS = ("batch_size", "stream_batch", "checkpoint_every", "device")
+RESULT_FREE_FIELDS = ("batch_size", "stream_batch", "checkpoint_every", "device", "trust_remote_code")
+#: RunConfig fields added after run folders existed, with their defaults: a setting at its default
+#: is left out of the hash, so folders from before it keep theirs
+LATER_DEFAULTS = {"subset": [], "source": "local", "revision": None, "chat_template": "auto", "system_prompt": None,
+                  "fields": [], "include_path": None}
+
+
+def without_later_defaults(d: dict) -> dict:
+    """`d` (RunConfig settings) without the `LATER_DEFAULTS` fields that hold their default."""
+    return {k: v for k, v in d.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+
+
+def method_overrides(config: dict) -> dict:
+    """The overrides every method of a run gets (RunConfig settings `config`): the run's seed as the
+    methods' seed, then its `adapt` settings (`--set seed=N` among them)."""
+    return {"seed": config.get("seed", 0), **(config.get("adapt") or {})}
 
 
 #: what a run writes into its folder, by subfolder ("": the folder itself): all that --overwrite
@@ -109,7 +125,7 @@ def read_run_json(path: Path) -> dict:
 
 
 #: settings naming local files, compared by what they resolve to (or by the content run.json fingerprints)
-PATH_FIELDS = ("model", "data_dir", "prompt_template", "include_path")
+PATH_FIELDS = ("model", "data_dir", "prompt_template", "chat_template", "include_path")
 #: list settings whose order changes no stream's rows: each (method, dataset) stream is its own
 #: file with its own seeds, whatever order the streams are listed or run in
 SET_FIELDS = ("methods", "datasets", "subset")
@@ -124,22 +140,27 @@ def _local_path(value):
     return str(p.resolve()) if p.exists() else os.path.normpath(value)
 
 
-def normalised_config(config: dict, info: dict, current: bool = False) -> dict:
+def _recorded_methods(config: dict, info: dict) -> dict:
+    """The effective settings of a recorded run's methods, by spec: those its run.json `info`
+    records (`adapt_configs`, by label) where it has them, as they ran (a run from before `--seed`
+    seeded the methods ran them with seed 0), else the spec resolved now."""
+    recorded = info.get("adapt_configs") or {}
+    out = {}
+    for spec in config["methods"]:
+        ac = AdaptConfig.from_spec(spec, method_overrides(config))
+        out[spec] = recorded.get(method_label(spec, ac)) or ac.to_dict()
+    return out
+
+
+def normalised_config(config: dict, info: dict, current: bool = False, methods: dict | None = None) -> dict:
     """A RunConfig's settings (`config`, as recorded in run.json or `to_dict`) with the spelling that
     changes no result taken out: result-free fields dropped, list settings sorted, local paths
     resolved. A path whose content run.json `info` fingerprints (model files, the data sets, the
     template's sha256) compares as equal: the resume checks that content (`eval.identity`), so an
     identical copy elsewhere resumes and a changed one is refused naming the file. `current`: the
-    settings of the run starting now, whose model must be local files too to be checked so."""
-    d = {k: v for k, v in config.items() if k not in RESULT_FREE_FIELDS}
-    if not d.get("subset"):
-        d.pop("subset", None)  # as RunConfig.hash: folders from before subsets and hub sources
-    if d.get("source", "local") == "local":
-        d.pop("source", None)
-    if not d.get("fields"):
-        d.pop("fields", None)  # as RunConfig.hash: folders from before own data
-    if d.get("include_path") is None:
-        d.pop("include_path", None)
+    settings of the run starting now, whose model must be local files too to be checked so;
+    `methods`: its methods' resolved settings by spec, when they are at hand (not parsed again)."""
+    d = without_later_defaults({k: v for k, v in config.items() if k not in RESULT_FREE_FIELDS})  # as RunConfig.hash
     for k in SET_FIELDS:
         if isinstance(d.get(k), list):
             d[k] = sorted(map(str, d[k]))
@@ -147,7 +168,7 @@ def normalised_config(config: dict, info: dict, current: bool = False) -> dict:
         d[k] = _local_path(d.get(k))
     d["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(d.get("dtype"), d.get("dtype"))
     try:  # each method's effective settings: a default given explicitly, or 1 for 1.0, is no change
-        d["adapt"] = {spec: AdaptConfig.from_spec(spec, d.get("adapt") or {}).to_dict() for spec in d["methods"]}
+        d["adapt"] = methods if methods is not None else _recorded_methods(d, info)
     except (TypeError, ValueError, KeyError):
         pass  # settings this version does not read: compared as written
     ident = info.get("identity") or {}
@@ -235,7 +256,7 @@ def _log(msg: str) -> None:
 
 class FolderChecks:
     """The `Runner`'s checks of its folder and its run.json record (a mixin: `self.cfg`, `self.out`,
-    `self.lock`, `self.rank`, `self.world`, `self.adapt_configs` come from `Runner`)."""
+    `self.lock`, `self.rank`, `self.world`, `self.resolved` come from `Runner`)."""
 
     def check_folder(self) -> None:
         """Refuse a folder that holds another configuration's results (read-only check)."""
@@ -263,7 +284,7 @@ class FolderChecks:
         new, free = self.cfg.to_dict(), RESULT_FREE_FIELDS
         changed = [k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)]
         if meaningful:
-            a, b = normalised_config(old, info), normalised_config(new, info, current=True)
+            a, b = normalised_config(old, info), self._normalised(info)
             changed = [k for k in changed if a.get(k) != b.get(k)] or changed
         shown = [f"{k}: {repr(old.get(k))[:60]} -> {repr(new.get(k))[:60]}" for k in changed[:4]]
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
@@ -288,7 +309,12 @@ class FolderChecks:
         if old.get("config_hash") == self.cfg.hash():
             return True
         was = old.get("config")
-        return isinstance(was, dict) and normalised_config(was, old) == normalised_config(self.cfg.to_dict(), old, current=True)
+        return isinstance(was, dict) and normalised_config(was, old) == self._normalised(old)
+
+    def _normalised(self, info: dict) -> dict:
+        """This run's settings as `normalised_config` compares them, its methods as resolved."""
+        methods = {r.spec: r.record() for r in self.cfg.resolved_methods()}
+        return normalised_config(self.cfg.to_dict(), info, current=True, methods=methods)
 
     @contextlib.contextmanager
     def _locked(self, keep: bool = False):
@@ -320,6 +346,11 @@ class FolderChecks:
         if recorded and recorded["sha256"] != prompt["sha256"]:
             raise refusal(self.out, f"another {prompt['style']} template: it was {recorded['origin']} (sha256 "
                                     f"{recorded['sha256'][:12]}), now {prompt['origin']} ({prompt['sha256'][:12]})")
+        chat = chat_template_record(self.cfg.chat_template)
+        was = old.get("chat_template") if same else None
+        if was and was.get("sha256") != chat.get("sha256"):
+            raise refusal(self.out, f"the chat template file changed: it was {was.get('path')} (sha256 "
+                                    f"{was.get('sha256', '')[:12]}), now {chat.get('path')} ({chat['sha256'][:12]})")
         # before any model loads too: unknown ids or a sample larger than its set stop the run here
         subsets = {name: subset_record(name, sub, self.cfg.data_dir, self.cfg.seed, self.cfg.source)
                    for name, sub in parse_subsets(self.cfg.subset).items()}
@@ -339,9 +370,10 @@ class FolderChecks:
         if self.rank == 0 and not same:
             if old is not None:
                 _log(f"{run_json} records a run that wrote no rows (hash {old.get('config_hash')}): replaced")
-            info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt, "subsets": subsets,
+            info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt,
+                    "chat_template": chat, "subsets": subsets,
                     "data": data, "identity": ident,
-                    "adapt_configs": {m: c.to_dict() for m, c in self.adapt_configs.items()},
+                    "adapt_configs": {m: r.record() for m, r in self.resolved.items()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
                              "problems split by index across ranks", **environment_summary()}
@@ -353,7 +385,10 @@ class FolderChecks:
         run_json = self.out / "run.json"
         if not self.lock.held or not run_json.exists():
             return
-        updated = check_loaded(self.out, read_run_json(run_json), self.cfg, self.model, self.tokenizer,
-                               has_results(self.out))
+        info = read_run_json(run_json)
+        updated = check_loaded(self.out, info, self.cfg, self.model, self.tokenizer, has_results(self.out))
+        fmt = getattr(self, "prompt_format", None)
+        if fmt is not None and (updated or info).get("prompt_format") != fmt:
+            updated = {**(updated or info), "prompt_format": fmt}  # how prompts became text: the report reads it
         if updated is not None and self.rank == 0:
             atomic_write_text(run_json, json.dumps(updated, indent=2))

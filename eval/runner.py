@@ -34,8 +34,9 @@ from .datasets import (
     check_limit,
     parse_subsets,
 )
-from .planning import StreamPlanning, _adapts, method_label, parse_method_spec
+from .planning import StreamPlanning
 from .prompting import PROMPT_STYLES
+from .resolved import ResolvedMethod, _adapts, method_label, parse_method_spec, resolve_methods
 from .rows import (
     RunLock,
     stream_path,
@@ -52,6 +53,7 @@ from .run_folder import (
     environment_summary,
     has_results,
     list_checkpoints,
+    method_overrides,
     normalised_config,
     prune_checkpoints,
     read_run_json,
@@ -59,6 +61,7 @@ from .run_folder import (
     remove_stale_temporaries,
     run_output_names,
     run_writes,
+    without_later_defaults,
 )
 from .streaming import StreamRunning, lm_render
 from .userdata import DatasetChoices
@@ -73,6 +76,12 @@ class RunConfig:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Hub id, local folder, .gguf path, or "
                                                                  "smollm2-135m-instruct (the embedded default)."})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside --model's folder."})
+    revision: str | None = field(default=None, metadata={
+        "help": "The model's hub revision (a branch, tag or commit), given to every from_pretrained of the model and "
+                "its tokenizer (default: the hub's main)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Let from_pretrained run the code a model repository ships (architectures transformers lacks); "
+                "given to every from_pretrained of the model and its tokenizer."})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto.", "choices": (
         "float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16")})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
@@ -106,6 +115,14 @@ class RunConfig:
                                                          "choices": PROMPT_STYLES})
     prompt_template: str | None = field(default=None, metadata={
         "help": "File holding a published prompt style's template, read instead of its source (package or hub)."})
+    chat_template: str = field(default="auto", metadata={
+        "help": "How prompts become text: auto (the tokenizer's own chat template; a model without one, such as a "
+                "base model, gets plain 'role: content' lines, and the report says so), none (those plain lines "
+                "always), or a Jinja chat template FILE (as transformers' tokenizer.chat_template). run.json records "
+                "which was used, and a FILE's sha256."})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "A system message before every problem's prompt (a prompt style with its own system turn takes "
+                "none)."})
     n_samples: int = field(default=1, metadata={
         "help": "Answers per problem; >1 samples (needs temperature > 0) and reports avg@n, pass@k and maj@k. "
                 "Sample 1 is the method's answer, drafted and adapted on exactly as with one sample (one update "
@@ -123,8 +140,10 @@ class RunConfig:
                                                  "choices": ("hf", "vllm")})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint an online stream every N problems.",
                                                        "min": 1, "max": 10**9})  # more than any stream holds
-    seed: int = field(default=0, metadata={"help": "Seed of the synthetic arith set.", "min": 0,
-                                                 "max": SEED_MAX})
+    seed: int = field(default=0, metadata={
+        "help": "Seeds everything: torch, numpy and random when the run starts, the synthetic sets (arith) and seeded "
+                "subsets, and every method's seed (sampling, LoRA's initialisation), unless --set seed=N gives the "
+                "methods their own.", "min": 0, "max": SEED_MAX})
     protocol: str = field(default="paper", metadata={
         "help": "paper: every method as its authors' code runs it except the deviations docs/protocol.md lists "
                 "(no guard, no clipping; the guard and clipping "
@@ -143,7 +162,7 @@ class RunConfig:
         self._names = register_user_data(self.datasets, self.fields, self.include_path)  # own data, by name
         # every override named and its value held as its field holds it (1 -> 1.0 for a float), so the
         # hash of a config is the same before and after a run validates it
-        check_overrides(self.adapt, self.methods)
+        check_overrides(self.adapt)
         if self.protocol != "paper":
             raise ValueError(f"protocol must be 'paper' (the only one), got {self.protocol!r}; add the guard or "
                              "clipping to a method by name instead (tent+guard, zerosiam+clip)")
@@ -155,6 +174,16 @@ class RunConfig:
                              "datasets or drop their subsets")
         for d in self.dataset_names():  # before anything is built: a generated stream is as long as the limit
             check_limit(d, self.limit, d in subsets)
+        self.resolved_methods()  # each method spec parsed, with the overrides, before any model loads
+
+    def resolved_methods(self) -> list[ResolvedMethod]:
+        """Each method spec parsed once into its resolved settings, in order (`eval.resolved`);
+        parsed again only if `methods` or `adapt` changed since."""
+        key = json.dumps([self.methods, self.adapt, self.seed], sort_keys=True, default=repr)
+        if self.__dict__.get("_resolved_key") != key:
+            self._resolved = resolve_methods(self.methods, method_overrides(self.to_dict()))
+            self._resolved_key = key
+        return self._resolved
 
     def dataset_names(self) -> list[str]:
         """The sets' names (your own data's by its name, not its path), as rows and reports name them."""
@@ -165,15 +194,9 @@ class RunConfig:
 
     def hash(self) -> str:
         # fields that change results (batch sizes, checkpoint cadence and the device do not)
-        d = {k: v for k, v in self.to_dict().items() if k not in RESULT_FREE_FIELDS}
-        if not d["subset"]:
-            del d["subset"]  # run folders from before subsets existed keep their hash
-        if d["source"] == "local":
-            del d["source"]  # and from before the hub source
-        if not d["fields"]:
-            del d["fields"]  # and from before own data
-        if d["include_path"] is None:
-            del d["include_path"]
+        d = without_later_defaults({k: v for k, v in self.to_dict().items() if k not in RESULT_FREE_FIELDS})
+        if self.seed and "seed" not in self.adapt:
+            d["methods_seed"] = self.seed  # the methods take the run's seed (before, they kept 0): a new run
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -196,8 +219,8 @@ class Runner(FolderChecks, StreamPlanning, StreamRunning):
 # the names the runner's parts define, importable from eval.runner as before the split
 __all__ = [
     "FINGERPRINTED", "KEEP_EVERY", "PATH_FIELDS", "RESULT_FREE_FIELDS", "RUN_SUBFOLDERS", "SET_FIELDS",
-    "FolderChecks", "RunConfig", "Runner", "StreamPlanning", "StreamRunning", "_StreamWriter", "_adapts", "_log",
-    "environment_summary", "export_adapter", "has_results", "list_checkpoints", "lm_render", "method_label",
+    "FolderChecks", "ResolvedMethod", "RunConfig", "Runner", "StreamPlanning", "StreamRunning", "_StreamWriter", "_adapts", "_log",
+    "environment_summary", "export_adapter", "method_overrides", "without_later_defaults", "has_results", "list_checkpoints", "lm_render", "method_label",
     "normalised_config", "parse_method_spec", "prune_checkpoints", "read_run_json", "remove_run_outputs",
-    "remove_stale_temporaries", "result_signature", "run_output_names", "run_writes", "stream_path",
+    "remove_stale_temporaries", "resolve_methods", "result_signature", "run_output_names", "run_writes", "stream_path",
 ]

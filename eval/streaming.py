@@ -12,9 +12,21 @@ from zs_llm.checkpoint import atomic_write_text
 from zs_llm.config import AdaptConfig
 
 from .grading import check, default_grader
-from .prompting import build_messages, prompt_info
+from .prompting import prompt_info
 from .run_folder import remove_stale_temporaries
 from .writer import _StreamWriter, export_adapter, stream_card
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators from the run's `--seed` (numpy takes 32 bits)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class StreamRunning:
@@ -25,6 +37,8 @@ class StreamRunning:
         default_grader().start()  # the grading worker warms up while the model loads and generates
         # before the folder is touched: a published prompt whose source is missing stops the run here
         prompt = prompt_info(self.cfg.prompt_style, self.cfg.prompt_template)
+        self.messages("?")  # a system prompt beside a style with its own system turn stops it here too
+        seed_everything(self.cfg.seed)
         self.lock.acquire()
         try:
             self._write_run_json(prompt)
@@ -56,10 +70,9 @@ class StreamRunning:
         lm = ZeroSiamLM(model, tok, self.adapt_configs[method])
         try:
             todo, rows_hash = self._start_unit(unit, lm)
-            self._stream(lm, method, dataset, unit["problems"], todo, unit["stored"], unit["path"], unit["folder"],
-                         unit["order"], rows_hash)
-            if unit["export"] is not None:
-                self._export(lm, unit["export"], unit["path"], dataset)
+            self._stream(lm, unit, todo, rows_hash)
+            if unit.export is not None:
+                self._export(lm, unit.export, unit.path, unit.dataset)
         finally:
             self.model = lm.unwrap()
 
@@ -92,9 +105,7 @@ class StreamRunning:
                         continue
                     lm = streams.stream(f"{method}|{dataset}{shard}", self.adapt_configs[method])
                     todo, rows_hash = self._start_unit(unit, lm)
-                    w = _StreamWriter(self, lm, method, dataset, unit["problems"], todo, unit["stored"],
-                                      unit["path"], unit["folder"], unit["order"], rows_hash)
-                    w.export = unit["export"]
+                    w = _StreamWriter(self, lm, unit, todo, rows_hash)
                     if w.done:
                         w.close()
                         self._finish_pooled(streams, w)
@@ -108,7 +119,7 @@ class StreamRunning:
                     if w.ckpt is None:  # sampling seeds follow the problem, not the resume point or the rank
                         w.lm.problems_seen = self._position(w.path, i)
                     p = w.problems[i]
-                    messages = build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
+                    messages = self.messages(p.question)
                     items.append((w.lm, messages, p.id))
                     asked.append((i, p, messages, w.lm.problems_seen))
                 results = adapt_round(items)
@@ -130,12 +141,14 @@ class StreamRunning:
             self._export(w.lm, w.export, w.path, w.dataset)
         streams.remove(w.lm)
 
-    def _stream(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash) -> None:
+    def _stream(self, lm, unit, todo: list[int], rows_hash: str | None) -> None:
         """Compute the rows `todo` (indices). Online (`ckpt` set): `todo` runs to the end of the
         stream from the restored state (see `_StreamWriter`). Other streams compute whole
         batches of the current batch grid and write their missing rows."""
+        w = _StreamWriter(self, lm, unit, todo, rows_hash)
+        method, dataset, problems, path, ckpt, order = (unit.method, unit.dataset, unit.problems, unit.path,
+                                                        unit.folder, unit.order)
         n = len(problems)
-        w = _StreamWriter(self, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash)
         batch = self.cfg.batch_size if (lm.method.batchable and self.cfg.n_samples == 1) else 1
         if ckpt is None:  # whole batches of the grid, so that a batch's padding (and numerics) never change
             starts = sorted({i - i % batch for i in todo})
@@ -159,7 +172,7 @@ class StreamRunning:
                 chunk = [problems[i] for i in idx]
                 if ckpt is None:  # sampling seeds follow the problem, not the resume point or the rank
                     lm.problems_seen = self._position(path, idx[0])
-                messages = [build_messages(p.question, self.cfg.prompt_style, template=self.cfg.prompt_template)
+                messages = [self.messages(p.question)
                             for p in chunk]
                 results = self._solve(lm, chunk, messages)
                 args = (lm, method, dataset, chunk, messages, results, idx[0], order)
@@ -190,7 +203,7 @@ class StreamRunning:
             from .backends import VLLMBackend
 
             if not hasattr(self, "_vllm"):
-                self._vllm = VLLMBackend(self.cfg.model, self.cfg.dtype, lm.tokenizer)
+                self._vllm = VLLMBackend(self.cfg.model, self.cfg.dtype, lm.tokenizer, **self.hub_kwargs())
             outs = self._vllm.generate([lm_render(lm, m) for m in messages], lm.zs_config, self.cfg.n_samples,
                                        first=first)
             return [{"draft": None, "responses": o, "steps": [], "timings": {}, "events": [], "method_stats": {},

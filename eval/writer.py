@@ -27,25 +27,28 @@ def result_signature(row: dict) -> str:
 class _StreamWriter:
     """Writes one stream's rows as they come, in any order, and keeps its checkpoints in step.
 
-    Online (`ckpt` set): `todo` runs to the end of the stream from the restored state; a row
-    recomputed from a checkpoint that is also stored must equal it (the stored line is kept),
-    otherwise it and the stored rows after it go to quarantine/ and are written again."""
+    `stream`: an `eval.planning.PlannedStream`; `todo`: the indices to compute, `rows_hash`: the
+    rows hash they follow. Online (the stream has a checkpoint folder): `todo` runs to the end of
+    the stream from the restored state; a row recomputed from a checkpoint that is also stored
+    must equal it (the stored line is kept), otherwise it and the stored rows after it go to
+    quarantine/ and are written again."""
 
-    def __init__(self, runner, lm, method, dataset, problems, todo, stored, path, ckpt, order, rows_hash):
+    def __init__(self, runner, lm, stream, todo: list[int], rows_hash: str | None):
         from tqdm.auto import tqdm
 
-        self.runner, self.lm, self.method, self.dataset = runner, lm, method, dataset
-        self.problems, self.todo, self.path, self.ckpt, self.order = problems, list(todo), path, ckpt, order
+        self.runner, self.lm, self.method, self.dataset = runner, lm, stream.method, stream.dataset
+        self.problems, self.todo, self.path, self.order = stream.problems, list(todo), stream.path, stream.order
+        self.ckpt, self.export, stored = stream.folder, stream.export, stream.stored
         self.lines = {i: line for i, (_row, line) in stored.items()}
         self.verify = {i: stored[i] for i in todo if i in stored}
         final = {i: row for i, (row, _line) in stored.items() if i not in self.verify}
         self.n_correct = sum(1 for r in final.values() if r.get("correct"))
         self.n_graded = sum(1 for r in final.values() if r.get("correct") is not None)
-        n = len(problems)
-        self.bar = tqdm(total=n, initial=n - len(todo), desc=f"{method} | {dataset}", unit="prob",
+        n = len(self.problems)
+        self.bar = tqdm(total=n, initial=n - len(todo), desc=f"{self.method} | {self.dataset}", unit="prob",
                         disable=not runner.progress, dynamic_ncols=True)
         self.t_start, self.done_here = time.perf_counter(), 0
-        self.hash, self.sorted, self.appender = rows_hash, True, RowsAppender(path)
+        self.hash, self.sorted, self.appender = rows_hash, True, RowsAppender(self.path)
         self.wanted = set(todo)
 
     @property

@@ -223,7 +223,9 @@ def test_run_config_takes_and_checks_subsets():
     assert cfg.hash() != RunConfig(datasets=["arith"], subset="arith=sample:8").hash()
     plain = RunConfig(datasets=["arith"])
     legacy = {k: v for k, v in plain.to_dict().items() if k not in ("batch_size", "checkpoint_every", "device", "subset",
-                                                                     "source", "stream_batch", "fields",
+                                                                     "source", "stream_batch", "revision",
+                                                                     "trust_remote_code", "chat_template",
+                                                                     "system_prompt", "fields",
                                                                      "include_path")}
     assert plain.hash() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]  # old runs resume
     with pytest.raises(ValueError, match="not among datasets.*add them to datasets or drop"):

@@ -208,6 +208,34 @@ def test_hostile_input_returns_in_time(grader, response):
     assert elapsed < limit + 2.5  # the worker's kill grace is 1 s; the rest is slack for a busy machine
 
 
+@pytest.mark.parametrize(
+    "gold, response",
+    [
+        ("2i", r"\boxed{(1+i)^{10^{10}}}"),  # `i` read as the imaginary unit: a power sympy expands
+        ("0.33", r"\boxed{9^{9^{9}}}"),  # a decimal gold: the exact answer is evaluated to its places
+        ("3.14", r"\boxed{\sqrt{2}^{10^{12}}}"),
+        ("y = 2x + 1", r"\boxed{" + "+".join(["x"] * 400) + "}"),
+        ("9:30", r"\boxed{" + "9" * 900 + ":30}"),
+        (r"\frac{7}{2}", r"\boxed{" + "3" * 400 + " " * 100 + "1" * 400 + "/2}"),
+        (r"\mathcal{A}", r"\boxed{" + "\\" * 450 + "}"),
+    ],
+    ids=[
+        "complex-power",
+        "precision-tower",
+        "precision-power",
+        "definition-long",
+        "clock-digits",
+        "mixed-digits",
+        "backslashes",
+    ],
+)
+def test_new_grading_paths_return_in_time(grader, gold, response):
+    limit = 1.0
+    start = time.monotonic()
+    assert grader.grade(response, gold, timeout=limit) is False
+    assert time.monotonic() - start < limit + 2.5
+
+
 def test_timeout_is_counted_and_worker_survives(grader):
     before = grader.stats["timeouts"]
     assert grader.grade(r"\boxed{100!!!!}", "1", timeout=0.5) is False

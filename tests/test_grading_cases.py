@@ -2,7 +2,8 @@
 
 `expected` is what a careful human grader would say; None means the gold is not graded (prose or
 unparseable) and must be reported, not scored. Each class holds cases that must be equal and cases
-that must not.
+that must not, written by hand and generated (random values per class, seeded; see GENERATORS).
+The choices behind the debatable verdicts are in docs/protocol.md, Grading.
 
 Agreement per class, for whichever `eval.grading` is importable (run from the repository root;
 run it from an older checkout to measure that one):
@@ -11,6 +12,9 @@ run it from an older checkout to measure that one):
 """
 
 from __future__ import annotations
+
+import random
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -151,9 +155,203 @@ CASES = [
     ("free_text", "50 gallons", r"\boxed{50}", True),
     ("free_text", r"x=-1 \text{ or } x=1", r"\boxed{x = 1, x = -1}", True),
     ("free_text", r"x=-1 \text{ or } x=1", r"\boxed{x = 1}", False),
+    # ---- mixed numbers: a whole number and a fraction of integers; `4\frac{\pi}{5}` stays a product
+    ("mixed", r"\frac{9}{4}", "The final answer is 2 1/4", True),
+    ("mixed", r"\frac{9}{4}", r"\boxed{2\frac{1}{4}}", True),
+    ("mixed", r"\frac{1}{2}", r"\boxed{2\frac{1}{4}}", False),
+    ("mixed", r"6\frac{1}{4}", r"\boxed{6.25}", True),
+    ("mixed", r"6\frac{1}{4}", r"\boxed{1.5}", False),
+    ("mixed", "-2.5", r"\boxed{-2 1/2}", True),
+    ("mixed", "2.5", r"\boxed{-2 1/2}", False),
+    ("mixed", r"\frac{4\pi}{5}", r"\boxed{4\frac{\pi}{5}}", True),
+    # ---- \pm against several boxes
+    ("several_boxes", r"\pm 3", r"$y = \boxed{-3}$ or $y = \boxed{3}$", True),
+    ("several_boxes", r"\pm 3", r"$y = \boxed{-3}$ or $y = \boxed{-3}$", False),
+    ("several_boxes", r"2 \pm \sqrt{3}", r"\boxed{2+\sqrt{3}} and \boxed{2-\sqrt{3}}", True),
+    ("several_boxes", r"2 \pm \sqrt{3}", r"\boxed{2+\sqrt{3}}", False),
+    ("several_boxes", r"\pm 3", r"\boxed{\pm 3}", True),
+    # ---- clock times: a.m./p.m. or a 24-hour time name the half of the day; a bare `h:mm` fits both
+    ("clock", "6:45", r"The bus leaves at $\boxed{6:45}$.", True),
+    ("clock", "6:45", r"The bus leaves at $\boxed{6:54}$.", False),
+    ("clock", r"6:45\text{ p.m.}", r"\boxed{18:45}", True),
+    ("clock", r"6:45\text{ p.m.}", r"\boxed{6:45\text{ a.m.}}", False),
+    ("clock", r"6:45\text{ p.m.}", r"\boxed{6:45}", True),
+    ("clock", "18:45", r"\boxed{6:45\text{ AM}}", False),
+    ("clock", r"\text{12:10 a.m.}", r"\boxed{0:10}", True),
+    ("clock", r"\text{12:10 a.m.}", r"\boxed{12:10 \text{ p.m.}}", False),
+    ("clock", "1:20", r"\boxed{2:40}", False),
+    ("clock", "3:4", r"\boxed{6:8}", True),
+    # ---- a trailing backslash, line break or \$ says nothing
+    ("backslash", "25", "\\boxed{25 \\\\}", True),
+    ("backslash", "25", "\\boxed{52 \\\\}", False),
+    ("backslash", "25", "The final answer is $25\\$", True),
+    ("backslash", r"\{1,2\}", r"\boxed{\{1,2\}}", True),
+    ("backslash", r"\{1,2\}", r"\boxed{\{1,3\}}", False),
+    ("backslash", r"\frac{2}{9}", "\\boxed{\\frac{2}{9} \\;}", True),
+    # ---- a letter in another font is the letter; \mathbb{R} is the reals
+    ("font", r"\mathcal{F}", r"\boxed{F}", True),
+    ("font", r"\mathcal{F}", r"\boxed{G}", False),
+    ("font", r"\mathbf{v}", r"\boxed{\boldsymbol{v}}", True),
+    ("font", r"\mathbf{v}", r"\boxed{\mathbf{w}}", False),
+    ("font", r"\mathbb{R}", r"\boxed{\mathcal{R}}", False),
+    ("font", r"\mathbf{i} - \mathbf{j}", r"\boxed{\mathbf{i}-\mathbf{j}}", True),  # unit vectors stay vectors
+    ("font", r"\mathbf{i} - \mathbf{j}", r"\boxed{\mathbf{i}+\mathbf{j}}", False),
+    ("font", r"2\mathbf{e}", r"\boxed{2e}", False),
+    # ---- an equation gold: its right-hand side answers it only when its left names what it defines
+    ("definition", "y = 3x - 4", r"\boxed{3x-4}", True),
+    ("definition", "y = 3x - 4", r"\boxed{3x+4}", False),
+    ("definition", r"h(s) = \frac{1}{s}", r"\boxed{\frac{1}{s}}", True),
+    ("definition", r"h(s) = \frac{1}{s}", r"\boxed{s}", False),
+    ("definition", "2x - y = 7", r"\boxed{7}", False),
+    ("definition", "2x - y = 7", r"\boxed{y = 2x - 7}", True),
+    ("definition", "7", r"\boxed{2x - y = 7}", True),
+    ("definition", "a + b = 12", r"\boxed{12}", False),
+    ("definition", "a + b = 12", r"\boxed{b + a = 12}", True),
+    ("definition", r"\tan\theta = \frac{3}{4}", r"\boxed{0.75}", True),
+    ("definition", r"\sin x + \cos x = 1", r"\boxed{1}", False),
+    # ---- complex numbers: a free `i` is the imaginary unit
+    ("complex", "-4", r"\boxed{(1+i)^4}", True),
+    ("complex", "4", r"\boxed{(1+i)^4}", False),
+    ("complex", "3-4i", r"\boxed{(2-i)^2}", True),
+    ("complex", "3+4i", r"\boxed{(2-i)^2}", False),
+    ("complex", "-1", r"\boxed{e^{i\pi}}", True),
+    ("complex", r"\frac{3}{5}+\frac{4}{5}i", r"\boxed{\frac{2+i}{2-i}}", True),
+    ("complex", r"\frac{3}{5}-\frac{4}{5}i", r"\boxed{\frac{2+i}{2-i}}", False),
+    # ---- trigonometric identities
+    ("trig", r"\sin^2 x", r"\boxed{\frac{1 - \cos 2x}{2}}", True),
+    ("trig", r"\sin^2 x", r"\boxed{\frac{1 + \cos 2x}{2}}", False),
+    ("trig", r"\cos x", r"\boxed{\frac{\sin 2x}{2\sin x}}", True),
+    ("trig", r"\cos x", r"\boxed{\frac{\sin 2x}{\sin x}}", False),
+    ("trig", r"\csc^2 \theta", r"\boxed{1 + \cot^2\theta}", True),
+    ("trig", r"\csc^2 \theta", r"\boxed{1 + \tan^2\theta}", False),
+    # ---- a decimal gold states its precision for an exact answer; an exact gold wants the value
+    ("precision", "0.17", r"\boxed{\frac{1}{6}}", True),
+    ("precision", "0.17", r"\boxed{\frac{1}{5}}", False),
+    ("precision", "2.718", r"\boxed{e}", True),
+    ("precision", "2.718", r"\boxed{2.7}", False),
+    ("precision", "1.73", r"\boxed{\sqrt{3}}", True),
+    ("precision", "1.73", r"\boxed{1.7320}", False),
+    ("precision", r"\frac{1}{6}", r"\boxed{0.17}", False),
+    ("precision", r"\frac{1}{6}", r"\boxed{0.1666667}", True),
+    ("precision", "0.8", r"\boxed{\frac{4}{5}}", True),
+    ("precision", "0.8", r"\boxed{\frac{5}{6}}", True),
+    ("precision", "0.8", r"\boxed{\frac{6}{7}}", False),
 ]
 
-CLASSES = tuple(dict.fromkeys(c for c, *_ in CASES))
+
+# ---------------------------------------------------------------------------- generated cases
+# One generator per class: random values, each written the ways an answer or a gold writes them, and
+# near misses that must not be equal.
+
+
+def _boxed(answer: str) -> str:
+    return rf"The answer is $\boxed{{{answer}}}$."
+
+
+def _mixed(rng):
+    whole, den = rng.randint(1, 40), rng.randint(2, 12)
+    num, sign = rng.randint(1, den - 1), rng.choice(["", "-"])
+    value = rf"{sign}\frac{{{whole * den + num}}}{{{den}}}"
+    yield "mixed", value, f"The final answer is {sign}{whole} {num}/{den}", True
+    yield "mixed", value, _boxed(rf"{sign}{whole}\frac{{{num}}}{{{den}}}"), True
+    yield "mixed", rf"{sign}\frac{{{whole * num}}}{{{den}}}", _boxed(f"{sign}{whole} {num}/{den}"), False  # a product
+    yield "mixed", value, _boxed(f"{sign}{whole} {num}/{den + 1}"), False
+
+
+def _thousands(rng):
+    value = rng.randint(1_000, 10**9)
+    grouped = f"{value:,}"
+    yield "thousands", str(value), _boxed(grouped.replace(",", r",\!")), True
+    yield "thousands", grouped.replace(",", r",\!"), _boxed(str(value)), True
+    yield "thousands", grouped.replace(",", r",\!"), _boxed(grouped.replace(",", "{,}")), True
+    yield "thousands", str(value + rng.choice([1, 10, 1000])), _boxed(grouped.replace(",", r",\!")), False
+
+
+def _clock(rng):
+    hour, minute, half = rng.randint(1, 12), rng.randint(0, 59), rng.choice(["a.m.", "p.m."])
+    other = "p.m." if half == "a.m." else "a.m."
+    hour24 = hour % 12 + (12 if half == "p.m." else 0)
+    gold = rf"{hour}:{minute:02d}\text{{ {half}}}"
+    yield "clock", gold, _boxed(f"{hour}:{minute:02d}"), True
+    yield "clock", gold, f"The final answer is {hour}:{minute:02d} {half.replace('.', '').upper()}", True
+    yield "clock", gold, _boxed(f"{hour24:02d}:{minute:02d}"), True
+    yield "clock", gold, _boxed(rf"{hour}:{minute:02d}\text{{ {other}}}"), False
+    yield "clock", gold, _boxed(f"{hour}:{(minute + rng.randint(1, 59)) % 60:02d}"), False
+    yield "clock", gold, _boxed(f"{hour % 12 + 1}:{minute:02d}"), False
+
+
+def _complex(rng):
+    a, b, c, d = (rng.choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]) for _ in range(4))
+    re_, im = a * c - b * d, a * d + b * c
+    product = f"({a}{b:+d}i)({c}{d:+d}i)"
+    yield "complex", f"{re_}{im:+d}i", _boxed(product), True
+    yield "complex", product, _boxed(f"{re_}{im:+d}i"), True
+    if im != 0:
+        yield "complex", f"{re_}{-im:+d}i", _boxed(product), False
+    yield "complex", f"{re_ + 1}{im:+d}i", _boxed(product), False
+
+
+def _precision(rng):
+    den = rng.choice([3, 7, 11, 13, 17, 19])  # a prime other than 2 and 5: no exact decimal
+    num = rng.choice([n for n in range(1, 4 * den) if n % den])
+    places = rng.choice([2, 3])
+    gold = str((Decimal(num) / Decimal(den)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    yield "precision", gold, _boxed(rf"\frac{{{num}}}{{{den}}}"), True
+    yield "precision", gold, _boxed(rf"\frac{{{num + 1}}}{{{den}}}"), False
+    yield "precision", rf"\frac{{{num}}}{{{den}}}", _boxed(gold), False
+
+
+def _trig(rng):
+    k, var = rng.randint(1, 5), rng.choice(["x", "t", r"\theta"])
+    arg, double = (var, f"2{var}") if k == 1 else (f"{k}{var}", f"{2 * k}{var}")
+    yield "trig", "1", _boxed(rf"\sin^2({arg}) + \cos^2({arg})"), True
+    yield "trig", "1", _boxed(rf"\sin^2({arg}) - \cos^2({arg})"), False
+    yield "trig", rf"\sin({double})", _boxed(rf"2\sin({arg})\cos({arg})"), True
+    yield "trig", rf"\sin({double})", _boxed(rf"\sin({arg})\cos({arg})"), False
+
+
+def _definition(rng):
+    a, b, c = (rng.choice([-7, -3, -2, 2, 3, 5, 9]) for _ in range(3))
+    name = rng.choice(["y", "f(x)", "g(x)", "p(x)"])
+    yield "definition", f"{name} = {a}x{b:+d}", _boxed(f"{a}x{b:+d}"), True
+    yield "definition", f"{a}x{b:+d}", _boxed(f"{name} = {a}x{b:+d}"), True
+    yield "definition", f"{name} = {a}x{b:+d}", _boxed(f"{a}x{-b:+d}"), False
+    lhs = rng.choice([f"{a}x{c:+d}y", "x+y", "x-y", "a+b", "xy"])  # math-verify takes `x+y = 5` for 5
+    yield "definition", f"{lhs} = {b}", _boxed(str(b)), False
+    yield "definition", f"{lhs} = {b}", _boxed(f"{lhs} = {b}"), True
+
+
+def _font(rng):
+    letter, other = rng.sample("ABCDFGHJKLMNPQRSTUVWXYZ", 2)
+    command = rng.choice(["mathcal", "mathscr", "mathbf", "boldsymbol"])
+    yield "font", rf"\{command}{{{letter}}}", _boxed(letter), True
+    yield "font", letter, _boxed(rf"\{command}{{{letter}}}"), True
+    yield "font", rf"\{command}{{{letter}}}", _boxed(rf"\{command}{{{other}}}"), False
+
+
+def _backslash(rng):
+    value, trail = rng.randint(2, 999), rng.choice(["\\\\", "\\", "\\,", "\\;", "\\!", "\\ ", "\\$"])
+    yield "backslash", str(value), _boxed(f"{value}{trail}"), True
+    yield "backslash", str(value + 1), _boxed(f"{value}{trail}"), False
+    yield "backslash", rf"\frac{{1}}{{{value}}}", _boxed(rf"\frac{{1}}{{{value}}}{trail}"), True
+    yield "backslash", rf"\frac{{1}}{{{value}}}", _boxed(rf"\frac{{1}}{{{value + 1}}}{trail}"), False
+
+
+def _several_boxes(rng):
+    values = rng.sample(range(-20, 21), rng.randint(2, 3))
+    stray = rng.choice([v for v in range(-20, 21) if v not in values])
+    gold = r"\{" + ", ".join(map(str, values)) + r"\}"
+    shuffled = rng.sample(values, len(values))
+    yield "several_boxes", gold, " or ".join(rf"$x = \boxed{{{v}}}$" for v in shuffled), True
+    yield "several_boxes", gold, " or ".join(rf"$x = \boxed{{{v}}}$" for v in [*shuffled[:-1], stray]), False
+    magnitude = rng.randint(1, 30)
+    yield "several_boxes", rf"\pm {magnitude}", rf"$\boxed{{{magnitude}}}$ and $\boxed{{-{magnitude}}}$", True
+    yield "several_boxes", rf"\pm {magnitude}", rf"$\boxed{{{magnitude}}}$ and $\boxed{{{magnitude}}}$", False
+
+
+GENERATORS = (_mixed, _thousands, _clock, _complex, _precision, _trig, _definition, _font, _backslash, _several_boxes)
+GENERATED = [case for seed in range(4) for gen in GENERATORS for case in gen(random.Random(f"{gen.__name__}{seed}"))]
+CLASSES = tuple(dict.fromkeys(c for c, *_ in CASES + GENERATED))
 
 
 @pytest.mark.parametrize("cls, gold, response, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
@@ -163,16 +361,26 @@ def test_case_table(cls, gold, response, expected):
     assert grade(response, gold) is expected
 
 
+@pytest.mark.parametrize(
+    "cls, gold, response, expected", GENERATED, ids=[f"{c[0]}-gen{i}" for i, c in enumerate(GENERATED)]
+)
+def test_generated_cases(cls, gold, response, expected):
+    from eval.grading import grade
+
+    assert grade(response, gold) is expected
+
+
 def test_every_class_has_equal_and_unequal_cases():
     for cls in CLASSES:
-        verdicts = {expected for c, _, _, expected in CASES if c == cls}
-        assert {True, False} <= verdicts, cls
+        for table in (CASES, GENERATED):
+            verdicts = {expected for c, _, _, expected in table if c == cls}
+            assert not verdicts or {True, False} <= verdicts, cls
 
 
 def agreement(grade_fn) -> dict[str, tuple[int, int]]:
     """Per class: (cases where `grade_fn(response, gold)` equals the expected verdict, cases)."""
     out: dict[str, tuple[int, int]] = {}
-    for cls, gold, response, expected in CASES:
+    for cls, gold, response, expected in CASES + GENERATED:
         hit, n = out.get(cls, (0, 0))
         out[cls] = (hit + (grade_fn(response, gold) is expected), n + 1)
     return out
@@ -193,3 +401,19 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_heldout_check_fails_a_constant_grader():
+    # bench/grading_heldout.py is run by hand and not used to tune the grader; this checks only its
+    # logic: a grader that says True (or False) to everything scores below 1 in every class
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "grading_heldout.py"
+    spec = importlib.util.spec_from_file_location("grading_heldout", path)
+    heldout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heldout)
+    for constant in (True, False):
+        table, misses = heldout.agreement(lambda response, gold, c=constant: c)
+        assert all(hit < n for hit, n in table.values()), constant
+        assert len(misses) == sum(n - hit for hit, n in table.values())

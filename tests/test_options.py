@@ -158,3 +158,46 @@ def test_a_recipe_yaml_is_a_cli_config_and_back(recipe, tmp_path, monkeypatch):
     assert seen[-1] == from_recipe and seen[-1][0].hash() == cfg.hash()
     back = split(resolve(RECIPES[recipe], ["--config", str(dumped), "--overwrite"]))
     assert back == from_recipe
+
+
+@pytest.mark.parametrize("methods", [["noadapt", "tent", "zerosiam:alpha=0"], ["tent+clip", "zerosiam+guard:lr=1e-2"],
+                                     ["come:steps=2"]])
+def test_each_method_spec_is_parsed_once_before_a_model_loads(methods, tiny_dir, tmp_path, monkeypatch):
+    """cli -> options -> RunConfig (resolves each spec once) -> Runner -> run.json: no layer parses
+    a spec again; the runner and run.json (which the report reads) hold the same resolved settings."""
+    import json
+
+    from eval.runner import Runner
+    from zs_llm.config import AdaptConfig
+
+    parsed = []
+    original = AdaptConfig.from_spec.__func__
+
+    def counting(cls, spec, base=None):
+        parsed.append(spec)
+        return original(cls, spec, base)
+
+    monkeypatch.setattr(AdaptConfig, "from_spec", classmethod(counting))
+    given = parse_options(["--model", str(tiny_dir), "--methods", ",".join(methods), "--lr", "1e-3", "--datasets",
+                           "arith", "--limit", "2", "--out", str(tmp_path / "run")])
+    cfg, launch = run_config(given)
+    r = Runner(cfg, launch.out, progress=False)
+    r.lock.acquire()
+    try:
+        r._write_run_json()  # what run() does before it loads the model
+    finally:
+        r.lock.release()
+    assert sorted(parsed) == sorted(methods)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["adapt_configs"]
+    resolved = {m.label: m for m in cfg.resolved_methods()}
+    assert recorded == {label: m.record() for label, m in resolved.items()}
+    assert list(r.adapt_configs) == list(resolved) and all(r.adapt_configs[k] is m.config for k, m in resolved.items())
+    for m in resolved.values():  # a spec's own lr wins over --lr; noadapt records its default
+        own = dict(p.split("=") for p in m.spec.split(":")[1:])
+        if m.config.method != "noadapt":
+            assert m.settings["lr"] == float(own.get("lr", 1e-3))
+
+
+def test_config_flags_error_is_one_line():
+    with pytest.raises(ValueError, match=r"^--config needs a YAML file \(.*expected one argument\)$"):
+        parse_options(["--config"])

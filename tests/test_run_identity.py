@@ -189,7 +189,7 @@ def test_a_model_without_local_files_is_checked_after_it_loads(kind, setup, tmp_
     model, data = setup
     monkeypatch.setattr(identity, "model_files", lambda *a: None)
     revision = {"rev": "a" * 40}
-    monkeypatch.setattr(identity, "hub_revision", lambda name: revision["rev"] if kind == "hub" else None)
+    monkeypatch.setattr(identity, "hub_revision", lambda name, rev=None: revision["rev"] if kind == "hub" else None)
     c = cfg(model, methods=["noadapt"], data_dir=str(data))
     out = stopped_run(c, tmp_path / "run", 2)
     recorded = json.loads((out / "run.json").read_text())["identity"]["loaded_model"]
@@ -406,7 +406,7 @@ def test_a_model_name_that_turns_from_local_files_to_hub_or_back_is_refused(firs
     or the other way round, is another model."""
     model, data = setup
     real = identity.model_files
-    monkeypatch.setattr(identity, "hub_revision", lambda name: "c" * 40)
+    monkeypatch.setattr(identity, "hub_revision", lambda name, revision=None: "c" * 40)
     c = cfg(model, methods=["noadapt"], data_dir=str(data))
 
     def hub(*a):  # no local files: the name is a hub id

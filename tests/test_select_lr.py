@@ -1,19 +1,9 @@
-"""bench/select_lr.py: the protocol's learning-rate rule on hand-made rows (no model)."""
+"""A study's select stage (eval.study_tables): the protocol's learning-rate rule on hand-made rows (no model)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("select_lr", BENCH / "select_lr.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from eval import study_tables as m
 
 
 def write(out: Path, method: str, correct: list[bool]):
@@ -26,14 +16,12 @@ def write(out: Path, method: str, correct: list[bool]):
 
 
 def test_highest_accuracy_wins_and_a_tie_goes_to_the_smaller_lr():
-    m = load()
     assert m.choose({3e-4: (5, 20), 1e-3: (7, 20), 3e-3: (2, 20)}) == 1e-3
     assert m.choose({3e-4: (5, 20), 1e-3: (5, 20), 3e-3: (5, 20)}) == 3e-4
     assert m.choose({1e-3: (3, 10), 3e-3: (6, 20)}) == 1e-3  # accuracy, not the count
 
 
 def test_summary_reads_streams_split_over_folders_and_regrades(tmp_path):
-    m = load()
     a, b = tmp_path / "a", tmp_path / "b"
     write(a, "noadapt", [True, False, False, False])
     write(a, "tent:lr=0.0003", [True, True, False, False])
@@ -42,17 +30,16 @@ def test_summary_reads_streams_split_over_folders_and_regrades(tmp_path):
     write(b, "zerosiam:lr=0.001", [True, True, False, False])
     write(a, "zerosiam:lr=0.001", [True])  # a shorter, unfinished copy: the longer one counts
     grade = lambda response, gold: response == "ok"  # noqa: E731
-    table = m.summarize([a, b], ["tent", "zerosiam"], [3e-4, 1e-3], grade)
+    table = m.selection([a, b], ["tent", "zerosiam"], [3e-4, 1e-3], grade)
     assert table["noadapt"] == {"correct": 1, "graded": 4}
     assert table["tent"]["scores"] == {"0.0003": [2, 4], "0.001": [3, 4]} and table["tent"]["chosen"] == 1e-3
     assert table["zerosiam"]["scores"]["0.001"] == [2, 4] and table["zerosiam"]["chosen"] == 1e-3
-    md = m.markdown(table, ["tent", "zerosiam"], [3e-4, 1e-3], 4)
+    md = m.selection_table(table, ["tent", "zerosiam"], [3e-4, 1e-3], 4)
     assert "| tent | 2/4 | 3/4 | 0.001 |" in md
 
 
 def test_a_missing_stream_chooses_nothing(tmp_path):
-    m = load()
     write(tmp_path, "noadapt", [True])
     write(tmp_path, "tent:lr=0.0003", [True])
-    table = m.summarize([tmp_path], ["tent"], [3e-4, 1e-3], lambda r, g: True)
+    table = m.selection([tmp_path], ["tent"], [3e-4, 1e-3], lambda r, g: True)
     assert table["tent"]["chosen"] is None

@@ -1,29 +1,15 @@
-"""The stability sweep (grid expansion, resume, summary) and the collapse verdicts on hand-made streams."""
+"""A study's sweep stage (grid expansion, resume, summary) and the collapse verdicts on hand-made streams."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from eval import study as study_module
+from eval import study_tables as sweep
+from eval.cli import main as cli
 from eval.rows import read_rows, stream_path
 from zs_llm.diagnostics import collapse_measures
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sweep = _load("stability_sweep")
-
 
 # ------------------------------------------------------------------ hand-made streams
 
@@ -160,11 +146,11 @@ def test_sweep_runs_skips_finished_and_resumes(tiny_dir, tmp_path, monkeypatch, 
             {"method": "zerosiam", "optimizer": "sgd", "lr": 1e-2, "predictor_lr_scale": [1]},
         ],
     }
-    gfile = tmp_path / "stability_tiny.yaml"
-    gfile.write_text(yaml.safe_dump(grid))
     out = tmp_path / "out"
-    sweep.main([str(gfile), "--out", str(out)])
-    points = sweep.load_grid(gfile)
+    gfile = tmp_path / "stability.yaml"
+    gfile.write_text(yaml.safe_dump({"root": str(out), "stages": {"tiny": {"kind": "sweep", **grid}}}))
+    assert cli(["study", str(gfile)]) == 0
+    points = sweep.expand_grid(grid)
     assert all(sweep.is_finished(p, out) for p in points)
     z = next(p for p in points if p.name.startswith("zerosiam"))
     rows = read_rows(stream_path(out / z.name, "zerosiam", "arith"))
@@ -173,12 +159,13 @@ def test_sweep_runs_skips_finished_and_resumes(tiny_dir, tmp_path, monkeypatch, 
     assert {r["point"] for r in summary} == {"noadapt", "zerosiam_sgd_lr0.01_ps1"}
     assert all(r["verdict"] in ("stable", "sharpening", "collapsed-constant", "degenerate") for r in summary)
     assert "| zerosiam_sgd_lr0.01_ps1 |" in (out / "summary_tiny.md").read_text()
+    capsys.readouterr()
+    assert cli(["study", str(gfile), "--list"]) == 0
+    assert capsys.readouterr().out.count("\tfinished") == 2
 
     # finished points are skipped without building a Runner
-    capsys.readouterr()
-    monkeypatch.setattr(sweep, "run_point", lambda *a, **k: pytest.fail("a finished point was rerun"))
-    sweep.main([str(gfile), "--out", str(out)])
-    assert capsys.readouterr().out.count("finished, skipped") == 2
+    monkeypatch.setattr(study_module, "run_job", lambda *a, **k: pytest.fail("a finished point was rerun"))
+    assert cli(["study", str(gfile)]) == 0
     monkeypatch.undo()
 
     # a killed point (summary missing, last row lost) is resumed by Runner, not restarted
@@ -187,7 +174,7 @@ def test_sweep_runs_skips_finished_and_resumes(tiny_dir, tmp_path, monkeypatch, 
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:2]))
     assert not sweep.is_finished(z, out)
-    sweep.main([str(gfile), "--out", str(out), "--only", z.name])
+    assert cli(["study", str(gfile)]) == 0
     resumed = read_rows(path)
     assert [r["index"] for r in resumed] == [0, 1, 2]
     assert [r["response"] for r in resumed[:2]] == [r["response"] for r in rows[:2]]
@@ -201,7 +188,7 @@ def test_summary_from_hand_made_rows(tmp_path):
         path = stream_path(out / p.name, p.run.methods[0], "arith")
         path.parent.mkdir(parents=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recs = sweep.summarize(points, out, "summary_x")
+    recs = sweep.sweep_table(points, out, "summary_x")
     by = {r["point"]: r for r in recs}
     assert by["noadapt"]["verdict"] == "stable" and by["tent"]["verdict"] == "collapsed-constant"
     assert by["noadapt"]["accuracy"] == 0.5 and by["tent"]["s_per_problem"] == pytest.approx(1.5)

