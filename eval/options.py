@@ -467,7 +467,9 @@ class _ConfigFiles(argparse.ArgumentParser):
         self.add_argument("--method_module", "--method-module", action="append", default=[])
 
     def error(self, message: str):
-        raise ValueError(f"--config needs a YAML file, --method_module a .py file or module name ({message})")
+        if "--method" in message:
+            raise ValueError(f"--method_module needs a .py file or a module name ({message})")
+        raise ValueError(f"--config needs a YAML file ({message})")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

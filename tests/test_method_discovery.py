@@ -108,6 +108,13 @@ def test_method_module_errors_are_one_line(content, source, message, tmp_path, c
     assert dict(METHODS) == before  # nothing half-registered
 
 
+def test_method_module_without_a_value_is_one_line():
+    from eval.options import parse_options
+
+    with pytest.raises(ValueError, match=r"^--method_module needs a .py file or a module name \(.*expected one"):
+        parse_options(["--method_module"])
+
+
 def test_registration_refuses_a_setting_named_like_a_shared_field():
     for shared in ("steps", "lr", "temperature", "method_args"):
         config = dataclasses.make_dataclass("C", [(shared, float, setting(1.0, "x"))], bases=(MethodConfig,))
