@@ -1,0 +1,239 @@
+"""Greedy decoding without `generate`'s per-token machinery, with the same tokens.
+
+At batch 1 a small model's decode step is dispatch-bound, not memory-bound: SmolLM2-135M spent
+about 30 of 41 ms per token in `generate` outside the weight reads (module calls, hooks, mask and
+cache bookkeeping, the dynamic cache's concatenation). `greedy_decode` runs the prompt through
+`generate` itself (one token, so the prefill and the first token are generate's own) and then
+decodes token by token in a flat loop over the model's own modules' weights:
+
+- the model's linears as plain `F.linear` on their (possibly LoRA-folded) weights, or, for a peft
+  layer that is not folded (bf16 base, a pool's per-row routing), that layer's own forward;
+- its norms' and activations' own `forward` (no `nn.Module.__call__`);
+- a preallocated KV cache written in place, attention through transformers' own sdpa function
+  with the mask generate would build (none without padding, a boolean padding mask with it);
+- RoPE's cos/sin for every position computed once, by the model's rotary module.
+
+Every step computes what the model's forward computes, op for op, so the logits equal
+`generate`'s bit for bit on the kernels tested (tests/test_fast_decode.py). Architectures and
+settings outside what the loop reproduces (`unsupported` names why) go through `generate`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: decoder-only families whose layer is Llama's (pre-norm attention + gated MLP, RoPE); Qwen3
+#: adds per-head q/k norms, Gemma a scaled embedding and (1 + w) norms (its own norm forward)
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+#: RoPE variants whose cos/sin depend on the position only (not on the sequence length so far)
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+#: generation-config fields that add a logits processor to greedy decoding, with their no-op values
+_PROCESSOR_FIELDS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                     "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_bos_token_id": (None,),
+                     "forced_eos_token_id": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+                     "sequence_bias": (None,), "stop_strings": (None,), "num_beams": (None, 1),
+                     "exponential_decay_length_penalty": (None,), "renormalize_logits": (None, False)}
+
+
+def unsupported(model: nn.Module, total_length: int | None = None) -> str | None:
+    """Why `greedy_decode` cannot reproduce `model.generate` here (None: it can). `total_length`:
+    prompt plus new tokens, checked against a sliding window."""
+    c = model.config
+    mt = getattr(c, "model_type", "")
+    if mt not in FAMILIES:
+        return f"architecture {mt or type(model).__name__} (the fast loop covers {', '.join(FAMILIES)})"
+    if getattr(c, "_attn_implementation", None) != "sdpa":
+        return f"attention implementation {getattr(c, '_attn_implementation', None)!r} (the fast loop uses sdpa)"
+    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in STATIC_ROPE:
+        return f"rope_type {rope!r} (its cos/sin change with the sequence length)"
+    window = getattr(c, "sliding_window", None)
+    types = set(getattr(c, "layer_types", None) or ["full_attention"])
+    if window is not None and (mt == "mistral" or types != {"full_attention"}):
+        if total_length is None or total_length > window:
+            return f"a sliding window of {window} tokens shorter than the sequence"
+    if getattr(c, "use_bidirectional_attention", False):
+        return "bidirectional attention"
+    g = model.generation_config
+    for name, defaults in _PROCESSOR_FIELDS.items():
+        if getattr(g, name, None) not in defaults:
+            return f"generation_config.{name}={getattr(g, name)!r} (a logits processor the fast loop lacks)"
+    backbone = model.base_model
+    if not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb") or not hasattr(backbone, "norm"):
+        return f"{type(backbone).__name__} has no layers / rotary_emb / norm"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in backbone.modules()
+           if not isinstance(m, nn.Linear) and type(m).__name__ != "Linear"):
+        return "forward hooks on the backbone's modules"
+    return None
+
+
+def _dense(w: torch.Tensor, b: torch.Tensor | None):
+    """`F.linear(x, w, b)` as a callable. A bf16 weight on the CPU with no bias takes `torch.mv`
+    for a single row: the same values (tests/test_fast_decode.py checks the logits bit for bit)
+    from a kernel that streams bf16 weights several times faster than `F.linear`'s at batch 1."""
+    if b is None and w.dtype == torch.bfloat16 and w.device.type == "cpu":
+        def mv(x):
+            if x.shape[0] * x.shape[1] != 1:
+                return F.linear(x, w)
+            return torch.mv(w, x.reshape(-1)).view(1, 1, -1)
+
+        return mv
+    return lambda x: F.linear(x, w, b)
+
+
+def _plain(m: nn.Module) -> bool:
+    return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+
+
+def _linear_fn(m: nn.Module):
+    """A callable computing `m(x)` for a linear layer of the model with as little Python as
+    computes the same thing: `_dense` on a plain (or LoRA-folded) layer's weight; an unfolded
+    peft LoRA layer as peft computes it (base, input cast to the adapter's dtype, + B(A(x)) *
+    scale, cast back); a pool's routed layer through its routing; the module itself otherwise
+    (hooks, variants, quantised layers)."""
+    if _plain(m):
+        return _dense(m.weight, m.bias)
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    if not isinstance(m, LoraLinear) or m._forward_hooks or m._forward_pre_hooks:
+        return m
+    if "forward" in m.__dict__:  # a pool's per-row routing (zs_llm.pool.route_lora)
+        return m.__dict__["forward"]
+    base = m.get_base_layer()
+    live = [a for a in m.active_adapters if a in m.lora_A]
+    if not _plain(base):
+        return m.forward
+    if m.disable_adapters or not live or m.merged:
+        return _dense(base.weight, base.bias)
+    if any(a in m.lora_variant or not _plain(m.lora_A[a]) or not _plain(m.lora_B[a])
+           or not isinstance(m.lora_dropout[a], nn.Identity) for a in live):
+        return m.forward
+    run = _dense(base.weight, base.bias)
+    cast = getattr(m, "cast_input_dtype_enabled", True)
+    adapters = [(m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in live]
+
+    def lora(x):
+        result = run(x)
+        dtype = result.dtype
+        for a_w, b_w, scale in adapters:
+            if cast:
+                x = x.to(a_w.dtype)
+            result = result + F.linear(F.linear(x, a_w), b_w) * scale
+        return result.to(dtype)
+
+    return lora
+
+
+class _Layer:
+    """One decoder layer's callables and KV buffers."""
+
+    def __init__(self, layer: nn.Module, cache_shape: tuple, dtype, device):
+        a, mlp = layer.self_attn, layer.mlp
+        self.attn = a
+        self.ln1, self.ln2 = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
+        self.q, self.k, self.v, self.o = (_linear_fn(getattr(a, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.q_norm = a.q_norm.forward if hasattr(a, "q_norm") else None
+        self.k_norm = a.k_norm.forward if hasattr(a, "k_norm") else None
+        self.gate, self.up, self.down = (_linear_fn(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
+        self.act = mlp.act_fn.forward
+        self.keys = torch.empty(cache_shape, dtype=dtype, device=device)  # (B, H_kv, S, D)
+        self.values = torch.empty(cache_shape, dtype=dtype, device=device)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  pad_token_id: int, return_logits: bool = False):
+    """`model.generate(input_ids, attention_mask=..., do_sample=False, max_new_tokens=...,
+    pad_token_id=...)`'s sequences (B, T + n), and with `return_logits` also its raw logits
+    (B, n, V) fp32, for a model `unsupported` accepts. Forward pre-hooks on the head (a method's
+    hook before the head) run as in `generate`; logits processors are not supported (check first)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    c = model.config
+    bsz, width = input_ids.shape
+    first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
+                           temperature=None, top_p=None, top_k=None, pad_token_id=pad_token_id,
+                           return_dict_in_generate=True, output_logits=return_logits)
+    seqs = [input_ids, first.sequences[:, width:]]
+    logits = [first.logits[0]] if return_logits else []
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=input_ids.device)
+    tok = first.sequences[:, -1]  # (B,)
+    unfinished = ~torch.isin(tok, eos) if eos.numel() else torch.ones_like(tok, dtype=torch.bool)
+    steps = max_new_tokens - 1
+    if steps <= 0 or not bool(unfinished.any()):
+        return (torch.cat(seqs, 1), torch.stack(logits, 1)) if return_logits else torch.cat(seqs, 1)
+
+    backbone = model.base_model
+    head = model.get_output_embeddings()
+    layers_hf = backbone.layers[: c.num_hidden_layers]
+    total = width + max_new_tokens
+    cached = first.cache
+    k0 = cached.layers[0].keys  # (B, H_kv, T, D)
+    shape = (bsz, k0.shape[1], total, k0.shape[3])
+    layers = []
+    for i, layer in enumerate(layers_hf):
+        lay = _Layer(layer, shape, k0.dtype, k0.device)
+        lay.keys[:, :, :width] = cached.layers[i].keys
+        lay.values[:, :, :width] = cached.layers[i].values
+        layers.append(lay)
+    del first, cached
+
+    mask2d = torch.cat([attention_mask.bool(), attention_mask.new_ones(bsz, max_new_tokens, dtype=torch.bool)], 1)
+    mask = None if bool(attention_mask.bool().all()) else mask2d[:, None, None, :]  # (B, 1, 1, S) as generate's
+    embed = backbone.embed_tokens
+    ew = embed.weight
+    scale = torch.tensor(c.hidden_size ** 0.5, dtype=ew.dtype) if c.model_type == "gemma" else None
+    pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
+    positions = torch.arange(int(pos0.max()) + max_new_tokens, device=input_ids.device)
+    cos_t, sin_t = backbone.rotary_emb(ew[:1], position_ids=positions[None])  # (1, P, D)
+    cos_t, sin_t = cos_t[0], sin_t[0]
+    n_q = c.num_attention_heads
+    head_dim = shape[3]
+    norm = backbone.norm.forward
+    done = torch.full_like(tok, pad_token_id)
+    for step in range(steps):
+        at = width + step  # this token's column in the cache
+        pos = pos0 + step
+        cos, sin = cos_t[pos][:, None, None, :], sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
+        x = F.embedding(tok[:, None], ew)  # (B, 1, H)
+        if scale is not None:
+            x = x * scale
+        m = None if mask is None else mask[..., : at + 1]
+        for lay in layers:
+            h = lay.ln1(x)
+            q = lay.q(h).view(bsz, 1, -1, head_dim)  # (B, 1, H_q, D)
+            k = lay.k(h).view(bsz, 1, -1, head_dim)
+            v = lay.v(h).view(bsz, 1, -1, head_dim).transpose(1, 2)  # (B, H_kv, 1, D)
+            if lay.q_norm is not None:
+                q, k = lay.q_norm(q), lay.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            lay.keys[:, :, at: at + 1] = k
+            lay.values[:, :, at: at + 1] = v
+            a, _ = sdpa_attention_forward(lay.attn, q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m,
+                                          dropout=0.0, scaling=lay.attn.scaling)
+            x = x + lay.o(a.reshape(bsz, 1, n_q * head_dim))
+            h = lay.ln2(x)
+            x = x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+        out = head(norm(x))[:, -1]  # (B, V)
+        scores = out.to(copy=True, dtype=torch.float32)
+        if return_logits:
+            logits.append(scores)
+        nxt = torch.argmax(scores, dim=-1)
+        tok = torch.where(unfinished, nxt, done)
+        seqs.append(tok[:, None])
+        if eos.numel():
+            unfinished &= ~torch.isin(tok, eos)
+            if not bool(unfinished.any()):
+                break
+    ids = torch.cat(seqs, 1)
+    return (ids, torch.stack(logits, 1)) if return_logits else ids
