@@ -63,64 +63,72 @@ def unsupported(model: nn.Module, total_length: int | None = None) -> str | None
     backbone = model.base_model
     if not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb") or not hasattr(backbone, "norm"):
         return f"{type(backbone).__name__} has no layers / rotary_emb / norm"
-    if any(m._forward_hooks or m._forward_pre_hooks for m in backbone.modules()
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return "global module forward hooks"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in [model, *backbone.modules()]
            if not isinstance(m, nn.Linear) and type(m).__name__ != "Linear"):
-        return "forward hooks on the backbone's modules"
+        return "forward hooks on the model's modules (other than its linear layers)"
     return None
 
 
 def _dense(w: torch.Tensor, b: torch.Tensor | None):
-    """`F.linear(x, w, b)` as a callable. A bf16 weight on the CPU with no bias takes `torch.mv`
-    for a single row: the same values (tests/test_fast_decode.py checks the logits bit for bit)
-    from a kernel that streams bf16 weights several times faster than `F.linear`'s at batch 1."""
-    if b is None and w.dtype == torch.bfloat16 and w.device.type == "cpu":
-        def mv(x):
-            if x.shape[0] * x.shape[1] != 1:
-                return F.linear(x, w)
-            return torch.mv(w, x.reshape(-1)).view(1, 1, -1)
-
-        return mv
-    return lambda x: F.linear(x, w, b)
+    """`F.linear(x, w, b)` for x (B, in) as a callable, calling the kernel `F.linear` reaches for
+    a 2-D input directly (`mm` / `addmm` on the transposed view). A bf16 weight on the CPU with no
+    bias takes `torch.mv` for a single row: the same values (tests/test_fast_decode.py checks the
+    logits bit for bit) from a kernel that streams bf16 weights several times faster at batch 1."""
+    wt = w.t()
+    if b is not None:
+        return lambda x: torch.addmm(b, x, wt)
+    if w.dtype == torch.bfloat16 and w.device.type == "cpu":
+        return lambda x: torch.mv(w, x[0])[None] if x.shape[0] == 1 else torch.mm(x, wt)
+    return lambda x: torch.mm(x, wt)
 
 
 def _plain(m: nn.Module) -> bool:
     return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
 
 
+def _as_module(f):
+    """`f` (a module or a layer's forward, for (B, T, in)) applied to x (B, in) as one token."""
+    return lambda x: f(x[:, None])[:, 0]
+
+
 def _linear_fn(m: nn.Module):
-    """A callable computing `m(x)` for a linear layer of the model with as little Python as
-    computes the same thing: `_dense` on a plain (or LoRA-folded) layer's weight; an unfolded
-    peft LoRA layer as peft computes it (base, input cast to the adapter's dtype, + B(A(x)) *
-    scale, cast back); a pool's routed layer through its routing; the module itself otherwise
-    (hooks, variants, quantised layers)."""
+    """A callable computing `m(x)` for x (B, in), a linear layer of the model, with as little
+    Python as computes the same thing: `_dense` on a plain (or LoRA-folded) layer's weight; an
+    unfolded peft LoRA layer as peft computes it (base, input cast to the adapter's dtype,
+    + B(A(x)) * scale, cast back); a pool's routed layer through its routing; the module itself
+    otherwise (hooks, variants, quantised layers)."""
     if _plain(m):
         return _dense(m.weight, m.bias)
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     if not isinstance(m, LoraLinear) or m._forward_hooks or m._forward_pre_hooks:
-        return m
+        return _as_module(m)
     if "forward" in m.__dict__:  # a pool's per-row routing (zs_llm.pool.route_lora)
-        return m.__dict__["forward"]
+        return _as_module(m.__dict__["forward"])
     base = m.get_base_layer()
     live = [a for a in m.active_adapters if a in m.lora_A]
     if not _plain(base):
-        return m.forward
+        return _as_module(m.forward)
     if m.disable_adapters or not live or m.merged:
         return _dense(base.weight, base.bias)
     if any(a in m.lora_variant or not _plain(m.lora_A[a]) or not _plain(m.lora_B[a])
            or not isinstance(m.lora_dropout[a], nn.Identity) for a in live):
-        return m.forward
+        return _as_module(m.forward)
     run = _dense(base.weight, base.bias)
     cast = getattr(m, "cast_input_dtype_enabled", True)
-    adapters = [(m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in live]
+    adapters = [(m.lora_A[a].weight.t(), m.lora_B[a].weight.t(), m.scaling[a]) for a in live]
 
     def lora(x):
         result = run(x)
         dtype = result.dtype
-        for a_w, b_w, scale in adapters:
+        for a_t, b_t, scale in adapters:
             if cast:
-                x = x.to(a_w.dtype)
-            result = result + F.linear(F.linear(x, a_w), b_w) * scale
+                x = x.to(a_t.dtype)
+            result = result + torch.mm(torch.mm(x, a_t), b_t) * scale
         return result.to(dtype)
 
     return lora
@@ -131,7 +139,7 @@ class _Layer:
 
     def __init__(self, layer: nn.Module, cache_shape: tuple, dtype, device):
         a, mlp = layer.self_attn, layer.mlp
-        self.attn = a
+        self.groups, self.scale = getattr(a, "num_key_value_groups", 1), a.scaling
         self.ln1, self.ln2 = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
         self.q, self.k, self.v, self.o = (_linear_fn(getattr(a, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
         self.q_norm = a.q_norm.forward if hasattr(a, "q_norm") else None
@@ -142,9 +150,19 @@ class _Layer:
         self.values = torch.empty(cache_shape, dtype=dtype, device=device)
 
 
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _attention(q, k, v, mask, groups: int, scale: float):
+    """transformers' sdpa attention for one query token (integrations/sdpa_attention.py), without
+    its Python: grouped-query heads through `enable_gqa` when there is no mask, else packed as
+    (B, H_kv, groups, D) queries against the shared mask. Returns (B, H_q * D)."""
+    bsz, heads, _, dim = q.shape
+    kw = {}
+    if groups > 1:
+        if mask is None and dim <= 256:
+            kw["enable_gqa"] = True
+        else:
+            q = q.reshape(bsz, heads // groups, groups, dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale, **kw)
+    return out.reshape(bsz, heads * dim)
 
 
 @torch.no_grad()
@@ -154,8 +172,6 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     pad_token_id=...)`'s sequences (B, T + n), and with `return_logits` also its raw logits
     (B, n, V) fp32, for a model `unsupported` accepts. Forward pre-hooks on the head (a method's
     hook before the head) run as in `generate`; logits processors are not supported (check first)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     c = model.config
     bsz, width = input_ids.shape
     first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
@@ -194,8 +210,9 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
     positions = torch.arange(int(pos0.max()) + max_new_tokens, device=input_ids.device)
     cos_t, sin_t = backbone.rotary_emb(ew[:1], position_ids=positions[None])  # (1, P, D)
-    cos_t, sin_t = cos_t[0], sin_t[0]
-    n_q = c.num_attention_heads
+    half = cos_t.shape[-1] // 2
+    # rotate_half(x) * sin == roll(x, half) * sin with its first half negated (negation is exact)
+    cos_t, sin_t = cos_t[0], torch.cat([-sin_t[0, :, :half], sin_t[0, :, half:]], -1)
     head_dim = shape[3]
     norm = backbone.norm.forward
     done = torch.full_like(tok, pad_token_id)
@@ -203,28 +220,25 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         at = width + step  # this token's column in the cache
         pos = pos0 + step
         cos, sin = cos_t[pos][:, None, None, :], sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
-        x = F.embedding(tok[:, None], ew)  # (B, 1, H)
+        x = F.embedding(tok, ew)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
         if scale is not None:
             x = x * scale
         m = None if mask is None else mask[..., : at + 1]
         for lay in layers:
             h = lay.ln1(x)
-            q = lay.q(h).view(bsz, 1, -1, head_dim)  # (B, 1, H_q, D)
-            k = lay.k(h).view(bsz, 1, -1, head_dim)
-            v = lay.v(h).view(bsz, 1, -1, head_dim).transpose(1, 2)  # (B, H_kv, 1, D)
+            q = lay.q(h).view(bsz, -1, 1, head_dim)  # (B, H_q, 1, D)
+            k = lay.k(h).view(bsz, -1, 1, head_dim)  # (B, H_kv, 1, D)
             if lay.q_norm is not None:
                 q, k = lay.q_norm(q), lay.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + q.roll(half, -1) * sin
+            k = k * cos + k.roll(half, -1) * sin
             lay.keys[:, :, at: at + 1] = k
-            lay.values[:, :, at: at + 1] = v
-            a, _ = sdpa_attention_forward(lay.attn, q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m,
-                                          dropout=0.0, scaling=lay.attn.scaling)
-            x = x + lay.o(a.reshape(bsz, 1, n_q * head_dim))
+            lay.values[:, :, at: at + 1] = lay.v(h).view(bsz, -1, 1, head_dim)
+            a = _attention(q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m, lay.groups, lay.scale)
+            x = x + lay.o(a)
             h = lay.ln2(x)
             x = x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
-        out = head(norm(x))[:, -1]  # (B, V)
+        out = head(norm(x)[:, None])[:, -1]  # (B, V): the head as a module, its hooks (a method's) included
         scores = out.to(copy=True, dtype=torch.float32)
         if return_logits:
             logits.append(scores)
