@@ -421,12 +421,14 @@ class ZeroSiamLM:
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                     max_new_tokens: int | None = None, return_logits: bool = False, seed: int | None = None):
+                     max_new_tokens: int | None = None, return_logits: bool = False, seed: int | None = None,
+                     streamer=None):
         """Generate from the target branch (LoRA active, no predictor) with the method's hooks.
         Returns only the new tokens, (B, n); with `return_logits`, also the model's raw logits
         (before any logits processor or sampling warper) that produced them, (B, n, V) fp32.
         Sampling (temperature > 0) seeds torch with `seed`, by default this problem's
-        `sample_seed(config.seed, problems_seen)`: the same seed and state give the same text."""
+        `sample_seed(config.seed, problems_seen)`: the same seed and state give the same text.
+        `streamer`: a `transformers` streamer that gets the tokens as they are generated."""
         c = self.zs_config
         self.activate()
         max_new = max_new_tokens or c.max_new_tokens
@@ -444,6 +446,8 @@ class ZeroSiamLM:
             from transformers import LogitsProcessorList
 
             kw["logits_processor"] = LogitsProcessorList(procs)
+        if streamer is not None:
+            kw["streamer"] = streamer
         pre = self.method.head_pre_hook(self)
         handle = self.head.register_forward_pre_hook(lambda m, args: (pre(args[0]),)) if pre else None
         was_training = self.hf.training
