@@ -140,3 +140,30 @@ def test_pooled_drafts_equal_generate(dtype, monkeypatch):
     for (a, la), (b, lb) in zip(fast, slow):
         assert torch.equal(a, b)
         assert (la is None and lb is None) or torch.equal(la, lb)
+
+
+class Recorder:
+    """A streamer that keeps what it is handed."""
+
+    def __init__(self):
+        self.got, self.ended = [], 0
+
+    def put(self, value):
+        self.got.append(value.clone())
+
+    def end(self):
+        self.ended += 1
+
+
+def test_streamer_sees_what_generate_hands_it():
+    lm = ZeroSiamLM(tiny_model("llama"), char_tokenizer(), AdaptConfig(method="tent", max_new_tokens=12))
+    ids = lm.encode("What is 2+3?")
+    seen = []
+    for fast in (True, False):
+        lm.fast_greedy_drafts = fast
+        rec = Recorder()
+        lm.generate_ids(ids, streamer=rec)
+        seen.append(rec)
+    fast, slow = seen
+    assert len(fast.got) == len(slow.got) == 13 and fast.ended == slow.ended == 1
+    assert all(torch.equal(a, b) for a, b in zip(fast.got, slow.got))

@@ -167,11 +167,12 @@ def _attention(q, k, v, mask, groups: int, scale: float):
 
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                  pad_token_id: int, return_logits: bool = False):
+                  pad_token_id: int, return_logits: bool = False, streamer=None):
     """`model.generate(input_ids, attention_mask=..., do_sample=False, max_new_tokens=...,
     pad_token_id=...)`'s sequences (B, T + n), and with `return_logits` also its raw logits
     (B, n, V) fp32, for a model `unsupported` accepts. Forward pre-hooks on the head (a method's
-    hook before the head) run as in `generate`; logits processors are not supported (check first)."""
+    hook before the head) run as in `generate`; logits processors are not supported (check first).
+    `streamer` gets what generate's would: the prompt ids, each step's tokens (B,), then `end()`."""
     c = model.config
     bsz, width = input_ids.shape
     first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
@@ -182,9 +183,14 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     eos = model.generation_config.eos_token_id
     eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=input_ids.device)
     tok = first.sequences[:, -1]  # (B,)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+        streamer.put(tok.cpu())
     unfinished = ~torch.isin(tok, eos) if eos.numel() else torch.ones_like(tok, dtype=torch.bool)
     steps = max_new_tokens - 1
     if steps <= 0 or not bool(unfinished.any()):
+        if streamer is not None:
+            streamer.end()
         return (torch.cat(seqs, 1), torch.stack(logits, 1)) if return_logits else torch.cat(seqs, 1)
 
     backbone = model.base_model
@@ -245,9 +251,13 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         nxt = torch.argmax(scores, dim=-1)
         tok = torch.where(unfinished, nxt, done)
         seqs.append(tok[:, None])
+        if streamer is not None:
+            streamer.put(tok.cpu())
         if eos.numel():
             unfinished &= ~torch.isin(tok, eos)
             if not bool(unfinished.any()):
                 break
+    if streamer is not None:
+        streamer.end()
     ids = torch.cat(seqs, 1)
     return (ids, torch.stack(logits, 1)) if return_logits else ids

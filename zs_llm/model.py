@@ -460,7 +460,7 @@ class ZeroSiamLM:
             ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
             with self.lora_merged():
                 if self.fast_greedy(ids.shape[1] + max_new, procs):
-                    out = greedy_decode(self.hf, ids, mask, max_new, pad, return_logits)
+                    out = greedy_decode(self.hf, ids, mask, max_new, pad, return_logits, streamer)
                     return (out[0][:, ids.shape[1]:], out[1]) if return_logits else out[:, ids.shape[1]:]
                 out = self.hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
                                        output_logits=return_logits, return_dict_in_generate=return_logits, **kw)

@@ -188,7 +188,7 @@ def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[b
     try:
         with route_lora(hf, [lm.adapter_name for lm in lms]):
             if not groups and host.fast_greedy(width + max_new):
-                out = greedy_decode(hf, ids, mask, max_new, pad, logits)
+                out = greedy_decode(hf, ids, mask, max_new, pad, logits, kw.get("streamer"))
                 seqs, stacked = out if logits else (out, None)  # stacked: (B, n, V)
             else:
                 out = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, max_new_tokens=max_new,
