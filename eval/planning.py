@@ -54,7 +54,10 @@ class StreamPlanning:
 
     # --- checks before anything heavy ---------------------------------------------------
     def validate(self, overwrite: bool = False) -> None:
-        cfg = self.cfg
+        from .growing import grown_config
+
+        self.overwriting = overwrite
+        self.cfg = cfg = grown_config(self, self.out, overwrite)  # a run folder this grows: the merged settings
         self.resolved = by_label(cfg.resolved_methods())  # parsed once, when cfg was made
         self.adapt_configs = {label: r.config for label, r in self.resolved.items()}
         for d in cfg.dataset_names():

@@ -17,9 +17,10 @@ from .run_folder import _log, prune_checkpoints, remove_stale_temporaries
 
 
 def result_signature(row: dict) -> str:
-    """A row without its wall-clock fields, as JSON: what an exact rerun must reproduce (NaN
-    included, which a dict comparison would call different from itself)."""
-    d = {k: v for k, v in row.items() if k != "timings"}
+    """A row without its wall-clock fields and its set's fingerprint (`order`: a run grown to a
+    larger --limit continues rows written under the shorter list), as JSON: what an exact rerun
+    must reproduce (NaN included, which a dict comparison would call different from itself)."""
+    d = {k: v for k, v in row.items() if k not in ("timings", "order")}
     d["steps"] = [{k: v for k, v in s.items() if k != "time_s"} for s in row.get("steps") or []]
     return row_line(d)
 

