@@ -22,6 +22,8 @@ import contextlib
 
 import torch
 
+from .decode import greedy_decode
+
 
 # --- per-row LoRA ---------------------------------------------------------------------------
 def _stack_adapters(m, rows: list[str | None]):
@@ -185,16 +187,20 @@ def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[b
     logits = any(want_logits)
     try:
         with route_lora(hf, [lm.adapter_name for lm in lms]):
-            out = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, max_new_tokens=max_new,
-                              do_sample=False, temperature=None, top_p=None, top_k=None,
-                              output_logits=logits, return_dict_in_generate=logits, **kw)
+            if not groups and host.fast_greedy(width + max_new):
+                out = greedy_decode(hf, ids, mask, max_new, pad, logits, kw.get("streamer"))
+                seqs, stacked = out if logits else (out, None)  # stacked: (B, n, V)
+            else:
+                out = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, max_new_tokens=max_new,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  output_logits=logits, return_dict_in_generate=logits, **kw)
+                seqs = out.sequences if logits else out
+                stacked = torch.stack(out.logits, 1) if logits else None
     finally:
         if handle is not None:
             handle.remove()
         if was_training:
             hf.train()
-    seqs = out.sequences if logits else out
-    stacked = torch.stack(out.logits, 1) if logits else None  # (B, n, V)
     new = seqs[:, width:]
     return [(new[i, :limits[i]], stacked[i, :limits[i]] if want_logits[i] else None) for i in range(len(lms))]
 
