@@ -42,6 +42,9 @@ class StreamRunning:
         self.lock.acquire()
         try:
             self._write_run_json(prompt)
+            from .tracking import open_tracker
+
+            self.tracker = open_tracker(self.report_to, self.out, self.cfg.to_dict(), self.rank, self.world)
             for folder in (self.out, self.out / "rows"):
                 remove_stale_temporaries(folder)
             pool = []
@@ -57,6 +60,9 @@ class StreamRunning:
                 summary = {"wall_s": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         finally:
+            if self.tracker is not None:
+                self.tracker.close()
+                self.tracker = None
             self.lock.release()
         return self.out
 

@@ -54,7 +54,7 @@ def process_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progress: bool = True,
+def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progress: bool = True, report_to: str = "none",
                     poll_s: float = 2.0, report: bool = True) -> Path:
     """Run this process's share of the work, then (rank 0) wait for every rank, merge, report.
 
@@ -76,7 +76,7 @@ def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progr
         while (Path(out) / "run.json").exists() and not (Path(out) / f".overwritten.{os.getppid()}").exists():
             time.sleep(poll_s)  # let rank 0 clear the folder first
     runner = Runner(run_cfg, out, rank=rank, world=world, progress=progress and rank == 0,
-                    overwrite=overwrite and rank == 0)
+                    overwrite=overwrite and rank == 0, report_to=report_to)
     path = Path(out)
     if overwrite and rank == 0 and world > 1:
         path.mkdir(parents=True, exist_ok=True)
