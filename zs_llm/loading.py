@@ -536,9 +536,8 @@ def progress_bars(enabled: bool):
         if datasets.is_progress_bar_enabled():
             datasets.disable_progress_bars()
             undo.append(datasets.enable_progress_bars)
-    from tqdm.auto import tqdm
-
     import transformers.modeling_gguf_pytorch_utils as gguf_utils  # its bar takes no switch: given a silent one
+    from tqdm.auto import tqdm
 
     if getattr(gguf_utils, "tqdm", None) is tqdm:
         gguf_utils.tqdm = partial(tqdm, disable=True)
