@@ -33,6 +33,12 @@ class StreamRunning:
     """The `Runner`'s running of streams (a mixin: see `eval.runner.Runner`)."""
 
     def run(self) -> Path:
+        from zs_llm.loading import progress_bars
+
+        with progress_bars(self.progress):  # --no_progress: no bar at all, the libraries' loading bars too
+            return self._run()
+
+    def _run(self) -> Path:
         t0 = time.time()
         default_grader().start()  # the grading worker warms up while the model loads and generates
         # before the folder is touched: a published prompt whose source is missing stops the run here

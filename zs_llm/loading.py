@@ -13,6 +13,7 @@ matching manifest is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -506,3 +507,43 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """`with progress_bars(False):` no progress bar from the libraries a run goes through
+    (transformers' loading and saving bars, the hub's downloads, datasets' reads, and transformers'
+    GGUF conversion, which draws its own tqdm bar); each is put back as it was afterwards."""
+    if enabled:
+        yield
+        return
+    import sys
+    from functools import partial
+
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as tf_logging
+
+    undo = []
+    if tf_logging.is_progress_bar_enabled():
+        tf_logging.disable_progress_bar()
+        undo.append(tf_logging.enable_progress_bar)
+    if not hub.are_progress_bars_disabled():
+        hub.disable_progress_bars()
+        undo.append(hub.enable_progress_bars)
+    if "datasets" in sys.modules or importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        if datasets.is_progress_bar_enabled():
+            datasets.disable_progress_bars()
+            undo.append(datasets.enable_progress_bars)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils  # its bar takes no switch: given a silent one
+    from tqdm.auto import tqdm
+
+    if getattr(gguf_utils, "tqdm", None) is tqdm:
+        gguf_utils.tqdm = partial(tqdm, disable=True)
+        undo.append(lambda: setattr(gguf_utils, "tqdm", tqdm))
+    try:
+        yield
+    finally:
+        for f in reversed(undo):
+            f()
