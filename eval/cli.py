@@ -26,7 +26,8 @@ def run(argv: list[str]) -> None:
     cfg, launch = run_config(parse_options(argv, prog=RUN_USAGE, description=__doc__))
     if not launch.out:
         raise ValueError("--out is required (the run folder; or out: in the YAML)")
-    out = Runner(cfg, launch.out, progress=launch.progress, overwrite=launch.overwrite).run()
+    out = Runner(cfg, launch.out, progress=launch.progress, overwrite=launch.overwrite,
+                 report_to=launch.report_to).run()
     if launch.report:
         from .report import write_report
 

@@ -78,7 +78,7 @@ class StreamPlanning:
             if importlib.util.find_spec("vllm") is None:
                 raise ValueError("--backend vllm needs vLLM, which is not installed here: pip install 'zs_llm[vllm]' "
                                  "(a CUDA machine), or use --backend hf")
-        from zs_llm.loading import check_device
+        from zs_llm.loading import check_device, named_model
 
         check_device(cfg.device)
         chat_template_record(cfg.chat_template)  # a missing template file stops the run here
@@ -86,7 +86,7 @@ class StreamPlanning:
         looks_local = m.startswith((".", "/", "~")) or m.endswith(".gguf")
         if looks_local and not Path(m).expanduser().exists():
             raise FileNotFoundError(f"model {m!r} does not exist; give a hub id, a local folder or a .gguf file")
-        if cfg.gguf_file and not m.startswith(("smollm2", "embedded")) and Path(m).is_dir() \
+        if cfg.gguf_file and named_model(m) is None and Path(m).is_dir() \
                 and not (Path(m) / cfg.gguf_file).exists():
             raise FileNotFoundError(f"GGUF file {cfg.gguf_file} is not in {m}")
         check_not_nested(self.out)

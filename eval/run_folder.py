@@ -55,7 +55,8 @@ def run_output_names() -> dict[str, str]:
     sets = "|".join(re.escape(d) for d in sorted(DATASETS, key=len, reverse=True))
     stream = rf"[A-Za-z0-9_.+=-]+__(?:{sets})(?:\.shard\d+of\d+)?"  # rows.stream_path without .jsonl
     return {
-        "": r"run\.json|summary\.json|report\.md|report\.html|metrics\.json|results\.csv|\.done\.rank\d+|\.overwritten\..+",
+        "": r"run\.json|summary\.json|report\.md|report\.html|metrics\.json|results\.csv|\.done\.rank\d+|\.overwritten\..+"
+            r"|tensorboard|wandb",  # --report_to's files
         "rows": rf"{stream}\.jsonl",
         "state": stream,
         "adapters": stream,

@@ -105,15 +105,33 @@ class _StreamWriter:
                 self.n_graded += 1
                 self.n_correct += int(row["correct"])
             self.done_here += 1
+            if self.runner.tracker is not None:
+                from .tracking import problem_values
+
+                acc = self.n_correct / self.n_graded if self.n_graded else None
+                self.runner.tracker.log_problem(self.method, self.dataset, self._position(i) + 1,
+                                                problem_values(row, acc))
             rate = self.done_here / max(1e-9, time.perf_counter() - self.t_start) * 60
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{self.n_correct / max(1, self.n_graded):.1%}", ppm=f"{rate:.1f}")
+
+    def _position(self, i: int) -> int:
+        return self.runner._position(self.path, i)
 
     def close(self) -> None:
         self.appender.close()
         if not self.sorted:
             write_lines(self.path, [self.lines[k] for k in sorted(self.lines)])
         self.bar.close()
+        tracker = self.runner.tracker
+        if tracker is not None and not self.todo and self.done_here:  # finished here: its verdict
+            import json
+
+            from .tracking import verdict_text
+
+            rows = [json.loads(self.lines[k]) for k in sorted(self.lines)]
+            verdict, values = verdict_text(rows, self.runner.resolved[self.method].adapts)
+            tracker.log_stream_end(self.method, self.dataset, verdict, values)
 
 
 def stream_card(cfg, rows_path: Path, dataset: str) -> dict:

@@ -205,14 +205,20 @@ class ZeroSiamLM:
 
     def set_gradient_checkpointing(self, on: bool) -> None:
         """Recompute backbone activations in the backward pass (on) or keep them (off)."""
+        # transformers 5.x names it activation checkpointing (the gradient_ names warn, and go in v6)
         if on:
-            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(self.hf, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.hf.train()  # HF checkpoints only in train mode; keep dropout off
             for m in self.hf.modules():
                 if isinstance(m, nn.Dropout):
                     m.eval()
         else:
-            self.hf.gradient_checkpointing_disable()
+            disable = getattr(self.hf, "activation_checkpointing_disable", None) or self.hf.gradient_checkpointing_disable
+            disable()
             self.hf.eval()
 
     def _inject_lora(self, model):
