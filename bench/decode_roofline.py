@@ -2,9 +2,10 @@
 fast draft loop (zs_llm/decode.py) changes end to end.
 
     .venv/bin/python bench/decode_roofline.py [--dtype float32] [--tokens 64] [--repeats 5]
-        [--threads 2] [--pools 3,8] [--problems 6] [--tiny]
+        [--threads 2] [--pools 3,8] [--problems 6] [--model smollm2|tiny|llama8b] [--device cpu]
 
-One run prints, for SmolLM2-135M-Instruct (`--tiny`: a tiny random Llama, a check of the script):
+One run prints, for SmolLM2-135M-Instruct (`--model tiny`, or `--tiny`: a tiny random Llama, a check
+of the script; `--model llama8b`: random weights of Llama-3.1-8B's shapes, for a GPU):
 
 1. the machine's read bandwidth (`tensor.sum()` over `--read-mib` MiB, median of 5) and the bytes
    a decode step must read (every weight matrix once, the head included; embeddings read one
@@ -25,6 +26,12 @@ One run prints, for SmolLM2-135M-Instruct (`--tiny`: a tiny random Llama, a chec
 Variants run interleaved, their order alternating between repeats, the first repeat a warm-up;
 figures are medians of wall time, with the fast/old ratio of CPU time (`time.process_time`, all
 threads) beside them, which machine load disturbs less.
+
+On a GPU (prepared, not yet run: no GPU was lent to the session that wrote it), one run of about
+5 minutes on an H200:
+
+    python bench/decode_roofline.py --model llama8b --dtype bfloat16 --device cuda --tokens 128 \
+        --repeats 3 --pools 4,8 --problems 2
 """
 
 from __future__ import annotations
@@ -42,14 +49,21 @@ from zs_llm.decode import _dense, unsupported
 from zs_llm.pool import generate_rows
 
 
-def read_bandwidth(mib: int, repeats: int = 5) -> float:
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def read_bandwidth(mib: int, device="cpu", repeats: int = 5) -> float:
     """Bytes/s of `tensor.sum()` over `mib` MiB of fp32 (median)."""
-    x = torch.ones(mib * 2**18)
+    x = torch.ones(mib * 2**18, device=device)
     x.sum()
     ts = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         x.sum()
+        sync(device)
         ts.append(time.perf_counter() - t)
     return x.numel() * 4 / statistics.median(ts)
 
@@ -78,12 +92,15 @@ def step_bytes(model) -> int:
 
 def kernel_floor(model, batch: int, repeats: int) -> float:
     """Seconds of one pass over every linear's product at `batch` rows (median), fast-loop kernels."""
-    fns = [(_dense(w, None), torch.randn(batch, w.shape[1], dtype=w.dtype)) for w in linears(model)]
+    fns = [(_dense(w, None), torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device)) for w in linears(model)]
+    device = fns[0][1].device
     ts = []
     for _ in range(repeats + 1):
+        sync(device)
         t = time.perf_counter()
         for f, x in fns:
             f(x)
+        sync(device)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts[1:])
 
@@ -91,13 +108,16 @@ def kernel_floor(model, batch: int, repeats: int) -> float:
 class Timer:
     """Wall and CPU seconds per variant over interleaved repeats."""
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
+        self.device = device
         self.wall: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
 
     def run(self, name, fn, keep: bool):
+        sync(self.device)
         w, c = time.perf_counter(), time.process_time()
         out = fn()
+        sync(self.device)
         if keep:
             self.wall.setdefault(name, []).append(time.perf_counter() - w)
             self.cpu.setdefault(name, []).append(time.process_time() - c)
@@ -140,7 +160,7 @@ def move_lora(lms, seed: int = 0):
 def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
     """Section 3: tokens/s table."""
     prompts = [tok_lm.encode(m) for m in arith_messages(max(args.pools + [1]), style="answer_line")]
-    timer, equal = Timer(), {}
+    timer, equal = Timer(model.device), {}
     cases = [1] + args.pools
     pools = {b: streams_for(tok_lm, ["zerosiam:lr=3e-3"] * b, args.tokens) for b in args.pools}
     move_lora([tok_lm] + [s for v in pools.values() for s in v])
@@ -193,7 +213,7 @@ def end_to_end(lm, args):
     setups = {"one ZeroSiam stream": streams_for(lm, ["zerosiam:lr=3e-3"], 24),
               "main command's pool (3 streams)": streams_for(
                   lm, ["tent:lr=3e-3", "zerosiam:lr=3e-3", "zerosiam+clip:lr=3e-3"], 24)}
-    timer, same = Timer(), {}
+    timer, same = Timer(lm.device), {}
     for r in range(args.repeats // 2 + 2):
         for name, lms in setups.items():
             drafts = {}
@@ -228,28 +248,40 @@ def main(argv=None):
     ap.add_argument("--pools", default="3,8", help="pool sizes besides batch 1 (comma-separated; '' for none)")
     ap.add_argument("--problems", type=int, default=6, help="problems per stream end to end (0 skips it)")
     ap.add_argument("--read-mib", type=int, default=1024)
-    ap.add_argument("--tiny", action="store_true", help="a tiny random Llama: checks the script, not a figure")
+    ap.add_argument("--model", default="smollm2", choices=["smollm2", "tiny", "llama8b"],
+                    help="tiny: a tiny random Llama (checks the script, not a figure); llama8b: random weights of "
+                         "Llama-3.1-8B's shapes (a GPU's figure)")
+    ap.add_argument("--tiny", action="store_true", help="the same as --model tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layers", type=int, default=None, help="llama8b: fewer layers (a dry run)")
     args = ap.parse_args(argv)
     args.pools = [int(x) for x in args.pools.split(",") if x]
     set_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     t = time.perf_counter()
-    if args.tiny:
-        from zs_llm.testing import char_tokenizer, tiny_model
-
-        model, tok = tiny_model("llama").to(dtype), char_tokenizer()
-        args.read_mib = min(args.read_mib, 64)
-    else:
+    model_name = "tiny" if args.tiny else args.model
+    if model_name == "smollm2":
         from _common import load_smollm2
 
-        model, tok = load_smollm2(args.dtype)
+        model, tok = load_smollm2(args.dtype, args.device)
+    else:
+        from zs_llm.testing import char_tokenizer, tiny_model
+
+        tok = char_tokenizer()
+        if model_name == "tiny":
+            model = tiny_model("llama").to(device=args.device, dtype=dtype)
+            args.read_mib = min(args.read_mib, 64)
+        else:
+            from step_cost import llama8b_shaped
+
+            model = llama8b_shaped(dtype, args.device, args.layers)
     load_s = time.perf_counter() - t
     no_eos(model)
     why = unsupported(model, 4096)
     print(f"model {type(model).__name__} {args.dtype}, {torch.get_num_threads()} threads, loaded in {load_s:.1f} s; "
           f"fast loop: {'covers it' if why is None else 'not used: ' + why}")
     lm = ZeroSiamLM(model, tok, AdaptConfig(method="zerosiam", max_new_tokens=args.tokens))
-    bw, nbytes = read_bandwidth(args.read_mib), step_bytes(model)
+    bw, nbytes = read_bandwidth(args.read_mib, args.device), step_bytes(model)
     floor1 = kernel_floor(model, 1, 5)
     print(f"read bandwidth {bw / 1e9:.1f} GB/s; weight bytes per step {nbytes / 1e6:.1f} MB "
           f"-> roofline {bw / nbytes:.1f} tokens/s; kernel floor {floor1 * 1e3:.2f} ms/token "
