@@ -189,7 +189,7 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     app = FastAPI(title="zs_llm adapting server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.metrics = engine, metrics
