@@ -152,6 +152,17 @@ def wait_healthy(url: str, limit: float) -> None:
         time.sleep(0.25)
 
 
+def engine_seconds(url: str) -> dict[str, float]:
+    """The server's time in its loop and in checkpoints so far (from /metrics)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out = {}
+    for key in ("loop", "checkpoint"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"zs_serve_{key}_seconds_total "))
+        out[f"{key}_s"] = float(line.split()[1])
+    return out
+
+
 def summary(name: str, records: list[dict], seconds: float) -> dict:
     ok = [r for r in records if r["ok"]]
     lat = sorted(r["seconds"] for r in ok)
@@ -184,6 +195,7 @@ def sequential(model: str, method: str, work: dict, tokens: int, threads: int) -
         r = zs_llm.adapt_generate(streams.stream(tenant), messages, return_result=True)
         records.append({"tenant": tenant, "index": i, "ok": True, "seconds": time.perf_counter() - t,
                         "tokens": r.answer_tokens})
+        print(f"  sequential {len(records)}/{len(queue)}: {records[-1]['seconds']:.1f} s", flush=True)
     return records, time.perf_counter() - t0
 
 
@@ -193,9 +205,11 @@ def served(name, model, method, work, tokens, threads, max_pool, tmp, max_second
     try:
         load(srv.url, {0: [("warm", 0, work[0][0][2])]}, tokens, max_seconds)  # first-call costs
         t = time.perf_counter()
+        before = engine_seconds(srv.url)
         recs = load(srv.url, work, tokens, max_seconds)
         out = summary(name, recs, time.perf_counter() - t)
-        out["start_s"] = start_s
+        after = engine_seconds(srv.url)
+        out.update({k: after[k] - before[k] for k in after}, start_s=start_s)
         return out
     finally:
         srv.stop()
@@ -279,6 +293,7 @@ def main(argv=None) -> dict:
     if "sequential" not in args.skip:
         recs, dt = sequential(model, args.method, work, args.tokens, args.threads)
         rows.append(summary("adapt_generate one at a time, in process", recs, dt))
+        rows[-1].update(loop_s=sum(r["seconds"] for r in recs), checkpoint_s=0.0)
         print(rows[-1], flush=True)
     phases = [("pooled", f"server, {args.method}, pooled (--max_pool {pool})", args.method, pool),
               ("one", f"server, {args.method}, one request at a time (--max_pool 1)", args.method, 1),
@@ -291,11 +306,13 @@ def main(argv=None) -> dict:
     if "kill" not in args.skip:
         kill = kill_test(model, args.method, work, args.tokens, args.threads, pool, tmp, args.max_seconds)
         print(kill, flush=True)
-    print("\n| serving | answered | requests/min | p50 latency s | p95 latency s | mean tokens | mean pool |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| serving | answered | requests/min | p50 latency s | p95 latency s | mean tokens | mean pool | "
+          "wall s: total / loop / checkpoints |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['serving']} | {r['requests']} | {r['per_min']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
-              f"{r['tokens']:.1f} | {r['pool']:.2f} |")
+              f"{r['tokens']:.1f} | {r['pool']:.2f} | {r['seconds']:.0f} / {r['loop_s']:.0f} / "
+              f"{r['checkpoint_s']:.1f} |")
     if kill:
         print(f"\nkill -9 after {kill['answered_before_kill']} of {kill['requests']} answers: restart "
               f"{kill['restart_s']:.1f} s, resumed at {kill['resumed']}; {kill['lost']} requests lost (errors, "

@@ -147,7 +147,8 @@ class Engine:
         self.lock = threading.RLock()  # histories: written by the worker, read by the HTTP handlers
         self.history: dict[str, collections.deque] = {}
         self.notes: dict[str, list[str]] = {}  # what happened to a stream outside its problems (restored, reset)
-        self.stats = {"rounds": 0, "round_s": collections.deque(maxlen=50), "pool_size": 0, "requests": 0}
+        self.stats = {"rounds": 0, "round_s": collections.deque(maxlen=50), "pool_size": 0, "requests": 0,
+                      "loop_s": 0.0, "checkpoint_s": 0.0}
         self._thread: threading.Thread | None = None
         self._stop = False
         self._lock_file = None
@@ -372,10 +373,13 @@ class Engine:
                 lm.method.config = old
         self.stats["rounds"] += 1
         self.stats["pool_size"] = len(jobs)
+        self.stats["loop_s"] += time.monotonic() - t0
         for j, lm, sink, r in zip(jobs, lms, sinks, results):
             self._record(j.stream, lm, r)
             try:
+                t = time.monotonic()
                 self.checkpoint(j.stream)
+                self.stats["checkpoint_s"] += time.monotonic() - t
             except Exception as e:  # noqa: BLE001 - the answer is not released when its state is not durable
                 log.exception("stream %s: checkpoint failed", j.stream)
                 j.future.set_exception(ServeError(500, f"the stream's state could not be saved ({e}); the answer "
