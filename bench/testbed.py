@@ -28,7 +28,7 @@ from eval.prompting import build_messages
 from eval.stats import wilson_interval
 from zs_llm.diagnostics import has_answer
 
-CANDIDATES = ("boxed", "answer_line", "plain", "llama31_paraphrase")
+CANDIDATES = ("boxed", "answer_line", "fewshot_answer_line", "plain", "llama31_paraphrase")
 
 
 def generate(lm, problems, style: str, budget: int, batch: int) -> list[list[int]]:

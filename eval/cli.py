@@ -4,6 +4,7 @@
         --datasets arith,math500 --limit 20 --out runs/demo
     python -m eval run --config recipes/configs/smollm2_135m_math.yaml --limit 5
     python -m eval report runs/demo
+    python -m eval compare runs/demo runs/other      # two different runs on the problems they share
     python -m eval study studies/wild_streams.yaml --stages study --assemble
 
 `run` takes the options every recipe takes (`eval.options`; `python -m eval run --help`).
@@ -25,7 +26,8 @@ def run(argv: list[str]) -> None:
     cfg, launch = run_config(parse_options(argv, prog=RUN_USAGE, description=__doc__))
     if not launch.out:
         raise ValueError("--out is required (the run folder; or out: in the YAML)")
-    out = Runner(cfg, launch.out, progress=launch.progress, overwrite=launch.overwrite).run()
+    out = Runner(cfg, launch.out, progress=launch.progress, overwrite=launch.overwrite,
+                 report_to=launch.report_to).run()
     if launch.report:
         from .report import write_report
 
@@ -48,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("run_dir", nargs="+", help="a run folder, or several seed runs of one configuration to combine "
                      "(runs that differ in their seeds alone; written to --out, default <their common "
                      "parent>/combined-<8 hex of their paths>)")
-    rep.add_argument("--out", help="output folder of a combined report (not a run folder; a combined report's folder "
-                     "only for the same runs)")
+    rep.add_argument("--out", help="output folder of the report (default: the run folder itself; for several runs, "
+                     "<their common parent>/combined-<8 hex>); not another run's folder")
+    cmp = sub.add_parser("compare", help="compare two different runs on the problems they share (paired tables); "
+                         "eval.compare")
+    cmp.add_argument("run_a", help="the run compared against (its methods are the reference)")
+    cmp.add_argument("run_b", help="the run compared")
+    cmp.add_argument("--out", help="output folder (default: compare-<A>-vs-<B> beside RUN_A); not a run folder")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "run":  # its options are parsed by eval.options, as a recipe's are
@@ -64,13 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             from .report import write_report
 
-            if args.out and len(args.run_dir) == 1:
-                raise ValueError("--out is the folder of a combined report of several runs; a run's own report is "
-                                 "written into its folder: drop --out")
             status: list[str] = []
             md = write_report(args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir, args.out, status=status)
             print(md.read_text())
             print(f"[eval] report: {md}")
+            print_unfinished(status)
+        if args.cmd == "compare":
+            from .compare import write_comparison
+
+            status = []
+            md = write_comparison(args.run_a, args.run_b, args.out, status=status)
+            print(md.read_text())
+            print(f"[eval] comparison: {md}")
             print_unfinished(status)
     except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: files, folders, the run lock
         print(f"error: {error_line(e)}", file=sys.stderr)

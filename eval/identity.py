@@ -123,16 +123,17 @@ def file_sha256s(paths: list[Path]) -> dict[Path, str]:
 # --- the model ---------------------------------------------------------------------------------
 def model_files(model: str, gguf_file: str | None = None) -> tuple[Path, list[Path]] | None:
     """(folder, the files transformers reads from it) for a local model; None for a hub id."""
-    from zs_llm.loading import EMBEDDED, cache_complete, embedded_cache, embedded_gguf
+    from zs_llm.loading import cache_complete, model_cache, named_model
 
-    if model in (EMBEDDED, "embedded"):
+    named = named_model(model)
+    if named is not None:
         try:
-            folder, name = embedded_gguf()
+            files = [Path(f) for f in named.sources()]
         except FileNotFoundError:
-            if not cache_complete(embedded_cache()):
+            if not cache_complete(model_cache(named.name)):
                 raise
-            return model_files(str(embedded_cache()))  # the package is gone, its converted cache loads
-        return Path(folder), [Path(folder) / name]
+            return model_files(str(model_cache(named.name)))  # the packages are gone, the converted cache loads
+        return files[0].parent, files
     p = Path(model).expanduser()
     if gguf_file is None and str(model).endswith(".gguf") and p.is_file():
         return p.parent, [p]

@@ -57,6 +57,11 @@ class Launch:
     progress: bool = field(default=True, metadata={"help": "Progress bars (--no_progress: none)."})
     report: bool = field(default=True, metadata={"help": "Write report.md and the plots at the end (--no_report: "
                                                  "skip)."})
+    report_to: str = field(default="none", metadata={
+        "help": "Log every problem (loss, entropy, divergence, predictor drift, grad norm, running accuracy) and each "
+                "stream's verdict to tensorboard (event files in OUT/tensorboard) or wandb (an offline run in "
+                "OUT/wandb unless WANDB_MODE=online), as trl's --report_to; needs pip install 'zs_llm[track]'.",
+        "choices": ("none", "tensorboard", "wandb")})
 
     def __post_init__(self):
         check_fields(self)

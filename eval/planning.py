@@ -54,7 +54,10 @@ class StreamPlanning:
 
     # --- checks before anything heavy ---------------------------------------------------
     def validate(self, overwrite: bool = False) -> None:
-        cfg = self.cfg
+        from .growing import grown_config
+
+        self.overwriting = overwrite
+        self.cfg = cfg = grown_config(self, self.out, overwrite)  # a run folder this grows: the merged settings
         self.resolved = by_label(cfg.resolved_methods())  # parsed once, when cfg was made
         self.adapt_configs = {label: r.config for label, r in self.resolved.items()}
         for d in cfg.dataset_names():
@@ -75,7 +78,7 @@ class StreamPlanning:
             if importlib.util.find_spec("vllm") is None:
                 raise ValueError("--backend vllm needs vLLM, which is not installed here: pip install 'zs_llm[vllm]' "
                                  "(a CUDA machine), or use --backend hf")
-        from zs_llm.loading import check_device
+        from zs_llm.loading import check_device, named_model
 
         check_device(cfg.device)
         chat_template_record(cfg.chat_template)  # a missing template file stops the run here
@@ -83,7 +86,7 @@ class StreamPlanning:
         looks_local = m.startswith((".", "/", "~")) or m.endswith(".gguf")
         if looks_local and not Path(m).expanduser().exists():
             raise FileNotFoundError(f"model {m!r} does not exist; give a hub id, a local folder or a .gguf file")
-        if cfg.gguf_file and not m.startswith(("smollm2", "embedded")) and Path(m).is_dir() \
+        if cfg.gguf_file and named_model(m) is None and Path(m).is_dir() \
                 and not (Path(m) / cfg.gguf_file).exists():
             raise FileNotFoundError(f"GGUF file {cfg.gguf_file} is not in {m}")
         check_not_nested(self.out)

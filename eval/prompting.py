@@ -39,6 +39,16 @@ from pathlib import Path
 BOXED = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 ANSWER_LINE = ("{question}\nReply in one short sentence that ends with \"The final answer is N.\", where N is the "
                "number.")
+# Our own, for base models (no chat template, no instruction following): two worked questions in
+# the answer-line form, then the question, so that the continuation states "The final answer is N."
+# A base model goes on to invent a next question after its answer, which the grader would read as
+# the last answer stated: keep max_new_tokens short (about 12; bench/testbed.py measures it).
+FEWSHOT_ANSWER_LINE = ("Question: What is 14 + 9?\nAnswer: 14 + 9 = 23. The final answer is 23.\n\n"
+                       "Question: What is 31 - 17?\nAnswer: 31 - 17 = 14. The final answer is 14.\n\n"
+                       "Question: What is 6 * 7?\nAnswer: 6 * 7 = 42. The final answer is 42.\n\n"
+                       "Question: A box holds 3 rows of 5 eggs. How many eggs are in the box?\n"
+                       "Answer: 3 * 5 = 15. The final answer is 15.\n\n"
+                       "Question: {question}\nAnswer:")
 
 # Our own paraphrase of the instruction in Meta's Llama 3.1 math evaluation prompt, not Meta's
 # text (that is the style `meta_llama31_math`): short or step-wise solutions, always closed by
@@ -118,6 +128,13 @@ def answer_line() -> Template:
     """Our own: the question, then a request for one short sentence ending "The final answer is N."
     (a stated answer within few tokens, for small models on numeric sets; see bench/testbed.py)."""
     return Template(ANSWER_LINE, "eval.prompting.ANSWER_LINE (our own)")
+
+
+@register("fewshot_answer_line")
+def fewshot_answer_line() -> Template:
+    """Our own, for base models: two worked questions answered "The final answer is N.", then the
+    question after "Question:" and an open "Answer:" (see FEWSHOT_ANSWER_LINE)."""
+    return Template(FEWSHOT_ANSWER_LINE, "eval.prompting.FEWSHOT_ANSWER_LINE (our own)")
 
 
 @register("plain")

@@ -649,7 +649,7 @@ def prompt_format_note(info: dict) -> list[str]:
 def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
                  status: list[str] | None = None) -> Path:
     """Write report.md (and report.html, the same with its plots inline), metrics.json, results.csv and
-    plots/ into `run_dir`; returns the report's path.
+    plots/ into `run_dir`, or into `out` when given (not another run's folder); returns the report's path.
     `status` gets a line per thing unfinished (a live writer, incomplete streams; `status_notes`).
 
     Several run folders (one configuration, different seeds) go to `write_combined_report`, into
@@ -661,6 +661,10 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
             return write_combined_report(runs, out or combined_out(runs), status=status)
         run_dir = runs[0]
     run_dir = Path(run_dir)
+    dest = Path(out) if out is not None else run_dir
+    if dest.resolve() != run_dir.resolve() and ((dest / "run.json").exists() or (dest / "rows").is_dir()):
+        raise FileExistsError(f"--out {dest} is another run's folder: its report would be overwritten; choose another "
+                              "--out")
     notes: list[str] = []
     streams = load_run(run_dir, notes)
     if not streams:
@@ -668,8 +672,8 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     info, summ = _read_json(run_dir / "run.json"), _read_json(run_dir / "summary.json")
     streams = method_order(streams, info)
     summary = summarize(streams)
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    plots = dest / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
     plot_accuracy(summary, plots / "accuracy.png")
     for d in summary["datasets"]:
         plot_diagnostics(streams, d, plots / f"diagnostics_{d}.png")
@@ -705,9 +709,9 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
     metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
     metrics |= {"incomplete_streams": incomplete, "held_by": holder}
-    atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
-    write_csv(results_rows(summary), run_dir / "results.csv", CSV_COLUMNS + sample_columns(summary))
-    path = run_dir / "report.md"
+    atomic_write_text(dest / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    write_csv(results_rows(summary), dest / "results.csv", CSV_COLUMNS + sample_columns(summary))
+    path = dest / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
     write_html(path)  # report.html beside it, plots inline
     return path
@@ -847,14 +851,14 @@ def seed_run_conflicts(infos: dict[str, dict]) -> list[str]:
         info = infos[lab]
         known = bool(ref_info.get("identity") and info.get("identity"))
         a, b = _settings(ref_info, known), _settings(info, known)
-        diff = next((k for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)), None)
-        if diff is not None:
-            out.append(f"{lab}: {diff} differs ({repr(a.get(diff))[:60]} in {ref}, here {repr(b.get(diff))[:60]})")
-            continue
+        diffs = [k for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)]
+        found = [f"{k} differs ({repr(a.get(k))[:60]} in {ref}, here {repr(b.get(k))[:60]})" for k in diffs]
         same_seed = (ref_info["config"].get(SEED_FIELD) == info["config"].get(SEED_FIELD))
         what = _identity_change(ref_info, info, same_seed) if known else None
-        if what:
-            out.append(f"{lab}: {what}")
+        if what and not (diffs and what.startswith("model differs (") and "model" in diffs):
+            found.append(what)
+        if found:
+            out.append(f"{lab}: " + ", ".join(found))
     return out
 
 
@@ -863,7 +867,8 @@ def check_seed_runs(infos: dict[str, dict]) -> None:
     conflicts = seed_run_conflicts(infos)
     if conflicts:
         raise ValueError("these runs are not seed runs of one configuration: " + "; ".join(conflicts)
-                         + ". Combine only runs whose settings, model and data agree and whose seeds differ")
+                         + ". Combine only runs whose settings, model and data agree and whose seeds differ; "
+                         "`python -m eval compare RUN_A RUN_B` compares two different runs")
 
 
 def combined_out(runs: Sequence[str | Path]) -> Path:

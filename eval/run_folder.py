@@ -55,7 +55,8 @@ def run_output_names() -> dict[str, str]:
     sets = "|".join(re.escape(d) for d in sorted(DATASETS, key=len, reverse=True))
     stream = rf"[A-Za-z0-9_.+=-]+__(?:{sets})(?:\.shard\d+of\d+)?"  # rows.stream_path without .jsonl
     return {
-        "": r"run\.json|summary\.json|report\.md|report\.html|metrics\.json|results\.csv|\.done\.rank\d+|\.overwritten\..+",
+        "": r"run\.json|summary\.json|report\.md|report\.html|metrics\.json|results\.csv|\.done\.rank\d+|\.overwritten\..+"
+            r"|tensorboard|wandb",  # --report_to's files
         "rows": rf"{stream}\.jsonl",
         "state": stream,
         "adapters": stream,
@@ -270,10 +271,14 @@ class FolderChecks:
             raise FileExistsError(f"{out} holds results but no run.json records what produced them; --overwrite "
                                   "(deletes them) or another --out")
         old = read_run_json(run_json)
+        from .growing import plan
+
+        blocked = plan(self, old).blocked or [self._config_change(old, meaningful=True)]
         raise FileExistsError(
-            f"{out} holds a run with another configuration ({self._config_change(old, meaningful=True)}; hash "
-            f"{old.get('config_hash')}, this one {self.cfg.hash()}); choose a new --out, or pass --overwrite to "
-            "delete its results")
+            f"{out} holds a run with another configuration ({'; '.join(blocked)}; hash {old.get('config_hash')}, "
+            f"this one {self.cfg.hash()}): a run grows by a larger --limit, more methods or datasets, but these "
+            "settings change what its rows were computed on; choose a new --out, or pass --overwrite to delete its "
+            "results")
 
     def _config_change(self, info: dict, meaningful: bool = False) -> str:
         """The settings that differ from the run a folder's run.json (`info`) records, as `name: old ->
@@ -301,7 +306,14 @@ class FolderChecks:
         old = read_run_json(run_json) if run_json.exists() else None
         if not has_results(self.out):
             return False
-        return old is None or not self.same_run(old)
+        return old is None or not (self.same_run(old) or self.grows(old))
+
+    def grows(self, old: dict) -> bool:
+        """Whether this configuration grows the run run.json's `old` records (`eval.growing`); never
+        under --overwrite, which deletes that run's results instead."""
+        from .growing import plan
+
+        return not getattr(self, "overwriting", False) and plan(self, old).merged is not None
 
     def same_run(self, old: dict) -> bool:
         """Whether run.json's `old` record is of this configuration: the same hash, or settings that
@@ -339,15 +351,16 @@ class FolderChecks:
         run_json = self.out / "run.json"
         old = read_run_json(run_json) if run_json.exists() else None
         same = old is not None and self.same_run(old)
+        grow = old is not None and not same and has_results(self.out)  # check_folder let it: it grows
         if same and old.get("config_hash") != self.cfg.hash() and has_results(self.out):
             _log(f"{run_json} records this configuration spelled otherwise ({self._config_change(old)}"
                  "); resuming it, checked against its recorded model, data and template fingerprints")
-        recorded = old.get("prompt") if same else None
+        recorded = old.get("prompt") if same or grow else None
         if recorded and recorded["sha256"] != prompt["sha256"]:
             raise refusal(self.out, f"another {prompt['style']} template: it was {recorded['origin']} (sha256 "
                                     f"{recorded['sha256'][:12]}), now {prompt['origin']} ({prompt['sha256'][:12]})")
         chat = chat_template_record(self.cfg.chat_template)
-        was = old.get("chat_template") if same else None
+        was = old.get("chat_template") if same or grow else None
         if was and was.get("sha256") != chat.get("sha256"):
             raise refusal(self.out, f"the chat template file changed: it was {was.get('path')} (sha256 "
                                     f"{was.get('sha256', '')[:12]}), now {chat.get('path')} ({chat['sha256'][:12]})")
@@ -367,8 +380,12 @@ class FolderChecks:
             updated = check_resume(self.out, old, data, ident, has_results(self.out))
             if updated is not None and self.rank == 0:
                 atomic_write_text(run_json, json.dumps(updated, indent=2))
+        if grow:
+            from .growing import check_grown_data
+
+            check_grown_data(self.out, old, data, ident, self.cfg)
         if self.rank == 0 and not same:
-            if old is not None:
+            if old is not None and not grow:
                 _log(f"{run_json} records a run that wrote no rows (hash {old.get('config_hash')}): replaced")
             info = {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "prompt": prompt,
                     "chat_template": chat, "subsets": subsets,
@@ -377,6 +394,10 @@ class FolderChecks:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": self.world,
                     "split": "online adapting streams: whole (method, dataset) streams per rank; other units: "
                              "problems split by index across ranks", **environment_summary()}
+            if grow:
+                from .growing import grown_record, plan
+
+                info = grown_record(old, info, plan(self, old).added)
             atomic_write_text(run_json, json.dumps(info, indent=2))
 
     def _check_loaded(self) -> None:

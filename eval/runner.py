@@ -209,8 +209,12 @@ class Runner(FolderChecks, StreamPlanning, StreamRunning):
     disk, replaying (and checking against the stored rows) from there."""
 
     def __init__(self, cfg: RunConfig, out: str | os.PathLike, rank: int = 0, world: int = 1, progress: bool = True,
-                 overwrite: bool = False):
+                 overwrite: bool = False, report_to: str = "none"):
+        from .tracking import check_available
+
         self.cfg, self.out, self.rank, self.world, self.progress = cfg, Path(out), rank, world, progress
+        check_available(report_to)  # before anything: a tracker whose package is missing stops here
+        self.report_to, self.tracker = report_to, None
         self.lock = RunLock(self.out, rank, world)
         self.validate(overwrite)
         self.model = self.tokenizer = None

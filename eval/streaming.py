@@ -33,6 +33,12 @@ class StreamRunning:
     """The `Runner`'s running of streams (a mixin: see `eval.runner.Runner`)."""
 
     def run(self) -> Path:
+        from zs_llm.loading import progress_bars
+
+        with progress_bars(self.progress):  # --no_progress: no bar at all, the libraries' loading bars too
+            return self._run()
+
+    def _run(self) -> Path:
         t0 = time.time()
         default_grader().start()  # the grading worker warms up while the model loads and generates
         # before the folder is touched: a published prompt whose source is missing stops the run here
@@ -42,6 +48,9 @@ class StreamRunning:
         self.lock.acquire()
         try:
             self._write_run_json(prompt)
+            from .tracking import open_tracker
+
+            self.tracker = open_tracker(self.report_to, self.out, self.cfg.to_dict(), self.rank, self.world)
             for folder in (self.out, self.out / "rows"):
                 remove_stale_temporaries(folder)
             pool = []
@@ -57,6 +66,9 @@ class StreamRunning:
                 summary = {"wall_s": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         finally:
+            if self.tracker is not None:
+                self.tracker.close()
+                self.tracker = None
             self.lock.release()
         return self.out
 

@@ -17,9 +17,10 @@ from .run_folder import _log, prune_checkpoints, remove_stale_temporaries
 
 
 def result_signature(row: dict) -> str:
-    """A row without its wall-clock fields, as JSON: what an exact rerun must reproduce (NaN
-    included, which a dict comparison would call different from itself)."""
-    d = {k: v for k, v in row.items() if k != "timings"}
+    """A row without its wall-clock fields and its set's fingerprint (`order`: a run grown to a
+    larger --limit continues rows written under the shorter list), as JSON: what an exact rerun
+    must reproduce (NaN included, which a dict comparison would call different from itself)."""
+    d = {k: v for k, v in row.items() if k not in ("timings", "order")}
     d["steps"] = [{k: v for k, v in s.items() if k != "time_s"} for s in row.get("steps") or []]
     return row_line(d)
 
@@ -104,15 +105,33 @@ class _StreamWriter:
                 self.n_graded += 1
                 self.n_correct += int(row["correct"])
             self.done_here += 1
+            if self.runner.tracker is not None:
+                from .tracking import problem_values
+
+                acc = self.n_correct / self.n_graded if self.n_graded else None
+                self.runner.tracker.log_problem(self.method, self.dataset, self._position(i) + 1,
+                                                problem_values(row, acc))
             rate = self.done_here / max(1e-9, time.perf_counter() - self.t_start) * 60
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{self.n_correct / max(1, self.n_graded):.1%}", ppm=f"{rate:.1f}")
+
+    def _position(self, i: int) -> int:
+        return self.runner._position(self.path, i)
 
     def close(self) -> None:
         self.appender.close()
         if not self.sorted:
             write_lines(self.path, [self.lines[k] for k in sorted(self.lines)])
         self.bar.close()
+        tracker = self.runner.tracker
+        if tracker is not None and not self.todo and self.done_here:  # finished here: its verdict
+            import json
+
+            from .tracking import verdict_text
+
+            rows = [json.loads(self.lines[k]) for k in sorted(self.lines)]
+            verdict, values = verdict_text(rows, self.runner.resolved[self.method].adapts)
+            tracker.log_stream_end(self.method, self.dataset, verdict, values)
 
 
 def stream_card(cfg, rows_path: Path, dataset: str) -> dict:

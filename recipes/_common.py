@@ -45,16 +45,27 @@ def log(msg: str) -> None:
 
 
 def process_rank() -> tuple[int, int]:
-    """(rank, world size) from the variables torchrun / `accelerate launch` set; (0, 1) alone.
+    """(rank, world size) from the variables torchrun / `accelerate launch` set (or mpirun's, Open
+    MPI's and MPICH's); (0, 1) alone.
 
-    accelerate's `--cpu` flag starts one process (it spreads CPU runs only through mpirun);
     `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N` start N
-    processes on CPUs or GPUs alike.
+    processes on CPUs or GPUs alike. `accelerate launch --cpu --num_processes N` starts one (it
+    spreads CPU processes only through mpirun, given --mpirun_hostfile) and only sets the rendezvous
+    address: refused, naming the torchrun command that starts N, rather than run alone silently.
     """
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    env = os.environ
+    for rank, size in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE")):
+        if size in env:
+            return int(env.get(rank, 0)), int(env[size])
+    if env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes") and env.get("MASTER_ADDR"):
+        script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "recipes/<recipe>.py"
+        raise ValueError(f"accelerate launch --cpu --num_processes N starts one process, not N (accelerate spreads CPU "
+                         f"processes only through mpirun): run `torchrun --nproc_per_node N {script} ...` for N CPU "
+                         "processes, or drop --num_processes for one")
+    return 0, 1
 
 
-def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progress: bool = True,
+def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progress: bool = True, report_to: str = "none",
                     poll_s: float = 2.0, report: bool = True) -> Path:
     """Run this process's share of the work, then (rank 0) wait for every rank, merge, report.
 
@@ -76,7 +87,7 @@ def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progr
         while (Path(out) / "run.json").exists() and not (Path(out) / f".overwritten.{os.getppid()}").exists():
             time.sleep(poll_s)  # let rank 0 clear the folder first
     runner = Runner(run_cfg, out, rank=rank, world=world, progress=progress and rank == 0,
-                    overwrite=overwrite and rank == 0)
+                    overwrite=overwrite and rank == 0, report_to=report_to)
     path = Path(out)
     if overwrite and rank == 0 and world > 1:
         path.mkdir(parents=True, exist_ok=True)

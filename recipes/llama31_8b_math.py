@@ -10,8 +10,9 @@ One GPU:
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/llama31_8b_math.py
 Several GPUs (each rank takes whole online streams; generation-only methods split problems):
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 4 recipes/llama31_8b_math.py
-CPU (a smoke run on a small model):
-    accelerate launch --cpu --num_processes 2 recipes/llama31_8b_math.py --model path/to/small --limit 4
+CPU (a smoke run on a small model; `accelerate launch --cpu --num_processes 2` would start one process,
+and is refused saying so):
+    torchrun --nproc_per_node 2 recipes/llama31_8b_math.py --model path/to/small --limit 4
 
 Defaults live in recipes/configs/llama31_8b_math.yaml; any field (harness or AdaptConfig)
 can be overridden: `--lr 5e-5 --methods noadapt,zerosiam --limit 50 --out runs/x`. A rerun
@@ -51,7 +52,8 @@ def main(cfg: dict) -> Path:
     run_cfg, out, overwrite = split(cfg)
     log(f"model {run_cfg.model}; methods {run_cfg.methods}; datasets {run_cfg.datasets}; out {out}")
     launch = launch_options(cfg)
-    return run_distributed(run_cfg, out, overwrite, progress=launch.progress, report=launch.report)
+    return run_distributed(run_cfg, out, overwrite, progress=launch.progress, report=launch.report,
+                           report_to=launch.report_to)
 
 
 if __name__ == "__main__":

@@ -183,15 +183,18 @@ def test_unknown_names_are_errors():
 @pytest.mark.parametrize("objective", sorted(FAST_OBJECTIVES))
 @pytest.mark.parametrize("alpha", [0.0, 1.0, 0.3])
 def test_closed_form_gradients_equal_autograd(div, objective, alpha):
+    # the fp32 closed form against autograd on the reference in float64 (an fp32 autograd reference
+    # carries its own rounding, amplified where slr's 1 / (1 - p) is large)
     torch.manual_seed(3)
-    uo = (3 * torch.randn(5, 11)).requires_grad_(True)
+    uo = 3 * torch.randn(5, 11)
     ur = 3 * torch.randn(5, 11)
-    ref, ref_extras = zerosiam_token_loss(uo, ur, alpha, div, objective)
+    uo64 = uo.double().requires_grad_(True)
+    ref, ref_extras = zerosiam_token_loss(uo64, ur.double(), alpha, div, objective)
     ref.sum().backward()
-    loss, grad, extras = zerosiam_rows(uo.detach(), torch.log_softmax(ur, -1), alpha, div, objective)
-    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, uo.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(extras["divergence"], ref_extras["divergence"], rtol=1e-5, atol=1e-6)
+    loss, grad, extras = zerosiam_rows(uo, torch.log_softmax(ur, -1), alpha, div, objective)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), uo64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(extras["divergence"].double(), ref_extras["divergence"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("objective", sorted(FAST_OBJECTIVES))
@@ -293,3 +296,151 @@ def test_logit_stats_from_probs_and_lse_equal_from_logp():
     got = logit_stats(u, probs=lp.exp(), lse=torch.logsumexp(u, -1))
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-5)
+
+
+# --- a 262,144-token vocabulary (Gemma 3) ---------------------------------------------------------
+# Each fp32 result against float64 on the same fp32 inputs, within a bound derived from fp32's unit
+# roundoff u = 2^-24 (never from one machine's figures): a row sum of V terms through a reduction
+# tree of depth d = log2 V + 1 is off by at most about d * u * (the sum of |terms|); a log-sum-exp
+# is off by u * (d + |lse|) (the relative error of its sum, then the rounding of m + log); each
+# log-probability inherits that, and the terms' probabilities the same relative error. So a row of
+# log-probability dot products with |terms| summing to S is off by at most u * (d + |lse|) * (1 + S),
+# the log-sum-exps of both branches counted; a factor 4 covers the few roundings per term.
+# The blocked reductions pass with room to spare; one matrix product per row (the former `_dot`) or
+# F.log_softmax's sum miss this bound by about ten times at this size.
+GEMMA_V = 262_144
+U32 = 2.0**-24
+
+
+def gemma_rows(seed=0, offset=30.0):
+    """(4, V) fp32 logits from flat to peaked, with an offset shared by the vocabulary (as real heads
+    give), and a target branch near them."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([0.5, 3.0, 8.0, 20.0]).unsqueeze(-1)
+    uo = torch.randn(4, GEMMA_V, generator=g) * scales + offset
+    ur = uo + 0.3 * torch.randn(4, GEMMA_V, generator=g)
+    return uo, ur
+
+
+def bound(v, lse_abs, scale):
+    """4 u (log2 V + 1 + |lse|) (1 + scale), per row."""
+    return 4 * U32 * (math.log2(v) + 1 + lse_abs) * (1 + scale)
+
+
+def within(got, ref, tol, what):
+    err = (got.double() - ref).abs()
+    worst = int((err - tol).argmax())
+    assert bool((err <= tol).all()), f"{what}: row {worst} off by {float(err[worst]):.3g} > bound {float(tol[worst]):.3g}"
+
+
+def test_dot_at_262k_columns_within_the_log_depth_bound():
+    from zs_llm.objective import _dot
+
+    uo, _ = gemma_rows()
+    p = torch.softmax(uo.double(), -1).float()
+    terms = p.double() * uo.double()
+    within(_dot(p, uo), terms.sum(-1), 4 * U32 * (math.log2(GEMMA_V) + 1) * terms.abs().sum(-1), "dot")
+    m = uo.amax(-1)
+    shifted = p.double() * (uo.double() - m.double().unsqueeze(-1))
+    # shifted: the bound scales with |u - max|, not with the offset
+    within(_dot(p, uo, m), shifted.sum(-1), 4 * U32 * (math.log2(GEMMA_V) + 2) * shifted.abs().sum(-1), "shifted dot")
+    # an expanded operand (EATA's moving mean) reads the same
+    mean = p.mean(0)
+    within(_dot(p, mean.expand_as(p)), (p.double() * mean.double()).sum(-1),
+           4 * U32 * (math.log2(GEMMA_V) + 1) * (p.double() * mean.double()).sum(-1), "expanded dot")
+
+
+def test_logsumexp_rows_at_262k_columns_within_the_bound():
+    from zs_llm.objective import logsumexp_rows
+
+    uo, _ = gemma_rows()
+    ref = torch.logsumexp(uo.double(), -1)
+    within(logsumexp_rows(uo), ref, bound(GEMMA_V, ref.abs(), 0.0), "logsumexp")
+    rows = torch.full((2, 40_000), float("-inf"))
+    rows[1, 7] = 2.0
+    assert logsumexp_rows(rows).tolist() == [float("-inf"), 2.0]
+
+
+def _ref64(uo, ur):
+    lp, lq = torch.log_softmax(uo.double(), -1), torch.log_softmax(ur.double(), -1)
+    return lp, lp.exp(), lq, lq.exp(), torch.logsumexp(uo.double(), -1), torch.logsumexp(ur.double(), -1)
+
+
+def test_closed_form_entropy_and_zerosiam_at_262k_within_the_bound():
+    from zs_llm.objective import log_softmax_rows
+
+    uo, ur = gemma_rows()
+    lp, p, lq, q, lse_o, lse_r = _ref64(uo, ur)
+    # Tent's entropy and its gradient (-p (log p + H))
+    h_ref = -(p * lp).sum(-1)
+    tol_h = bound(GEMMA_V, lse_o.abs(), h_ref)
+    h, g = confidence_rows(uo)
+    within(h, h_ref, tol_h, "entropy")
+    g_ref = -p * (lp + h_ref.unsqueeze(-1))
+    g_scale = (p * (2 + lp.abs() + h_ref.unsqueeze(-1))).amax(-1)
+    within((g.double() - g_ref).abs().amax(-1), torch.zeros(4, dtype=torch.float64), tol_h * g_scale, "entropy grad")
+    # ZeroSiam's fused H(p) + sym KL(p, sg q), from the target's log-probabilities as the loop gives them
+    ref_o = uo.double().requires_grad_(True)
+    ref_loss, _ = zerosiam_token_loss(ref_o, ur.double())
+    ref_loss.sum().backward()
+    scale = ((p + q) * (lp.abs() + lq.abs())).sum(-1)
+    tol = bound(GEMMA_V, lse_o.abs() + lse_r.abs(), scale)
+    loss, grad, extras = zerosiam_rows(uo, log_softmax_rows(ur))
+    within(loss, ref_loss.detach(), tol, "zerosiam loss")
+    within(extras["entropy"], -(q * lq).sum(-1), bound(GEMMA_V, lse_r.abs(), -(q * lq).sum(-1)), "target entropy")
+    g_scale = ((p + q) * (2 + lp.abs() + lq.abs() + scale.unsqueeze(-1))).amax(-1)
+    within((grad.double() - ref_o.grad).abs().amax(-1), torch.zeros(4, dtype=torch.float64), tol * g_scale,
+           "zerosiam grad")
+    # the statistics' entropy (logit_stats) on the target logits
+    within(logit_stats(ur)["entropy"], -(q * lq).sum(-1), bound(GEMMA_V, lse_r.abs(), -(q * lq).sum(-1)),
+           "stats entropy")
+
+
+@pytest.mark.parametrize("method", ["tent", "zerosiam"])
+def test_chunked_head_loss_at_262k_within_the_bound(method):
+    """The loop's path: the chunked head loss (an identity head, so the logits are the hidden states),
+    the target branch given as known logits (ZeroSiam's draft) or equal to the online one (Tent)."""
+    from zs_llm import METHODS, AdaptConfig
+
+    uo, ur = gemma_rows(seed=1)
+    if method == "tent":
+        ur = uo
+    m = METHODS[method](AdaptConfig.from_spec(method))
+    z = uo.clone().requires_grad_(True)
+    stats = {}
+    loss = head_loss(z, None, lambda h: h, m.token_loss, chunk_size=3, stats=stats,
+                     target_logits=None if method == "tent" else ur)
+    loss.backward()
+    ref_o = uo.double().requires_grad_(True)
+    lp, p, lq, q, lse_o, lse_r = _ref64(uo, ur)
+    if method == "tent":
+        ref = (-(torch.softmax(ref_o, -1) * torch.log_softmax(ref_o, -1)).sum(-1)).mean()
+        scale = -(p * lp).sum(-1)
+        lse_abs = lse_o.abs()
+    else:
+        ref = zerosiam_token_loss(ref_o, ur.double())[0].mean()
+        scale = ((p + q) * (lp.abs() + lq.abs())).sum(-1)
+        lse_abs = lse_o.abs() + lse_r.abs()
+    ref.backward()
+    tol = bound(GEMMA_V, lse_abs, scale)
+    within(loss.detach().reshape(1), ref.detach().reshape(1), tol.max().reshape(1), f"{method} loss")
+    g_scale = ((p + q) * (2 + lp.abs() + lq.abs() + scale.unsqueeze(-1))).amax(-1) / 4  # the mean over 4 rows
+    within((z.grad.double() - ref_o.grad).abs().amax(-1), torch.zeros(4, dtype=torch.float64), tol * g_scale,
+           f"{method} grad")
+    h_q = float(-(q * lq).sum(-1).mean())
+    assert abs(stats["entropy"] - h_q) <= float(bound(GEMMA_V, lse_r.abs().max(), h_q)), (stats["entropy"], h_q)
+
+
+def test_blocked_reductions_carry_gradients_when_asked():
+    from zs_llm.objective import ROW_BLOCK, _dot, logsumexp_rows
+
+    torch.manual_seed(0)
+    v = 2 * ROW_BLOCK + 5  # two full blocks and a ragged one
+    a, b = torch.randn(3, v, dtype=torch.float64, requires_grad=True), torch.randn(3, v, dtype=torch.float64)
+    shift = torch.randn(3, dtype=torch.float64)
+    (_dot(a, b, shift).sum() + logsumexp_rows(a).sum()).backward()
+    want = (b - shift.unsqueeze(-1)) + torch.softmax(a.detach(), -1)
+    torch.testing.assert_close(a.grad, want)
+    with torch.no_grad():
+        torch.testing.assert_close(_dot(a, b, shift), (a * (b - shift.unsqueeze(-1))).sum(-1))
+        torch.testing.assert_close(logsumexp_rows(a), torch.logsumexp(a, -1))

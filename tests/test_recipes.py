@@ -30,8 +30,19 @@ def launch(prefix, tiny_dir, out):
     return proc
 
 
+def test_accelerate_cpu_with_several_processes_is_refused_naming_torchrun(tiny_dir, tmp_path):
+    """accelerate's --cpu starts one process whatever --num_processes says: refused, not run alone."""
+    cmd = [ACCELERATE, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+           "--num_processes", "2", str(REPO / "recipes" / "llama31_8b_math.py"), "--model", str(tiny_dir), "--limit",
+           "1", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, proc.stderr[-2000:]  # the recipe exits 2; accelerate reports that as its own failure
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "torchrun --nproc_per_node N recipes/llama31_8b_math.py" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("launcher", [
-    ["--cpu", "--num_processes", "2"],  # accelerate runs one process for --cpu
     ["--multi_gpu", "--num_processes", "2"],  # two real processes (torchrun underneath), on CPUs here
 ])
 def test_accelerate_launch_matches_single_process(launcher, tiny_dir, tmp_path):

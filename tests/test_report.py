@@ -532,9 +532,32 @@ def test_combinations_do_not_overwrite_each_other(tmp_path):
     assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
 
 
-def test_report_of_one_run_refuses_out(tmp_path, capsys):
+def test_report_of_one_run_is_written_to_out_and_the_run_folder_is_untouched(tmp_path, capsys):
     from eval.cli import main as cli_main
 
     a = make_run(tmp_path / "a")
-    assert cli_main(["report", str(a), "--out", str(tmp_path / "elsewhere")]) == 2
-    assert "drop --out" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    before = sorted(p.relative_to(a) for p in a.rglob("*"))
+    assert cli_main(["report", str(a), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert sorted(p.relative_to(a) for p in a.rglob("*")) == before
+    for name in ("report.md", "report.html", "metrics.json", "results.csv", "plots/accuracy.png"):
+        assert (tmp_path / "elsewhere" / name).is_file(), name
+    assert (tmp_path / "elsewhere" / "report.md").read_text() == capsys.readouterr().out.split("[eval] report:")[0][:-1]
+    b = make_run(tmp_path / "b")
+    assert cli_main(["report", str(a), "--out", str(b)]) == 2  # another run's folder
+    assert "another run's folder" in capsys.readouterr().err and not (b / "report.md").exists()
+
+
+def test_the_seed_refusal_names_every_differing_setting_and_identical_runs_are_refused(tmp_path, capsys):
+    from eval.cli import main as cli_main
+
+    a = write_info(make_run(tmp_path / "a"), full_info(seed=1))
+    b = write_info(make_run(tmp_path / "b"), full_info(seed=2, limit=5, prompt_style="plain",
+                                                       adapt={"seed": 0, "alpha": 0.2}))
+    assert cli_main(["report", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "eval compare" in err
+    for name in ("limit differs (10 in a, here 5)", "prompt_style differs", "alpha (every method) differs"):
+        assert name in err, (name, err)
+    twin = write_info(make_run(tmp_path / "twin"), full_info(seed=1))
+    assert cli_main(["report", str(a), str(twin)]) == 2
+    assert "the same seed twice" in capsys.readouterr().err

@@ -22,14 +22,14 @@ def base_model_record(model, probe: dict) -> dict:
     """{"name", "hub_id", "revision", "gguf_file", "fingerprint"} of the base under `model`.
     `name` is what `zs_llm.load_model` loads it by here or anywhere the same name resolves: the
     hub id, the embedded model's name, or the path it was given (a cache path is never kept)."""
-    from .loading import EMBEDDED
+    from .loading import named_model
 
     given = str(getattr(model, "_zs_name", None) or getattr(getattr(model, "config", None), "_name_or_path", "") or "")
     gguf = getattr(model, "_zs_gguf_file", None)
     hub_id = revision = None
     cached = _HUB_CACHE.search(Path(given).as_posix()) if given else None
-    if given in (EMBEDDED, "embedded"):
-        name, gguf = EMBEDDED, None  # its package file is found wherever it is installed
+    if named_model(given) is not None:
+        name, gguf = named_model(given).name, None  # its package files are found wherever they are installed
     elif cached:
         hub_id, revision = f"{cached['org']}/{cached['name']}", cached["commit"]
         name = hub_id

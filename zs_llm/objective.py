@@ -4,6 +4,13 @@ Every function takes logits of shape (..., V) and works per row; reductions over
 left to the caller. `zerosiam_loss` is the reference, unchunked form of the objective;
 `head_loss` computes the same thing from hidden states in chunks of rows so that its peak
 memory grows with chunk x vocabulary, never with sequence x vocabulary.
+
+Row sums over a vocabulary run in blocks of `ROW_BLOCK` columns, each block summed by
+`torch.sum` (a cascade: its rounding grows with log V) and the blocks' partial sums summed
+again, so fp32 keeps its precision at 262,144 columns (Gemma 3). A single matrix product over
+the row, or `F.log_softmax`'s own sum of exponentials, accumulates long sequential runs: at
+262,144 columns they lost 3e-4 (dot products) and 2.6e-5 (log-sum-exp) of the result, an
+entropy error of 2.5e-3 nats (tests/test_objective.py bounds ours from fp32's rounding unit).
 """
 
 from __future__ import annotations
@@ -15,12 +22,95 @@ import torch
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------
+# precise row reductions
+
+ROW_BLOCK = 16_384  # columns per block of a row reduction: a (rows, ROW_BLOCK) scratch, never (rows, V)
+
+
+def _tracked(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _blocks(v: int):
+    return [(s, min(v, s + ROW_BLOCK)) for s in range(0, v, ROW_BLOCK)]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise sum(a * (b - shift)) over the last dimension of (..., V) tensors (either may be
+    an expanded view; `shift`: (...) per row, or None for 0), in blocks of ROW_BLOCK columns: no
+    (..., V) temporary, and a rounding error that grows with log V (see the module docstring).
+    The shift is subtracted before the product, so the rounding scales with |b - shift|: logits
+    shifted by their row maximum lose nothing to an offset shared by the vocabulary."""
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    v = shape[-1]
+    a2, b2 = a.expand(shape).reshape(-1, v), b.expand(shape).reshape(-1, v)
+    c = None if shift is None else shift.expand(shape[:-1]).reshape(-1, 1)
+    spans = _blocks(v)
+    if _tracked(a, b, shift):  # differentiable: block-sized temporaries instead of a scratch written in place
+        parts = [(a2[:, s:e] * (b2[:, s:e] if c is None else b2[:, s:e] - c)).sum(-1) for s, e in spans]
+        return torch.stack(parts).sum(0).view(shape[:-1])
+    scratch = torch.empty(a2.shape[0], min(v, ROW_BLOCK), dtype=torch.result_type(a2, b2), device=a2.device)
+    parts = scratch.new_empty(len(spans), a2.shape[0])
+    for j, (s, e) in enumerate(spans):
+        blk = scratch[:, : e - s]
+        if c is None:
+            torch.mul(a2[:, s:e], b2[:, s:e], out=blk)
+        else:
+            torch.sub(b2[:, s:e], c, out=blk).mul_(a2[:, s:e])
+        torch.sum(blk, -1, out=parts[j])
+    return (parts[0] if len(spans) == 1 else parts.sum(0)).view(shape[:-1])
+
+
+def _lse_parts(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, log s) per row of (..., V) logits, m the row's maximum and s = sum exp(u - m), the sum
+    in blocks of ROW_BLOCK columns (no (..., V) temporary): log-sum-exp = m + log s. Kept apart so
+    that log-probabilities come out as (u - m) - log s, rounded at their own scale."""
+    v = u.shape[-1]
+    u2 = u.reshape(-1, v)
+    m = u2.detach().amax(-1)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # as torch.logsumexp: an all -inf row stays -inf
+    spans = _blocks(v)
+    if _tracked(u):
+        parts = [(u2[:, s:e] - m.unsqueeze(-1)).exp().sum(-1) for s, e in spans]
+        log_s = torch.stack(parts).sum(0).log()
+    else:
+        scratch = torch.empty(u2.shape[0], min(v, ROW_BLOCK), dtype=u2.dtype, device=u2.device)
+        parts = scratch.new_empty(len(spans), u2.shape[0])
+        for j, (s, e) in enumerate(spans):
+            blk = scratch[:, : e - s]
+            torch.sub(u2[:, s:e], m.unsqueeze(-1), out=blk).exp_()
+            torch.sum(blk, -1, out=parts[j])
+        log_s = parts.sum(0).log_()
+    return m.view(u.shape[:-1]), log_s.view(u.shape[:-1])
+
+
+def logsumexp_rows(u: torch.Tensor) -> torch.Tensor:
+    """log sum exp over the last dimension, (..., V) -> (...), summed in blocks (`_lse_parts`).
+    Rows of -inf give -inf."""
+    m, log_s = _lse_parts(u)
+    return m + log_s
+
+
+def log_softmax_rows(u: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last dimension, its sum of exponentials in blocks (`_lse_parts`)."""
+    m, log_s = _lse_parts(u)
+    return (u - m.unsqueeze(-1)).sub_(log_s.unsqueeze(-1))
+
+
+def _log_softmax(u: torch.Tensor) -> torch.Tensor:
+    """Differentiable log_softmax with torch.logsumexp's cascade sum (for the reference forms), in
+    float32 at least: float64 input stays float64, so a test's float64 reference is one."""
+    u = u if u.dtype == torch.float64 else u.float()
+    return u - torch.logsumexp(u, -1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------
 # per-row quantities
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of softmax(logits) per row, in nats. (..., V) -> (...)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = _log_softmax(logits)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -65,7 +155,7 @@ def divergence(online_logits: torch.Tensor, target_logits: torch.Tensor, kind: s
     """D(p_o || p_r) per row. No stop-gradient here: `zerosiam_loss` applies it."""
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence {kind!r}; choose one of {sorted(DIVERGENCES)}")
-    return DIVERGENCES[kind](F.log_softmax(online_logits.float(), -1), F.log_softmax(target_logits.float(), -1))
+    return DIVERGENCES[kind](_log_softmax(online_logits), _log_softmax(target_logits))
 
 
 # Entropy and the replacements for it that the paper shows the mechanism carries to.
@@ -103,7 +193,7 @@ def confidence_objective(logits: torch.Tensor, kind: str = "entropy") -> torch.T
     """The per-row term that is minimized to sharpen predictions (entropy by default)."""
     if kind not in OBJECTIVES:
         raise ValueError(f"unknown objective {kind!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[kind](F.log_softmax(logits.float(), -1))
+    return OBJECTIVES[kind](_log_softmax(logits))
 
 
 def zerosiam_token_loss(
@@ -122,8 +212,8 @@ def zerosiam_token_loss(
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {sorted(DIVERGENCES)}")
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
-    logp_o = F.log_softmax(online_logits.float(), -1)
-    logp_r = F.log_softmax(target_logits.detach().float(), -1)
+    logp_o = _log_softmax(online_logits)
+    logp_r = _log_softmax(target_logits.detach())
     conf = OBJECTIVES[objective](logp_o)
     if alpha == 0:
         return conf, {"objective": conf.detach(), "divergence": torch.zeros_like(conf).detach()}
@@ -228,13 +318,6 @@ def _fast_mse(lp, p, lq, q):
 FAST_DIVERGENCES = {"sym_kl": _fast_sym_kl, "kl": _fast_kl, "rkl": _fast_rkl, "js": _fast_js, "mse": _fast_mse}
 
 
-def _dot(a, b):
-    """Row-wise sum(a * b) over the last dimension of (..., V) tensors, without a (..., V)
-    temporary (one batched matmul)."""
-    v = a.shape[-1]
-    return torch.bmm(a.reshape(-1, 1, v), b.reshape(-1, v, 1)).view(a.shape[:-1])
-
-
 def _fused_entropy_sym_kl(u, lq, q, alpha, inplace=False):
     """H(p) + alpha * (KL(p||q) + KL(q||p)) and its gradient w.r.t. the online logits `u`, with
     p = softmax(u) and the online log-probabilities never materialised (lp = u - lse): four
@@ -243,9 +326,11 @@ def _fused_entropy_sym_kl(u, lq, q, alpha, inplace=False):
     gradient = p * ((alpha - 1) * lp - alpha * lq + (1 - alpha) * s_pp + alpha * (s_pq + 1)) - alpha * q.
     With `inplace` the gradient is built in `lq`'s storage. Also returns the target's entropy
     (-s_qq), which the statistics reuse."""
-    p = torch.softmax(u, -1)
-    lse = u.amax(-1) - p.amax(-1).log()  # log-sum-exp from the largest probability: no (c, V) pass
-    s_pp, s_pq, s_qq, s_qp = _dot(p, u) - lse, _dot(p, lq), _dot(q, lq), _dot(q, u) - lse
+    m, log_s = _lse_parts(u)  # log-sum-exp = m + log_s
+    lse = m + log_s
+    p = u.sub(m.unsqueeze(-1)).sub_(log_s.unsqueeze(-1)).exp_()  # softmax(u), normalised by the blocked sum
+    # sum(p * log p) = sum(p * (u - m)) - log_s: the dot runs on logits shifted to their maximum
+    s_pp, s_pq, s_qq, s_qp = _dot(p, u, m) - log_s, _dot(p, lq), _dot(q, lq), _dot(q, u, m) - log_s
     div = s_pp - s_pq + s_qq - s_qp
     # the lp term as (alpha - 1) * u, its -(alpha - 1) * lse folded into the per-row constant
     const = ((1 - alpha) * s_pp + alpha * (s_pq + 1) - (alpha - 1) * lse).unsqueeze(-1)
@@ -259,7 +344,7 @@ def _fused_entropy_sym_kl(u, lq, q, alpha, inplace=False):
 @torch.no_grad()
 def confidence_rows(online_logits, objective: str = "entropy"):
     """(per-row confidence term, its gradient w.r.t. the online logits), closed form."""
-    lp = F.log_softmax(online_logits.float(), -1)
+    lp = log_softmax_rows(online_logits.float())
     return FAST_OBJECTIVES[objective](lp, lp.exp(), inplace=True)
 
 
@@ -275,7 +360,7 @@ def zerosiam_rows(online_logits, target_logp, alpha=1.0, divergence="sym_kl", ob
     if alpha != 0 and objective == "entropy" and divergence == "sym_kl":
         q = target_logp.exp() if target_p is None else target_p
         return _fused_entropy_sym_kl(u, target_logp, q, alpha, inplace)
-    lp = F.log_softmax(u, -1)
+    lp = log_softmax_rows(u)
     p = lp.exp()
     if alpha == 0:  # the target branch does not enter
         conf, g = FAST_OBJECTIVES[objective](lp, p, inplace=True)
@@ -420,7 +505,7 @@ def eminf_loss(logits: torch.Tensor, logp0: torch.Tensor, kl_weight: float = 0.0
     """EM-INF's objective on one decoding step's logits, per row: `H_eps(p) + kl_weight * KL(p0 || p)`,
     p = softmax(logits) at temperature 1, H_eps = -sum p log(p + eps), p0 the logits' starting
     distribution (`logp0`, its log, detached). (..., V) -> (loss (...), H_eps (...))."""
-    lp = F.log_softmax(logits.float(), -1)
+    lp = _log_softmax(logits)
     p = lp.exp()
     h = -(p * (p + eps).log()).sum(-1)
     lp0 = logp0.detach().float()
@@ -432,7 +517,7 @@ def eminf_rows(logits: torch.Tensor, logp0: torch.Tensor, kl_weight: float = 0.0
                eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Closed-form `eminf_loss`: (loss (c,), H_eps (c,), d loss / d logits (c, V)).
     dH_eps/dp = -(log(p + eps) + p / (p + eps)) taken through the softmax; d KL(p0||p) / d logits = p - p0."""
-    lp = F.log_softmax(logits.float(), -1)
+    lp = log_softmax_rows(logits.float())
     p = lp.exp()
     lq = p.add(eps).log_()  # (c, V) log(p + eps)
     h = -_dot(p, lq)
@@ -467,7 +552,7 @@ def logit_stats(logits: torch.Tensor, logp: torch.Tensor | None = None, probs: t
     log-probabilities are gone; names in `skip` are not computed (the caller has them)."""
     logits = logits.float()
     if logp is None and (lse is None or probs is None):
-        logp = F.log_softmax(logits, -1)
+        logp = log_softmax_rows(logits)
     out = {}
     if "entropy" not in skip:
         if logp is not None:
@@ -510,9 +595,10 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     ur = head_fn(z_target[s:e]).float()
                 else:
                     ur = uo32.detach()
-                lr = F.log_softmax(ur, -1)
+                m, log_s = _lse_parts(ur)
+                lse = m + log_s  # for the statistics: token_loss may overwrite lr
+                lr = (ur - m.unsqueeze(-1)).sub_(log_s.unsqueeze(-1))
                 qr = lr.exp()
-                lse = ur.amax(-1) - lr.amax(-1)  # for the statistics: token_loss may overwrite lr
             with torch.enable_grad():  # autograd.Function.forward runs with grad mode off
                 out = token_loss(uo32, lr, None if labels is None else labels[s:e], qr)
                 loss, weight, extras = out[:3]

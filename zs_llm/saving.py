@@ -173,10 +173,10 @@ def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None =
                              f"(the method and its settings come from {CONFIG_NAME}); drop them")
         if not meta.get("base_model"):
             raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
-        from .loading import EMBEDDED
+        from .loading import named_model
 
         base = meta.get("base") or {}
-        if base and not base.get("hub_id") and base.get("name") not in (EMBEDDED, "embedded") \
+        if base and not base.get("hub_id") and named_model(base.get("name")) is None \
                 and not Path(str(base.get("name"))).expanduser().exists():
             raise FileNotFoundError(f"{d} was adapted on base model {base.get('name')!r} (fingerprint "
                                     f"{base.get('fingerprint')}), which is not found from here; load that model "

@@ -1,0 +1,263 @@
+"""Greedy decoding without `generate`'s per-token machinery, with the same tokens.
+
+At batch 1 a small model's decode step is dispatch-bound, not memory-bound: SmolLM2-135M spent
+about 30 of 41 ms per token in `generate` outside the weight reads (module calls, hooks, mask and
+cache bookkeeping, the dynamic cache's concatenation). `greedy_decode` runs the prompt through
+`generate` itself (one token, so the prefill and the first token are generate's own) and then
+decodes token by token in a flat loop over the model's own modules' weights:
+
+- the model's linears as plain `F.linear` on their (possibly LoRA-folded) weights, or, for a peft
+  layer that is not folded (bf16 base, a pool's per-row routing), that layer's own forward;
+- its norms' and activations' own `forward` (no `nn.Module.__call__`);
+- a preallocated KV cache written in place, attention through transformers' own sdpa function
+  with the mask generate would build (none without padding, a boolean padding mask with it);
+- RoPE's cos/sin for every position computed once, by the model's rotary module.
+
+Every step computes what the model's forward computes, op for op, so the logits equal
+`generate`'s bit for bit on the kernels tested (tests/test_fast_decode.py). Architectures and
+settings outside what the loop reproduces (`unsupported` names why) go through `generate`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: decoder-only families whose layer is Llama's (pre-norm attention + gated MLP, RoPE); Qwen3
+#: adds per-head q/k norms, Gemma a scaled embedding and (1 + w) norms (its own norm forward)
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+#: RoPE variants whose cos/sin depend on the position only (not on the sequence length so far)
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+#: generation-config fields that add a logits processor to greedy decoding, with their no-op values
+_PROCESSOR_FIELDS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                     "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_bos_token_id": (None,),
+                     "forced_eos_token_id": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+                     "sequence_bias": (None,), "stop_strings": (None,), "num_beams": (None, 1),
+                     "exponential_decay_length_penalty": (None,), "renormalize_logits": (None, False)}
+
+
+def unsupported(model: nn.Module, total_length: int | None = None) -> str | None:
+    """Why `greedy_decode` cannot reproduce `model.generate` here (None: it can). `total_length`:
+    prompt plus new tokens, checked against a sliding window."""
+    c = model.config
+    mt = getattr(c, "model_type", "")
+    if mt not in FAMILIES:
+        return f"architecture {mt or type(model).__name__} (the fast loop covers {', '.join(FAMILIES)})"
+    if getattr(c, "_attn_implementation", None) != "sdpa":
+        return f"attention implementation {getattr(c, '_attn_implementation', None)!r} (the fast loop uses sdpa)"
+    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in STATIC_ROPE:
+        return f"rope_type {rope!r} (its cos/sin change with the sequence length)"
+    window = getattr(c, "sliding_window", None)
+    types = set(getattr(c, "layer_types", None) or ["full_attention"])
+    if window is not None and (mt == "mistral" or types != {"full_attention"}):
+        if total_length is None or total_length > window:
+            return f"a sliding window of {window} tokens shorter than the sequence"
+    if getattr(c, "use_bidirectional_attention", False):
+        return "bidirectional attention"
+    g = model.generation_config
+    for name, defaults in _PROCESSOR_FIELDS.items():
+        if getattr(g, name, None) not in defaults:
+            return f"generation_config.{name}={getattr(g, name)!r} (a logits processor the fast loop lacks)"
+    backbone = model.base_model
+    if not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb") or not hasattr(backbone, "norm"):
+        return f"{type(backbone).__name__} has no layers / rotary_emb / norm"
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return "global module forward hooks"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in [model, *backbone.modules()]
+           if not isinstance(m, nn.Linear) and type(m).__name__ != "Linear"):
+        return "forward hooks on the model's modules (other than its linear layers)"
+    return None
+
+
+def _dense(w: torch.Tensor, b: torch.Tensor | None):
+    """`F.linear(x, w, b)` for x (B, in) as a callable, calling the kernel `F.linear` reaches for
+    a 2-D input directly (`mm` / `addmm` on the transposed view). A bf16 weight on the CPU with no
+    bias takes `torch.mv` for a single row: the same values (tests/test_fast_decode.py checks the
+    logits bit for bit) from a kernel that streams bf16 weights several times faster at batch 1."""
+    wt = w.t()
+    if b is not None:
+        return lambda x: torch.addmm(b, x, wt)
+    if w.dtype == torch.bfloat16 and w.device.type == "cpu":
+        return lambda x: torch.mv(w, x[0])[None] if x.shape[0] == 1 else torch.mm(x, wt)
+    return lambda x: torch.mm(x, wt)
+
+
+def _plain(m: nn.Module) -> bool:
+    return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+
+
+def _as_module(f):
+    """`f` (a module or a layer's forward, for (B, T, in)) applied to x (B, in) as one token."""
+    return lambda x: f(x[:, None])[:, 0]
+
+
+def _linear_fn(m: nn.Module):
+    """A callable computing `m(x)` for x (B, in), a linear layer of the model, with as little
+    Python as computes the same thing: `_dense` on a plain (or LoRA-folded) layer's weight; an
+    unfolded peft LoRA layer as peft computes it (base, input cast to the adapter's dtype,
+    + B(A(x)) * scale, cast back); a pool's routed layer through its routing; the module itself
+    otherwise (hooks, variants, quantised layers)."""
+    if _plain(m):
+        return _dense(m.weight, m.bias)
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    if not isinstance(m, LoraLinear) or m._forward_hooks or m._forward_pre_hooks:
+        return _as_module(m)
+    if "forward" in m.__dict__:  # a pool's per-row routing (zs_llm.pool.route_lora)
+        return _as_module(m.__dict__["forward"])
+    base = m.get_base_layer()
+    live = [a for a in m.active_adapters if a in m.lora_A]
+    if not _plain(base):
+        return _as_module(m.forward)
+    if m.disable_adapters or not live or m.merged:
+        return _dense(base.weight, base.bias)
+    if any(a in m.lora_variant or not _plain(m.lora_A[a]) or not _plain(m.lora_B[a])
+           or not isinstance(m.lora_dropout[a], nn.Identity) for a in live):
+        return _as_module(m.forward)
+    run = _dense(base.weight, base.bias)
+    cast = getattr(m, "cast_input_dtype_enabled", True)
+    adapters = [(m.lora_A[a].weight.t(), m.lora_B[a].weight.t(), m.scaling[a]) for a in live]
+
+    def lora(x):
+        result = run(x)
+        dtype = result.dtype
+        for a_t, b_t, scale in adapters:
+            if cast:
+                x = x.to(a_t.dtype)
+            result = result + torch.mm(torch.mm(x, a_t), b_t) * scale
+        return result.to(dtype)
+
+    return lora
+
+
+class _Layer:
+    """One decoder layer's callables and KV buffers."""
+
+    def __init__(self, layer: nn.Module, cache_shape: tuple, dtype, device):
+        a, mlp = layer.self_attn, layer.mlp
+        self.groups, self.scale = getattr(a, "num_key_value_groups", 1), a.scaling
+        self.ln1, self.ln2 = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
+        self.q, self.k, self.v, self.o = (_linear_fn(getattr(a, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.q_norm = a.q_norm.forward if hasattr(a, "q_norm") else None
+        self.k_norm = a.k_norm.forward if hasattr(a, "k_norm") else None
+        self.gate, self.up, self.down = (_linear_fn(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
+        self.act = mlp.act_fn.forward
+        self.keys = torch.empty(cache_shape, dtype=dtype, device=device)  # (B, H_kv, S, D)
+        self.values = torch.empty(cache_shape, dtype=dtype, device=device)
+
+
+def _attention(q, k, v, mask, groups: int, scale: float):
+    """transformers' sdpa attention for one query token (integrations/sdpa_attention.py), without
+    its Python: grouped-query heads through `enable_gqa` when there is no mask, else packed as
+    (B, H_kv, groups, D) queries against the shared mask. Returns (B, H_q * D)."""
+    bsz, heads, _, dim = q.shape
+    kw = {}
+    if groups > 1:
+        if mask is None and dim <= 256:
+            kw["enable_gqa"] = True
+        else:
+            q = q.reshape(bsz, heads // groups, groups, dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale, **kw)
+    return out.reshape(bsz, heads * dim)
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  pad_token_id: int, return_logits: bool = False, streamer=None):
+    """`model.generate(input_ids, attention_mask=..., do_sample=False, max_new_tokens=...,
+    pad_token_id=...)`'s sequences (B, T + n), and with `return_logits` also its raw logits
+    (B, n, V) fp32, for a model `unsupported` accepts. Forward pre-hooks on the head (a method's
+    hook before the head) run as in `generate`; logits processors are not supported (check first).
+    `streamer` gets what generate's would: the prompt ids, each step's tokens (B,), then `end()`."""
+    c = model.config
+    bsz, width = input_ids.shape
+    first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
+                           temperature=None, top_p=None, top_k=None, pad_token_id=pad_token_id,
+                           return_dict_in_generate=True, output_logits=return_logits)
+    seqs = [input_ids, first.sequences[:, width:]]
+    logits = [first.logits[0]] if return_logits else []
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=input_ids.device)
+    tok = first.sequences[:, -1]  # (B,)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+        streamer.put(tok.cpu())
+    unfinished = ~torch.isin(tok, eos) if eos.numel() else torch.ones_like(tok, dtype=torch.bool)
+    steps = max_new_tokens - 1
+    if steps <= 0 or not bool(unfinished.any()):
+        if streamer is not None:
+            streamer.end()
+        return (torch.cat(seqs, 1), torch.stack(logits, 1)) if return_logits else torch.cat(seqs, 1)
+
+    backbone = model.base_model
+    head = model.get_output_embeddings()
+    layers_hf = backbone.layers[: c.num_hidden_layers]
+    total = width + max_new_tokens
+    cached = first.cache
+    k0 = cached.layers[0].keys  # (B, H_kv, T, D)
+    shape = (bsz, k0.shape[1], total, k0.shape[3])
+    layers = []
+    for i, layer in enumerate(layers_hf):
+        lay = _Layer(layer, shape, k0.dtype, k0.device)
+        lay.keys[:, :, :width] = cached.layers[i].keys
+        lay.values[:, :, :width] = cached.layers[i].values
+        layers.append(lay)
+    del first, cached
+
+    mask2d = torch.cat([attention_mask.bool(), attention_mask.new_ones(bsz, max_new_tokens, dtype=torch.bool)], 1)
+    mask = None if bool(attention_mask.bool().all()) else mask2d[:, None, None, :]  # (B, 1, 1, S) as generate's
+    embed = backbone.embed_tokens
+    ew = embed.weight
+    scale = torch.tensor(c.hidden_size ** 0.5, dtype=ew.dtype) if c.model_type == "gemma" else None
+    pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
+    positions = torch.arange(int(pos0.max()) + max_new_tokens, device=input_ids.device)
+    cos_t, sin_t = backbone.rotary_emb(ew[:1], position_ids=positions[None])  # (1, P, D)
+    half = cos_t.shape[-1] // 2
+    # rotate_half(x) * sin == roll(x, half) * sin with its first half negated (negation is exact)
+    cos_t, sin_t = cos_t[0], torch.cat([-sin_t[0, :, :half], sin_t[0, :, half:]], -1)
+    head_dim = shape[3]
+    norm = backbone.norm.forward
+    done = torch.full_like(tok, pad_token_id)
+    for step in range(steps):
+        at = width + step  # this token's column in the cache
+        pos = pos0 + step
+        cos, sin = cos_t[pos][:, None, None, :], sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
+        x = F.embedding(tok, ew)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
+        if scale is not None:
+            x = x * scale
+        m = None if mask is None else mask[..., : at + 1]
+        for lay in layers:
+            h = lay.ln1(x)
+            q = lay.q(h).view(bsz, -1, 1, head_dim)  # (B, H_q, 1, D)
+            k = lay.k(h).view(bsz, -1, 1, head_dim)  # (B, H_kv, 1, D)
+            if lay.q_norm is not None:
+                q, k = lay.q_norm(q), lay.k_norm(k)
+            q = q * cos + q.roll(half, -1) * sin
+            k = k * cos + k.roll(half, -1) * sin
+            lay.keys[:, :, at: at + 1] = k
+            lay.values[:, :, at: at + 1] = lay.v(h).view(bsz, -1, 1, head_dim)
+            a = _attention(q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m, lay.groups, lay.scale)
+            x = x + lay.o(a)
+            h = lay.ln2(x)
+            x = x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+        out = head(norm(x)[:, None])[:, -1]  # (B, V): the head as a module, its hooks (a method's) included
+        scores = out.to(copy=True, dtype=torch.float32)
+        if return_logits:
+            logits.append(scores)
+        nxt = torch.argmax(scores, dim=-1)
+        tok = torch.where(unfinished, nxt, done)
+        seqs.append(tok[:, None])
+        if streamer is not None:
+            streamer.put(tok.cpu())
+        if eos.numel():
+            unfinished &= ~torch.isin(tok, eos)
+            if not bool(unfinished.any()):
+                break
+    if streamer is not None:
+        streamer.end()
+    ids = torch.cat(seqs, 1)
+    return (ids, torch.stack(logits, 1)) if return_logits else ids
