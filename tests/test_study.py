@@ -292,3 +292,18 @@ def test_the_command_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
                           [["--set", "a.lmit=3"], "--set a.lmit: unknown key 'lmit'; did you mean 'limit'?"]):
         assert cli(["study", str(path), "--list", *argv]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_gemma_study_runs_the_rows_issue_26_asks_for():
+    study = load_study(REPO / "studies" / "gemma_wild_streams.yaml")
+    rates, tenfold = study.stages["rates"], study.stages["tenfold"]
+    assert {rates.model, tenfold.model} == {"gemma3-270m"}
+    assert (rates.streams, rates.seeds, rates.limit) == (["long", "shift"], [0, 1, 2], 60)
+    assert sorted(stage_rows(rates, rates.lrs)) == sorted([
+        "noadapt", "tent:lr=0.0003", "tent+clip:lr=0.0003", "zerosiam:lr=0.0003", "zerosiam+clip:lr=0.0003",
+        "sar+clip:lr=0.003", "zerosiam:predictor_lr_scale=10:lr=0.0003",
+        "zerosiam+clip:predictor_lr_scale=10:lr=0.0003"])
+    # ten times each rate, the same rows less the predictor ones
+    assert sorted(stage_rows(tenfold, tenfold.lrs)) == sorted([
+        "noadapt", "tent:lr=0.003", "tent+clip:lr=0.003", "zerosiam:lr=0.003", "zerosiam+clip:lr=0.003",
+        "sar+clip:lr=0.03"])
