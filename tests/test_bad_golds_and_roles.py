@@ -58,7 +58,8 @@ def test_finite_numbers_and_text_are_golds(seed, tmp_path):
 
 
 @pytest.mark.parametrize("value", [None, math.nan, math.inf, -math.inf, True, False, [1], (), {"a": 1}, {1, 2},
-                                   b"3", object()], ids=repr)
+                                   b"3", object()],
+                         ids=lambda v: "object()" if type(v) is object else repr(v))
 def test_a_problem_built_in_memory_refuses_a_bad_gold(value):
     with pytest.raises(ValueError) as e:
         Problem("q7", "What is 1 + 1?", value)

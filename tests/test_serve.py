@@ -307,6 +307,14 @@ def test_bad_requests_get_openai_error_objects_and_leave_streams_alone(tok, tmp_
         assert engine.streams.streams == {}  # no bad request opened (or adapted) a stream
 
 
+def test_streams_past_max_streams_are_refused(tok, tmp_path):
+    with running(Engine(host(tok), tmp_path / "s", "tiny", max_streams=1)) as url:
+        ask(client(url), "hi", user="one")
+        with pytest.raises(openai.PermissionDeniedError, match="at most 1 streams"):
+            ask(client(url), "hi", user="two")
+        assert ask(client(url), "again", user="one").model_extra["zs_llm"]["problem"] == 2
+
+
 def test_keys_are_checked(tok, tmp_path, keys_file):
     with running(Engine(host(tok), tmp_path / "s", "tiny"), keys_file) as url:
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
@@ -432,8 +440,11 @@ def test_kill_9_and_restart_resume_both_streams(tok, tmp_path, tiny_dir):
             proc.wait(30)
 
 
-def test_a_state_dir_of_another_configuration_is_refused(tok, tmp_path):
-    Engine(host(tok), tmp_path / "s", "tiny")
+def test_a_state_dir_is_one_servers_and_of_one_configuration(tok, tmp_path):
+    first = Engine(host(tok), tmp_path / "s", "tiny")
+    with pytest.raises(ValueError, match="in use by another server"):
+        Engine(host(tok), tmp_path / "s", "tiny")
+    first.close()
     other = ZeroSiamLM(tiny_model("llama"), tok, AdaptConfig.from_spec("tent+clip", {"max_new_tokens": TOKENS}))
     with pytest.raises(ValueError, match="another config.*new --state_dir"):
         Engine(other, tmp_path / "s", "tiny")
@@ -448,7 +459,7 @@ def test_a_damaged_checkpoint_is_quarantined_and_its_stream_starts_afresh(tok, t
 
             engine.submit(Job(stream=name, prompt="hi", max_tokens=4)).result(60)
     finally:
-        engine.stop()
+        engine.close()
     f = tmp_path / "s" / "streams" / "a" / "state.safetensors"
     f.write_bytes(f.read_bytes()[:-7])
     again = Engine(host(tok), tmp_path / "s", "tiny")

@@ -8,9 +8,9 @@ the state as it was before it.
 `adapt_round` takes one problem for each of several streams (`ZeroSiamLM`s sharing one model,
 `zs_llm.Streams`) and gives every stream what it would get alone:
 
-- greedy drafts (and regenerated answers) of two or more streams come from one `generate` call
-  (`zs_llm.pool.generate_rows`), every row through its own stream's LoRA, head hook and logits
-  processors; a lone greedy row, and every sampled row (temperature > 0: the sampler draws from
+- greedy drafts (and regenerated answers) of two or more streams come from one batched generation
+  (`zs_llm.pool.generate_rows`: `zs_llm.decode`'s loop, or `generate`), every row through its own
+  stream's LoRA, head hook and logits processors; a lone greedy row, and every sampled row (temperature > 0: the sampler draws from
   one RNG per call), generates on its own (`ZeroSiamLM.generate_ids`, which folds fp32 LoRA
   into the weights for speed);
 - the updates of two or more streams whose method computes the loss with `Method.loss` and steps

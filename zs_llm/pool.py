@@ -4,7 +4,7 @@ Each stream is a `ZeroSiamLM` sharing one model with the others (`ZeroSiamLM(...
 `zs_llm.Streams`). Here:
 
 - `route_lora`: inside it every row of a batch runs through its own stream's LoRA adapter;
-- `generate_rows`: greedy drafts of one prompt per stream in one `generate` call (left padding,
+- `generate_rows`: greedy drafts of one prompt per stream in one batched generation (left padding,
   KV cache), every row through its own stream's LoRA, head hook (SLOT) and logits processors
   (EM-INF);
 - `pooled_hidden`: the final hidden states of one sequence per stream in one forward (right
@@ -140,8 +140,9 @@ class _RowProcessors:
 @torch.no_grad()
 def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[bool] | None = None,
                   on_token: list | None = None):
-    """Greedy drafts of one prompt (1, T) per stream in one batched `generate` call. Returns per
-    row (new token ids (n,), the raw logits that produced them (n, V) fp32 or None), each row
+    """Greedy drafts of one prompt (1, T) per stream in one batched generation (`zs_llm.decode`'s
+    loop where `ZeroSiamLM.fast_greedy` allows: generate's tokens and logits; else `generate`).
+    Returns per row (new token ids (n,), the raw logits that produced them (n, V) fp32 or None), each row
     cut at its own stream's `max_new_tokens` (greedy decoding is causal: a row's first n tokens
     do not depend on how many more the batch generates). `on_token[b]` (a callable or None) gets
     row b's token ids one by one as they are generated (`RowStreamer`)."""

@@ -94,6 +94,11 @@ class Metrics:
         st = engine.stats
         out += ["# HELP zs_serve_rounds_total Pooled rounds run.", "# TYPE zs_serve_rounds_total counter",
                 f"zs_serve_rounds_total {st['rounds']}",
+                "# HELP zs_serve_loop_seconds_total Time in the adaptation loop (drafts, updates, answers).",
+                "# TYPE zs_serve_loop_seconds_total counter", f"zs_serve_loop_seconds_total {st['loop_s']:.3f}",
+                "# HELP zs_serve_checkpoint_seconds_total Time writing the streams' checkpoints.",
+                "# TYPE zs_serve_checkpoint_seconds_total counter",
+                f"zs_serve_checkpoint_seconds_total {st['checkpoint_s']:.3f}",
                 "# HELP zs_serve_pool_size Streams in the last round.", "# TYPE zs_serve_pool_size gauge",
                 f"zs_serve_pool_size {st['pool_size']}",
                 "# HELP zs_serve_queue_depth Requests waiting for their round.", "# TYPE zs_serve_queue_depth gauge",
@@ -189,7 +194,7 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     app = FastAPI(title="zs_llm adapting server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.metrics = engine, metrics

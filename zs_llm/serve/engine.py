@@ -147,15 +147,33 @@ class Engine:
         self.lock = threading.RLock()  # histories: written by the worker, read by the HTTP handlers
         self.history: dict[str, collections.deque] = {}
         self.notes: dict[str, list[str]] = {}  # what happened to a stream outside its problems (restored, reset)
-        self.stats = {"rounds": 0, "round_s": collections.deque(maxlen=50), "pool_size": 0, "requests": 0}
+        self.stats = {"rounds": 0, "round_s": collections.deque(maxlen=50), "pool_size": 0, "requests": 0,
+                      "loop_s": 0.0, "checkpoint_s": 0.0}
         self._thread: threading.Thread | None = None
         self._stop = False
-        self._open_state(record or {})
+        self._lock_file = None
+        try:
+            self._open_state(record or {})
+        except BaseException:
+            if self._lock_file is not None:
+                self._lock_file.close()
+            raise
 
     # --- durable state --------------------------------------------------------------------
     def _open_state(self, record: dict) -> None:
         """Check the folder was made by this model and configuration, then load every stream in it."""
+        import fcntl
+
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # one server per folder: a second would overwrite the first's checkpoints (the OS drops the
+        # lock when the process dies, kill -9 included)
+        self._lock_file = open(self.state_dir / ".lock", "w")  # noqa: SIM115 - held for the engine's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise ValueError(f"--state_dir {self.state_dir} is in use by another server (it holds the folder's "
+                             "lock); stop that one or give another --state_dir") from None
         rec_path = self.state_dir / SERVER_RECORD
         want = {"model": self.model_name, "config": self.host.zs_config.to_dict(), **record}
         if rec_path.exists():
@@ -177,6 +195,10 @@ class Engine:
         # killed between the two renames of a checkpoint replacement: only the old folder is there
         names |= {m.group(1) for p in root.iterdir() if (m := re.fullmatch(r"\.(.+)\.old-\d+", p.name))
                   and STREAM_ID.fullmatch(m.group(1))}
+        for p in root.iterdir():  # a kill's leftovers: half-written folders, and old ones beside their successor
+            m = re.fullmatch(r"\.(.+)\.(tmp|old)-\d+", p.name)
+            if m and (m.group(2) == "tmp" or (root / m.group(1)).exists()):
+                shutil.rmtree(p, ignore_errors=True)
         for name in sorted(names):
             lm = self._new_stream(name)
             try:
@@ -276,6 +298,11 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=60)
 
+    def close(self) -> None:
+        """Stop the worker and release the state folder (another engine may open it then)."""
+        self.stop()
+        self._lock_file.close()
+
     def _take(self) -> tuple[list, list[Job]]:
         """Wait for work; then the control calls and the round's jobs (the oldest waiting job of
         each stream, at most `max_pool` streams). Jobs past their deadline fail here, unrun."""
@@ -346,10 +373,13 @@ class Engine:
                 lm.method.config = old
         self.stats["rounds"] += 1
         self.stats["pool_size"] = len(jobs)
+        self.stats["loop_s"] += time.monotonic() - t0
         for j, lm, sink, r in zip(jobs, lms, sinks, results):
             self._record(j.stream, lm, r)
             try:
+                t = time.monotonic()
                 self.checkpoint(j.stream)
+                self.stats["checkpoint_s"] += time.monotonic() - t
             except Exception as e:  # noqa: BLE001 - the answer is not released when its state is not durable
                 log.exception("stream %s: checkpoint failed", j.stream)
                 j.future.set_exception(ServeError(500, f"the stream's state could not be saved ({e}); the answer "
