@@ -5,7 +5,7 @@ function; `if TYPE_CHECKING:` blocks are annotations only and do not count):
 - `zs_llm/objective.py` imports only torch and the standard library (text and vision share it);
 - `zs_llm/vision/` does not import the LLM methods, wrapper or loop;
 - no import cycle among the modules of `zs_llm/`;
-- the wrapper (`zs_llm/model.py`) imports neither the loop (`adapt`) nor the pool's mechanics
+- the wrapper (`zs_llm/model.py`, and `generation.py`, its mixin) imports neither the loop (`adapt`) nor the pool's mechanics
   (`pool`) nor the library calls (`api`); the pool imports no loop;
 - exactly one module holds the per-problem loop: a function that both generates and steps an
   optimizer (or runs a backward pass), counting what it reaches through its module's own functions.
@@ -142,6 +142,7 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
 
 #: module -> the zs_llm modules it must not import (a layer sees only what is below it)
 BELOW = {"zs_llm.model": {"zs_llm.adapt", "zs_llm.pool", "zs_llm.api"},
+         "zs_llm.generation": {"zs_llm.adapt", "zs_llm.pool", "zs_llm.api"},
          "zs_llm.pool": {"zs_llm.adapt", "zs_llm.api"}, "zs_llm.adapt": {"zs_llm.api"}}
 #: calls that generate tokens, and calls that step an optimizer or run a backward pass
 GENERATES = {"generate", "generate_ids", "generate_rows", "generate_texts", "generate_batches"}
@@ -194,7 +195,7 @@ def test_the_import_rule_can_fail(tmp_path, monkeypatch):
     # the checker itself: a wrapper importing the loop inside a function is reported
     pkg = tmp_path / "zs_llm"
     pkg.mkdir()
-    for name in ("__init__", "adapt", "pool", "api"):
+    for name in ("__init__", "adapt", "pool", "api", "generation"):
         (pkg / f"{name}.py").write_text("")
     (pkg / "model.py").write_text("def adapt_generate(self):\n    from .adapt import adapt_round\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
