@@ -35,6 +35,7 @@ from .report import (
     _settings,
     _small,
     accuracy_table,
+    check_combined_out,
     load_run,
     method_order,
     outcomes,
@@ -135,25 +136,6 @@ def default_out(run_a: Path, run_b: Path) -> Path:
     return run_a.resolve().parent / f"compare-{run_a.name}-vs-{run_b.name}"
 
 
-def check_out(out: Path, runs: list[Path]) -> None:
-    """Refuse to write into a run folder or another comparison's folder."""
-    if (out / "run.json").exists() or (out / "rows").is_dir():
-        raise FileExistsError(f"--out {out} is a run folder: the comparison would overwrite its report; choose "
-                              "another --out")
-    mark = out / COMPARE_MARK
-    if mark.exists():
-        try:
-            were = json.loads(mark.read_text(encoding="utf-8"))["runs"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{mark} is damaged ({e}); delete {out} to write the comparison there") from None
-        if were != [str(r.resolve()) for r in runs]:
-            raise FileExistsError(f"--out {out} holds the comparison of other runs ({' and '.join(were)}); choose "
-                                  "another --out, or delete that folder")
-    elif any((out / n).exists() for n in ("report.md", "metrics.json", "results.csv")):
-        raise FileExistsError(f"--out {out} holds a report not written by a comparison (no {COMPARE_MARK}); choose "
-                              "another --out")
-
-
 def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
                      status: list[str] | None = None) -> Path:
     """Compare two runs on the problems they share (see the module docstring); returns report.md's path."""
@@ -161,7 +143,7 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path | Non
     if runs[0].resolve() == runs[1].resolve():
         raise ValueError(f"{runs[0]} is given twice; compare two different run folders")
     out = Path(out) if out else default_out(*runs)
-    check_out(out, runs)
+    check_combined_out(out, runs, COMPARE_MARK, "comparison", ordered=True)
     labels = _run_labels(runs)
     if labels[0] == labels[1]:
         labels = ["A", "B"]

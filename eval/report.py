@@ -879,27 +879,30 @@ def combined_out(runs: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath(paths)) / f"combined-{digest}"
 
 
-def check_combined_out(out: Path, runs: Sequence[Path]) -> None:
-    """Refuse an output folder a combined report of these runs must not write into: a run folder,
-    another combination's folder, or a folder holding files of the report's names not written by one."""
+def check_combined_out(out: Path, runs: Sequence[Path], mark_name: str = COMBINED_MARK, what: str = "combined report",
+                       ordered: bool = False) -> None:
+    """Refuse an output folder a report over several runs (`what`: a combined report, a comparison,
+    whose folder `mark_name` marks) must not write into: a run folder, the folder of another such
+    report, or a folder holding files of the report's names not written by one. `ordered`: the runs'
+    order is part of what the report is (A against B)."""
     if (out / "run.json").exists() or (out / "rows").is_dir():
-        raise FileExistsError(f"--out {out} is a run folder: the combined report would overwrite its own report; "
+        raise FileExistsError(f"--out {out} is a run folder: the {what} would overwrite its own report; "
                               "choose another --out (or leave it out for a folder beside the runs)")
-    mark = out / COMBINED_MARK
+    mark = out / mark_name
     if mark.exists():
         try:
-            were = sorted(json.loads(mark.read_text(encoding="utf-8"))["runs"])
+            were = json.loads(mark.read_text(encoding="utf-8"))["runs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{mark} is damaged ({e}); delete {out} to write the combined report there") from None
-        now = sorted(str(r.resolve()) for r in runs)
-        if were != now:
-            raise FileExistsError(f"--out {out} holds the combined report of other runs ({', '.join(were)}); choose "
+            raise ValueError(f"{mark} is damaged ({e}); delete {out} to write the {what} there") from None
+        now = [str(r.resolve()) for r in runs]
+        if (were != now) if ordered else (sorted(were) != sorted(now)):
+            raise FileExistsError(f"--out {out} holds the {what} of other runs ({', '.join(were)}); choose "
                                   "another --out, or delete that folder to replace it")
         return
     found = [n for n in ("report.md", "report.html", "metrics.json", "results.csv", "plots") if (out / n).exists()]
     if found:
-        raise FileExistsError(f"--out {out} holds {', '.join(found)} not written by a combined report (no "
-                              f"{COMBINED_MARK}); choose another --out, or delete them")
+        raise FileExistsError(f"--out {out} holds {', '.join(found)} not written by a {what} (no "
+                              f"{mark_name}); choose another --out, or delete them")
 
 
 def combine_runs(summaries: dict[str, dict]) -> dict:

@@ -48,7 +48,8 @@ def test_equals_generate(arch, dtype):
     m = model_of(arch, dtype)
     assert unsupported(m, 64) is None
     with_early_eos(m, IDS, (IDS != 0).long())
-    for ids in (IDS[1:2], IDS):  # alone (no mask), and left-padded rows ending at different steps
+    # alone, two rows without padding (no mask either), left-padded rows ending at different steps
+    for ids in (IDS[1:2], torch.cat([IDS[1:2], IDS[1:2].flip(1)]), IDS):
         mask = (ids != 0).long()
         ref, ref_logits = generate(m, ids, mask, 24)
         got, logits = greedy_decode(m, ids, mask, 24, 0, return_logits=True)
@@ -74,6 +75,9 @@ def test_unsupported_settings_named():
     m = tiny_model("llama")
     m.generation_config.repetition_penalty = 1.3
     assert "repetition_penalty" in unsupported(m)
+    m.generation_config.repetition_penalty = None
+    m.generation_config.cache_implementation = "static"
+    assert "cache_implementation" in unsupported(m)
     m = tiny_model("mistral")
     m.config.sliding_window = 16
     assert "sliding window" in unsupported(m, 40) and unsupported(m, 16) is None
@@ -107,6 +111,7 @@ def test_wrapper_drafts_equal_generate(dtype, method, monkeypatch):
     lm = ZeroSiamLM(tiny_model("llama").to(dtype), char_tokenizer(), AdaptConfig(method=method, max_new_tokens=20))
     if method == "slot":
         lm.method.on_problem_start(lm, lm.encode("warm the hook up"))
+        assert lm.method._ensure(lm).abs().sum() > 0  # the hook moves the hidden state
     else:
         moved_lora(lm, 0)
     ids = lm.encode("Compute 17*3 please")

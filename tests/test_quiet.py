@@ -6,26 +6,17 @@ import warnings
 import pytest
 
 from eval.cli import main as cli_main
-from zs_llm.testing import char_tokenizer, tiny_model
 
 BAR = "it/s]"  # what every tqdm bar prints as it updates
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("progress", [False, True])
-def test_no_progress_silences_every_bar(progress, model, tmp_path, capfd, monkeypatch):
+def test_no_progress_silences_every_bar(progress, tiny_dir, tmp_path, capfd, monkeypatch):
     import transformers.utils.logging as tf_logging
 
     monkeypatch.setenv("ZS_LLM_CACHE", str(tmp_path / "cache"))
     capfd.readouterr()
-    argv = ["run", "--model", str(model), "--methods", "noadapt,zerosiam", "--datasets", "arith", "--limit", "2",
+    argv = ["run", "--model", str(tiny_dir), "--methods", "noadapt,zerosiam", "--datasets", "arith", "--limit", "2",
             "--max_new_tokens", "2", "--out", str(tmp_path / "run")] + ([] if progress else ["--no_progress"])
     assert cli_main(argv) == 0
     err = capfd.readouterr().err

@@ -7,23 +7,13 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from eval.report import load_run
 from eval.runner import RunConfig, Runner
 from eval.tracking import STEP_STATS
 from zs_llm.diagnostics import collapse_measures
-from zs_llm.testing import char_tokenizer, tiny_model
 
 N = 4
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def tracked_run(model: Path, out: Path, report_to: str, monkeypatch, limit: int = N) -> Path:
@@ -53,10 +43,10 @@ def expected(out: Path) -> tuple[dict, dict]:
     return scalars, verdicts
 
 
-def test_tensorboard_event_files_hold_the_rows_values(model, tmp_path, monkeypatch):
+def test_tensorboard_event_files_hold_the_rows_values(tiny_dir, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = tracked_run(model, tmp_path / "run", "tensorboard", monkeypatch)
+    out = tracked_run(tiny_dir, tmp_path / "run", "tensorboard", monkeypatch)
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     scalars, verdicts = expected(out)
@@ -100,8 +90,8 @@ def wandb_records(path: str):
             yield r
 
 
-def test_wandb_offline_run_holds_the_rows_values(model, tmp_path, monkeypatch):
-    out = tracked_run(model, tmp_path / "run", "wandb", monkeypatch)
+def test_wandb_offline_run_holds_the_rows_values(tiny_dir, tmp_path, monkeypatch):
+    out = tracked_run(tiny_dir, tmp_path / "run", "wandb", monkeypatch)
     files = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     history: dict[str, list] = {}
@@ -127,12 +117,12 @@ def test_wandb_offline_run_holds_the_rows_values(model, tmp_path, monkeypatch):
         assert summary[f"{prefix}/verdict"] == verdict
 
 
-def test_a_grown_run_logs_only_the_rows_it_computes(model, tmp_path, monkeypatch):
+def test_a_grown_run_logs_only_the_rows_it_computes(tiny_dir, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = tracked_run(model, tmp_path / "run", "none", monkeypatch, limit=2)
+    out = tracked_run(tiny_dir, tmp_path / "run", "none", monkeypatch, limit=2)
     assert not (out / "tensorboard").exists() and not (out / "wandb").exists()
-    tracked_run(model, out, "tensorboard", monkeypatch, limit=N)  # grows from 2 to N problems
+    tracked_run(tiny_dir, out, "tensorboard", monkeypatch, limit=N)  # grows from 2 to N problems
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("zerosiam/arith/loss")] == list(range(3, N + 1))
@@ -141,14 +131,14 @@ def test_a_grown_run_logs_only_the_rows_it_computes(model, tmp_path, monkeypatch
                                [v for _, v in want], rtol=1e-6)
 
 
-def test_a_missing_tracker_package_is_refused_before_the_run(model, tmp_path, monkeypatch, capsys):
+def test_a_missing_tracker_package_is_refused_before_the_run(tiny_dir, tmp_path, monkeypatch, capsys):
     import importlib.util
 
     from eval.cli import main as cli_main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    argv = ["run", "--model", str(model), "--methods", "noadapt", "--datasets", "arith", "--limit", "1",
+    argv = ["run", "--model", str(tiny_dir), "--methods", "noadapt", "--datasets", "arith", "--limit", "1",
             "--out", str(tmp_path / "run"), "--report_to", "wandb", "--no_progress"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 #: decoder-only families whose layer is Llama's (pre-norm attention + gated MLP, RoPE); Qwen3
-#: adds per-head q/k norms, Gemma a scaled embedding and (1 + w) norms (its own norm forward)
+#: adds per-head q/k norms, Gemma a scaled embedding and (1 + w) norms (their own forwards run)
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
 #: RoPE variants whose cos/sin depend on the position only (not on the sequence length so far)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
@@ -57,12 +57,17 @@ def unsupported(model: nn.Module, total_length: int | None = None) -> str | None
     if getattr(c, "use_bidirectional_attention", False):
         return "bidirectional attention"
     g = model.generation_config
+    if g.use_cache is False or getattr(g, "cache_implementation", None) is not None:
+        return f"generation_config asks for use_cache={g.use_cache}, cache_implementation={g.cache_implementation!r}"
     for name, defaults in _PROCESSOR_FIELDS.items():
         if getattr(g, name, None) not in defaults:
             return f"generation_config.{name}={getattr(g, name)!r} (a logits processor the fast loop lacks)"
     backbone = model.base_model
     if not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb") or not hasattr(backbone, "norm"):
         return f"{type(backbone).__name__} has no layers / rotary_emb / norm"
+    embed = backbone.embed_tokens
+    if not isinstance(embed, nn.Embedding) or embed._forward_hooks or embed._forward_pre_hooks:
+        return f"the input embedding is a {type(embed).__name__} with hooks, or not an nn.Embedding"
     from torch.nn.modules import module as nn_module
 
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
@@ -210,9 +215,8 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
     mask2d = torch.cat([attention_mask.bool(), attention_mask.new_ones(bsz, max_new_tokens, dtype=torch.bool)], 1)
     mask = None if bool(attention_mask.bool().all()) else mask2d[:, None, None, :]  # (B, 1, 1, S) as generate's
-    embed = backbone.embed_tokens
-    ew = embed.weight
-    scale = torch.tensor(c.hidden_size ** 0.5, dtype=ew.dtype) if c.model_type == "gemma" else None
+    embed = backbone.embed_tokens.forward  # Gemma's scales its rows
+    ew = backbone.embed_tokens.weight
     pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
     positions = torch.arange(int(pos0.max()) + max_new_tokens, device=input_ids.device)
     cos_t, sin_t = backbone.rotary_emb(ew[:1], position_ids=positions[None])  # (1, P, D)
@@ -226,9 +230,7 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         at = width + step  # this token's column in the cache
         pos = pos0 + step
         cos, sin = cos_t[pos][:, None, None, :], sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
-        x = F.embedding(tok, ew)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
-        if scale is not None:
-            x = x * scale
+        x = embed(tok)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
         m = None if mask is None else mask[..., : at + 1]
         for lay in layers:
             h = lay.ln1(x)
