@@ -111,6 +111,7 @@ def test_wrapper_drafts_equal_generate(dtype, method, monkeypatch):
     lm = ZeroSiamLM(tiny_model("llama").to(dtype), char_tokenizer(), AdaptConfig(method=method, max_new_tokens=20))
     if method == "slot":
         lm.method.on_problem_start(lm, lm.encode("warm the hook up"))
+        assert lm.method._ensure(lm).abs().sum() > 0  # the hook moves the hidden state
     else:
         moved_lora(lm, 0)
     ids = lm.encode("Compute 17*3 please")

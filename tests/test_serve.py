@@ -497,6 +497,8 @@ def test_the_page_renders_every_stream_with_its_sparklines_in_a_headless_browser
         assert re.findall(r'<tr data-stream="([^"]+)">', tenant) == ["alice"]
         shot = tmp_path / "page.png"
         subprocess.run([*base, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        if os.environ.get("ZS_SERVE_SCREENSHOT"):  # keep it to look at
+            shutil.copy(shot, os.environ["ZS_SERVE_SCREENSHOT"])
     import matplotlib.image
 
     img = matplotlib.image.imread(shot)[..., :3]  # (H, W, 3) floats
