@@ -110,9 +110,11 @@ def state_bytes(state_dir: Path, stream: str) -> bytes:
 
 
 # --- the loop's token stream -----------------------------------------------------------------
-@pytest.mark.parametrize("pooled", [False, True])
-def test_on_token_gets_each_answer_token_as_generated(tok, pooled):
-    lm = host(tok)
+@pytest.mark.parametrize("pooled, answer", [(False, "draft"), (True, "draft"), (True, "regenerate")])
+def test_on_token_gets_each_answer_token_as_generated(tok, pooled, answer):
+    # a large step, so that a regenerated answer differs from its draft
+    lr = 50.0 if answer == "regenerate" else 0.05
+    lm = ZeroSiamLM(tiny_model("llama"), tok, config().replace(answer=answer, lr=lr))
     streams = Streams(lm)
     names = ["a", "b"] if pooled else ["a"]
     got = {n: [] for n in names}
@@ -125,6 +127,9 @@ def test_on_token_gets_each_answer_token_as_generated(tok, pooled):
             sink(t)
         assert len(got[n]) >= r.answer_tokens > 0
         assert tok.decode(sink.ids, skip_special_tokens=True) == r.answer
+        assert len(got[n]) <= TOKENS  # one generation streamed
+        if answer == "regenerate":  # the regenerated answer's, not the draft's
+            assert r.answer != r.draft
 
 
 def test_token_sink_stops_at_the_end_token_and_the_limit_and_holds_back_partial_characters(tok):
