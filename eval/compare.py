@@ -134,7 +134,9 @@ def change_table(summary: dict, streams: dict, pairs: list[tuple[str, str]]) -> 
 
 
 def default_out(run_a: Path, run_b: Path) -> Path:
-    return run_a.resolve().parent / f"compare-{run_a.name}-vs-{run_b.name}"
+    """`compare-A-vs-B` beside RUN_A, as RUN_A was given (relative stays relative)."""
+    a, b = (p if p.name else p.resolve() for p in (run_a, run_b))
+    return a.parent / f"compare-{a.name}-vs-{b.name}"
 
 
 def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
