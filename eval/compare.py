@@ -36,6 +36,7 @@ from .report import (
     _small,
     accuracy_table,
     check_combined_out,
+    differing_settings,
     load_run,
     method_order,
     outcomes,
@@ -98,7 +99,7 @@ def settings_differences(infos: dict[str, dict]) -> list[str]:
     known = bool(a.get("identity") and b.get("identity"))
     sa, sb = _settings(a, known), _settings(b, known)
     sa["seed"], sb["seed"] = (a.get("config") or {}).get("seed"), (b.get("config") or {}).get("seed")
-    keys = [k for k in [*sa, *(k for k in sb if k not in sa)] if sa.get(k) != sb.get(k)]
+    keys = differing_settings(sa, sb)
     out = [f"{k}: {repr(sa.get(k))[:60]} in {la}, {repr(sb.get(k))[:60]} in {lb}" for k in keys]
     what = _identity_change(a, b, sa["seed"] == sb["seed"]) if known else None  # files, data, template by content
     return out + [what] if what else out
@@ -133,7 +134,9 @@ def change_table(summary: dict, streams: dict, pairs: list[tuple[str, str]]) -> 
 
 
 def default_out(run_a: Path, run_b: Path) -> Path:
-    return run_a.resolve().parent / f"compare-{run_a.name}-vs-{run_b.name}"
+    """`compare-A-vs-B` beside RUN_A, as RUN_A was given (relative stays relative)."""
+    a, b = (p if p.name else p.resolve() for p in (run_a, run_b))
+    return a.parent / f"compare-{a.name}-vs-{b.name}"
 
 
 def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,

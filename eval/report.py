@@ -801,6 +801,24 @@ def _settings(info: dict, identity_known: bool) -> dict:
     return out
 
 
+def differing_settings(a: dict, b: dict) -> list[str]:
+    """The keys of two runs' `_settings` (`a`, `b`) whose values differ, in `a`'s order: a method's own
+    settings only for a method both runs hold (one only one holds shows in `methods`), and not where
+    the override every method gets already shows the difference (`lr (every method)`)."""
+    labels_a = {k.split(" ", 1)[0] for k in a if " " in k and not k.endswith("(every method)")}
+    labels_b = {k.split(" ", 1)[0] for k in b if " " in k and not k.endswith("(every method)")}
+    keys = [k for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)]
+    shared = labels_a & labels_b
+    every = {k.removesuffix(" (every method)") for k in keys if k.endswith(" (every method)")}
+    out = []
+    for k in keys:
+        label, _, setting = k.partition(" ")
+        if setting and not k.endswith("(every method)") and (label not in shared or setting in every):
+            continue
+        out.append(k)
+    return out
+
+
 def _identity_change(a: dict, b: dict, same_seed: bool) -> str | None:
     """What differs between what two runs ran on (model, data, prompt template), or None."""
     ia, ib = a.get("identity") or {}, b.get("identity") or {}
@@ -851,7 +869,7 @@ def seed_run_conflicts(infos: dict[str, dict]) -> list[str]:
         info = infos[lab]
         known = bool(ref_info.get("identity") and info.get("identity"))
         a, b = _settings(ref_info, known), _settings(info, known)
-        diffs = [k for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)]
+        diffs = differing_settings(a, b)
         found = [f"{k} differs ({repr(a.get(k))[:60]} in {ref}, here {repr(b.get(k))[:60]})" for k in diffs]
         same_seed = (ref_info["config"].get(SEED_FIELD) == info["config"].get(SEED_FIELD))
         what = _identity_change(ref_info, info, same_seed) if known else None

@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+def _log(msg: str) -> None:
+    print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
 #: rows' step statistics logged per problem, by the name they are logged under
 STEP_STATS = {"loss": "loss", "entropy": "entropy", "divergence": "divergence", "predictor_drift": "predictor_dev",
               "grad_norm": "grad_norm"}
@@ -73,7 +79,8 @@ class Tracker:
     def log_problem(self, method: str, dataset: str, step: int, values: dict[str, float]) -> None:
         raise NotImplementedError
 
-    def log_stream_end(self, method: str, dataset: str, verdict: str, values: dict[str, float]) -> None:
+    def log_stream_end(self, method: str, dataset: str, step: int, verdict: str, values: dict[str, float]) -> None:
+        """A finished stream (`step`: its length) and its verdict."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -84,21 +91,22 @@ class TensorBoardTracker(Tracker):
     def __init__(self, logdir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(logdir))
+        self.writer, self.logdir = SummaryWriter(log_dir=str(logdir)), logdir
 
     def log_problem(self, method, dataset, step, values):
         for k, v in values.items():
             self.writer.add_scalar(f"{method}/{dataset}/{k}", v, global_step=step)
 
-    def log_stream_end(self, method, dataset, verdict, values):
-        self.writer.add_text(f"{method}/{dataset}/verdict", verdict)
+    def log_stream_end(self, method, dataset, step, verdict, values):
+        self.writer.add_text(f"{method}/{dataset}/verdict", verdict, global_step=step)
         for k, v in values.items():
             if not math.isnan(v):
-                self.writer.add_scalar(f"{method}/{dataset}/final_{k}", v)
+                self.writer.add_scalar(f"{method}/{dataset}/final_{k}", v, global_step=step)
         self.writer.flush()
 
     def close(self):
         self.writer.close()
+        _log(f"TensorBoard event files in {self.logdir} (tensorboard --logdir {self.logdir})")
 
 
 class WandbTracker(Tracker):
@@ -121,14 +129,18 @@ class WandbTracker(Tracker):
             self.axes.add(prefix)
         self.run.log({f"{prefix}/problem": step, **{f"{prefix}/{k}": v for k, v in values.items()}})
 
-    def log_stream_end(self, method, dataset, verdict, values):
+    def log_stream_end(self, method, dataset, step, verdict, values):
         self.run.summary[f"{method}/{dataset}/verdict"] = verdict
         for k, v in values.items():
             self.run.summary[f"{method}/{dataset}/final_{k}"] = v
 
     def close(self):
+        where, offline = self.run.dir, self.run.settings.mode == "offline"
         self.run.finish()
         self.wandb.teardown()  # finish() can return before the service has written the run file: wait for it
+        if offline:
+            folder = Path(where).parent
+            _log(f"W&B offline run in {folder} (upload it with: wandb sync {folder})")
 
 
 def open_tracker(report_to: str, out: Path, config: dict, rank: int = 0, world: int = 1) -> Tracker | None:

@@ -131,7 +131,7 @@ class _StreamWriter:
 
             rows = [json.loads(self.lines[k]) for k in sorted(self.lines)]
             verdict, values = verdict_text(rows, self.runner.resolved[self.method].adapts)
-            tracker.log_stream_end(self.method, self.dataset, verdict, values)
+            tracker.log_stream_end(self.method, self.dataset, self._position(max(self.lines)) + 1, verdict, values)
 
 
 def stream_card(cfg, rows_path: Path, dataset: str) -> dict:

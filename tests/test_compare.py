@@ -74,6 +74,16 @@ def test_runs_without_a_common_method_compare_every_pair_and_refusals_are_one_li
     assert "share no arith problem" in capsys.readouterr().err
 
 
+def test_settings_differences_name_each_once():
+    from eval.report import differing_settings
+
+    a = {"methods": ["noadapt", "tent", "zerosiam"], "lr (every method)": None, "tent lr": 3e-4, "tent steps": 1,
+         "zerosiam alpha": 1.0, "limit": 8}
+    b = {"methods": ["noadapt", "tent"], "lr (every method)": 1e-3, "tent lr": 1e-3, "tent steps": 2, "limit": 8}
+    # zerosiam's own settings: it is in one run only (methods says so); tent lr: the every-method lr says so
+    assert differing_settings(a, b) == ["methods", "lr (every method)", "tent steps"]
+
+
 def test_two_real_tiny_runs_compare(tmp_path, monkeypatch):
     from eval.runner import RunConfig, Runner
     from zs_llm.testing import char_tokenizer, tiny_model

@@ -158,3 +158,31 @@ def test_real_gemma_loads_by_name_with_its_vocabulary_and_lora_on_q_v():
     with torch.no_grad():
         logits = lm.hf(**ids).logits
     assert logits.shape[-1] == 262_144 and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+@pytest.mark.gemma
+@pytest.mark.numerical
+@pytest.mark.skipif(not HAVE_GEMMA, reason="gemma3-270m is not installed (bash scripts/setup.sh --gemma)")
+def test_real_gemma_logits_give_losses_within_the_fp32_bound():
+    """Tent's entropy and ZeroSiam's fused loss on the real model's logits (262,144 columns, as its
+    head makes them) against float64, within tests/test_objective.py's bound."""
+    from test_objective import bound, within
+
+    from zs_llm.objective import confidence_rows, log_softmax_rows, zerosiam_rows, zerosiam_token_loss
+
+    model, tok = load_model(GEMMA)
+    ids = tok("Question: What is 14 + 9?\nAnswer: 14 + 9 = 23. The final answer is 23.", return_tensors="pt")
+    with torch.no_grad():
+        uo = model(**ids).logits[0].float()  # (T, V)
+    ur = uo.roll(1, 0)  # another row's distribution as the target: a divergence far from 0
+    v = uo.shape[-1]
+    assert v == 262_144
+    lp, lq = torch.log_softmax(uo.double(), -1), torch.log_softmax(ur.double(), -1)
+    p, q = lp.exp(), lq.exp()
+    lse_o, lse_r = torch.logsumexp(uo.double(), -1).abs(), torch.logsumexp(ur.double(), -1).abs()
+    h_ref = -(p * lp).sum(-1)
+    within(confidence_rows(uo)[0], h_ref, bound(v, lse_o, h_ref), "entropy")
+    ref, _ = zerosiam_token_loss(uo.double(), ur.double())
+    scale = ((p + q) * (lp.abs() + lq.abs())).sum(-1)
+    within(zerosiam_rows(uo, log_softmax_rows(ur))[0], ref, bound(v, lse_o + lse_r, scale), "zerosiam loss")

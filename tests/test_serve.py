@@ -110,9 +110,11 @@ def state_bytes(state_dir: Path, stream: str) -> bytes:
 
 
 # --- the loop's token stream -----------------------------------------------------------------
-@pytest.mark.parametrize("pooled", [False, True])
-def test_on_token_gets_each_answer_token_as_generated(tok, pooled):
-    lm = host(tok)
+@pytest.mark.parametrize("pooled, answer", [(False, "draft"), (True, "draft"), (True, "regenerate")])
+def test_on_token_gets_each_answer_token_as_generated(tok, pooled, answer):
+    # a large step, so that a regenerated answer differs from its draft
+    lr = 50.0 if answer == "regenerate" else 0.05
+    lm = ZeroSiamLM(tiny_model("llama"), tok, config().replace(answer=answer, lr=lr))
     streams = Streams(lm)
     names = ["a", "b"] if pooled else ["a"]
     got = {n: [] for n in names}
@@ -125,6 +127,9 @@ def test_on_token_gets_each_answer_token_as_generated(tok, pooled):
             sink(t)
         assert len(got[n]) >= r.answer_tokens > 0
         assert tok.decode(sink.ids, skip_special_tokens=True) == r.answer
+        assert len(got[n]) <= TOKENS  # one generation streamed
+        if answer == "regenerate":  # the regenerated answer's, not the draft's
+            assert r.answer != r.draft
 
 
 def test_token_sink_stops_at_the_end_token_and_the_limit_and_holds_back_partial_characters(tok):
@@ -497,6 +502,8 @@ def test_the_page_renders_every_stream_with_its_sparklines_in_a_headless_browser
         assert re.findall(r'<tr data-stream="([^"]+)">', tenant) == ["alice"]
         shot = tmp_path / "page.png"
         subprocess.run([*base, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        if os.environ.get("ZS_SERVE_SCREENSHOT"):  # keep it to look at
+            shutil.copy(shot, os.environ["ZS_SERVE_SCREENSHOT"])
     import matplotlib.image
 
     img = matplotlib.image.imread(shot)[..., :3]  # (H, W, 3) floats
@@ -508,3 +515,53 @@ def test_the_page_renders_every_stream_with_its_sparklines_in_a_headless_browser
 
     for color in ("#1f77b4", "#9467bd", "#d62728", "#2ca02c"):  # every sparkline drawn
         assert pixels(color) > 40, color
+
+
+def test_a_streaming_client_that_leaves_before_its_round_is_taken_off_the_queue(tok, tmp_path):
+    engine = Engine(host(tok), tmp_path / "s", "tiny")
+    with running(engine) as url:
+        gate = blocked(engine)
+        req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "tiny", "user": "gone", "stream": True,
+                                                      "messages": [{"role": "user", "content": "x"}]}).encode())
+        r = urllib.request.urlopen(req, timeout=30)
+        assert r.readline().startswith(b"data: ")  # the role chunk: the request is queued
+        assert len(engine.pending) == 1
+        r.close()
+        deadline = time.monotonic() + 20
+        while engine.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.pending == []
+        gate.set()
+        ask(client(url), "y", user="stays")
+        assert "gone" not in engine.streams.streams  # its stream never adapted on it
+
+
+def test_a_failed_round_errors_its_requests_and_rewinds_their_streams_to_the_checkpoint(tok, tmp_path, monkeypatch):
+    import zs_llm.serve.engine as engine_module
+
+    engine = Engine(host(tok), tmp_path / "s", "tiny")
+    with running(engine) as url:
+        ask(client(url), "first", user="a")
+        saved = state_bytes(tmp_path / "s", "a")
+        real = engine_module.adapt_round
+
+        def fails_after_stepping(items, on_token=None):
+            real(items, on_token)  # the streams have stepped ...
+            raise RuntimeError("out of memory")  # ... when the round fails
+
+        monkeypatch.setattr(engine_module, "adapt_round", fails_after_stepping)
+        status, _, err = http(url + "/v1/chat/completions", "POST",
+                              {"model": "tiny", "user": "a", "messages": [{"role": "user", "content": "second"}]})
+        assert status == 500 and "out of memory" in err["error"]["message"]
+        with pytest.raises(openai.APIError, match="out of memory"):
+            for _ in ask(client(url), "third", user="a", stream=True):
+                pass
+        monkeypatch.setattr(engine_module, "adapt_round", real)
+        lm = engine.streams.streams["a"]
+        assert lm.problems_seen == 1 and state_bytes(tmp_path / "s", "a") == saved
+        ref = Streams(host(tok)).stream("r")
+        adapt_on_problem(ref, "first")
+        assert all(torch.equal(v, ref.state_tensors()[k]) for k, v in lm.state_tensors().items())
+        assert ask(client(url), "again", user="a").model_extra["zs_llm"]["problem"] == 2

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from eval.report import load_run
 from eval.runner import RunConfig, Runner
@@ -59,8 +60,10 @@ def test_tensorboard_event_files_hold_the_rows_values(tiny_dir, tmp_path, monkey
         assert [s for s, _ in got] == [s for s, _ in want], tag
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6, err_msg=tag)  # float32
     for prefix, verdict in verdicts.items():
-        text = acc.Tensors(f"{prefix}/verdict/text_summary")[0].tensor_proto.string_val[0].decode()
-        assert text == verdict
+        event = acc.Tensors(f"{prefix}/verdict/text_summary")[0]
+        assert event.tensor_proto.string_val[0].decode() == verdict and event.step == N
+        final = acc.Scalars(f"{prefix}/final_accuracy")
+        assert [e.step for e in final] == [N] and final[0].value == pytest.approx(scalars[f"{prefix}/running_accuracy"][-1][1])
     assert "zerosiam/arith/loss" not in verdicts and "noadapt/arith/loss" not in tags  # noadapt has no update
 
 
@@ -90,10 +93,11 @@ def wandb_records(path: str):
             yield r
 
 
-def test_wandb_offline_run_holds_the_rows_values(tiny_dir, tmp_path, monkeypatch):
+def test_wandb_offline_run_holds_the_rows_values(tiny_dir, tmp_path, monkeypatch, capsys):
     out = tracked_run(tiny_dir, tmp_path / "run", "wandb", monkeypatch)
     files = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
+    assert f"wandb sync {Path(files[0]).parent}" in capsys.readouterr().err  # where it is, and how to upload it
     history: dict[str, list] = {}
     summary = {}
     for r in wandb_records(files[0]):

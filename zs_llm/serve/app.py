@@ -286,8 +286,7 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
         for k, neutral in UNSUPPORTED.items():
             if k in body and body[k] is not None and body[k] != neutral and body[k] != []:
                 raise _bad(f"{k} is not supported by this server; drop it from the request", k, "unsupported_parameter")
-        n = _int(body, "n", 1, 1)
-        del n
+        _int(body, "n", 1, 1)  # one choice per request: each is a problem the stream adapts on
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise _bad(f"stream must be true or false, got {stream!r}", "stream")

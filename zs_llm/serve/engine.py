@@ -175,7 +175,9 @@ class Engine:
             raise ValueError(f"--state_dir {self.state_dir} is in use by another server (it holds the folder's "
                              "lock); stop that one or give another --state_dir") from None
         rec_path = self.state_dir / SERVER_RECORD
-        want = {"model": self.model_name, "config": self.host.zs_config.to_dict(), **record}
+        # as JSON holds it, so that a record read back compares equal
+        want = json.loads(json.dumps({"model": self.model_name, "config": self.host.zs_config.to_dict(), **record},
+                                     default=str))
         if rec_path.exists():
             try:
                 have = json.loads(rec_path.read_text())
@@ -188,7 +190,7 @@ class Engine:
                                  f"({have.get('model')!r}, method {have.get('config', {}).get('method')!r}); "
                                  "serve it with the same --model/--method/--set, or give a new --state_dir")
         else:
-            atomic_write_text(rec_path, json.dumps(want, indent=1, default=str))
+            atomic_write_text(rec_path, json.dumps(want, indent=1))
         root = self.state_dir / "streams"
         root.mkdir(exist_ok=True)
         names = {p.name for p in root.iterdir() if STREAM_ID.fullmatch(p.name)}
