@@ -67,8 +67,8 @@ def bad_values(f: dataclasses.Field, rng: random.Random) -> list[tuple[object, s
     number, a list, a mapping, None), out of its declared range, outside its choices."""
     base, meta = kinds(f), f.metadata
     out: list[tuple[object, str | None]] = []
-    if "None" not in base:
-        out.append((None, "none"))
+    if "None" not in base:  # (in a text field "none" is the word, not None: no command-line form)
+        out.append((None, None if "str" in base else "none"))
     if "list" in base:
         if not meta.get("empty_ok"):
             out.append(([], ","))

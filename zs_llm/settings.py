@@ -205,12 +205,13 @@ def help_text(cls) -> str:
 
 
 def parse_text(text: str, annotation: Any) -> Any:
-    """A command-line string as the value a YAML file would hold for the field (`none` -> None,
-    `true` -> True, `3` -> 3, `1e-4` -> 0.0001, `a,b` -> ["a", "b"] for a list); text a number
-    field cannot read stays text, for `check_value` to refuse. Never raises."""
+    """A command-line string as the value a YAML file would hold for the field (`none` -> None, but
+    the word itself in a text field that cannot be None; `true` -> True, `3` -> 3, `1e-4` -> 0.0001,
+    `a,b` -> ["a", "b"] for a list); text a number field cannot read stays text, for `check_value`
+    to refuse. Never raises."""
     parts = _parts(type_name(annotation))
-    if text.strip().lower() in ("none", "null"):
-        return None
+    if text.strip().lower() in ("none", "null") and ("None" in parts or "str" not in parts):
+        return None  # a text field that cannot be None keeps the word (`--report_to none`)
     item = next((p[5:-1] for p in parts if p.startswith("list[")), None)
     if item is not None:
         return [_scalar(x.strip(), [item]) for x in text.split(",") if x.strip()]
