@@ -99,8 +99,11 @@ def plan(tenants: int, per_tenant: int, clients: int) -> dict[int, list[tuple[st
     return out
 
 
-def load(url: str, work: dict, tokens: int, max_seconds: float, on_answer=None, retry_wait: float = 0) -> list[dict]:
-    """Run the clients; one record per request: tenant, index, ok, seconds, tokens, extension."""
+def load(url: str, work: dict, tokens: int, max_seconds: float, on_answer=None, retry_wait: float = 0,
+         before_request=None) -> list[dict]:
+    """Run the clients; one record per request: tenant, index, ok, seconds, tokens, extension.
+    A failed request is retried (with `retry_wait`) once the server is healthy; `before_request`,
+    where given, is called before every request (the kill test holds requests there)."""
     import openai
 
     records: list[dict] = []
@@ -114,6 +117,8 @@ def load(url: str, work: dict, tokens: int, max_seconds: float, on_answer=None, 
                 return
             attempt = 0
             while True:
+                if before_request is not None:
+                    before_request()
                 t = time.perf_counter()
                 rec = {"tenant": tenant, "index": i, "attempt": attempt}
                 try:
@@ -221,6 +226,9 @@ def kill_test(model, method, work, tokens, threads, max_pool, tmp, max_seconds) 
     total = sum(len(v) for v in work.values())
     state = {"killed": False, "kill_at": None, "resumed": None}
     fire = threading.Event()
+    # once the kill is set off, requests wait until the restarted server's streams are read: one
+    # answered first would move a stream past the count read as its resumption point
+    resumed_read = threading.Event()
 
     def on_answer(n):
         if n >= total // 2 and not fire.is_set():
@@ -232,11 +240,13 @@ def kill_test(model, method, work, tokens, threads, max_pool, tmp, max_seconds) 
         state["kill_at"] = time.perf_counter()
         state["restart_s"] = srv.start()
         state["resumed"] = {s["id"]: s["problems"] for s in get(srv.url + "/v1/streams?series=false")["data"]}
+        resumed_read.set()
 
     th = threading.Thread(target=killer)
     th.start()
     try:
-        recs = load(srv.url, work, tokens, max_seconds, on_answer=on_answer, retry_wait=600)
+        recs = load(srv.url, work, tokens, max_seconds, on_answer=on_answer, retry_wait=600,
+                    before_request=lambda: resumed_read.wait(600) if fire.is_set() else None)
         fire.set()
         th.join()
     finally:
