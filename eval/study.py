@@ -413,7 +413,7 @@ def assemble(study: Study, name: str) -> list[Path]:
     method's settings; then the per-seed reports and, with 2+ seeds, the combined report.
     `first`: each stream's first N rows only. `include`: other roots' jobs of the same stage join
     these; a stream two roots hold must have the same responses in both (the first's are kept)."""
-    from .report import write_combined_report, write_report
+    from .report import COMBINED_MARK, write_combined_report, write_report
 
     root, stage = Path(study.root), study.stages[name]
     held = {d.name for r in _roots(study) for d in (r / "jobs" / name).glob("seed*")}
@@ -452,7 +452,10 @@ def assemble(study: Study, name: str) -> list[Path]:
         write_report(out)
         folders.append(out)
     if len(folders) > 1:
-        write_combined_report(folders, root / name / "combined")
+        combined = root / name / "combined"
+        if (combined / COMBINED_MARK).exists():
+            shutil.rmtree(combined)  # the study's own combined report of an earlier assemble: rewritten
+        write_combined_report(folders, combined)
     return folders
 
 

@@ -227,6 +227,13 @@ stages:
     assert cli(["study", str(path), "--stages", "study"]) == 0
     assert {f: f.read_bytes() for f in (root / "jobs").rglob("*.jsonl")} == before
 
+    # the stage's combined report from an earlier assemble over other runs is replaced, not refused
+    mark = root / "study" / "combined" / "combined.json"
+    mark.write_text(json.dumps({"runs": [str(tmp_path / "elsewhere" / "seed7")]}))
+    assert cli(["study", str(path), "--stages", "study", "--assemble"]) == 0
+    assert sorted(json.loads(mark.read_text())["runs"]) == sorted(
+        str((root / "study" / s).resolve()) for s in ("seed0", "seed1"))
+
     # a study cut at a deadline: every stream compared on its first N problems
     assert cli(["study", str(path), "--stages", "study", "--assemble", "--first", "2",
                 "--summary", str(tmp_path / "t2.md")]) == 0
