@@ -93,8 +93,13 @@ def logsumexp_rows(u: torch.Tensor) -> torch.Tensor:
 
 def log_softmax_rows(u: torch.Tensor) -> torch.Tensor:
     """log_softmax over the last dimension, its sum of exponentials in blocks (`_lse_parts`)."""
+    return _log_softmax_lse(u)[0]
+
+
+def _log_softmax_lse(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`log_softmax_rows(u)`, the rows' log-sum-exp), from one pass of `_lse_parts`."""
     m, log_s = _lse_parts(u)
-    return (u - m.unsqueeze(-1)).sub_(log_s.unsqueeze(-1))
+    return (u - m.unsqueeze(-1)).sub_(log_s.unsqueeze(-1)), m + log_s
 
 
 def _log_softmax(u: torch.Tensor) -> torch.Tensor:
@@ -595,9 +600,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     ur = head_fn(z_target[s:e]).float()
                 else:
                     ur = uo32.detach()
-                m, log_s = _lse_parts(ur)
-                lse = m + log_s  # for the statistics: token_loss may overwrite lr
-                lr = (ur - m.unsqueeze(-1)).sub_(log_s.unsqueeze(-1))
+                lr, lse = _log_softmax_lse(ur)  # lse for the statistics: token_loss may overwrite lr
                 qr = lr.exp()
             with torch.enable_grad():  # autograd.Function.forward runs with grad mode off
                 out = token_loss(uo32, lr, None if labels is None else labels[s:e], qr)
