@@ -180,10 +180,7 @@ def check_grown_data(out: Path, old_info: dict, data: dict, ident: dict, cfg) ->
             raise RunChanged(f"{out} cannot grow: the first {was['n']} {d} problems are not the {was['n']} it holds "
                              f"({why}); keep its --limit for {d}, or run into a new --out")
         same[d] = was
-    try:
-        check_resume(out, old_info, data, {**ident, "sets": same}, True)
-    except RunChanged as e:
-        raise RunChanged(str(e).replace("cannot resume", "cannot grow", 1)) from None
+    check_resume(out, old_info, data, {**ident, "sets": same}, True, verb="grow")
 
 
 def grown_record(old_info: dict, new_info: dict, added: list[str]) -> dict:

@@ -316,14 +316,16 @@ def data_change(old_info: dict, data: dict, ident: dict) -> tuple[str | None, li
     return None, warnings
 
 
-def refusal(out: Path, what: str) -> RunChanged:
-    return RunChanged(f"{out} cannot resume: {what}; its rows would mix two runs. Restore what changed, or start "
+def refusal(out: Path, what: str, verb: str = "resume") -> RunChanged:
+    return RunChanged(f"{out} cannot {verb}: {what}; its rows would mix two runs. Restore what changed, or start "
                       "anew with --overwrite (deletes its results) or another --out")
 
 
-def check_resume(out: Path, old_info: dict, data: dict, ident: dict, has_results: bool) -> dict | None:
+def check_resume(out: Path, old_info: dict, data: dict, ident: dict, has_results: bool,
+                 verb: str = "resume") -> dict | None:
     """Compare what a resume runs on with what `old_info` (run.json of the same configuration)
-    recorded: raises `RunChanged` naming the difference when the folder holds results; returns the
+    recorded: raises `RunChanged` naming the difference when the folder holds results ("cannot
+    `verb`": a run that grows checks its folder the same way); returns the
     run.json to write when something is to be recorded (a folder from before identities, or one
     without results that this run takes over), else None."""
     old_ident = old_info.get("identity")
@@ -340,7 +342,7 @@ def check_resume(out: Path, old_info: dict, data: dict, ident: dict, has_results
         else:
             what = model_change(was_files, new)
     if what is not None:
-        raise refusal(out, what)
+        raise refusal(out, what, verb)
     for w in warnings:
         _log(f"WARNING {w}")
     if old_ident is None:
