@@ -52,6 +52,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -334,6 +335,14 @@ def train_model(
     return model.eval()
 
 
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_or_train(name: str, x, y, seed: int, cache: Path, max_steps: int | None, log) -> nn.Module:
     key = json.dumps([name, MODELS[name][1], seed, max_steps, len(x), float(x.sum())], sort_keys=True)
     path = cache / f"{name}_s{seed}_{hashlib.sha256(key.encode()).hexdigest()[:10]}.pt"
@@ -441,15 +450,49 @@ def build_streams(scenario: str, x, y, source: nn.Module, args, seed: int | None
     return out
 
 
-def run_scenario(scenario: str, base: nn.Module, x, y, args, base_lr: float, seeds=None) -> dict[str, dict]:
+def _cell_path(cells: Path, scenario: str, method: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps({**key, "scenario": scenario, "method": method}, sort_keys=True).encode())
+    return cells / f"{scenario}_{key['model']}_{method.replace('+', '-')}_{digest.hexdigest()[:12]}.json"
+
+
+def _save_cell(path: Path, res: dict) -> None:
+    """Write one (scenario, model, method) result atomically; `outcomes` keys become "seed/stream"."""
+    data = {**res, "outcomes": [[s, i, o] for (s, i), o in res["outcomes"].items()]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=float))
+    os.replace(tmp, path)
+
+
+def _load_cell(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    data["outcomes"] = {(s, i): o for s, i, o in data["outcomes"]}
+    return data
+
+
+def run_scenario(
+    scenario: str, base: nn.Module, x, y, args, base_lr: float, seeds=None,
+    cells: Path | None = None, key: dict | None = None, log=None,
+) -> dict[str, dict]:
     """Every method on the scenario's streams, for each seed. Per method: the first seed's curves
     (`summarize`), `acc` pooled over seeds and streams, `outcomes` {(seed, stream): [correct, ...]}
     (the predictions before each update; blind_spot: the adapted model on the whole corrupted test
-    set), and `sec_per_sample` (mean over seeds and streams)."""
+    set), and `sec_per_sample` (mean over seeds and streams). With `cells` (a folder) and `key`
+    (everything the result depends on besides scenario and method, `model` included), each method's
+    result is written there when it finishes and read back instead of rerun: a killed study resumes
+    at its first unfinished (scenario, model, method)."""
     seeds = [args.seed] if seeds is None else list(seeds)
-    streams = {s: build_streams(scenario, x, y, base, args, s) for s in seeds}
+    streams = None
     results = {}
     for method in args.methods:
+        path = _cell_path(cells, scenario, method, {**key, "seeds": seeds}) if cells is not None else None
+        if path is not None and path.exists():
+            results[method] = _load_cell(path)
+            if log is not None:
+                log(f"[{scenario}/{key['model']}] {method}: reused {path.name}")
+            continue
+        if streams is None:
+            streams = {s: build_streams(scenario, x, y, base, args, s) for s in seeds}
         outcomes, seconds, curves = {}, [], None
         for seed in seeds:
             hists = []
@@ -475,6 +518,8 @@ def run_scenario(scenario: str, base: nn.Module, x, y, args, base_lr: float, see
         res["samples"] = int(sum(res["n"]))
         res["seeds"] = seeds
         results[method] = res
+        if path is not None:
+            _save_cell(path, res)
     return results
 
 
@@ -747,7 +792,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         results[scenario] = {}
         for name, model in models.items():
             t0 = time.time()
-            results[scenario][name] = run_scenario(scenario, model, x_te, y_te, args, lrs[name], args.seeds)
+            key = {"model": name, "weights": _weights_digest(model), "lr": lrs[name], "test": len(y_te),
+                   **{k: getattr(args, k) for k in ("seed", "severity", "batch_size", "repeats", "bs1_limit",
+                                                    "corruptions", "mixed_corruptions")}}
+            results[scenario][name] = run_scenario(
+                scenario, model, x_te, y_te, args, lrs[name], args.seeds, args.out / "cells", key, log
+            )
             accs = ", ".join(f"{m} {100 * r['acc']:.1f}" for m, r in results[scenario][name].items())
             log(f"[{scenario}/{name}] {accs} ({time.time() - t0:.0f}s)")
 

@@ -483,3 +483,22 @@ def test_eata_redundancy_filter_drops_samples_like_the_running_mean():
     assert second == 0.0  # |cos| < 0 holds for no sample
     adapter.reset()
     assert adapter.method._mean_probs is None
+
+
+def test_benchmark_resumes_finished_cells(tmp_path, capsys):
+    """Each (scenario, model, method) result is kept when it finishes: a rerun reads it back (the same
+    outcomes) and runs only what is new; a changed setting runs again."""
+    bench = _bench()
+    base = ["--quick", "--out", str(tmp_path), "--scenarios", "bs1", "--models", "gn_cnn"]
+    first = bench.main(base + ["--methods", "noadapt", "tent"])["results"]["bs1"]["gn_cnn"]
+    capsys.readouterr()
+    second = bench.main(base + ["--methods", "noadapt", "tent", "zerosiam"])["results"]["bs1"]["gn_cnn"]
+    log = capsys.readouterr().out
+    assert "noadapt: reused" in log and "tent: reused" in log and "zerosiam: reused" not in log
+    for m in ("noadapt", "tent"):
+        assert second[m]["outcomes"] == first[m]["outcomes"]
+        assert second[m]["acc"] == first[m]["acc"]
+    assert set(second) == {"noadapt", "tent", "zerosiam"}
+    bench.main(base + ["--methods", "tent", "--severity", "2"])
+    assert "reused" not in capsys.readouterr().out
+    assert not list((tmp_path / "cells").glob("*.tmp"))
