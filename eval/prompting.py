@@ -42,7 +42,7 @@ ANSWER_LINE = ("{question}\nReply in one short sentence that ends with \"The fin
 # Our own, for base models (no chat template, no instruction following): two worked questions in
 # the answer-line form, then the question, so that the continuation states "The final answer is N."
 # A base model goes on to invent a next question after its answer, which the grader would read as
-# the last answer stated: keep max_new_tokens short (about 12; bench/testbed.py measures it).
+# the last answer stated: keep max_new_tokens short (about 12; studies/testbed.py measures it).
 FEWSHOT_ANSWER_LINE = ("Question: What is 14 + 9?\nAnswer: 14 + 9 = 23. The final answer is 23.\n\n"
                        "Question: What is 31 - 17?\nAnswer: 31 - 17 = 14. The final answer is 14.\n\n"
                        "Question: What is 6 * 7?\nAnswer: 6 * 7 = 42. The final answer is 42.\n\n"
@@ -126,7 +126,7 @@ def boxed() -> Template:
 @register("answer_line")
 def answer_line() -> Template:
     """Our own: the question, then a request for one short sentence ending "The final answer is N."
-    (a stated answer within few tokens, for small models on numeric sets; see bench/testbed.py)."""
+    (a stated answer within few tokens, for small models on numeric sets; see studies/testbed.py)."""
     return Template(ANSWER_LINE, "eval.prompting.ANSWER_LINE (our own)")
 
 

@@ -1,5 +1,5 @@
-"""bench/fault_cases.py: the generators of the fault suite's generated cases and its classifier.
-The suite itself (bench/fault_injection.py --only generated) is a bench script, not a test."""
+"""tests/probes/fault_cases.py: the generators of the fault suite's generated cases and its classifier.
+The suite itself (tests/probes/fault_injection.py --only generated) is a probe run by hand, not a test."""
 
 import json
 import multiprocessing as mp
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
+PROBES = Path(__file__).resolve().parent / "probes"
+sys.path.insert(0, str(PROBES))
 
 import fault_cases as fc  # noqa: E402
 

@@ -404,12 +404,12 @@ if __name__ == "__main__":
 
 
 def test_heldout_check_fails_a_constant_grader():
-    # bench/grading_heldout.py is run by hand and not used to tune the grader; this checks only its
+    # tests/probes/grading_heldout.py is run by hand and not used to tune the grader; this checks only its
     # logic: a grader that says True (or False) to everything scores below 1 in every class
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "grading_heldout.py"
+    path = Path(__file__).resolve().parent / "probes" / "grading_heldout.py"
     spec = importlib.util.spec_from_file_location("grading_heldout", path)
     heldout = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(heldout)

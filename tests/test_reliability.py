@@ -1,6 +1,6 @@
 """Nothing lost, nothing silently wrong: damaged run folders resume to an uninterrupted run's rows,
 damaged files are refused naming what is wrong, and user errors are one line naming the fix.
-The kill -9 cases live in bench/fault_injection.py (a test below runs a few of them)."""
+The kill -9 cases live in tests/probes/fault_injection.py (a test below runs a few of them)."""
 
 import json
 import os
@@ -426,11 +426,11 @@ def test_non_finite_configs_are_refused_at_the_door():
 
 # --- the fault-injection suite ----------------------------------------------------------------
 def test_fault_injection_suite_logic_on_a_few_cases(tmp_path):
-    """bench/fault_injection.py --quick: a few cases of each hand-written category and of each
-    generated class (bench/fault_cases.py), each classified; none may be anything but clean."""
+    """tests/probes/fault_injection.py --quick: a few cases of each hand-written category and of each
+    generated class (tests/probes/fault_cases.py), each classified; none may be anything but clean."""
     parts = [x for p in ("kills", "saves", "damage", "concurrency", "user", "nonfinite", "generated")
              for x in ("--only", p)]
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "fault_injection.py"), "--quick", *parts, "--work",
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "probes" / "fault_injection.py"), "--quick", *parts, "--work",
                            str(tmp_path / "fi"), "--json", str(tmp_path / "fi.json")], cwd=REPO, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

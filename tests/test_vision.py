@@ -409,7 +409,7 @@ def test_zerosiam_loss_matches_the_objective_at_init():
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("vision_collapse", ROOT / "bench" / "vision_collapse.py")
+    spec = importlib.util.spec_from_file_location("vision_collapse", ROOT / "studies" / "vision_collapse.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

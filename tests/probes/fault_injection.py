@@ -1,6 +1,6 @@
 """Fault injection: kill -9 at random points, damaged files, concurrent runs, bad input, NaN/inf.
 
-    .venv/bin/python bench/fault_injection.py [--seeds 12] [--quick] [--work DIR] [--json FILE]
+    .venv/bin/python tests/probes/fault_injection.py [--seeds 12] [--quick] [--work DIR] [--json FILE]
 
 Every case runs on tiny random models (`zs_llm.testing`) and is classified:
 - clean: the outcome is right (a resumed run equals an uninterrupted one row by row and state by
@@ -23,7 +23,7 @@ kills it after a random delay. The parent then resumes the run in-process and co
 file, optimizer metadata) with an uninterrupted run of the same configuration. The table
 prints category, cases, clean, silently wrong, crash, data lost, hang.
 
-The `generated` part (bench/fault_cases.py) grows the suite by class, not by case: for each of
+The `generated` part (tests/probes/fault_cases.py) grows the suite by class, not by case: for each of
 --seeds seeds, a generator per class draws new inputs (option names, values and orders through
 flags, YAML and --set; what changes between a kill and its resume, and where the kill falls; bad
 golds; every tiny architecture with random methods; ...). `--classes` runs some of them.
@@ -50,8 +50,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "bench"):  # the harness, and fault_cases beside this script
+REPO = Path(__file__).resolve().parents[2]
+for _path in (REPO, Path(__file__).resolve().parent):  # the harness, and fault_cases beside this script
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -951,7 +951,7 @@ def non_finite_cases(bench: Bench, quick: bool) -> None:
 
 
 def generated_cases(bench: Bench, ctx, seeds: list[int], classes: list[str] | None, quick: bool) -> None:
-    """bench/fault_cases.py: a generator per class of input, each seed a new draw of cases."""
+    """tests/probes/fault_cases.py: a generator per class of input, each seed a new draw of cases."""
     import importlib.util
 
     cases = generate(seeds, classes, quick=quick, cuda=torch.cuda.is_available(),

@@ -1,6 +1,6 @@
 """How far the draft's kept logits are from the target branch recomputed in one forward pass.
 
-    .venv/bin/python bench/draft_logits_drift.py [--dtype bfloat16] [--problems 4] [--tokens 64]
+    .venv/bin/python studies/draft_logits_drift.py [--dtype bfloat16] [--problems 4] [--tokens 64]
 
 With `draft_logits_mib` > 0 the first step on a problem takes its target logits from the draft's
 generation (KV-cache path, LoRA folded into the weights) instead of a fresh forward of prompt +
@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-from _common import arith_messages, load_smollm2, set_threads
 
-from zs_llm import AdaptConfig, ZeroSiamLM
-from zs_llm.adapt import make_batch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.datasets import load_problems  # noqa: E402
+from eval.prompting import build_messages  # noqa: E402
+from zs_llm import AdaptConfig, ZeroSiamLM, load_model  # noqa: E402
+from zs_llm.adapt import make_batch  # noqa: E402
 
 
 def main():
@@ -29,11 +34,13 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    set_threads(args.threads)
-    model, tok = load_smollm2(args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model("smollm2-135m-instruct", dtype=args.dtype)
     lm = ZeroSiamLM(model, tok, AdaptConfig(max_new_tokens=args.tokens, guard=False))
     diffs, kls, agree, n = [], [], [], 0
-    for messages in arith_messages(args.problems):
+    for problem in load_problems("arith", limit=args.problems):
+        messages = build_messages(problem.question, "boxed")
         ids = lm.encode(messages)
         new, kept = lm.generate_ids(ids, return_logits=True)
         batch = make_batch(ids, new[0], "response")

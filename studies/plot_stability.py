@@ -1,6 +1,6 @@
 """Plots of a stability sweep: measures along the stream, and maps of verdicts over the grid.
 
-    .venv/bin/python bench/plot_stability.py runs/stability --out docs/stability
+    .venv/bin/python studies/plot_stability.py runs/stability --out docs/stability
 
 Reads every `summary_*.json` that a sweep study (`python -m eval study studies/stability_sweep.yaml`)
 wrote into its root and the rows of its points. Writes, per method (`zerosiam`, `tent`, ablations ...):

@@ -1,9 +1,9 @@
 """Vision study: the paper's columns (NoAdapt, Tent, SAR, EATA, COME, DeYO, ZeroSiam, ZeroSiam+EATA,
 ZeroSiam+DeYO) on corrupted digits streams in its four wild scenarios, over three stream seeds.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/vision_collapse.py --bs1-limit 200   # the docs/vision.md study
-    .venv/bin/python bench/vision_collapse.py --quick    # seconds; a smoke run (the test suite's)
-    .venv/bin/python bench/vision_collapse.py --sweep    # the learning-rate sweep behind the defaults
+    OMP_NUM_THREADS=1 .venv/bin/python studies/vision_collapse.py --bs1-limit 200   # the docs/vision.md study
+    .venv/bin/python studies/vision_collapse.py --quick    # seconds; a smoke run (the test suite's)
+    .venv/bin/python studies/vision_collapse.py --sweep    # the learning-rate sweep behind the defaults
 
 No network: the data is scikit-learn's bundled digits (1797 8x8 images, upsampled to 32x32,
 one channel), split 1000 train / 797 test. Two small classifiers are trained on the clean
@@ -805,7 +805,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     header = [
         "# Vision collapse benchmark (digits, 32x32)",
         "",
-        f"Command: `{' '.join(['.venv/bin/python', 'bench/vision_collapse.py', *(argv if argv is not None else sys.argv[1:])])}`",
+        f"Command: `{' '.join(['.venv/bin/python', 'studies/vision_collapse.py', *(argv if argv is not None else sys.argv[1:])])}`",
         "",
         f"Severity {args.severity}; batch {args.batch_size} (bs1 and blind_spot: 1); SGD momentum 0.9; base lr at "
         f"batch 64 (scaled by batch/64), same for every method and for ZeroSiam's predictor: "

@@ -2,7 +2,7 @@
 under which SmolLM2 states an answer (a box or a final-answer line, `zs_llm.diagnostics.has_answer`)
 in at least `--target` of its responses. Choosing on NoAdapt favours no adapting method.
 
-    .venv/bin/python bench/testbed.py --limit 60 --budgets 32,48,64,96
+    .venv/bin/python studies/testbed.py --limit 60 --budgets 32,48,64,96
 
 One greedy generation per style at the largest budget; each smaller budget is read as that
 generation's prefix (greedy decoding at a smaller budget produces exactly the prefix), so the
@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from _common import REPO, set_threads  # noqa: F401  (puts the repo on sys.path)
+import torch
 
-from eval.datasets import load_problems
-from eval.grading import check
-from eval.prompting import build_messages
-from eval.stats import wilson_interval
-from zs_llm.diagnostics import has_answer
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from eval.datasets import load_problems  # noqa: E402
+from eval.grading import check  # noqa: E402
+from eval.prompting import build_messages  # noqa: E402
+from eval.stats import wilson_interval  # noqa: E402
+from zs_llm.diagnostics import has_answer  # noqa: E402
 
 CANDIDATES = ("boxed", "answer_line", "fewshot_answer_line", "plain", "llama31_paraphrase")
 
@@ -91,7 +96,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/testbed.json")
     args = ap.parse_args(argv)
-    set_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import zs_llm
 
     lm = zs_llm.load(args.model, dtype=args.dtype, device=args.device, method="noadapt")

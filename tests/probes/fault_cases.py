@@ -2,7 +2,7 @@
 nobody wrote by hand (random option names, values and orders; random points of change between a
 kill and its resume).
 
-    .venv/bin/python bench/fault_injection.py --only generated --seeds 4 [--classes options ...]
+    .venv/bin/python tests/probes/fault_injection.py --only generated --seeds 4 [--classes options ...]
 
 A generator takes a `random.Random` and returns `Case`s: plain data (a category, a name, a kind and
 the parameters its executor reads), so one seed always gives the same cases and a test checks them

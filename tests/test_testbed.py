@@ -1,9 +1,9 @@
-"""bench/testbed.py: the prompt style and length the wild-streams study uses, chosen on NoAdapt alone."""
+"""studies/testbed.py: the prompt style and length the wild-streams study uses, chosen on NoAdapt alone."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # testbed imports its neighbour _common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
 
 
 def test_testbed_takes_the_cheapest_setting_meeting_the_target_else_the_highest_share():

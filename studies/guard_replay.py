@@ -1,7 +1,7 @@
 """When would the collapse guard fire on a recorded stream? Replays the rows of a harness run
 through `CollapseGuard`'s checks (answers, loops, the step's entropy), without a model.
 
-    .venv/bin/python bench/guard_replay.py runs/stability300/zerosiam_s0/rows/zerosiam__arith.jsonl
+    .venv/bin/python studies/guard_replay.py runs/stability300/zerosiam_s0/rows/zerosiam__arith.jsonl
 
 Only the detection is replayed: the recorded stream went on unguarded (or under an older guard),
 so what happens after the first trigger is not what a guarded run would do. Prints the first

@@ -3,7 +3,7 @@ issue 26 names, written for this project before the grader was changed for them 
 tune it (the tuning table is tests/test_grading_cases.py). Nothing here comes from another
 project's tests.
 
-    cd <repository root> && .venv/bin/python bench/grading_heldout.py
+    cd <repository root> && .venv/bin/python tests/probes/grading_heldout.py
 
 Prints agreement per class and overall, then the cases the grader gets wrong. Measured 2026-12-02:
 87 of 112 (77.7%) with the grader before issue 26's classes were handled, 112 of 112 after. `expected` is what a
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 FINAL = "Final Answer: The final answer is ${}$. I hope it is correct."
 
