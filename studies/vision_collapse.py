@@ -542,12 +542,21 @@ def table(results: dict, methods, models) -> str:
     return "\n".join(lines)
 
 
+def paired_change(result: dict, base: dict):
+    """A method's change from `base` (NoAdapt) on the same samples: eval.stats' paired difference
+    over the (seed, stream) sets (mean difference, stratified bootstrap interval, exact McNemar p)."""
+    from eval.stats import paired_difference_over_sets
+
+    sets = [(dict(enumerate(o)), dict(enumerate(base["outcomes"][key]))) for key, o in result["outcomes"].items()]
+    return paired_difference_over_sets(sets)
+
+
 def study_table(results: dict, methods, models) -> str:
     """Per scenario and model, each method pooled over seeds and streams: accuracy with its Wilson
     95% interval, the paired change from NoAdapt on the same samples with its stratified bootstrap
     interval (samples resampled within each (seed, stream)) and the exact McNemar p, as the
     language tables (eval.stats); and the seconds per sample."""
-    from eval.stats import paired_difference_over_sets, wilson_interval
+    from eval.stats import wilson_interval
 
     lines = [
         "| scenario | model | method | n | accuracy % [95% CI] | change from noadapt, points [95% CI] | McNemar p "
@@ -564,8 +573,7 @@ def study_table(results: dict, methods, models) -> str:
                 lo, hi = wilson_interval(k, n)
                 row = f"| {scenario} | {model} | {m} | {n} | {100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |"
                 if base is not None and m != "noadapt":
-                    sets = [(dict(enumerate(o)), dict(enumerate(base["outcomes"][key]))) for key, o in out.items()]
-                    d = paired_difference_over_sets(sets)
+                    d = paired_change(cells[m], base)
                     row += f" {100 * d.diff:+.1f} [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}] | {d.p_mcnemar:.3g} |"
                 else:
                     row += " - | - |"
@@ -640,22 +648,21 @@ def plot(results: dict, out: Path) -> list[Path]:
 
 
 def collapse_summary(results: dict, models) -> list[str]:
+    """Tent and ZeroSiam against NoAdapt per scenario and model, each judged by its paired 95%
+    interval: below or above NoAdapt only where the interval excludes 0."""
+
+    def word(d) -> str:
+        return "below" if d.ci_high < 0 else "above" if d.ci_low > 0 else "level with"
+
     lines = []
     for scenario, per_model in results.items():
         for model in models:
             r = per_model[model]
-            na, tent, zs = (r[m]["acc"] for m in ("noadapt", "tent", "zerosiam"))
-            verdict = (
-                "Tent below NoAdapt, ZeroSiam not"
-                if tent < na <= zs
-                else "both below NoAdapt"
-                if tent < na and zs < na
-                else "ZeroSiam below NoAdapt, Tent not"
-                if zs < na <= tent
-                else "neither below NoAdapt"
-            )
+            tent, zs = (paired_change(r[m], r["noadapt"]) for m in ("tent", "zerosiam"))
             lines.append(
-                f"{scenario}/{model}: NoAdapt {100 * na:.1f}, Tent {100 * tent:.1f}, ZeroSiam {100 * zs:.1f}: {verdict}"
+                f"{scenario}/{model}: NoAdapt {100 * r['noadapt']['acc']:.1f}; Tent {100 * tent.diff:+.1f} "
+                f"[{100 * tent.ci_low:+.1f}, {100 * tent.ci_high:+.1f}], {word(tent)} NoAdapt; ZeroSiam "
+                f"{100 * zs.diff:+.1f} [{100 * zs.ci_low:+.1f}, {100 * zs.ci_high:+.1f}], {word(zs)} NoAdapt"
             )
     return lines
 

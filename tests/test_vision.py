@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -502,3 +503,26 @@ def test_benchmark_resumes_finished_cells(tmp_path, capsys):
     bench.main(base + ["--methods", "tent", "--severity", "2"])
     assert "reused" not in capsys.readouterr().out
     assert not list((tmp_path / "cells").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_collapse_summary_judges_by_the_paired_interval(seed):
+    """Below/above NoAdapt only where the paired interval excludes 0: a method equal to NoAdapt on
+    every sample is level with it, one that loses a third of NoAdapt's right answers is below it,
+    one that gains a third of its wrong ones is above it, whatever the streams' sizes."""
+    bench = _bench()
+    rng = random.Random(seed)
+    base = {(s, i): [rng.random() < 0.5 for _ in range(rng.randint(80, 200))] for s in range(3) for i in range(2)}
+
+    def flip(outcomes, frm: bool, share: float):
+        return {k: [(not c) if c == frm and rng.random() < share else c for c in o] for k, o in outcomes.items()}
+
+    def res(outcomes):
+        flat = [c for o in outcomes.values() for c in o]
+        return {"outcomes": outcomes, "acc": sum(flat) / len(flat)}
+
+    for tent, zs, words in [(flip(base, True, 0.33), base, ("below", "level with")),
+                            (base, flip(base, False, 0.33), ("level with", "above"))]:
+        results = {"mixed": {"m": {"noadapt": res(base), "tent": res(tent), "zerosiam": res(zs)}}}
+        (line,) = bench.collapse_summary(results, ["m"])
+        assert f"{words[0]} NoAdapt; ZeroSiam" in line and line.endswith(f"{words[1]} NoAdapt"), line
