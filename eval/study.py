@@ -314,6 +314,7 @@ def run_pool(jobs: list[dict], workers: int, deadline: float, log, threads: int 
         return status
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")]))
+    env["ZS_STUDY_PARENT"] = str(os.getpid())  # a worker stops when this process ends (stop_with_parent)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     while waiting or running:
@@ -596,7 +597,23 @@ def main(argv: list[str]) -> dict | None:
     return run_study(study, stages, args.summary)
 
 
+def stop_with_parent() -> None:
+    """Make this process (a worker of run_pool) receive SIGTERM when the study process that started
+    it ends, however it ends (a kill -9 included; Linux): the worker's rows so far stay, and the next
+    run of the study resumes its folder instead of finding it held by an orphan. Elsewhere, nothing."""
+    parent = int(os.environ.get("ZS_STUDY_PARENT", "0") or 0)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the study ended before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 if __name__ == "__main__":  # a worker of run_pool
     if len(sys.argv) == 3 and sys.argv[1] == "--job":
+        stop_with_parent()
         run_job(json.loads(sys.argv[2]), int(os.environ["OMP_NUM_THREADS"]) if "OMP_NUM_THREADS" in os.environ
                 else None)

@@ -2,9 +2,11 @@
 assembled; its tables are the numbers eval.stats gives from the rows."""
 
 import json
+import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -314,3 +316,48 @@ def test_the_gemma_study_runs_the_rows_issue_26_asks_for():
     assert sorted(stage_rows(tenfold, tenfold.lrs)) == sorted([
         "noadapt", "tent:lr=0.003", "tent+clip:lr=0.003", "zerosiam:lr=0.003", "zerosiam+clip:lr=0.003",
         "sar+clip:lr=0.03"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_a_worker_stops_when_the_study_process_ends(tmp_path, signame):
+    """A study killed (kill, or kill -9) takes its workers with it, so a rerun does not find their run
+    folders held by orphans; a worker whose study is alive keeps running."""
+    import signal
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    pidfile = tmp_path / "worker.pid"
+    worker = ("import os, time; from eval.study import stop_with_parent; stop_with_parent(); "
+              f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    parent = ("import os, subprocess, sys, time; "
+              "env = dict(os.environ, ZS_STUDY_PARENT=str(os.getpid())); "
+              f"subprocess.Popen([sys.executable, '-c', {worker!r}], env=env); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", parent], cwd=repo,
+                         env=dict(os.environ, PYTHONPATH=str(repo)))
+    try:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
+        def alive() -> bool:  # a zombie (ended, not yet reaped by whoever adopted it) is not
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except (FileNotFoundError, ProcessLookupError):
+                return False
+
+        time.sleep(0.5)
+        assert alive()  # alive while the study is
+        p.send_signal(getattr(signal, signame))
+        p.wait(timeout=30)
+        for _ in range(100):
+            if not alive():
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the worker outlived its study")
+    finally:
+        p.kill()
