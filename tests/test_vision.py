@@ -463,8 +463,15 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
     assert out["table"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS)
     assert out["study"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS) * len(bench.METHODS)
     assert out["overhead"].count("\n") == 1 + len(bench.METHODS)
+    assert out["plugins"].count("\n") == 1 + len(bench.SCENARIOS) * len(bench.MODELS)
+    for scenario, per_model in res.items():  # a plug-in's change from its host: paired, as from noadapt
+        for model, per_method in per_model.items():
+            plug, host = per_method["zerosiam+deyo"]["outcomes"], per_method["deyo"]["outcomes"]
+            diff = sum(sum(plug[k]) / len(plug[k]) - sum(host[k]) / len(host[k]) for k in plug) / len(plug)
+            row = next(r for r in out["plugins"].splitlines() if r.startswith(f"| {scenario} | {model} |"))
+            assert row.split(" | ")[3].startswith(f"{100 * diff:+.1f} [")
     text = (tmp_path / "results.md").read_text()
-    assert text.count("| label_shift |") == 2 * len(bench.MODELS) + len(bench.MODELS) * len(bench.METHODS)
+    assert text.count("| label_shift |") == 3 * len(bench.MODELS) + len(bench.MODELS) * len(bench.METHODS)
     assert len(out["plots"]) == len(bench.SCENARIOS) * len(bench.MODELS)
     assert all(p.exists() and p.stat().st_size > 0 for p in out["plots"])
 
