@@ -120,6 +120,8 @@ class DeYO(DeYOSelection, Method):
     49,152 tokens (16 on ImageNet). The official code adapts normalization layers except the top
     of the network; here the LoRA adapters, as every LLM method."""
 
+    default_lr = 1e-3  # the selection of the paper protocol (docs/protocol.md)
+
     name = "deyo"
     trains = ("lora",)
     config_class = DeYOConfig
