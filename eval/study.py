@@ -552,6 +552,75 @@ def list_jobs(study: Study, stages: list[str]) -> None:
             print(f"{name}\t{j['out']}\t{','.join(c['methods'])}\t{','.join(c['datasets'])}\tseed {c['seed']}\t{state}")
 
 
+# ------------------------------------------------------------------ rows shipped with the docs
+
+
+def _stage_folders(study: Study, name: str) -> list[Path]:
+    """Where a stage's run folders live under the root: ROOT/jobs/<stage>, or a sweep's points."""
+    root = Path(study.root)
+    if study.stages[name].kind == "sweep":
+        return [Path(j["out"]) for j in plan(study, name, {})]
+    return [root / "jobs" / name]
+
+
+def pack(study: Study, stages: list[str], path: str | Path) -> int:
+    """Write the stages' rows into the tar archive `path` (compressed as its name says: .tar.xz,
+    .tar.gz, .tar): each run folder's `run.json` and `rows/*.jsonl`, named relative to the root,
+    and nothing else (no adapter states). The rows are what the tables are made from, so the
+    archive, a few hundred kB for a stage of thousands of rows, lets anyone assemble them again
+    (`--unpack`). Returns the number of files written."""
+    import tarfile
+
+    root = Path(study.root).resolve()
+    files = sorted(f for name in stages for folder in _stage_folders(study, name) if folder.is_dir()
+                   for f in folder.rglob("*")
+                   if f.is_file() and (f.name == "run.json" or (f.parent.name == "rows" and f.suffix == ".jsonl")))
+    if not files:
+        raise ValueError(f"--pack: no rows under {root} for stages {', '.join(stages)}: run them first")
+    mode = {".xz": "w:xz", ".gz": "w:gz", ".tar": "w"}.get(Path(path).suffix)
+    if mode is None:
+        raise ValueError(f"--pack {path}: name it .tar.xz, .tar.gz or .tar")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    with tarfile.open(tmp, mode) as tar:
+        for f in files:
+            info = tar.gettarinfo(str(f), arcname=str(f.resolve().relative_to(root)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with open(f, "rb") as fh:
+                tar.addfile(info, fh)
+    os.replace(tmp, path)
+    return len(files)
+
+
+def unpack(study: Study, path: str | Path) -> int:
+    """Extract an archive `pack` wrote into the root. Only regular files under `jobs/` or a sweep's
+    point folders, named without `..`; a file already there with other bytes is refused (nothing is
+    written then), one with the same bytes is kept. Returns the number of files written."""
+    import tarfile
+
+    root = Path(study.root)
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        for m in members:
+            parts = Path(m.name).parts
+            if not m.isfile() or Path(m.name).is_absolute() or ".." in parts or len(parts) < 2:
+                raise ValueError(f"--unpack {path}: {m.name!r} is not a run folder's file; this is not an archive "
+                                 f"`--pack` wrote")
+        data = {m.name: tar.extractfile(m).read() for m in members}
+    clash = [n for n, b in data.items() if (root / n).exists() and (root / n).read_bytes() != b]
+    if clash:
+        raise ValueError(f"--unpack {path}: {len(clash)} files under {root} differ from the archive's (first: "
+                         f"{clash[0]}); unpack into a new root (--root DIR)")
+    written = 0
+    for name, b in data.items():
+        target = root / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b)
+            written += 1
+    return written
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m eval study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -567,6 +636,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                     help="override a study setting, in every stage or in one (repeatable), e.g. --set seeds=0,1")
     ap.add_argument("--list", action="store_true", help="list the run folders and what they hold, run nothing")
+    ap.add_argument("--pack", metavar="FILE", help="run nothing: write the stages' rows (run.json and rows/*.jsonl "
+                    "of each run folder) into FILE (.tar.xz), from which --unpack and --assemble make the tables")
+    ap.add_argument("--unpack", metavar="FILE", help="first extract the rows of FILE (a --pack archive) into the "
+                    "root; with --assemble, the tables from them")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -587,6 +660,13 @@ def main(argv: list[str]) -> dict | None:
     if args.summary and len(streams) != 1:
         raise ValueError(f"--summary writes one streams stage's tables, and --stages names {len(streams)} "
                          f"({', '.join(streams) or 'none'}): name one with --stages")
+    if args.pack:
+        n = pack(study, stages, args.pack)
+        print(f"packed {n} files of {', '.join(stages)} into {args.pack}")
+        return None
+    if args.unpack:
+        n = unpack(study, args.unpack)
+        print(f"unpacked {n} files of {args.unpack} into {study.root}", file=sys.stderr)
     if args.list:
         list_jobs(study, stages)
         return None

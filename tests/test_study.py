@@ -229,6 +229,32 @@ stages:
     assert cli(["study", str(path), "--stages", "study"]) == 0
     assert {f: f.read_bytes() for f in (root / "jobs").rglob("*.jsonl")} == before
 
+    # the rows alone, packed, unpacked into a new root, give the same tables (the docs ship such archives)
+    archive = tmp_path / "rows.tar.xz"
+    assert cli(["study", str(path), "--stages", "study", "--pack", str(archive)]) == 0
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert names and all(n.startswith("jobs/study/") and (n.endswith("run.json") or "/rows/" in n) for n in names)
+    fresh = tmp_path / "fresh"
+    assert cli(["study", str(path), "--stages", "study", "--root", str(fresh), "--unpack", str(archive),
+                "--assemble", "--summary", str(tmp_path / "t_unpacked.md")]) == 0
+    assert (tmp_path / "t_unpacked.md").read_text() == tables
+    # unpacking again is a no-op; over other bytes it is refused and writes nothing
+    assert cli(["study", str(path), "--stages", "study", "--root", str(fresh), "--unpack", str(archive), "--list"]) == 0
+    victim = next((fresh / "jobs" / "study").rglob("*.jsonl"))
+    victim.write_text(victim.read_text() + "\n")
+    capsys.readouterr()
+    assert cli(["study", str(path), "--stages", "study", "--root", str(fresh), "--unpack", str(archive),
+                "--assemble"]) == 2
+    assert "differ from the archive's" in capsys.readouterr().err
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(archive, arcname="../escape.tar.xz")
+    assert cli(["study", str(path), "--stages", "study", "--root", str(tmp_path / "r2"), "--unpack", str(evil)]) == 2
+    assert "is not a run folder's file" in capsys.readouterr().err and not (tmp_path / "escape.tar.xz").exists()
+
     # the stage's combined report from an earlier assemble over other runs is replaced, not refused
     mark = root / "study" / "combined" / "combined.json"
     mark.write_text(json.dumps({"runs": [str(tmp_path / "elsewhere" / "seed7")]}))
