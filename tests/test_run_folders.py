@@ -260,7 +260,9 @@ def test_a_changed_input_at_another_path_is_still_refused(change, setup, finishe
 # --- Ctrl-C ------------------------------------------------------------------------------------
 def test_ctrl_c_stops_a_run_in_one_line_and_the_rerun_resumes(setup, tmp_path):
     out = tmp_path / "run"
-    c = cfg(setup, methods=["noadapt"], datasets=["arith"], limit=200)
+    # one problem a batch and 32 tokens each: the run lasts seconds, so the interrupt lands mid-run on a
+    # fast machine too (with 2 problems a batch and 3 tokens it could finish all 200 first)
+    c = cfg(setup, methods=["noadapt"], datasets=["arith"], limit=200, batch_size=1, adapt={"max_new_tokens": 32})
     argv = [sys.executable, "-m", "eval", *argv_of(c, out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -270,6 +272,7 @@ def test_ctrl_c_stops_a_run_in_one_line_and_the_rerun_resumes(setup, tmp_path):
     while not (rows.exists() and rows.read_bytes().count(b"\n") >= 2) and proc.poll() is None:
         assert time.monotonic() < deadline, "no rows within 120 s"
         time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended ({proc.returncode}) before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole group, grading worker included
     try:
         _, err = proc.communicate(timeout=60)
