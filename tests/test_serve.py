@@ -341,10 +341,20 @@ def test_bad_keys_files_are_refused_naming_the_line(tmp_path, text, error):
 
 # --- the queue -----------------------------------------------------------------------------
 def blocked(engine):
-    """Hold the worker between rounds until the returned event is set."""
-    gate = threading.Event()
-    engine.call(lambda: gate.wait(30))
+    """Hold the worker between rounds until the returned event is set. Returns once the worker is
+    inside the hold: a request sent before that could be taken into a round with the hold itself
+    (the worker takes the control calls and the queued jobs together), and never be seen queued."""
+    gate, entered = threading.Event(), threading.Event()
+    engine.call(lambda: (entered.set(), gate.wait(120)))
+    assert entered.wait(60), "the worker did not take the hold"
     return gate
+
+
+def wait_until(cond, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.01)
 
 
 def test_requests_arriving_together_are_pooled_in_arrival_order_and_a_full_queue_gets_429(tok, tmp_path):
@@ -361,8 +371,7 @@ def test_requests_arriving_together_are_pooled_in_arrival_order_and_a_full_queue
         for i, user in enumerate(["a", "b", "a"]):  # queued in this order
             threads.append(threading.Thread(target=send, args=(i, user)))
             threads[-1].start()
-            while len(engine.pending) < i + 1:
-                time.sleep(0.01)
+            wait_until(lambda: len(engine.pending) >= i + 1, f"request {i} queued")
         status, headers, err = http(url + "/v1/chat/completions", "POST",
                                     {"model": "tiny", "user": "c", "messages": [{"role": "user", "content": "x"}]})
         assert status == 429 and err["error"]["code"] == "queue_full" and int(headers["retry-after"]) >= 1
