@@ -260,13 +260,13 @@ def test_a_changed_input_at_another_path_is_still_refused(change, setup, finishe
 # --- Ctrl-C ------------------------------------------------------------------------------------
 def test_ctrl_c_stops_a_run_in_one_line_and_the_rerun_resumes(setup, tmp_path):
     out = tmp_path / "run"
-    # one problem a batch and 32 tokens each: the run lasts seconds, so the interrupt lands mid-run on a
-    # fast machine too (with 2 problems a batch and 3 tokens it could finish all 200 first)
-    c = cfg(setup, methods=["noadapt"], datasets=["arith"], limit=200, batch_size=1, adapt={"max_new_tokens": 32})
+    c = cfg(setup, methods=["noadapt"], datasets=["arith"], limit=200)
     argv = [sys.executable, "-m", "eval", *argv_of(c, out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # its own process group with Ctrl-C's default action, as a terminal's job: a suite started in the
+    # background by a non-interactive shell inherits SIGINT ignored, and Python keeps it ignored
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # its own process group, as a terminal's job
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rows = stream_path(out, "noadapt", "arith")
     deadline = time.monotonic() + 120
     while not (rows.exists() and rows.read_bytes().count(b"\n") >= 2) and proc.poll() is None:
