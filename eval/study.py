@@ -582,28 +582,38 @@ def pack(study: Study, stages: list[str], path: str | Path) -> int:
         raise ValueError(f"--pack {path}: name it .tar.xz, .tar.gz or .tar")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{path}.tmp")
-    with tarfile.open(tmp, mode) as tar:
-        for f in files:
-            info = tar.gettarinfo(str(f), arcname=str(f.resolve().relative_to(root)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-            with open(f, "rb") as fh:
-                tar.addfile(info, fh)
-    os.replace(tmp, path)
+    try:
+        with tarfile.open(tmp, mode) as tar:
+            for f in files:
+                info = tar.gettarinfo(str(f), arcname=str(f.resolve().relative_to(root)))
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                with open(f, "rb") as fh:
+                    tar.addfile(info, fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(files)
 
 
+def _packed_name(name: str) -> bool:
+    """A name `pack` writes: relative, without `..`, a run folder's run.json or rows/*.jsonl."""
+    p = Path(name)
+    return (not p.is_absolute() and ".." not in p.parts and len(p.parts) >= 2
+            and (p.name == "run.json" or (p.parent.name == "rows" and p.suffix == ".jsonl")))
+
+
 def unpack(study: Study, path: str | Path) -> int:
-    """Extract an archive `pack` wrote into the root. Only regular files under `jobs/` or a sweep's
-    point folders, named without `..`; a file already there with other bytes is refused (nothing is
-    written then), one with the same bytes is kept. Returns the number of files written."""
+    """Extract an archive `pack` wrote into the root: only regular files named as `pack` names them
+    (a run folder's run.json or rows/*.jsonl, relative, without `..`), else nothing is written. A
+    file already there with other bytes is refused (nothing is written then), one with the same
+    bytes is kept. Returns the number of files written."""
     import tarfile
 
     root = Path(study.root)
     with tarfile.open(path) as tar:
         members = tar.getmembers()
         for m in members:
-            parts = Path(m.name).parts
-            if not m.isfile() or Path(m.name).is_absolute() or ".." in parts or len(parts) < 2:
+            if not m.isfile() or not _packed_name(m.name):
                 raise ValueError(f"--unpack {path}: {m.name!r} is not a run folder's file; this is not an archive "
                                  f"`--pack` wrote")
         data = {m.name: tar.extractfile(m).read() for m in members}
