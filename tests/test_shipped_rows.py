@@ -17,7 +17,8 @@ SPEC = REPO / "studies" / "wild_streams.yaml"
 DOC = (REPO / "docs" / "wild_streams.md").read_text()
 
 #: archive -> the streams stage it holds
-STAGES = {"wild_new_baselines.tar.xz": "new_baselines", "wild_deyo_selected.tar.xz": "deyo_selected"}
+STAGES = {"wild_new_baselines.tar.xz": "new_baselines", "wild_deyo_selected.tar.xz": "deyo_selected",
+          "wild_predictor_rate.tar.xz": "predictor_rate"}
 
 
 def _table_rows(markdown: str) -> list[str]:
