@@ -571,27 +571,23 @@ def pack(study: Study, stages: list[str], path: str | Path) -> int:
     (`--unpack`). Returns the number of files written."""
     import tarfile
 
+    from zs_llm.checkpoint import atomic_path
+
     root = Path(study.root).resolve()
     files = sorted(f for name in stages for folder in _stage_folders(study, name) if folder.is_dir()
-                   for f in folder.rglob("*")
-                   if f.is_file() and (f.name == "run.json" or (f.parent.name == "rows" and f.suffix == ".jsonl")))
+                   for f in folder.rglob("*") if f.is_file() and _packed_name(str(f.resolve().relative_to(root))))
     if not files:
         raise ValueError(f"--pack: no rows under {root} for stages {', '.join(stages)}: run them first")
     mode = {".xz": "w:xz", ".gz": "w:gz", ".tar": "w"}.get(Path(path).suffix)
     if mode is None:
         raise ValueError(f"--pack {path}: name it .tar.xz, .tar.gz or .tar")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp")
-    try:
-        with tarfile.open(tmp, mode) as tar:
-            for f in files:
-                info = tar.gettarinfo(str(f), arcname=str(f.resolve().relative_to(root)))
-                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-                with open(f, "rb") as fh:
-                    tar.addfile(info, fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tarfile.open(tmp, mode) as tar:
+        for f in files:
+            info = tar.gettarinfo(str(f), arcname=str(f.resolve().relative_to(root)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with open(f, "rb") as fh:
+                tar.addfile(info, fh)
     return len(files)
 
 

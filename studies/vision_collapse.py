@@ -52,7 +52,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -456,12 +455,13 @@ def _cell_path(cells: Path, scenario: str, method: str, key: dict) -> Path:
 
 
 def _save_cell(path: Path, res: dict) -> None:
-    """Write one (scenario, model, method) result atomically; `outcomes` keys become "seed/stream"."""
-    data = {**res, "outcomes": [[s, i, o] for (s, i), o in res["outcomes"].items()]}
+    """Write one (scenario, model, method) result atomically; `outcomes` {(seed, stream): [...]}
+    becomes a list of [seed, stream, [...]] (JSON has no tuple keys)."""
+    from zs_llm.checkpoint import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({**res, "outcomes": [[s, i, o] for (s, i), o in res["outcomes"].items()]},
+                                       default=float))
 
 
 def _load_cell(path: Path) -> dict:
@@ -814,16 +814,18 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
 
     lrs = args.lr or [DEFAULT_LR[m] for m in args.models]
     lrs = dict(zip(args.models, lrs * len(args.models) if len(lrs) == 1 else lrs))
+    # what a kept (scenario, model, method) result depends on besides its scenario and method
+    settings = {k: getattr(args, k) for k in ("seed", "severity", "batch_size", "repeats", "bs1_limit", "corruptions",
+                                              "mixed_corruptions")}
+    keys = {name: {"model": name, "weights": _weights_digest(model), "lr": lrs[name], "test": len(y_te), **settings}
+            for name, model in models.items()}
     results: dict = {}
     for scenario in args.scenarios:
         results[scenario] = {}
         for name, model in models.items():
             t0 = time.time()
-            key = {"model": name, "weights": _weights_digest(model), "lr": lrs[name], "test": len(y_te),
-                   **{k: getattr(args, k) for k in ("seed", "severity", "batch_size", "repeats", "bs1_limit",
-                                                    "corruptions", "mixed_corruptions")}}
             results[scenario][name] = run_scenario(
-                scenario, model, x_te, y_te, args, lrs[name], args.seeds, args.out / "cells", key, log
+                scenario, model, x_te, y_te, args, lrs[name], args.seeds, args.out / "cells", keys[name], log
             )
             accs = ", ".join(f"{m} {100 * r['acc']:.1f}" for m, r in results[scenario][name].items())
             log(f"[{scenario}/{name}] {accs} ({time.time() - t0:.0f}s)")
