@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 
+from .run_folder import _log
+
 REPORT_TO = ("none", "tensorboard", "wandb")
-
-
-def _log(msg: str) -> None:
-    print(f"[eval] {msg}", file=sys.stderr, flush=True)
 
 #: rows' step statistics logged per problem, by the name they are logged under
 STEP_STATS = {"loss": "loss", "entropy": "entropy", "divergence": "divergence", "predictor_drift": "predictor_dev",
