@@ -4,7 +4,6 @@ output head, and an optimizer, composed around the model rather than subclassing
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from . import saving
 from .config import AdaptConfig
 from .generation import CHAT_ROLES, Generation, check_prompt, context_length, prompt_ids, render_prompt, sample_seed  # noqa: F401
 from .guard import CollapseGuard
+from .lora import inject_lora
 from .methods import METHODS
 from .predictor import build_predictor
-
-logger = logging.getLogger("zs_llm")
 
 
 def logit_postprocess(config) -> list[tuple[str, float]]:
@@ -101,25 +99,7 @@ class ZeroSiamLM(Generation):
         self.zs_config = config = config or AdaptConfig()
         self.tokenizer = tokenizer
         self.method = METHODS[config.method](config)
-        if share is not None and model is not share.hf:
-            raise ValueError("share= must be a wrapper of this same model (its .hf); wrap another model on its own")
-        if share is None:
-            refuse_wrapped(model)
-            meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
-            if meta is not None:
-                raise ValueError(f"{type(model).__name__} is on the meta device (no weights, e.g. {meta}); load "
-                                 "real weights first (from_pretrained, or load_state_dict(..., assign=True))")
-            if check:
-                refuse_nonfinite_weights(model)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if head is None:
-            raise ValueError(
-                f"{type(model).__name__} has no output head (get_output_embeddings() is None); load the model "
-                "with AutoModelForCausalLM (not AutoModel) so zs_llm can put its predictor before the head"
-            )
-        backbone = getattr(model, "base_model", None)
-        if backbone is None or backbone is model:
-            raise ValueError(f"{type(model).__name__} exposes no backbone (base_model); zs_llm needs a *ForCausalLM model")
+        head, backbone = checked_parts(model, share, check)
         self.hf = model
         self.head = head
         self.backbone = backbone
@@ -140,7 +120,8 @@ class ZeroSiamLM(Generation):
                 self.adapter_name = "default"
             else:
                 self.adapter_name, self.shared.added = f"stream{self.shared.added}", self.shared.added + 1
-            self.peft = self._inject_lora(model)
+            self.peft, self.lora_targets, self.lora_targets_source = inject_lora(
+                model, config, self.shared, self.adapter_name, head.weight.device)
         try:
             self.activate()
             self.hidden_size = head.weight.shape[1]
@@ -190,53 +171,6 @@ class ZeroSiamLM(Generation):
             disable = getattr(self.hf, "activation_checkpointing_disable", None) or self.hf.gradient_checkpointing_disable
             disable()
             self.hf.eval()
-
-    def _inject_lora(self, model):
-        from peft import LoraConfig, get_peft_model
-
-        from .lora_targets import linear_layer_names, lora_target_modules
-
-        c = self.zs_config
-        try:
-            target, source = lora_target_modules(model, c.lora_target_modules)
-        except ValueError as e:
-            raise ValueError(
-                f"could not place LoRA adapters on {type(model).__name__}: {e}. Set lora_target_modules to some "
-                f"of this model's linear layers: {linear_layer_names(model)}"
-            ) from e
-        #: the module names LoRA was placed on, and where the choice came from
-        self.lora_targets, self.lora_targets_source = target, source
-        if source == "found":
-            logger.info("LoRA on %s of %s (no peft default for this architecture; set lora_target_modules to "
-                        "choose others)", target, type(model).__name__)
-        check_lora_memory(model, target, c, self.head.weight.device)
-        try:
-            lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                              target_modules=target, bias="none", task_type="CAUSAL_LM")
-            # lora_A's random init draws from the global RNG: seed it so runs are reproducible
-            with torch.random.fork_rng(), warnings.catch_warnings():
-                torch.manual_seed(c.seed)
-                # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning the user cannot act on
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                peft = self.shared.peft
-                if peft is None:
-                    peft = self.shared.peft = get_peft_model(model, lcfg, adapter_name=self.adapter_name)
-                else:  # another stream's adapter beside the ones already there, initialised as a fresh one would be
-                    peft.add_adapter(self.adapter_name, lcfg)
-            # peft trains only its active adapter: every stream's adapter stays trainable here (each
-            # stream's optimizer holds its own), and which one runs is set by `activate`
-            for n, p in model.named_parameters():
-                if "lora_" in n:
-                    p.requires_grad_(True)
-            self.shared.active = None
-            model._zs_llm_wrapped = True  # for `refuse_wrapped`: a second wrapper must not stack on these layers
-            return peft
-        except ValueError as e:
-            names = linear_layer_names(model)
-            raise ValueError(
-                f"could not place LoRA adapters on {type(model).__name__}: {e}. Set lora_target_modules to some "
-                f"of this model's linear layers: {names}"
-            ) from e
 
     def _build_optimizer(self):
         c = self.zs_config
@@ -427,6 +361,32 @@ class ZeroSiamLM(Generation):
                 f"trainable={sum(p.numel() for p in self.trainable_parameters())})")
 
 
+def checked_parts(model: nn.Module, share: ZeroSiamLM | None, check: bool) -> tuple[nn.Module, nn.Module]:
+    """The head and backbone of a model `ZeroSiamLM` may wrap (with `share`: the model that
+    wrapper wraps), or ValueError naming what to do: no stacked wrappers or peft adapters, real
+    and (`check`) finite weights, a *ForCausalLM with an output head."""
+    if share is not None and model is not share.hf:
+        raise ValueError("share= must be a wrapper of this same model (its .hf); wrap another model on its own")
+    if share is None:
+        refuse_wrapped(model)
+        meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+        if meta is not None:
+            raise ValueError(f"{type(model).__name__} is on the meta device (no weights, e.g. {meta}); load "
+                             "real weights first (from_pretrained, or load_state_dict(..., assign=True))")
+        if check:
+            refuse_nonfinite_weights(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no output head (get_output_embeddings() is None); load the model "
+            "with AutoModelForCausalLM (not AutoModel) so zs_llm can put its predictor before the head"
+        )
+    backbone = getattr(model, "base_model", None)
+    if backbone is None or backbone is model:
+        raise ValueError(f"{type(model).__name__} exposes no backbone (base_model); zs_llm needs a *ForCausalLM model")
+    return head, backbone
+
+
 def refuse_nonfinite_weights(model: nn.Module) -> None:
     """Name the first parameter holding NaN or inf: a damaged checkpoint, not an architecture zs_llm
     lacks. One pass over the weights, checked whole, since a NaN in some tensors never reaches
@@ -453,22 +413,6 @@ def refuse_wrapped(model: nn.Module) -> None:
         raise ValueError(f"this {type(model).__name__} already holds peft adapters{held}; zs_llm adds "
                          "and trains its own LoRA, so pass the plain base model: on the PeftModel, "
                          "merge_and_unload() folds the adapters into its weights, unload() drops them")
-
-
-def check_lora_memory(model: nn.Module, targets: list[str], config: AdaptConfig, device: torch.device) -> None:
-    """Refuse, before anything is allocated, LoRA whose parameters, gradients and optimizer state
-    would not fit in the memory `device` has available (e.g. a mistyped lora_r)."""
-    from .loading import available_memory
-    from .lora_targets import linear_shapes
-
-    n = sum(config.lora_r * (i + o) for i, o in linear_shapes(model, targets))
-    states = 2 if config.optimizer != "sgd" else int(config.momentum > 0)  # AdamW: two moments; SGD: momentum
-    need = n * 4 * (2 + states)  # fp32 adapters, their gradients, the optimizer's state
-    free = available_memory(device)
-    if free is not None and need > free:
-        raise ValueError(f"LoRA with lora_r={config.lora_r} on {targets} adds {n:,} parameters, about "
-                         f"{need / 2**30:.1f} GiB with gradients and optimizer state, and {device} has "
-                         f"{free / 2**30:.1f} GiB available; lower lora_r (e.g. 8-64)")
 
 
 def _canonical(name: str, adapter: str | None) -> str:

@@ -177,69 +177,39 @@ def _messages(raw) -> list[dict]:
     return out
 
 
-def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_limit: int | None = None,
-               default_max_tokens: int | None = None):
-    """The FastAPI application serving `engine` (started and stopped with the app)."""
-    cfg = engine.host.zs_config
-    limit = max_tokens_limit or cfg.max_new_tokens
-    default_tokens = min(default_max_tokens or cfg.max_new_tokens, limit)
-    tokenizer = copy.deepcopy(engine.host.tokenizer)  # the worker thread keeps its own
-    context = engine.host.context_length
-    metrics = Metrics()
-    model = engine.model_name
+class Api:
+    """What the endpoints share: who is asking (`keys`), the checks a completion request goes through,
+    and the answer's two shapes (one JSON object, or server-sent events)."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        engine.start()
-        try:
-            yield
-        finally:
-            await asyncio.get_running_loop().run_in_executor(None, engine.close)
-
-    app = FastAPI(title="zs_llm adapting server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.engine, app.state.metrics = engine, metrics
-
-    def error(e: ServeError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(ServeError)
-    async def _serve_error(request, e: ServeError):
-        return error(e)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, e):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return error(ServeError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
-                                "invalid_request_error", code))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request, e):
-        first = e.errors()[0] if e.errors() else {}
-        return error(_bad(f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', 'invalid request')}"))
-
-    @app.exception_handler(Exception)
-    async def _internal(request, e):
-        return error(ServeError(500, f"internal error ({type(e).__name__}); the server's log has the details",
-                                "server_error"))
+    def __init__(self, engine: Engine, keys: dict[str, str] | None, max_tokens_limit: int | None,
+                 default_max_tokens: int | None):
+        cfg = engine.host.zs_config
+        self.engine, self.keys, self.cfg = engine, keys, cfg
+        self.limit = max_tokens_limit or cfg.max_new_tokens
+        self.default_tokens = min(default_max_tokens or cfg.max_new_tokens, self.limit)
+        self.tokenizer = copy.deepcopy(engine.host.tokenizer)  # the worker thread keeps its own
+        self.context = engine.host.context_length
+        self.metrics = Metrics()
+        self.model = engine.model_name
 
     # --- who is asking ------------------------------------------------------------------
-    def key_stream(request: Request) -> str | None:
+    def key_stream(self, request: Request) -> str | None:
         """The stream the request's key maps to (OPERATOR for the operator); None without a keys file."""
-        if keys is None:
+        if self.keys is None:
             return None
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer ") or not auth[7:].strip():
             raise ServeError(401, "no API key: send 'Authorization: Bearer KEY' with a key from the server's keys "
                              "file (openai.OpenAI(api_key=KEY, base_url=...))", "invalid_request_error",
                              "missing_api_key")
-        stream = keys.get(auth[7:].strip())
+        stream = self.keys.get(auth[7:].strip())
         if stream is None:
             raise ServeError(401, "incorrect API key: it is not in the server's keys file", "invalid_request_error",
                              "invalid_api_key")
         return stream
 
-    def tenant(request: Request, body: dict) -> str:
-        stream = key_stream(request)
+    def tenant(self, request: Request, body: dict) -> str:
+        stream = self.key_stream(request)
         if stream == OPERATOR:
             raise ServeError(403, "this is the operator's key (*): it watches streams and answers nothing; use a "
                              "tenant's key", "invalid_request_error", "operator_key")
@@ -253,10 +223,10 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
                        f"digit): it names your stream; got {user!r}", "user")
         return user
 
-    def visible(request: Request, name: str | None = None) -> list[str]:
+    def visible(self, request: Request, name: str | None = None) -> list[str]:
         """The streams the caller may see (one stream: `name`, else 404 as if it did not exist)."""
-        stream = key_stream(request)
-        hosted = sorted(engine.streams.streams)
+        stream = self.key_stream(request)
+        hosted = sorted(self.engine.streams.streams)
         seen = hosted if stream in (None, OPERATOR) else [s for s in hosted if s == stream]
         if name is not None:
             if name not in seen:
@@ -265,19 +235,10 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
             return [name]
         return seen
 
-    # --- completions --------------------------------------------------------------------
-    async def body_of(request: Request) -> dict:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _bad(f"the request body is not JSON ({e}); send a JSON object", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise _bad("the request body must be a JSON object", code="invalid_json")
-        return body
-
-    def common(body: dict) -> dict:
+    # --- a completion request -----------------------------------------------------------
+    def common(self, body: dict) -> dict:
         """The generation fields every completion request shares, checked."""
-        name = body.get("model")
+        name, model = body.get("model"), self.model
         if not isinstance(name, str) or not name:
             raise _bad(f"model is required; this server serves {model!r}", "model", "missing_model")
         if name != model:
@@ -290,141 +251,193 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise _bad(f"stream must be true or false, got {stream!r}", "stream")
-        mt = _int(body, "max_completion_tokens", 1, limit)
-        mt = mt if mt is not None else _int(body, "max_tokens", 1, limit)
-        return {"max_tokens": mt or default_tokens, "temperature": _float(body, "temperature", 0.0, 2.0),
+        mt = _int(body, "max_completion_tokens", 1, self.limit)
+        mt = mt if mt is not None else _int(body, "max_tokens", 1, self.limit)
+        return {"max_tokens": mt or self.default_tokens, "temperature": _float(body, "temperature", 0.0, 2.0),
                 "top_p": _float(body, "top_p", 0.0, 1.0, lo_open=True), "seed": _int(body, "seed", 0, 2**31 - 1),
                 "stream": bool(stream), "usage_in_stream": bool((body.get("stream_options") or {}).get(
                     "include_usage")) if isinstance(body.get("stream_options"), dict) else False}
 
-    def check_length(prompt, max_tokens: int) -> None:
+    def check_length(self, prompt, max_tokens: int) -> None:
         try:
             check_prompt(prompt)
         except ValueError as e:
             raise _bad(str(e).replace("give adapt_generate", "give the model"), "messages") from None
-        n = prompt_ids(tokenizer, prompt).shape[1]
-        if context is not None and n + max_tokens > context:
-            raise ServeError(400, f"this model's context is {context} tokens; the prompt is {n} tokens and max_tokens "
-                             f"{max_tokens}: shorten the prompt or lower max_tokens", "invalid_request_error",
-                             "context_length_exceeded", "messages")
+        n = prompt_ids(self.tokenizer, prompt).shape[1]
+        if self.context is not None and n + max_tokens > self.context:
+            raise ServeError(400, f"this model's context is {self.context} tokens; the prompt is {n} tokens and "
+                             f"max_tokens {max_tokens}: shorten the prompt or lower max_tokens",
+                             "invalid_request_error", "context_length_exceeded", "messages")
 
-    async def complete(request: Request, chat: bool):
+    async def read(self, request: Request, chat: bool) -> tuple[str, object, dict]:
+        """The request's stream, prompt (messages for chat) and generation fields, checked."""
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _bad(f"the request body is not JSON ({e}); send a JSON object", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise _bad("the request body must be a JSON object", code="invalid_json")
+        stream = self.tenant(request, body)
+        opts = self.common(body)
+        if chat:
+            prompt = _messages(body.get("messages"))
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise _bad("prompt must be one string (this server answers one prompt per request)", "prompt")
+        self.check_length(prompt, opts["max_tokens"])
+        return stream, prompt, opts
+
+    async def complete(self, request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"
         t0 = time.monotonic()
         try:
-            body = await body_of(request)
-            stream = tenant(request, body)
-            opts = common(body)
-            if chat:
-                prompt = _messages(body.get("messages"))
-            else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1:
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
-                    raise _bad("prompt must be one string (this server answers one prompt per request)", "prompt")
-            check_length(prompt, opts["max_tokens"])
+            stream, prompt, opts = await self.read(request, chat)
         except ServeError as e:
-            metrics.observe(endpoint, e.status)
+            self.metrics.observe(endpoint, e.status)
             raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         emit = (lambda text: loop.call_soon_threadsafe(queue.put_nowait, ("delta", text))) if opts["stream"] else None
         job = Job(stream=stream, prompt=prompt, max_tokens=opts["max_tokens"], temperature=opts["temperature"],
-                  top_p=opts["top_p"], seed=opts["seed"], emit=emit, timeout=engine.timeout)
+                  top_p=opts["top_p"], seed=opts["seed"], emit=emit, timeout=self.engine.timeout)
         try:
-            fut = engine.submit(job)
+            fut = self.engine.submit(job)
         except ServeError as e:
-            metrics.observe(endpoint, e.status)
+            self.metrics.observe(endpoint, e.status)
             raise
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-
-        def finish(answer) -> dict:
-            metrics.observe(endpoint, 200, time.monotonic() - t0)
-            metrics.tokens["prompt"] += answer.prompt_tokens
-            metrics.tokens["completion"] += answer.completion_tokens
-            return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                    "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-
-        def extension(answer) -> dict:
-            return {"stream": answer.stream, "problem": answer.problem, "entropy": answer.entropy,
-                    "events": answer.events, "queued_s": round(answer.queued_s, 3), "round_size": answer.round_size}
-
+        reply = Reply(self, chat, t0)
         if not opts["stream"]:
             try:
                 answer = await asyncio.wrap_future(fut)
             except ServeError as e:
-                metrics.observe(endpoint, e.status)
+                self.metrics.observe(endpoint, e.status)
                 raise
             except asyncio.CancelledError:
-                engine.cancel(job)
+                self.engine.cancel(job)
                 raise
-            usage = finish(answer)
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": answer.text},
-                          "finish_reason": answer.finish_reason, "logprobs": None}
-            else:
-                choice = {"index": 0, "text": answer.text, "finish_reason": answer.finish_reason, "logprobs": None}
-            return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
-                                 "created": created, "model": model, "choices": [choice], "usage": usage,
-                                 "zs_llm": extension(answer)})
-
+            return JSONResponse(reply.whole(answer))
         fut.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, ("done", f)))
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(piece: str | None, finish_reason=None, role: bool = False, **more) -> str:
-            if chat:
-                delta = {"role": "assistant", "content": ""} if role else ({"content": piece} if piece else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            else:
-                choice = {"index": 0, "text": piece or "", "finish_reason": finish_reason, "logprobs": None}
-            return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": model,
-                                          "choices": [choice], **more}) + "\n\n"
-
-        async def events():
-            started = False
-            try:
-                if chat:
-                    yield chunk(None, role=True)
-                while True:
-                    what, item = await queue.get()
-                    started = True
-                    if what == "delta":
-                        yield chunk(item)
-                        continue
-                    try:
-                        answer = item.result()
-                    except ServeError as e:
-                        metrics.observe(endpoint, e.status)
-                        yield "data: " + json.dumps(e.body()) + "\n\n"
-                        return
-                    usage = finish(answer)
-                    yield chunk(None, answer.finish_reason, zs_llm=extension(answer))
-                    if opts["usage_in_stream"]:
-                        yield "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": model,
-                                                     "choices": [], "usage": usage}) + "\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-            finally:
-                if not started:
-                    engine.cancel(job)  # the client left before its round: the stream never sees it
-
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(reply.events(queue, job, opts["usage_in_stream"]), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        return await complete(request, chat=True)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        return await complete(request, chat=False)
+class Reply:
+    """One completion's answer in OpenAI's shapes: a whole `chat.completion` / `text_completion`
+    object, or its chunks as server-sent events; both count it in the metrics."""
 
-    # --- the rest -----------------------------------------------------------------------
+    def __init__(self, api: Api, chat: bool, t0: float):
+        self.api, self.chat, self.t0 = api, chat, t0
+        self.endpoint = "chat" if chat else "completions"
+        self.rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    def usage(self, answer) -> dict:
+        """The answer's usage, counted in the metrics."""
+        m = self.api.metrics
+        m.observe(self.endpoint, 200, time.monotonic() - self.t0)
+        m.tokens["prompt"] += answer.prompt_tokens
+        m.tokens["completion"] += answer.completion_tokens
+        return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+
+    @staticmethod
+    def extension(answer) -> dict:
+        return {"stream": answer.stream, "problem": answer.problem, "entropy": answer.entropy,
+                "events": answer.events, "queued_s": round(answer.queued_s, 3), "round_size": answer.round_size}
+
+    def whole(self, answer) -> dict:
+        usage = self.usage(answer)
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": answer.text},
+                      "finish_reason": answer.finish_reason, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": answer.text, "finish_reason": answer.finish_reason, "logprobs": None}
+        return {"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.api.model, "choices": [choice], "usage": usage,
+                "zs_llm": self.extension(answer)}
+
+    def data(self, choices: list, **more) -> str:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return "data: " + json.dumps({"id": self.rid, "object": kind, "created": self.created,
+                                      "model": self.api.model, "choices": choices, **more}) + "\n\n"
+
+    def chunk(self, piece: str | None, finish_reason=None, role: bool = False, **more) -> str:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": piece} if piece else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": piece or "", "finish_reason": finish_reason, "logprobs": None}
+        return self.data([choice], **more)
+
+    async def events(self, queue: asyncio.Queue, job: Job, usage_in_stream: bool):
+        """The answer's chunks as they come from the worker (`queue`: text pieces, then the done future)."""
+        started = False
+        try:
+            if self.chat:
+                yield self.chunk(None, role=True)
+            while True:
+                what, item = await queue.get()
+                started = True
+                if what == "delta":
+                    yield self.chunk(item)
+                    continue
+                try:
+                    answer = item.result()
+                except ServeError as e:
+                    self.api.metrics.observe(self.endpoint, e.status)
+                    yield "data: " + json.dumps(e.body()) + "\n\n"
+                    return
+                usage = self.usage(answer)
+                yield self.chunk(None, answer.finish_reason, zs_llm=self.extension(answer))
+                if usage_in_stream:
+                    yield self.data([], usage=usage)
+                yield "data: [DONE]\n\n"
+                return
+        finally:
+            if not started:
+                self.api.engine.cancel(job)  # the client left before its round: the stream never sees it
+
+
+def _error(e: ServeError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def add_error_handlers(app) -> None:
+    """Every error in OpenAI's error shape: ours, FastAPI's 404/405 and validation errors, and a 500
+    that names only the exception's type (the log has the rest)."""
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request, e: ServeError):
+        return _error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return _error(ServeError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                                 "invalid_request_error", code))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e):
+        first = e.errors()[0] if e.errors() else {}
+        return _error(_bad(f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', 'invalid request')}"))
+
+    @app.exception_handler(Exception)
+    async def _internal(request, e):
+        return _error(ServeError(500, f"internal error ({type(e).__name__}); the server's log has the details",
+                                 "server_error"))
+
+
+def add_stream_routes(app, api: Api) -> None:
+    """The endpoints besides the completions: models, health, the streams (list, one, reset,
+    export), metrics and the page."""
+    engine, model, cfg = api.engine, api.model, api.cfg
+
     @app.get("/v1/models")
     async def models(request: Request):
-        key_stream(request)
+        api.key_stream(request)
         return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "zs_llm",
                                             "method": cfg.label()}]}
 
@@ -437,31 +450,58 @@ def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_li
 
     @app.get("/v1/streams")
     async def streams(request: Request, series: bool = True):
-        return {"object": "list", "data": [engine.describe(n, series=series) for n in visible(request)]}
+        return {"object": "list", "data": [engine.describe(n, series=series) for n in api.visible(request)]}
 
     @app.get("/v1/streams/{name}")
     async def one_stream(request: Request, name: str):
-        return engine.describe(visible(request, name)[0])
+        return engine.describe(api.visible(request, name)[0])
 
     @app.post("/v1/streams/{name}/reset")
     async def reset(request: Request, name: str):
-        name = visible(request, name)[0]
+        name = api.visible(request, name)[0]
         return await asyncio.wrap_future(engine.call(lambda: engine.reset(name)))
 
     @app.post("/v1/streams/{name}/export")
     async def export(request: Request, name: str):
-        name = visible(request, name)[0]
+        name = api.visible(request, name)[0]
         return await asyncio.wrap_future(engine.call(lambda: engine.export(name)))
 
     @app.get("/metrics")
     async def prometheus(request: Request):
-        if key_stream(request) not in (None, OPERATOR):
+        if api.key_stream(request) not in (None, OPERATOR):
             raise ServeError(403, "the metrics name every stream: they need the operator's key (a key mapped to * "
                              "in the keys file)", "invalid_request_error", "operator_only")
-        return PlainTextResponse(metrics.text(engine), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(api.metrics.text(engine), media_type="text/plain; version=0.0.4")
 
     @app.get("/")
     async def page():
         return HTMLResponse(PAGE.replace("__MODEL__", html.escape(model)).replace("__METHOD__", cfg.label()))
 
+
+def create_app(engine: Engine, keys: dict[str, str] | None = None, max_tokens_limit: int | None = None,
+               default_max_tokens: int | None = None):
+    """The FastAPI application serving `engine` (started and stopped with the app)."""
+    api = Api(engine, keys, max_tokens_limit, default_max_tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
+
+    app = FastAPI(title="zs_llm adapting server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.metrics, app.state.api = engine, api.metrics, api
+    add_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await api.complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await api.complete(request, chat=False)
+
+    add_stream_routes(app, api)
     return app

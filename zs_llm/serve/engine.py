@@ -124,6 +124,57 @@ class Answer:
     round_size: int
 
 
+def lock_state_dir(state_dir: Path):
+    """Make `state_dir` and hold its lock for the caller's life (the open file returned): one server
+    per folder, since a second would overwrite the first's checkpoints (the OS drops the lock when
+    the process dies, kill -9 included)."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = open(state_dir / ".lock", "w")  # noqa: SIM115 - held for the engine's life
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock_file.close()
+        raise ValueError(f"--state_dir {state_dir} is in use by another server (it holds the folder's "
+                         "lock); stop that one or give another --state_dir") from None
+    return lock_file
+
+
+def check_server_record(state_dir: Path, record: dict) -> None:
+    """Write `record` (the model and configuration) into a new state folder, or refuse a folder
+    whose record names another model or configuration."""
+    rec_path = state_dir / SERVER_RECORD
+    want = json.loads(json.dumps(record, default=str))  # as JSON holds it, so that a record read back compares equal
+    if not rec_path.exists():
+        atomic_write_text(rec_path, json.dumps(want, indent=1))
+        return
+    try:
+        have = json.loads(rec_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{rec_path} is damaged ({e}); move it away to start that state folder afresh") from None
+    differs = sorted(k for k in ("model", "config") if have.get(k) != want[k])
+    if differs:
+        raise ValueError(f"--state_dir {state_dir} holds streams of another {' and '.join(differs)} "
+                         f"({have.get('model')!r}, method {have.get('config', {}).get('method')!r}); "
+                         "serve it with the same --model/--method/--set, or give a new --state_dir")
+
+
+def stored_streams(root: Path) -> list[str]:
+    """The streams checkpointed under `root` (made if missing), sorted; a kill's leftovers there
+    (half-written folders, old ones beside their successor) are removed."""
+    root.mkdir(exist_ok=True)
+    names = {p.name for p in root.iterdir() if STREAM_ID.fullmatch(p.name)}
+    # killed between the two renames of a checkpoint replacement: only the old folder is there
+    names |= {m.group(1) for p in root.iterdir() if (m := re.fullmatch(r"\.(.+)\.old-\d+", p.name))
+              and STREAM_ID.fullmatch(m.group(1))}
+    for p in root.iterdir():
+        m = re.fullmatch(r"\.(.+)\.(tmp|old)-\d+", p.name)
+        if m and (m.group(2) == "tmp" or (root / m.group(1)).exists()):
+            shutil.rmtree(p, ignore_errors=True)
+    return sorted(names)
+
+
 class Engine:
     """Streams by name on one `ZeroSiamLM` (`host`), fed from a bounded queue by one worker thread.
 
@@ -162,46 +213,11 @@ class Engine:
     # --- durable state --------------------------------------------------------------------
     def _open_state(self, record: dict) -> None:
         """Check the folder was made by this model and configuration, then load every stream in it."""
-        import fcntl
-
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        # one server per folder: a second would overwrite the first's checkpoints (the OS drops the
-        # lock when the process dies, kill -9 included)
-        self._lock_file = open(self.state_dir / ".lock", "w")  # noqa: SIM115 - held for the engine's life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.close()
-            raise ValueError(f"--state_dir {self.state_dir} is in use by another server (it holds the folder's "
-                             "lock); stop that one or give another --state_dir") from None
-        rec_path = self.state_dir / SERVER_RECORD
-        # as JSON holds it, so that a record read back compares equal
-        want = json.loads(json.dumps({"model": self.model_name, "config": self.host.zs_config.to_dict(), **record},
-                                     default=str))
-        if rec_path.exists():
-            try:
-                have = json.loads(rec_path.read_text())
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{rec_path} is damaged ({e}); move it away to start that state folder afresh") \
-                    from None
-            differs = sorted(k for k in ("model", "config") if have.get(k) != want[k])
-            if differs:
-                raise ValueError(f"--state_dir {self.state_dir} holds streams of another {' and '.join(differs)} "
-                                 f"({have.get('model')!r}, method {have.get('config', {}).get('method')!r}); "
-                                 "serve it with the same --model/--method/--set, or give a new --state_dir")
-        else:
-            atomic_write_text(rec_path, json.dumps(want, indent=1))
+        self._lock_file = lock_state_dir(self.state_dir)
+        check_server_record(self.state_dir, {"model": self.model_name, "config": self.host.zs_config.to_dict(),
+                                             **record})
         root = self.state_dir / "streams"
-        root.mkdir(exist_ok=True)
-        names = {p.name for p in root.iterdir() if STREAM_ID.fullmatch(p.name)}
-        # killed between the two renames of a checkpoint replacement: only the old folder is there
-        names |= {m.group(1) for p in root.iterdir() if (m := re.fullmatch(r"\.(.+)\.old-\d+", p.name))
-                  and STREAM_ID.fullmatch(m.group(1))}
-        for p in root.iterdir():  # a kill's leftovers: half-written folders, and old ones beside their successor
-            m = re.fullmatch(r"\.(.+)\.(tmp|old)-\d+", p.name)
-            if m and (m.group(2) == "tmp" or (root / m.group(1)).exists()):
-                shutil.rmtree(p, ignore_errors=True)
-        for name in sorted(names):
+        for name in stored_streams(root):
             lm = self._new_stream(name)
             try:
                 extra = load_checkpoint(lm, root / name)
