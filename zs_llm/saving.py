@@ -43,63 +43,77 @@ def save_pretrained(lm: ZeroSiamLM, directory: str | os.PathLike, push_to_hub: b
     `card` adds the stream, accuracy and verdict, as the evaluation harness does)."""
     import shutil
 
-    from safetensors.torch import save_file
-
-    from .card import base_model_record, model_card
-    from .checkpoint import fsync_dir, fsync_tree, sha256_file
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d.with_name(f".{d.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        if lm.peft is not None:
-            own = lm.adapter_name or "default"
-            was = lm.peft.active_adapter
-            lm.peft.active_adapter = own  # peft's model card reads the active adapter's config
-            try:
-                lm.peft.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[own])
-            finally:
-                lm.peft.active_adapter = was
-            if own != "default":  # peft writes another adapter into a subfolder: this stream's goes on top
-                for f in list((tmp / own).iterdir()):
-                    os.replace(f, tmp / f.name)
-                (tmp / own).rmdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in lm.predictor.state_dict().items()},
-                  str(tmp / PREDICTOR_NAME))
-        extra = lm.method.extra_state()
-        if extra:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
-        probe = base_probe(lm.hf)
-        base = base_model_record(lm.hf, probe)
-        if (tmp / "adapter_config.json").is_file():  # peft wrote the path the base was loaded from
-            peft_cfg = json.loads((tmp / "adapter_config.json").read_text())
-            peft_cfg.update(base_model_name_or_path=base["hub_id"] or base["name"], revision=base["revision"])
-            (tmp / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2, sort_keys=True))
-        meta = {"adapt_config": lm.zs_config.to_dict(), "base_model": base["hub_id"] or base["name"],
-                "gguf_file": base["gguf_file"], "base": base, "lora": lm.peft is not None,
-                "hidden_size": lm.hidden_size, "base_probe": probe, "problems_seen": lm.problems_seen}
-        (tmp / "README.md").write_text(model_card(meta, card))  # in place of peft's empty template
-        meta["files"] = files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
-                                 if p.is_file()}
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        fsync_tree(tmp)
-        before = _written_files(d)  # what an earlier save wrote here: only those may be removed
-        (d / CONFIG_NAME).unlink(missing_ok=True)  # until the new one lands, the folder reads as incomplete
-        fsync_dir(d)
-        for name in files:
-            (d / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / name, d / name)
-        os.replace(tmp / CONFIG_NAME, d / CONFIG_NAME)
-        fsync_dir(d)
-        for name in sorted(before - set(files)):  # another method's state would otherwise sit beside ours
-            (d / name).unlink(missing_ok=True)
-        fsync_dir(d)
+        _write_state(lm, tmp, card)
+        _move_in(tmp, d)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if push_to_hub:
         _upload(d, repo_id or d.name, **hub_kwargs)
+
+
+def _write_state(lm: ZeroSiamLM, tmp: Path, card: dict | None) -> None:
+    """Write every file of a save into the empty folder `tmp`, the config (with each file's sha256) last."""
+    from safetensors.torch import save_file
+
+    from .card import base_model_record, model_card
+    from .checkpoint import sha256_file
+
+    if lm.peft is not None:
+        own = lm.adapter_name or "default"
+        was = lm.peft.active_adapter
+        lm.peft.active_adapter = own  # peft's model card reads the active adapter's config
+        try:
+            lm.peft.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[own])
+        finally:
+            lm.peft.active_adapter = was
+        if own != "default":  # peft writes another adapter into a subfolder: this stream's goes on top
+            for f in list((tmp / own).iterdir()):
+                os.replace(f, tmp / f.name)
+            (tmp / own).rmdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in lm.predictor.state_dict().items()},
+              str(tmp / PREDICTOR_NAME))
+    extra = lm.method.extra_state()
+    if extra:
+        save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
+    probe = base_probe(lm.hf)
+    base = base_model_record(lm.hf, probe)
+    if (tmp / "adapter_config.json").is_file():  # peft wrote the path the base was loaded from
+        peft_cfg = json.loads((tmp / "adapter_config.json").read_text())
+        peft_cfg.update(base_model_name_or_path=base["hub_id"] or base["name"], revision=base["revision"])
+        (tmp / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2, sort_keys=True))
+    meta = {"adapt_config": lm.zs_config.to_dict(), "base_model": base["hub_id"] or base["name"],
+            "gguf_file": base["gguf_file"], "base": base, "lora": lm.peft is not None,
+            "hidden_size": lm.hidden_size, "base_probe": probe, "problems_seen": lm.problems_seen}
+    (tmp / "README.md").write_text(model_card(meta, card))  # in place of peft's empty template
+    meta["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+
+
+def _move_in(tmp: Path, d: Path) -> None:
+    """Move a written save from `tmp` into `d`: fsynced, the config last (until it lands the folder
+    reads as incomplete), then remove the files an earlier save wrote there that this one did not."""
+    from .checkpoint import fsync_dir, fsync_tree
+
+    files = json.loads((tmp / CONFIG_NAME).read_text())["files"]
+    fsync_tree(tmp)
+    before = _written_files(d)  # what an earlier save wrote here: only those may be removed
+    (d / CONFIG_NAME).unlink(missing_ok=True)
+    fsync_dir(d)
+    for name in files:
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / name, d / name)
+    os.replace(tmp / CONFIG_NAME, d / CONFIG_NAME)
+    fsync_dir(d)
+    for name in sorted(before - set(files)):  # another method's state would otherwise sit beside ours
+        (d / name).unlink(missing_ok=True)
+    fsync_dir(d)
+
 
 def push_to_hub(lm: ZeroSiamLM, repo_id: str, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload ZeroSiamLM adapter and predictor", revision: str | None = None):
@@ -125,9 +139,30 @@ def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None =
     an error naming them. The base model must be the one the adapter was saved on (`base_probe`:
     its architecture, shapes and a sample of its weights, to bf16 precision); `check_base=False`
     loads it on another base anyway (e.g. a quantized copy)."""
-    from safetensors.torch import load_file
+    d, meta = _saved_folder(directory, revision)
+    if model is not None and load_kwargs:
+        raise ValueError(f"from_pretrained got {sorted(load_kwargs)} beside model=: they are loading options of "
+                         "zs_llm.load_model, unused when model= is given (and the method and its settings come "
+                         f"from {CONFIG_NAME}); drop them, or build ZeroSiamLM(model, tokenizer, AdaptConfig(...))")
+    if model is None:
+        model, tokenizer = _load_base(d, meta, load_kwargs)
+    if tokenizer is None:
+        raise ValueError("pass tokenizer= together with model=")
+    _check_base(d, meta, model, check_base)
+    lm = cls(model, tokenizer, meta["adapt_config"])
+    try:
+        _load_state(lm, d, meta["files"])
+    except BaseException:  # a refused folder leaves `model` as it was given
+        lm.drop_adapter()
+        raise
+    lm.problems_seen = meta.get("problems_seen", 0)
+    return lm
 
-    from .checkpoint import check_tensors, sha256_file
+
+def _saved_folder(directory: str | os.PathLike, revision: str | None) -> tuple[Path, dict]:
+    """The local folder of a `save_pretrained` output (downloaded when `directory` is a Hub id) and
+    its config, once every file it lists is there with the recorded sha256."""
+    from .checkpoint import sha256_file
 
     d = Path(directory).expanduser()
     if not d.exists() and HUB_ID.fullmatch(str(directory)):
@@ -138,55 +173,41 @@ def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None =
         raise FileNotFoundError(f"{d} holds no {CONFIG_NAME}: pass a folder written by ZeroSiamLM.save_pretrained "
                                 "(a save that was cut short leaves none)")
     meta = read_saved_config(d)
-    files = meta["files"]
-    for name, digest in files.items():
+    for name, digest in meta["files"].items():
         if not (d / name).exists():
             raise FileNotFoundError(f"{d / name} is missing (the save was cut short or the file deleted); save "
                                     "the adapter again")
         if digest is not None and sha256_file(d / name) != digest:
             raise ValueError(f"{d / name} is damaged (its sha256 differs from the one {CONFIG_NAME} recorded); "
                              "save the adapter again")
+    return d, meta
 
-    def read(name: str, allowed: dict | None = None) -> dict[str, torch.Tensor]:
-        if name not in files:
-            raise FileNotFoundError(f"{d / CONFIG_NAME} lists no {name}, which this method needs: the folder was "
-                                    "saved by another method or configuration; save the adapter again")
-        try:
-            tensors = load_file(str(d / name))
-        except Exception as e:  # noqa: BLE001 - safetensors has its own error types for a damaged header
-            raise ValueError(f"{d / name} is not a readable safetensors file ({e})") from None
-        check_tensors(tensors, str(d / name), allowed=allowed)
-        return tensors
 
-    if model is not None and load_kwargs:
-        raise ValueError(f"from_pretrained got {sorted(load_kwargs)} beside model=: they are loading options of "
-                         "zs_llm.load_model, unused when model= is given (and the method and its settings come "
-                         f"from {CONFIG_NAME}); drop them, or build ZeroSiamLM(model, tokenizer, AdaptConfig(...))")
-    if model is None:
-        import inspect
+def _load_base(d: Path, meta: dict, load_kwargs: dict):
+    """The base model and tokenizer the folder records, loaded with `zs_llm.load_model`."""
+    import inspect
 
-        from .loading import load_model
+    from .loading import load_model, named_model
 
-        unknown = sorted(set(load_kwargs) - set(inspect.signature(load_model).parameters))
-        if unknown:
-            raise ValueError(f"from_pretrained got {unknown}, which are not loading options of zs_llm.load_model "
-                             f"(the method and its settings come from {CONFIG_NAME}); drop them")
-        if not meta.get("base_model"):
-            raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
-        from .loading import named_model
+    unknown = sorted(set(load_kwargs) - set(inspect.signature(load_model).parameters))
+    if unknown:
+        raise ValueError(f"from_pretrained got {unknown}, which are not loading options of zs_llm.load_model "
+                         f"(the method and its settings come from {CONFIG_NAME}); drop them")
+    if not meta.get("base_model"):
+        raise ValueError(f"{d} does not record its base model; pass model= and tokenizer=")
+    base = meta.get("base") or {}
+    if base and not base.get("hub_id") and named_model(base.get("name")) is None \
+            and not Path(str(base.get("name"))).expanduser().exists():
+        raise FileNotFoundError(f"{d} was adapted on base model {base.get('name')!r} (fingerprint "
+                                f"{base.get('fingerprint')}), which is not found from here; load that model "
+                                "and pass model= and tokenizer= (its fingerprint is checked), or run from "
+                                "where that name resolves")
+    return load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
 
-        base = meta.get("base") or {}
-        if base and not base.get("hub_id") and named_model(base.get("name")) is None \
-                and not Path(str(base.get("name"))).expanduser().exists():
-            raise FileNotFoundError(f"{d} was adapted on base model {base.get('name')!r} (fingerprint "
-                                    f"{base.get('fingerprint')}), which is not found from here; load that model "
-                                    "and pass model= and tokenizer= (its fingerprint is checked), or run from "
-                                    "where that name resolves")
-        from .loading import load_model
 
-        model, tokenizer = load_model(meta["base_model"], gguf_file=meta.get("gguf_file"), **load_kwargs)
-    if tokenizer is None:
-        raise ValueError("pass tokenizer= together with model=")
+def _check_base(d: Path, meta: dict, model: nn.Module, check_base: bool) -> None:
+    """Refuse a base model other than the one the folder was saved on (its hidden size, and with
+    `check_base` its architecture, shapes and a sample of its weights)."""
     saved_h = meta.get("hidden_size")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if saved_h is not None and head is not None and head.weight.shape[1] != saved_h:
@@ -199,32 +220,45 @@ def from_pretrained(cls, directory: str | os.PathLike, model: nn.Module | None =
             raise ValueError(f"{d} was saved on another base model than this one ({differs}; saved on "
                              f"{meta.get('base_model')}): load it on the base it was saved from, or pass "
                              "check_base=False to load it anyway")
-    lm = cls(model, tokenizer, meta["adapt_config"])
-    try:
-        adapter = read("adapter_model.safetensors") if lm.peft is not None else None
-        predictor = read(PREDICTOR_NAME)
-        live_extra = lm.method.extra_state()
-        extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
+
+
+def _load_state(lm: ZeroSiamLM, d: Path, files: dict) -> None:
+    """Read the folder's adapter, predictor and method state into `lm`, each checked (finite,
+    sane magnitudes, the names and shapes `lm` has) before anything is written."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import check_tensors
+
+    def read(name: str, allowed: dict | None = None) -> dict[str, torch.Tensor]:
+        if name not in files:
+            raise FileNotFoundError(f"{d / CONFIG_NAME} lists no {name}, which this method needs: the folder was "
+                                    "saved by another method or configuration; save the adapter again")
+        try:
+            tensors = load_file(str(d / name))
+        except Exception as e:  # noqa: BLE001 - safetensors has its own error types for a damaged header
+            raise ValueError(f"{d / name} is not a readable safetensors file ({e})") from None
+        check_tensors(tensors, str(d / name), allowed=allowed)
+        return tensors
+
+    adapter = read("adapter_model.safetensors") if lm.peft is not None else None
+    predictor = read(PREDICTOR_NAME)
+    live_extra = lm.method.extra_state()
+    extra = read(EXTRA_NAME, lm.method.nonfinite_state) if live_extra else {}
+    if adapter is not None:
+        from peft import get_peft_model_state_dict
+
+        _check_fits(d / "adapter_model.safetensors", adapter,
+                    get_peft_model_state_dict(lm.peft, adapter_name=lm.adapter_name or "default"))
+    _check_fits(d / PREDICTOR_NAME, predictor, lm.predictor.state_dict())
+    _check_fits(d / EXTRA_NAME, extra, live_extra)
+    with torch.no_grad():
         if adapter is not None:
-            from peft import get_peft_model_state_dict
+            from peft import set_peft_model_state_dict
 
-            _check_fits(d / "adapter_model.safetensors", adapter,
-                        get_peft_model_state_dict(lm.peft, adapter_name=lm.adapter_name or "default"))
-        _check_fits(d / PREDICTOR_NAME, predictor, lm.predictor.state_dict())
-        _check_fits(d / EXTRA_NAME, extra, live_extra)
-        with torch.no_grad():
-            if adapter is not None:
-                from peft import set_peft_model_state_dict
-
-                set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
-            lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
-            for k, v in live_extra.items():
-                v.copy_(extra[k])
-    except BaseException:  # a refused folder leaves `model` as it was given
-        lm.drop_adapter()
-        raise
-    lm.problems_seen = meta.get("problems_seen", 0)
-    return lm
+            set_peft_model_state_dict(lm.peft, {k: v.to(lm.device) for k, v in adapter.items()})
+        lm.predictor.load_state_dict({k: v.to(lm.device) for k, v in predictor.items()})
+        for k, v in live_extra.items():
+            v.copy_(extra[k])
 
 
 def _written_files(d: Path) -> set[str]:
