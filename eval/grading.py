@@ -509,6 +509,105 @@ class _SoftTimeout(BaseException):
     """Raised by the worker's timer; a BaseException so library `except Exception` blocks let it pass."""
 
 
+def _equation_against_value(g, p) -> bool:
+    """math-verify reads `x + y = 5` against `5` as its right-hand side; only a gold that names what
+    it defines (`y = 2x + 1`, `f(x) = 2x`, `\\tan\\theta = 3/4`) may be answered by the right-hand side alone."""
+    from sympy import Eq, Function, Symbol
+    from sympy.core.relational import Relational
+
+    if not isinstance(g, Eq) or isinstance(p, Relational):
+        return False
+    lhs = g.lhs
+    named = isinstance(lhs, Symbol) or (isinstance(lhs, Function) and all(isinstance(a, Symbol) for a in lhs.args))
+    return not named
+
+
+def _rounds_to(gold: str, p) -> bool:
+    """A decimal gold states its precision: an exact answer (1/3, pi, sqrt 2; no decimal of its own)
+    that rounds to it is right; a decimal answer keeps math-verify's 6-place comparison."""
+    from sympy import Expr, Float, Rational
+
+    if not _DECIMAL.fullmatch(gold) or not isinstance(p, Expr) or p.atoms(Float) or not p.is_number:
+        return False
+    places = len(gold.split(".")[1])
+    value = p.evalf(places + 15)
+    if value.is_real is not True:
+        return False
+    return abs(value - Rational(gold)) <= Rational(1, 2 * 10**places) * (1 + Rational(1, 10**12))
+
+
+def _with_unit_i(expr):
+    """math-verify keeps `i` a symbol, so `(1+i)^2` and `2i` differ; a free `i` in a final answer is
+    the imaginary unit (an index `i` is bound inside its sum and is not touched). None: no free `i`."""
+    from sympy import I, Symbol
+
+    free = [s for s in getattr(expr, "free_symbols", ()) if isinstance(s, Symbol) and s.name == "i"]
+    return expr.subs({s: I for s in free}) if free else None
+
+
+class _Judge:
+    """The worker's grading: math-verify's parse and verify, and our rules around them (the
+    equation, decimal-precision and imaginary-unit readings). Built inside the worker, which alone
+    imports math-verify and sympy."""
+
+    def __init__(self):
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+        self.parse, self.verify = parse, verify
+        self.gold_cache: dict[str, list] = {}
+        # lighteval's and open-r1's reading of a whole response: boxed answers first, then LaTeX
+        # after "final answer is" / "answer:", then any LaTeX or plain expression, rightmost first
+        self.whole_response = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+    def parse_boxed(self, answer: str) -> list:
+        # A \boxed{} wrapper makes math-verify read the whole string as one LaTeX answer.
+        return self.parse("\\boxed{" + answer + "}", parsing_timeout=None)
+
+    @staticmethod
+    def is_math(parsed: list) -> bool:
+        # Only a string fallback (no sympy object) means nothing we can compare.
+        return any(not isinstance(p, str) for p in parsed)
+
+    @staticmethod
+    def first_expr(parsed: list):
+        return next((p for p in parsed if not isinstance(p, str)), None)
+
+    def agree(self, gold: str, gold_parsed: list, pred_parsed: list) -> bool:
+        g, p = self.first_expr(gold_parsed), self.first_expr(pred_parsed)
+        if _equation_against_value(g, p):
+            return False
+        if self.verify(gold_parsed, pred_parsed, timeout_seconds=None):
+            return True
+        if _rounds_to(gold, p):
+            return True
+        g_i, p_i = _with_unit_i(g), _with_unit_i(p)
+        if g_i is None and p_i is None:
+            return False
+        return self.verify([g if g_i is None else g_i], [p if p_i is None else p_i], timeout_seconds=None)
+
+    def __call__(self, gold: str, pred: str | None, text: str | None) -> tuple[str, str | None]:
+        if gold not in self.gold_cache:
+            parsed = self.parse_boxed(gold)
+            if len(self.gold_cache) > 10_000:
+                self.gold_cache.clear()
+            self.gold_cache[gold] = parsed if self.is_math(parsed) else []
+        gold_parsed = self.gold_cache[gold]
+        if not gold_parsed:
+            return "gold_unparseable", pred
+        if pred and _compact(pred) == _compact(gold):  # the same text: sympy can take seconds to agree
+            return "true", pred
+        if pred:
+            pred_parsed = self.parse_boxed(pred)
+            if self.is_math(pred_parsed):
+                return ("true" if self.agree(gold, gold_parsed, pred_parsed) else "false"), pred
+        if text:
+            found = self.parse(text, self.whole_response, parsing_timeout=None)
+            if self.is_math(found):
+                used = next((p for p in found if isinstance(p, str)), None) or str(found[0])
+                return ("true" if self.agree(gold, gold_parsed, found) else "false"), used
+        return ("false", pred) if pred else ("no_answer", None)
+
+
 def _worker_main() -> None:
     import signal
 
@@ -527,96 +626,14 @@ def _worker_main() -> None:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
     sys.stdout = sys.stderr
 
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-    from sympy import Eq, Expr, Float, Function, I, Rational, Symbol
-    from sympy.core.relational import Relational
-
     def on_alarm(signum, frame):
         raise _SoftTimeout
 
     signal.signal(signal.SIGALRM, on_alarm)
-    gold_cache: dict[str, list] = {}
-
-    def parse_boxed(answer: str) -> list:
-        # A \boxed{} wrapper makes math-verify read the whole string as one LaTeX answer.
-        return parse("\\boxed{" + answer + "}", parsing_timeout=None)
-
-    def is_math(parsed: list) -> bool:
-        # Only a string fallback (no sympy object) means nothing we can compare.
-        return any(not isinstance(p, str) for p in parsed)
-
-    # lighteval's and open-r1's reading of a whole response: boxed answers first, then LaTeX
-    # after "final answer is" / "answer:", then any LaTeX or plain expression, rightmost first
-    whole_response = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-
-    def first_expr(parsed: list):
-        return next((p for p in parsed if not isinstance(p, str)), None)
-
-    def equation_against_value(g, p) -> bool:
-        # math-verify reads `x + y = 5` against `5` as its right-hand side; only a gold that names
-        # what it defines (`y = 2x + 1`, `f(x) = 2x`, `\tan\theta = 3/4`) may be answered by the
-        # right-hand side alone
-        if not isinstance(g, Eq) or isinstance(p, Relational):
-            return False
-        lhs = g.lhs
-        named = isinstance(lhs, Symbol) or (isinstance(lhs, Function) and all(isinstance(a, Symbol) for a in lhs.args))
-        return not named
-
-    def rounds_to(gold: str, p) -> bool:
-        # a decimal gold states its precision: an exact answer (1/3, pi, sqrt 2; no decimal of its
-        # own) that rounds to it is right; a decimal answer keeps math-verify's 6-place comparison
-        if not _DECIMAL.fullmatch(gold) or not isinstance(p, Expr) or p.atoms(Float) or not p.is_number:
-            return False
-        places = len(gold.split(".")[1])
-        value = p.evalf(places + 15)
-        if value.is_real is not True:
-            return False
-        return abs(value - Rational(gold)) <= Rational(1, 2 * 10**places) * (1 + Rational(1, 10**12))
-
-    def with_unit_i(expr):
-        # math-verify keeps `i` a symbol, so `(1+i)^2` and `2i` differ; a free `i` in a final answer
-        # is the imaginary unit (an index `i` is bound inside its sum and is not touched)
-        free = [s for s in getattr(expr, "free_symbols", ()) if isinstance(s, Symbol) and s.name == "i"]
-        return expr.subs({s: I for s in free}) if free else None
-
-    def agree(gold: str, gold_parsed: list, pred_parsed: list) -> bool:
-        g, p = first_expr(gold_parsed), first_expr(pred_parsed)
-        if equation_against_value(g, p):
-            return False
-        if verify(gold_parsed, pred_parsed, timeout_seconds=None):
-            return True
-        if rounds_to(gold, p):
-            return True
-        g_i, p_i = with_unit_i(g), with_unit_i(p)
-        if g_i is None and p_i is None:
-            return False
-        return verify([g if g_i is None else g_i], [p if p_i is None else p_i], timeout_seconds=None)
-
-    def judge(gold: str, pred: str | None, text: str | None) -> tuple[str, str | None]:
-        if gold not in gold_cache:
-            parsed = parse_boxed(gold)
-            if len(gold_cache) > 10_000:
-                gold_cache.clear()
-            gold_cache[gold] = parsed if is_math(parsed) else []
-        gold_parsed = gold_cache[gold]
-        if not gold_parsed:
-            return "gold_unparseable", pred
-        if pred and _compact(pred) == _compact(gold):  # the same text: sympy can take seconds to agree
-            return "true", pred
-        if pred:
-            pred_parsed = parse_boxed(pred)
-            if is_math(pred_parsed):
-                return ("true" if agree(gold, gold_parsed, pred_parsed) else "false"), pred
-        if text:
-            found = parse(text, whole_response, parsing_timeout=None)
-            if is_math(found):
-                used = next((p for p in found if isinstance(p, str)), None) or str(found[0])
-                return ("true" if agree(gold, gold_parsed, found) else "false"), used
-        return ("false", pred) if pred else ("no_answer", None)
-
+    judge = _Judge()
     judge("\\frac{1}{2}", "0.5", None)  # the first verify imports and builds sympy internals: do it before timing
     judge("1", None, "The answer is $1$.")
-    gold_cache.clear()
+    judge.gold_cache.clear()
     out.write(json.dumps({"status": "ready"}) + "\n")
     for line in sys.stdin:
         job = json.loads(line)
