@@ -954,15 +954,41 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
     seeds is a second source of noise, not a confidence interval.
     """
     runs = [Path(r) for r in run_dirs]
+    _check_distinct(runs)
+    labels = _run_labels(runs)
+    out = Path(out)
+    check_combined_out(out, runs)
+    infos, streams = _seed_streams(runs, labels)
+    summaries = {lab: summarize(s) for lab, s in streams.items()}
+    combined = combine_runs(summaries)
+    first = summaries[labels[0]]
+    unfinished = [f"run {lab}: {n}" for lab, r in zip(labels, runs)
+                  for n in status_notes(*run_status(r, streams[lab], infos[lab]))]
+    if status is not None:
+        status.extend(unfinished)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / COMBINED_MARK, json.dumps({"runs": [str(r.resolve()) for r in runs]}, indent=2))
+    md = _combined_markdown(runs, labels, infos, combined, first, unfinished)
+    _write_combined_tables(out, runs, labels, summaries, combined)
+    _combined_plot(out, first, combined, len(runs))
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md) + "\n")
+    write_html(path)
+    return path
+
+
+def _check_distinct(runs: list[Path]) -> None:
     if len(runs) < 2:
         raise ValueError(f"combining seeds needs two or more run folders, got {len(runs)}")
     twice = next((r for i, r in enumerate(runs) if r.resolve() in {q.resolve() for q in runs[:i]}), None)
     if twice is not None:
         raise ValueError(f"{twice} is given twice, the same seed twice: these are not independent seed runs; "
                          "name each run folder once")
-    labels = _run_labels(runs)
-    out = Path(out)
-    check_combined_out(out, runs)
+
+
+def _seed_streams(runs: list[Path], labels: list[str]) -> tuple[dict, dict]:
+    """Each run's run.json and streams, once they are seed runs of one configuration holding the
+    same (method, dataset) streams."""
     infos = {lab: _read_json(r / "run.json") for lab, r in zip(labels, runs)}
     check_seed_runs(infos)
     streams = {lab: method_order(load_run(r), infos[lab]) for lab, r in zip(labels, runs)}
@@ -973,23 +999,19 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
             missing, extra = sorted(ref - keys[lab]), sorted(keys[lab] - ref)
             raise ValueError(f"run {lab} does not hold the same (method, dataset) streams as {labels[0]}: "
                              f"missing {missing}, extra {extra}; combine only runs of one configuration")
-    summaries = {lab: summarize(s) for lab, s in streams.items()}
-    combined = combine_runs(summaries)
-    first = summaries[labels[0]]
-    unfinished = [f"run {lab}: {n}" for lab, r in zip(labels, runs)
-                  for n in status_notes(*run_status(r, streams[lab], infos[lab]))]
-    if status is not None:
-        status.extend(unfinished)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / COMBINED_MARK, json.dumps({"runs": [str(r.resolve()) for r in runs]}, indent=2))
+    return infos, streams
+
+
+def _combined_markdown(runs: list[Path], labels: list[str], infos: dict, combined: dict, first: dict,
+                       unfinished: list[str]) -> list[str]:
+    """The combined report's lines: the runs, each run's accuracy and change beside their spread."""
 
     def dname(d):
         return first["avg_name"] if d == AVERAGE else d
 
-    acc_lines = ["| method | dataset | " + " | ".join(labels) + " | mean ± sd | range |",
-                 "|---|---|" + "---|" * (len(labels) + 2)]
-    diff_lines = ["| method | dataset | " + " | ".join(labels) + " | mean ± sd | range |",
-                  "|---|---|" + "---|" * (len(labels) + 2)]
+    head = ["| method | dataset | " + " | ".join(labels) + " | mean ± sd | range |",
+            "|---|---|" + "---|" * (len(labels) + 2)]
+    acc_lines, diff_lines = list(head), list(head)
     for (m, d), c in combined.items():
         cells = ["-" if a is None else _ci(a["acc"], a["ci_low"], a["ci_high"]) + f", n={a['graded']}"
                  for a in c["runs"].values()]
@@ -1013,6 +1035,11 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
            f"Per run: paired change from {base} in points with its paired-bootstrap 95% interval and exact McNemar "
            "p. Each run's diagnostics are in its own report.md.", "", "## Plots", "",
            "![accuracy across runs](plots/accuracy.png)", ""]
+    return md
+
+
+def _write_combined_tables(out: Path, runs: list[Path], labels: list[str], summaries: dict, combined: dict) -> None:
+    """results.csv (each run's rows, then the combined ones) and metrics.json."""
     rows = []
     for lab, s in summaries.items():
         rows += [{"run": lab, **r} for r in results_rows(s)]
@@ -1030,9 +1057,12 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
                "combined": {(m, d): {"acc": c["acc"], "diff_vs_noadapt": c["diff"]} for (m, d), c in combined.items()}}
     atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
 
+
+def _combined_plot(out: Path, first: dict, combined: dict, n_runs: int) -> None:
+    """plots/accuracy.png: each method's mean over the runs, their range and each run."""
     groups = first["datasets"] + ([AVERAGE] if first["average"] else [])
-    labels = [dname(g) + "\n" + _n_label({a["graded"] for (_, gg), c in combined.items() if gg == g
-                                          for a in c["runs"].values() if a}) for g in groups]
+    labels = [(first["avg_name"] if g == AVERAGE else g) + "\n" + _n_label(
+        {a["graded"] for (_, gg), c in combined.items() if gg == g for a in c["runs"].values() if a}) for g in groups]
 
     def value(m, g):
         c = combined.get((m, g))
@@ -1042,8 +1072,4 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path, statu
         return 100 * a.mean, 100 * a.min, 100 * a.max, [100 * v for v in a.per_seed.values() if not _nan(v)]
 
     _bar_chart(groups, labels, first["methods"], value, out / "plots" / "accuracy.png",
-               f"bars: mean of {len(runs)} runs; whiskers: range over runs; dots: each run")
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(md) + "\n")
-    write_html(path)
-    return path
+               f"bars: mean of {n_runs} runs; whiskers: range over runs; dots: each run")
