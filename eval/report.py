@@ -677,11 +677,25 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
     plot_accuracy(summary, plots / "accuracy.png")
     for d in summary["datasets"]:
         plot_diagnostics(streams, d, plots / f"diagnostics_{d}.png")
-    cfg = info.get("config", {})
     incomplete, holder = run_status(run_dir, streams, info)
     unfinished = status_notes(incomplete, holder)
     if status is not None:
         status.extend(unfinished)
+    md = _run_markdown(run_dir, info, summ, summary, streams, notes, unfinished)
+    metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
+    metrics |= {"incomplete_streams": incomplete, "held_by": holder}
+    atomic_write_text(dest / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    write_csv(results_rows(summary), dest / "results.csv", CSV_COLUMNS + sample_columns(summary))
+    path = dest / "report.md"
+    atomic_write_text(path, "\n".join(md) + "\n")
+    write_html(path)  # report.html beside it, plots inline
+    return path
+
+
+def _run_markdown(run_dir: Path, info: dict, summ: dict, summary: dict, streams: dict, notes: list[str],
+                  unfinished: list[str]) -> list[str]:
+    """A run report's lines: what ran, the accuracy, the settings, the collapse diagnostics, the plots."""
+    cfg = info.get("config", {})
     md = [f"# Run report: {run_dir.name}", "",
           *([f"**Unfinished run:** {n}" for n in unfinished] + [""] if unfinished else []),
           f"Model `{cfg.get('model', '?')}`, prompt style `{cfg.get('prompt_style', '?')}`, "
@@ -707,14 +721,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out: str | Path | N
           "(no adaptation, or one undone after each prompt) gets no verdict. Trends are the last quarter's mean over "
           "the first quarter's.", "", "## Plots", "", "![accuracy](plots/accuracy.png)", ""]
     md += [f"![diagnostics {d}](plots/diagnostics_{d}.png)" for d in summary["datasets"]]
-    metrics = {k: summary[k] for k in ("baseline", "avg_sets", "sets", "average")}
-    metrics |= {"incomplete_streams": incomplete, "held_by": holder}
-    atomic_write_text(dest / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
-    write_csv(results_rows(summary), dest / "results.csv", CSV_COLUMNS + sample_columns(summary))
-    path = dest / "report.md"
-    atomic_write_text(path, "\n".join(md) + "\n")
-    write_html(path)  # report.html beside it, plots inline
-    return path
+    return md
 
 
 SETTING_COLUMNS = ("optimizer", "lr", "momentum", "steps", "grad_clip", "guard", "schedule", "signal", "answer",
