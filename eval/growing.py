@@ -60,25 +60,11 @@ def _method_labels(specs: list[str], config: dict) -> dict[str, str]:
     return {method_label(s, AdaptConfig.from_spec(s, method_overrides(config))): s for s in specs}
 
 
-def plan(runner, info: dict) -> Growth:
-    """How `runner`'s configuration grows the run recorded in run.json `info`: the merged settings,
-    or the settings that would change what the run's rows were computed on (`blocked`)."""
-    from .run_folder import RESULT_FREE_FIELDS, normalised_config
-
-    old = info.get("config")
-    if not isinstance(old, dict):
-        return Growth(blocked=["its run.json records no settings"])
-    new = runner.cfg.to_dict()
-    try:
-        a, b = normalised_config(old, info), runner._normalised(info)
-    except (TypeError, ValueError, KeyError) as e:  # settings this version cannot read
-        return Growth(blocked=[f"its recorded settings do not parse here ({e})"])
+def _method_changes(old: dict, new: dict, ma, mb) -> list[str]:
+    """The method settings that changed between the recorded configuration `old` and `new` (`ma`,
+    `mb`: each method's resolved settings): named once as a flag every method shares (--lr, --set)
+    when one changed, else per method (its defaults changed since)."""
     blocked = []
-    for k in sorted(set(a) | set(b)):
-        if k in GROWABLE or k == "adapt" or k in RESULT_FREE_FIELDS or a.get(k) == b.get(k):
-            continue
-        blocked.append(f"{k}: {_cell(old.get(k))} -> {_cell(new.get(k))}")
-    ma, mb = a.get("adapt"), b.get("adapt")
     old_adapt, new_adapt = old.get("adapt") or {}, new.get("adapt") or {}
     raw = [k for k in sorted(set(old_adapt) | set(new_adapt)) if old_adapt.get(k) != new_adapt.get(k)]
     if isinstance(ma, dict) and isinstance(mb, dict):
@@ -97,6 +83,28 @@ def plan(runner, info: dict) -> Growth:
                 for spec, keys in moved.items()]
     elif raw:
         blocked += [f"{k} (every method): {_cell(old_adapt.get(k))} -> {_cell(new_adapt.get(k))}" for k in raw]
+    return blocked
+
+
+def plan(runner, info: dict) -> Growth:
+    """How `runner`'s configuration grows the run recorded in run.json `info`: the merged settings,
+    or the settings that would change what the run's rows were computed on (`blocked`)."""
+    from .run_folder import RESULT_FREE_FIELDS, normalised_config
+
+    old = info.get("config")
+    if not isinstance(old, dict):
+        return Growth(blocked=["its run.json records no settings"])
+    new = runner.cfg.to_dict()
+    try:
+        a, b = normalised_config(old, info), runner._normalised(info)
+    except (TypeError, ValueError, KeyError) as e:  # settings this version cannot read
+        return Growth(blocked=[f"its recorded settings do not parse here ({e})"])
+    blocked = []
+    for k in sorted(set(a) | set(b)):
+        if k in GROWABLE or k == "adapt" or k in RESULT_FREE_FIELDS or a.get(k) == b.get(k):
+            continue
+        blocked.append(f"{k}: {_cell(old.get(k))} -> {_cell(new.get(k))}")
+    blocked += _method_changes(old, new, a.get("adapt"), b.get("adapt"))
     old_sub, new_sub = parse_subsets(old.get("subset") or []), parse_subsets(new.get("subset") or [])
     both = set(_names(info)) & set(runner.cfg.dataset_names())
     for name in sorted((set(old_sub) | set(new_sub)) & both):  # a set both hold: the same problems

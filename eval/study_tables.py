@@ -82,11 +82,23 @@ def streams_tables(folders: list[Path]) -> str:
               "|---|---|" + head.split("\n")[1][1:]]
     lines += [f"| {d} | {s} | {short(m)} | {cells(m, [d], [s])} |" for d in datasets for s in runs for m in methods
               if (m, d) in runs[s]]
-    lines += ["", "### Collapse diagnostics", "",
-              "Per stream, seeds in order: the entropy trend (last quarter's mean over the first's); `pred`: the "
-              "predictor's final distance from identity; the verdicts.", "",
-              "| stream | " + " | ".join(short(m) for m in methods if m != base) + " |",
-              "|---|" + "---|" * sum(m != base for m in methods)]
+    lines += ["", *diagnostics_table(runs, methods, datasets, base, measures)]
+    lrs = sorted({m.split(":lr=")[1] + " (" + short(m).split("+")[0] + ")" for m in methods if ":lr=" in m})
+    lines += ["", f"Seeds: {', '.join(runs)}. Learning rates: {', '.join(lrs) or 'the methods defaults'}. The change "
+              "is paired on the same problems; its interval resamples problems within each (stream, seed); "
+              "gained/lost: problems the method got right and noadapt wrong, and the reverse."]
+    return "\n".join(lines) + "\n"
+
+
+def diagnostics_table(runs: dict, methods: list[str], datasets: list[str], base: str | None,
+                      measures: dict) -> list[str]:
+    """Per stream and adapting method, seeds in order: the entropy trend, the predictor's final
+    distance from identity (ZeroSiam rows) and the verdicts."""
+    lines = ["### Collapse diagnostics", "",
+             "Per stream, seeds in order: the entropy trend (last quarter's mean over the first's); `pred`: the "
+             "predictor's final distance from identity; the verdicts.", "",
+             "| stream | " + " | ".join(short(m) for m in methods if m != base) + " |",
+             "|---|" + "---|" * sum(m != base for m in methods)]
     for d in datasets:
         row = []
         for m in (m for m in methods if m != base):
@@ -96,11 +108,7 @@ def streams_tables(folders: list[Path]) -> str:
                 cell += "; pred " + "/".join(f"{x['predictor_dev_final']:.2f}" for x in ms)
             row.append(cell + "; " + ",".join(sorted({x["verdict"] for x in ms})))
         lines.append(f"| {d} | " + " | ".join(row) + " |")
-    lrs = sorted({m.split(":lr=")[1] + " (" + short(m).split("+")[0] + ")" for m in methods if ":lr=" in m})
-    lines += ["", f"Seeds: {', '.join(runs)}. Learning rates: {', '.join(lrs) or 'the methods defaults'}. The change "
-              "is paired on the same problems; its interval resamples problems within each (stream, seed); "
-              "gained/lost: problems the method got right and noadapt wrong, and the reverse."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ------------------------------------------------------------------ the learning-rate selection
