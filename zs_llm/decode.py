@@ -170,6 +170,48 @@ def _attention(q, k, v, mask, groups: int, scale: float):
     return out.reshape(bsz, heads * dim)
 
 
+def _cached_layers(layers_hf, cache, total: int) -> list:
+    """A `_Layer` per decoder layer, its key/value buffers sized for `total` positions and holding
+    the prompt's keys and values from `generate`'s cache."""
+    k0 = cache.layers[0].keys  # (B, H_kv, T, D)
+    width = k0.shape[2]
+    shape = (k0.shape[0], k0.shape[1], total, k0.shape[3])
+    layers = []
+    for i, layer in enumerate(layers_hf):
+        lay = _Layer(layer, shape, k0.dtype, k0.device)
+        lay.keys[:, :, :width] = cache.layers[i].keys
+        lay.values[:, :, :width] = cache.layers[i].values
+        layers.append(lay)
+    return layers
+
+
+def _rope_tables(backbone, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary cos and sin of positions 0..n-1 (n, D), sin with its first half negated:
+    rotate_half(x) * sin == roll(x, half) * sin then (negation is exact)."""
+    cos_t, sin_t = backbone.rotary_emb(backbone.embed_tokens.weight[:1],
+                                       position_ids=torch.arange(n, device=device)[None])  # (1, P, D)
+    half = cos_t.shape[-1] // 2
+    return cos_t[0], torch.cat([-sin_t[0, :, :half], sin_t[0, :, half:]], -1)
+
+
+def _layer_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, m, head_dim: int) -> torch.Tensor:
+    """One decoder layer on one token per row (x: (B, H)), its key and value written at column `at`."""
+    bsz = x.shape[0]
+    h = lay.ln1(x)
+    q = lay.q(h).view(bsz, -1, 1, head_dim)  # (B, H_q, 1, D)
+    k = lay.k(h).view(bsz, -1, 1, head_dim)  # (B, H_kv, 1, D)
+    if lay.q_norm is not None:
+        q, k = lay.q_norm(q), lay.k_norm(k)
+    q = q * cos + q.roll(half, -1) * sin
+    k = k * cos + k.roll(half, -1) * sin
+    lay.keys[:, :, at: at + 1] = k
+    lay.values[:, :, at: at + 1] = lay.v(h).view(bsz, -1, 1, head_dim)
+    a = _attention(q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m, lay.groups, lay.scale)
+    x = x + lay.o(a)
+    h = lay.ln2(x)
+    return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+
+
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   pad_token_id: int, return_logits: bool = False, streamer=None):
@@ -178,7 +220,6 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     (B, n, V) fp32, for a model `unsupported` accepts. Forward pre-hooks on the head (a method's
     hook before the head) run as in `generate`; logits processors are not supported (check first).
     `streamer` gets what generate's would: the prompt ids, each step's tokens (B,), then `end()`."""
-    c = model.config
     bsz, width = input_ids.shape
     first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
                            temperature=None, top_p=None, top_k=None, pad_token_id=pad_token_id,
@@ -198,32 +239,17 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             streamer.end()
         return (torch.cat(seqs, 1), torch.stack(logits, 1)) if return_logits else torch.cat(seqs, 1)
 
-    backbone = model.base_model
-    head = model.get_output_embeddings()
-    layers_hf = backbone.layers[: c.num_hidden_layers]
-    total = width + max_new_tokens
-    cached = first.cache
-    k0 = cached.layers[0].keys  # (B, H_kv, T, D)
-    shape = (bsz, k0.shape[1], total, k0.shape[3])
-    layers = []
-    for i, layer in enumerate(layers_hf):
-        lay = _Layer(layer, shape, k0.dtype, k0.device)
-        lay.keys[:, :, :width] = cached.layers[i].keys
-        lay.values[:, :, :width] = cached.layers[i].values
-        layers.append(lay)
-    del first, cached
+    backbone, head = model.base_model, model.get_output_embeddings()
+    layers = _cached_layers(backbone.layers[: model.config.num_hidden_layers], first.cache, width + max_new_tokens)
+    head_dim = layers[0].keys.shape[3]
+    del first
 
-    mask2d = torch.cat([attention_mask.bool(), attention_mask.new_ones(bsz, max_new_tokens, dtype=torch.bool)], 1)
-    mask = None if bool(attention_mask.bool().all()) else mask2d[:, None, None, :]  # (B, 1, 1, S) as generate's
+    mask = None if bool(attention_mask.bool().all()) else torch.cat(  # (B, 1, 1, S) as generate's
+        [attention_mask.bool(), attention_mask.new_ones(bsz, max_new_tokens, dtype=torch.bool)], 1)[:, None, None, :]
     embed = backbone.embed_tokens.forward  # Gemma's scales its rows
-    ew = backbone.embed_tokens.weight
     pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
-    positions = torch.arange(int(pos0.max()) + max_new_tokens, device=input_ids.device)
-    cos_t, sin_t = backbone.rotary_emb(ew[:1], position_ids=positions[None])  # (1, P, D)
+    cos_t, sin_t = _rope_tables(backbone, int(pos0.max()) + max_new_tokens, input_ids.device)
     half = cos_t.shape[-1] // 2
-    # rotate_half(x) * sin == roll(x, half) * sin with its first half negated (negation is exact)
-    cos_t, sin_t = cos_t[0], torch.cat([-sin_t[0, :, :half], sin_t[0, :, half:]], -1)
-    head_dim = shape[3]
     norm = backbone.norm.forward
     done = torch.full_like(tok, pad_token_id)
     for step in range(steps):
@@ -233,19 +259,7 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         x = embed(tok)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
         m = None if mask is None else mask[..., : at + 1]
         for lay in layers:
-            h = lay.ln1(x)
-            q = lay.q(h).view(bsz, -1, 1, head_dim)  # (B, H_q, 1, D)
-            k = lay.k(h).view(bsz, -1, 1, head_dim)  # (B, H_kv, 1, D)
-            if lay.q_norm is not None:
-                q, k = lay.q_norm(q), lay.k_norm(k)
-            q = q * cos + q.roll(half, -1) * sin
-            k = k * cos + k.roll(half, -1) * sin
-            lay.keys[:, :, at: at + 1] = k
-            lay.values[:, :, at: at + 1] = lay.v(h).view(bsz, -1, 1, head_dim)
-            a = _attention(q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m, lay.groups, lay.scale)
-            x = x + lay.o(a)
-            h = lay.ln2(x)
-            x = x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+            x = _layer_step(lay, x, cos, sin, half, at, m, head_dim)
         out = head(norm(x)[:, None])[:, -1]  # (B, V): the head as a module, its hooks (a method's) included
         scores = out.to(copy=True, dtype=torch.float32)
         if return_logits:

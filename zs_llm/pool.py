@@ -137,21 +137,10 @@ class _RowProcessors:
         return scores
 
 
-@torch.no_grad()
-def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[bool] | None = None,
-                  on_token: list | None = None):
-    """Greedy drafts of one prompt (1, T) per stream in one batched generation (`zs_llm.decode`'s
-    loop where `ZeroSiamLM.fast_greedy` allows: generate's tokens and logits; else `generate`).
-    Returns per row (new token ids (n,), the raw logits that produced them (n, V) fp32 or None), each row
-    cut at its own stream's `max_new_tokens` (greedy decoding is causal: a row's first n tokens
-    do not depend on how many more the batch generates). `on_token[b]` (a callable or None) gets
-    row b's token ids one by one as they are generated (`RowStreamer`)."""
-    from transformers import LogitsProcessorList
-
+def _left_padded(lms: list, prompt_ids: list[torch.Tensor], pad: int):
+    """The prompts left-padded into one batch (ids, attention mask) and each row's token budget:
+    its stream's `max_new_tokens`, within its model's context (the padding counts against it)."""
     host = lms[0]
-    hf, tok = host.hf, host.tokenizer
-    want_logits = want_logits or [False] * len(lms)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     width = max(p.shape[1] for p in prompt_ids)
     ids = torch.full((len(lms), width), pad, dtype=torch.long, device=host.device)
     mask = torch.zeros_like(ids)
@@ -168,6 +157,26 @@ def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[b
         max_new = max(1, min(max_new, host.context_length - width))  # left padding counts against the context
     if max_new < max(limits):
         raise ValueError("the padded pool does not fit the model's context; pool fewer or shorter prompts")
+    return ids, mask, limits
+
+
+@torch.no_grad()
+def generate_rows(lms: list, prompt_ids: list[torch.Tensor], want_logits: list[bool] | None = None,
+                  on_token: list | None = None):
+    """Greedy drafts of one prompt (1, T) per stream in one batched generation (`zs_llm.decode`'s
+    loop where `ZeroSiamLM.fast_greedy` allows: generate's tokens and logits; else `generate`).
+    Returns per row (new token ids (n,), the raw logits that produced them (n, V) fp32 or None), each row
+    cut at its own stream's `max_new_tokens` (greedy decoding is causal: a row's first n tokens
+    do not depend on how many more the batch generates). `on_token[b]` (a callable or None) gets
+    row b's token ids one by one as they are generated (`RowStreamer`)."""
+    from transformers import LogitsProcessorList
+
+    host = lms[0]
+    hf, tok = host.hf, host.tokenizer
+    want_logits = want_logits or [False] * len(lms)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids, mask, limits = _left_padded(lms, prompt_ids, pad)
+    width, max_new = ids.shape[1], max(limits)
     kw = {}
     groups = [(i, lm.method.logits_processors(lm)) for i, lm in enumerate(lms)]
     groups = [([i], procs) for i, procs in groups if procs]
