@@ -175,6 +175,34 @@ def stored_streams(root: Path) -> list[str]:
     return sorted(names)
 
 
+def _finite(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def history_view(hist: list[dict], series: bool = True) -> dict:
+    """A stream's recent problems (`hist`, oldest first) as /v1/streams shows them: the last entropy,
+    the trends, the verdict and its rule, and (`series`) each problem's measures for the page's plots."""
+    from ..diagnostics import collapse_measures, rolling_top_share
+
+    rows = [{"response": h["response"], "extracted": h["extracted"], "answer_source": h["answer_source"],
+             "steps": [{"entropy": h["entropy"], "logit_norm_centered": h["logit_norm_centered"],
+                        "predictor_dev": h["predictor_dev"], "skipped": h["skipped"]}]} for h in hist]
+    m = collapse_measures(rows) if rows else {}
+    out = {"entropy": _finite(hist[-1]["entropy"]) if hist else None,
+           "entropy_trend": _finite(m.get("entropy_trend")),
+           "predictor_drift": _finite(m.get("predictor_dev_final")),
+           "predictor_drift_trend": _finite(trend_of([h["predictor_dev"] for h in hist])),
+           "verdict": m.get("verdict", "no-data"), "verdict_rule": m.get("verdict_rule", "no problems yet")}
+    if series:
+        share = rolling_top_share([h["extracted"] for h in hist], 10).tolist() if hist else []
+        out["series"] = {"problem": [h["problem"] for h in hist],
+                         "entropy": [_finite(h["entropy"]) for h in hist],
+                         "logit_norm": [_finite(h["logit_norm_centered"]) for h in hist],
+                         "predictor_drift": [_finite(h["predictor_dev"]) for h in hist],
+                         "answer_share": [_finite(float(x)) for x in share]}
+    return out
+
+
 class Engine:
     """Streams by name on one `ZeroSiamLM` (`host`), fed from a bounded queue by one worker thread.
 
@@ -428,35 +456,13 @@ class Engine:
     # --- reports --------------------------------------------------------------------------
     def describe(self, name: str, series: bool = True) -> dict:
         """What /v1/streams says of a stream: problems, trends, verdict, guard events, recent series."""
-        from ..diagnostics import collapse_measures, rolling_top_share
-
         lm = self.streams.streams[name]
         with self.lock:
             hist = list(self.history[name])
-        rows = [{"response": h["response"], "extracted": h["extracted"], "answer_source": h["answer_source"],
-                 "steps": [{"entropy": h["entropy"], "logit_norm_centered": h["logit_norm_centered"],
-                            "predictor_dev": h["predictor_dev"], "skipped": h["skipped"]}]} for h in hist]
-        m = collapse_measures(rows) if rows else {}
-
-        def num(x):
-            return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
-
-        out = {"id": name, "object": "stream", "problems": lm.problems_seen, "adapting": lm.adapt_enabled,
-               "method": lm.zs_config.label(), "entropy": num(hist[-1]["entropy"]) if hist else None,
-               "entropy_trend": num(m.get("entropy_trend")),
-               "predictor_drift": num(m.get("predictor_dev_final")),
-               "predictor_drift_trend": num(trend_of([h["predictor_dev"] for h in hist])),
-               "verdict": m.get("verdict", "no-data"), "verdict_rule": m.get("verdict_rule", "no problems yet"),
-               "guard_events": lm.guard.events if lm.guard is not None else [], "notes": self.notes.get(name, []),
-               "queued": sum(j.stream == name for j in self.pending)}
-        if series:
-            share = rolling_top_share([h["extracted"] for h in hist], 10).tolist() if hist else []
-            out["series"] = {"problem": [h["problem"] for h in hist],
-                             "entropy": [num(h["entropy"]) for h in hist],
-                             "logit_norm": [num(h["logit_norm_centered"]) for h in hist],
-                             "predictor_drift": [num(h["predictor_dev"]) for h in hist],
-                             "answer_share": [num(float(x)) for x in share]}
-        return out
+        return {"id": name, "object": "stream", "problems": lm.problems_seen, "adapting": lm.adapt_enabled,
+                "method": lm.zs_config.label(), **history_view(hist, series),
+                "guard_events": lm.guard.events if lm.guard is not None else [], "notes": self.notes.get(name, []),
+                "queued": sum(j.stream == name for j in self.pending)}
 
     def reset(self, name: str) -> dict:
         """Put a stream back to its initial state (and its checkpoint with it); on the worker thread."""
