@@ -788,6 +788,46 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(threads)
 
 
+def report_parts(results: dict, args: argparse.Namespace, lrs: dict, argv: list[str] | None) -> dict:
+    """results.md's text and its tables: accuracy, with intervals, plug-ins against hosts, time per
+    sample, logit norms and the Tent-against-ZeroSiam summary."""
+    md = table(results, args.methods, args.models)
+    header = [
+        "# Vision collapse benchmark (digits, 32x32)",
+        "",
+        f"Command: `{' '.join(['.venv/bin/python', 'studies/vision_collapse.py', *(argv if argv is not None else sys.argv[1:])])}`",
+        "",
+        f"Severity {args.severity}; batch {args.batch_size} (bs1 and blind_spot: 1); SGD momentum 0.9; base lr at "
+        f"batch 64 (scaled by batch/64), same for every method and for ZeroSiam's predictor: "
+        + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items())
+        + ".",
+        f"Per-corruption scenarios: {', '.join(args.corruptions)} (mean over them). "
+        f"Mixed: {', '.join(args.mixed_corruptions)}. Stream seeds (corruption draws, orders, DeYO's shuffles): "
+        f"{', '.join(map(str, args.seeds))}; models trained at seed {args.seed}.",
+        "",
+        "Accuracy (%), predictions made before each update; blind_spot: accuracy on the whole corrupted test set "
+        "after adapting on the source model's errors only. Pooled over seeds and streams:",
+        "",
+    ]
+    norm_md = norm_table(results, args.methods, args.models)
+    summary = (
+        collapse_summary(results, args.models) if {"noadapt", "tent", "zerosiam"} <= set(args.methods) else []
+    )
+    study_md = study_table(results, args.methods, args.models)
+    overhead_md = overhead_table(results, args.methods, args.models)
+    plugin_md = plugin_table(results, args.methods, args.models)
+    text = "\n".join(
+        header
+        + [md, "", "With intervals (eval.stats, as the language tables):", "", study_md, "",
+           "Each plug-in against its host, paired on the same samples:", "", plugin_md, "",
+           "Time per sample (wall, predict + update, one thread; mean over scenarios):", "", overhead_md, "",
+           "Centered logit norm, mean over the last 20% of each stream (first seed):", "", norm_md, ""]
+        + (["Tent vs ZeroSiam against NoAdapt:", ""] + [f"- {s}" for s in summary] + [""] if summary else [])
+    )
+    return {"text": text, "table": md, "study": study_md, "overhead": overhead_md, "plugins": plugin_md,
+            "summary": summary}
+
+
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -830,39 +870,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             accs = ", ".join(f"{m} {100 * r['acc']:.1f}" for m, r in results[scenario][name].items())
             log(f"[{scenario}/{name}] {accs} ({time.time() - t0:.0f}s)")
 
-    md = table(results, args.methods, args.models)
-    header = [
-        "# Vision collapse benchmark (digits, 32x32)",
-        "",
-        f"Command: `{' '.join(['.venv/bin/python', 'studies/vision_collapse.py', *(argv if argv is not None else sys.argv[1:])])}`",
-        "",
-        f"Severity {args.severity}; batch {args.batch_size} (bs1 and blind_spot: 1); SGD momentum 0.9; base lr at "
-        f"batch 64 (scaled by batch/64), same for every method and for ZeroSiam's predictor: "
-        + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items())
-        + ".",
-        f"Per-corruption scenarios: {', '.join(args.corruptions)} (mean over them). "
-        f"Mixed: {', '.join(args.mixed_corruptions)}. Stream seeds (corruption draws, orders, DeYO's shuffles): "
-        f"{', '.join(map(str, args.seeds))}; models trained at seed {args.seed}.",
-        "",
-        "Accuracy (%), predictions made before each update; blind_spot: accuracy on the whole corrupted test set "
-        "after adapting on the source model's errors only. Pooled over seeds and streams:",
-        "",
-    ]
-    norm_md = norm_table(results, args.methods, args.models)
-    summary = (
-        collapse_summary(results, args.models) if {"noadapt", "tent", "zerosiam"} <= set(args.methods) else []
-    )
-    study_md = study_table(results, args.methods, args.models)
-    overhead_md = overhead_table(results, args.methods, args.models)
-    plugin_md = plugin_table(results, args.methods, args.models)
-    text = "\n".join(
-        header
-        + [md, "", "With intervals (eval.stats, as the language tables):", "", study_md, "",
-           "Each plug-in against its host, paired on the same samples:", "", plugin_md, "",
-           "Time per sample (wall, predict + update, one thread; mean over scenarios):", "", overhead_md, "",
-           "Centered logit norm, mean over the last 20% of each stream (first seed):", "", norm_md, ""]
-        + (["Tent vs ZeroSiam against NoAdapt:", ""] + [f"- {s}" for s in summary] + [""] if summary else [])
-    )
+    parts = report_parts(results, args, lrs, argv)
+    text = parts.pop("text")
     (args.out / "results.md").write_text(text)
     compact = {
         s: {m: {k: {"acc": v["acc"], "samples": v["samples"], "sec_per_sample": v["sec_per_sample"],
@@ -875,9 +884,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     print()
     print(text)
     log(f"wrote {args.out / 'results.md'} and {len(pngs)} plots in {time.time() - t_start:.0f}s")
-    return {"results": results, "table": md, "study": study_md, "overhead": overhead_md, "plugins": plugin_md,
-            "summary": summary,
-            "plots": pngs, "lrs": lrs}
+    return {"results": results, **parts, "plots": pngs, "lrs": lrs}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ function; `if TYPE_CHECKING:` blocks are annotations only and do not count):
 - the wrapper (`zs_llm/model.py`, and `generation.py`, its mixin) imports neither the loop (`adapt`) nor the pool's mechanics
   (`pool`) nor the library calls (`api`); the pool imports no loop;
 - exactly one module holds the per-problem loop: a function that both generates and steps an
-  optimizer (or runs a backward pass), counting what it reaches through its module's own functions.
+  optimizer (or runs a backward pass), counting what it reaches through its module's own functions;
+- no class of the project's code runs over 300 lines, and no function over 60 (its docstring not
+  counted) unless `LONG` states why.
 """
 
 import ast
@@ -218,3 +220,70 @@ def test_the_import_rule_can_fail(tmp_path, monkeypatch):
 ])
 def test_the_loop_reader_follows_a_modules_own_calls(source, loop):
     assert loop_functions(ast.parse(source)) == loop
+
+
+#: the project's code the size rules read
+SIZED = ("zs_llm", "eval", "studies", "bench", "recipes", "scripts")
+MAX_CLASS, MAX_FUNCTION = 300, 60
+#: functions allowed over MAX_FUNCTION lines, and why
+LONG = {
+    "studies/vision_collapse.py::parse_args": "one add_argument per setting of the study, read as a list",
+}
+
+
+def _length(node: ast.AST) -> int:
+    """A class's or function's lines, a function's docstring not counted."""
+    n = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if not isinstance(node, ast.ClassDef) and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+            and isinstance(first.value.value, str):
+        n -= first.end_lineno - first.lineno + 1
+    return n
+
+
+def oversized(root: Path) -> list[str]:
+    """`path::name (lines)` of every class over MAX_CLASS lines and every function over MAX_FUNCTION
+    lines that LONG does not allow, under `root`'s SIZED folders."""
+    out = []
+    for folder in SIZED:
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef):
+                    limit = MAX_CLASS
+                elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    limit = MAX_FUNCTION
+                else:
+                    continue
+                key = f"{rel}::{node.name}"
+                if _length(node) > limit and (limit == MAX_CLASS or key not in LONG):
+                    out.append(f"{key} ({_length(node)} lines)")
+    return out
+
+
+def test_no_class_or_function_runs_long_without_a_reason():
+    found = oversized(ROOT)
+    assert not found, (f"over {MAX_CLASS} lines (a class) or {MAX_FUNCTION} (a function, docstring not counted): "
+                       f"{found}; split it by concern, or add it to LONG with the reason")
+    stale = [k for k in LONG if not any(k in f for f in oversized_all(ROOT))]
+    assert not stale, f"LONG names functions that are no longer long: {stale}; remove them"
+
+
+def oversized_all(root: Path) -> list[str]:
+    """Every function over MAX_FUNCTION lines, LONG or not."""
+    saved = dict(LONG)
+    LONG.clear()
+    try:
+        return oversized(root)
+    finally:
+        LONG.update(saved)
+
+
+def test_the_size_rule_can_fail(tmp_path):
+    (tmp_path / "eval").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION - 1))  # with its def line: at the limit
+    (tmp_path / "eval" / "m.py").write_text(f'def short():\n    """A docstring\n    of lines."""\n{body}\n\n'
+                                            f"def long():\n    y = 0\n{body}\n\n"
+                                            "class Big:\n" + "\n".join(f"    a{i} = {i}" for i in range(MAX_CLASS)))
+    assert oversized(tmp_path) == [f"eval/m.py::long ({MAX_FUNCTION + 1} lines)",
+                                   f"eval/m.py::Big ({MAX_CLASS + 1} lines)"]
