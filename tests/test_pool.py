@@ -113,6 +113,25 @@ def test_updates_moved_each_stream_only_by_its_own_problems(tok):
     assert any(not torch.equal(moved[k], init[k]) for k in moved)
 
 
+def test_a_pooled_update_is_exact_whatever_the_drafts_beside_it(tok):
+    """A ZeroSiam stream's update is bit-identical whichever non-adapting stream (SLOT here, whose
+    update does not join the pool's) shares its draft batch: a pooled row's draft logits round
+    with the batch's left padding, so they never serve as the target branch (a rerun that
+    replays the adapting streams while the others resume elsewhere repeats every row)."""
+    out = []
+    for other in (PROMPTS[2], PROMPTS[5]):  # the SLOT row's prompt sets the batch's padding
+        host = Streams(ZeroSiamLM(tiny_model("llama"), tok, config({"method": "noadapt"})))
+        for n in ("zerosiam", "tent", "slot"):
+            host.stream(n, config(STREAMS[n][0]))
+        res = host.adapt_generate({"zerosiam": PROMPTS[0], "tent": PROMPTS[0], "slot": other})
+        out.append((res["zerosiam"], host.stream("zerosiam").state_tensors()))
+    (a, sa), (b, sb) = out
+    assert a.draft == b.draft and len(a.steps) == len(b.steps) == 1
+    for k in ("loss", "entropy", "divergence", "grad_norm"):
+        assert a.steps[0][k] == b.steps[0][k], (k, a.steps[0][k], b.steps[0][k])
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_pool_checkpoint_resumes_alone_and_back(tok, tmp_path):
     """A stream's checkpoint carries no adapter name: it resumes pooled or alone."""
     from zs_llm.checkpoint import load_checkpoint, save_checkpoint

@@ -12,7 +12,9 @@ the state as it was before it.
   (`zs_llm.pool.generate_rows`: `zs_llm.decode`'s loop, or `generate`), every row through its own
   stream's LoRA, head hook and logits processors; a lone greedy row, and every sampled row (temperature > 0: the sampler draws from
   one RNG per call), generates on its own (`ZeroSiamLM.generate_ids`, which folds fp32 LoRA
-  into the weights for speed);
+  into the weights for speed); only a draft generated on its own keeps its logits as the first
+  step's target branch (`draft_logits_mib`), since a batched row's logits round with the batch's
+  padding, that is with the prompts of streams that share only the draft;
 - the updates of two or more streams whose method computes the loss with `Method.loss` and steps
   as `Method.backward` does are one forward and one backward over their sequences
   (`zs_llm.pool.pooled_hidden`); then each stream's own finiteness check, clipping and optimizer
@@ -110,7 +112,8 @@ def _all_finite(tensors) -> bool:
 def _keep_draft_logits(lm) -> bool:
     """Whether the draft's logits serve as the first step's target branch: the method has one
     apart from its online branch (a predictor), generation is that branch unaltered (no hook
-    before the head), and the logits fit `draft_logits_mib`."""
+    before the head), and the logits fit `draft_logits_mib`. Only a draft generated alone gives
+    them (`_generate`): in a batch of drafts they would depend on the other rows' padding."""
     c, m = lm.zs_config, lm.method
     if not m.uses_predictor or m.head_pre_hook(lm) is not None:
         return False
@@ -246,6 +249,7 @@ class _Problem:
 def _generate(problems: list[_Problem], logits: bool, streamed: list[bool] | None = None) -> list[tuple]:
     """(new token ids (n,) cut at the first end-of-sequence token, logits (n, V) or None) for each
     problem: greedy rows batched when there are several, a lone greedy row and sampled rows alone.
+    Logits come only with rows generated alone (`logits` and the problem's `keep_logits`).
     `streamed[i]`: problem i's tokens go to its `on_token` as they are generated (it gets every
     token of the row, past the end token and its limit too: it cuts them itself)."""
     from .pool import RowStreamer
@@ -264,8 +268,11 @@ def _generate(problems: list[_Problem], logits: bool, streamed: list[bool] | Non
         else:
             out[i] = (p.lm.generate_ids(p.prompt_ids, streamer=streamer)[0], None)
     if pooled:
+        # no logits kept from a batch: a row's logits round with the batch's left padding, i.e. with
+        # the other streams' prompts, so a target branch taken from them would make a stream's update
+        # depend on streams that share only its draft (a rerun that resumes those elsewhere differs)
         rows = generate_rows([problems[i].lm for i in pooled], [problems[i].prompt_ids for i in pooled],
-                             [logits and problems[i].keep_logits for i in pooled], [cbs[i] for i in pooled])
+                             None, [cbs[i] for i in pooled])
         for i, r in zip(pooled, rows):
             out[i] = r
     for i, (ids, lg) in enumerate(out):

@@ -93,7 +93,8 @@ class SharedSettings:
     draft_logits_mib: float = setting(512.0, "Keep the draft's logits (fp32) as the target branch of the first step "
                                       "after it, which saves that step one head matmul, when max_new_tokens x "
                                       "vocabulary x 4 bytes fits in this many MiB; 0 always recomputes the target "
-                                      "from the features.", min=0.0)
+                                      "from the features. Drafts batched in a pool of streams never keep them (a "
+                                      "row's logits round with the other rows' padding).", min=0.0)
     # --- collapse guard (an add-on: `+guard`)
     guard: bool = setting(False, "Watch the stream for collapse and roll back to the last healthy state (not in any "
                           "paper's code; the `+guard` add-on turns it on).")
