@@ -68,7 +68,11 @@ def stand_in(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, PKG, raising=False)
     importlib.invalidate_caches()
-    return pkg
+    yield pkg
+    # the stand-in the test imported must not serve a later test in this process: one that loads
+    # the real gemma3-270m would assemble the stand-in's bytes into the user's cache
+    sys.modules.pop(PKG, None)
+    importlib.invalidate_caches()
 
 
 @pytest.fixture
@@ -101,8 +105,14 @@ def test_gemma_is_assembled_into_the_cache_once_and_its_copy_replaced(cache, sta
     assert path == cache / "gguf" / "gemma-3-270m-q4_k_m.gguf"
     assert path.read_bytes() == b"GGUF-body"
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary left behind
-    (stand_in / "part01").write_bytes(b"-changed")
+    (stand_in / "part01").write_bytes(b"-BODY")
     assert gemma_gguf() == (folder, name) and path.read_bytes() == b"GGUF-body"  # taken as it is, not rebuilt
+    (stand_in / "part01").write_bytes(b"-body")
+    for cut in (b"GGUF-bo", b"GGUF-changed", b""):  # a copy of another size: rebuilt from the chunks
+        path.write_bytes(cut)
+        with pytest.warns(RuntimeWarning, match="assembling it again"):
+            assert gemma_gguf() == (folder, name)
+        assert path.read_bytes() == b"GGUF-body"
     assert named_model(GEMMA).sources() == [stand_in / "part00", stand_in / "part01"]
 
 

