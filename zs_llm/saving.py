@@ -49,16 +49,16 @@ def save_pretrained(lm: ZeroSiamLM, directory: str | os.PathLike, push_to_hub: b
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_state(lm, tmp, card)
-        _move_in(tmp, d)
+        _move_in(tmp, d, _write_state(lm, tmp, card))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if push_to_hub:
         _upload(d, repo_id or d.name, **hub_kwargs)
 
 
-def _write_state(lm: ZeroSiamLM, tmp: Path, card: dict | None) -> None:
-    """Write every file of a save into the empty folder `tmp`, the config (with each file's sha256) last."""
+def _write_state(lm: ZeroSiamLM, tmp: Path, card: dict | None) -> dict[str, str]:
+    """Write every file of a save into the empty folder `tmp`, the config (with each file's sha256)
+    last; returns the files it lists (name -> sha256)."""
     from safetensors.torch import save_file
 
     from .card import base_model_record, model_card
@@ -91,16 +91,17 @@ def _write_state(lm: ZeroSiamLM, tmp: Path, card: dict | None) -> None:
             "gguf_file": base["gguf_file"], "base": base, "lora": lm.peft is not None,
             "hidden_size": lm.hidden_size, "base_probe": probe, "problems_seen": lm.problems_seen}
     (tmp / "README.md").write_text(model_card(meta, card))  # in place of peft's empty template
-    meta["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    meta["files"] = files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    return files
 
 
-def _move_in(tmp: Path, d: Path) -> None:
-    """Move a written save from `tmp` into `d`: fsynced, the config last (until it lands the folder
-    reads as incomplete), then remove the files an earlier save wrote there that this one did not."""
+def _move_in(tmp: Path, d: Path, files: dict[str, str]) -> None:
+    """Move a written save (`files`, and its config) from `tmp` into `d`: fsynced, the config last
+    (until it lands the folder reads as incomplete), then remove the files an earlier save wrote
+    there that this one did not."""
     from .checkpoint import fsync_dir, fsync_tree
 
-    files = json.loads((tmp / CONFIG_NAME).read_text())["files"]
     fsync_tree(tmp)
     before = _written_files(d)  # what an earlier save wrote here: only those may be removed
     (d / CONFIG_NAME).unlink(missing_ok=True)
