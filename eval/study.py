@@ -556,10 +556,15 @@ def list_jobs(study: Study, stages: list[str]) -> None:
 
 
 def _stage_folders(study: Study, name: str) -> list[Path]:
-    """Where a stage's run folders live under the root: ROOT/jobs/<stage>, or a sweep's points."""
+    """Where a stage's run folders live under the root: a sweep's points, a select stage's
+    ROOT/jobs/<stage>, a streams stage's ROOT/jobs/<stage>/seed<S> for the stage's seeds (so
+    `--set seeds=1 --pack F` packs seed 1 alone)."""
     root = Path(study.root)
-    if study.stages[name].kind == "sweep":
+    stage = study.stages[name]
+    if stage.kind == "sweep":
         return [Path(j["out"]) for j in plan(study, name, {})]
+    if stage.kind == "streams":
+        return [root / "jobs" / name / f"seed{s}" for s in stage.seeds]
     return [root / "jobs" / name]
 
 
@@ -644,8 +649,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--list", action="store_true", help="list the run folders and what they hold, run nothing")
     ap.add_argument("--pack", metavar="FILE", help="run nothing: write the stages' rows (run.json and rows/*.jsonl "
                     "of each run folder) into FILE (.tar.xz), from which --unpack and --assemble make the tables")
-    ap.add_argument("--unpack", metavar="FILE", help="first extract the rows of FILE (a --pack archive) into the "
-                    "root; with --assemble, the tables from them")
+    ap.add_argument("--unpack", metavar="FILE", action="append", default=[], help="first extract the rows of FILE "
+                    "(a --pack archive) into the root; with --assemble, the tables from them (repeatable: one "
+                    "archive per seed joins into one root)")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -670,9 +676,9 @@ def main(argv: list[str]) -> dict | None:
         n = pack(study, stages, args.pack)
         print(f"packed {n} files of {', '.join(stages)} into {args.pack}")
         return None
-    if args.unpack:
-        n = unpack(study, args.unpack)
-        print(f"unpacked {n} files of {args.unpack} into {study.root}", file=sys.stderr)
+    for archive in args.unpack:
+        n = unpack(study, archive)
+        print(f"unpacked {n} files of {archive} into {study.root}", file=sys.stderr)
     if args.list:
         list_jobs(study, stages)
         return None

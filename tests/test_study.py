@@ -241,6 +241,17 @@ stages:
     assert cli(["study", str(path), "--stages", "study", "--root", str(fresh), "--unpack", str(archive),
                 "--assemble", "--summary", str(tmp_path / "t_unpacked.md")]) == 0
     assert (tmp_path / "t_unpacked.md").read_text() == tables
+    # one archive per seed (a seed run in one session, another in the next) joins into one root
+    per_seed = []
+    for seed in (0, 1):
+        per_seed.append(tmp_path / f"rows_seed{seed}.tar.xz")
+        assert cli(["study", str(path), "--stages", "study", "--set", f"seeds={seed}", "--pack", str(per_seed[-1])]) == 0
+        with tarfile.open(per_seed[-1]) as tar:
+            assert {n.split("/")[2] for n in tar.getnames()} == {f"seed{seed}"}
+    joined = ["--unpack", str(per_seed[0]), "--unpack", str(per_seed[1])]
+    assert cli(["study", str(path), "--stages", "study", "--root", str(tmp_path / "joined"), *joined,
+                "--assemble", "--summary", str(tmp_path / "t_joined.md")]) == 0
+    assert (tmp_path / "t_joined.md").read_text() == tables
     # unpacking again is a no-op; over other bytes it is refused and writes nothing
     assert cli(["study", str(path), "--stages", "study", "--root", str(fresh), "--unpack", str(archive), "--list"]) == 0
     victim = next((fresh / "jobs" / "study").rglob("*.jsonl"))
