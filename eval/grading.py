@@ -397,8 +397,12 @@ class Grader:
 
     def __del__(self):
         worker = getattr(self, "_worker", None)
-        if worker is not None:
+        if worker is None:
+            return
+        try:
             worker.kill()
+        except Exception:  # noqa: BLE001  at interpreter exit `subprocess`'s globals may be gone; the
+            pass  # worker ends anyway when its stdin closes with this process
 
 
 _DEFAULT: Grader | None = None

@@ -251,3 +251,36 @@ def test_stuck_worker_is_killed_and_replaced(grader):
     assert time.monotonic() - start < 0.5 + 2.5
     assert grader.stats["restarts"] == restarts + 1
     assert grader.grade(r"\boxed{\sqrt{8}}", r"2\sqrt{2}") is True
+
+
+def test_a_grader_left_at_exit_ends_quietly(tmp_path):
+    """A Grader of the caller's own (not the shared one, which atexit closes), its worker running,
+    still alive when the interpreter ends, after a forked child graded with it (and so started a
+    worker of its own): no "Exception ignored" noise at exit, and the worker ends too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "left.py"
+    script.write_text("import multiprocessing as mp, sys\nsys.path.insert(0, sys.argv[1])\n"
+                      "from eval.grading import Grader\ng = Grader()\n"
+                      "def child():\n    assert g.grade('\\\\boxed{\\\\frac{1}{3}}', '1/3')\n"
+                      "p = mp.get_context('fork').Process(target=child)\np.start()\np.join()\n"
+                      "print(g.grade('so \\\\boxed{\\\\frac{1}{2}}', '0.5') and p.exitcode == 0, g._worker.proc.pid)\n")
+    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).resolve().parents[1])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    verdict, pid = proc.stdout.split()
+    assert verdict == "True"
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), "the grading worker outlived its parent"
+
+
+def _state(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
