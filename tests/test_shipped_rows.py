@@ -16,15 +16,17 @@ ROWS = REPO / "studies" / "rows"
 SPEC = REPO / "studies" / "wild_streams.yaml"
 DOC = (REPO / "docs" / "wild_streams.md").read_text()
 
-#: the Gemma study's seeds shipped so far (docs/wild_streams.md section 9b), both stages in each
-GEMMA = [f"gemma_wild_seed{s}.tar.xz" for s in (0,)]
+#: the Gemma study's archives shipped so far (docs/wild_streams.md section 9b): seed 0 holds both
+#: stages, seed 1 one archive per stage
+GEMMA = {"rates": ["gemma_wild_seed0.tar.xz", "gemma_wild_seed1_rates.tar.xz"],
+         "tenfold": ["gemma_wild_seed0.tar.xz"]}
 #: (study file, streams stage) -> the archives that hold its rows (one per seed where the seeds ran
 #: in separate sessions)
 STAGES = {("wild_streams.yaml", "new_baselines"): ["wild_new_baselines.tar.xz"],
           ("wild_streams.yaml", "deyo_selected"): ["wild_deyo_selected.tar.xz"],
           ("wild_streams.yaml", "predictor_rate"): ["wild_predictor_rate.tar.xz"],
           ("wild_streams.yaml", "study"): [f"wild_study_seed{s}.tar.xz" for s in (0, 1, 2)],
-          ("gemma_wild_streams.yaml", "rates"): GEMMA, ("gemma_wild_streams.yaml", "tenfold"): GEMMA}
+          **{("gemma_wild_streams.yaml", stage): archives for stage, archives in GEMMA.items()}}
 
 
 def _table_rows(markdown: str) -> list[str]:
