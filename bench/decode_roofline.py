@@ -14,10 +14,8 @@ of the script; `--model llama8b`: random weights of Llama-3.1-8B's shapes, for a
    each on its own weights, with the kernel the fast loop calls (`F.linear`'s `mm`, `mv` for bf16
    rows) and nothing else: what these kernels allow;
 3. tokens/s of plain `generate`, of the draft as it was (`ZeroSiamLM.generate_ids` with
-   `fast_greedy_drafts = False`: LoRA folded, `generate`), of the fast loop with each projection
-   as its own product ("each projection alone") and of the fast loop as it runs (q, k, v and
-   gate, up as one product each where `zs_llm.decode._fused` allows), at batch 1 and at the
-   `--pools` sizes (pooled drafts, one LoRA adapter per row, `zs_llm.pool.generate_rows`), each
+   `fast_greedy_drafts = False`: LoRA folded, `generate`) and of the fast loop, at batch 1 and at
+   the `--pools` sizes (pooled drafts, one LoRA adapter per row, `zs_llm.pool.generate_rows`), each
    as a ratio to the roofline and to the floor, with whether the tokens were equal. Every
    generation is forced to `--tokens` new tokens (no end-of-sequence stop);
 4. end to end, problems/min before (generate) and after (fast loop) of one ZeroSiam stream and of
@@ -45,7 +43,7 @@ import time
 import torch
 from _common import arith_messages, set_threads
 
-from zs_llm import AdaptConfig, Streams, ZeroSiamLM, decode
+from zs_llm import AdaptConfig, Streams, ZeroSiamLM
 from zs_llm.adapt import adapt_round
 from zs_llm.decode import _dense, unsupported
 from zs_llm.pool import generate_rows
@@ -167,11 +165,10 @@ def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
     pools = {b: streams_for(tok_lm, ["zerosiam:lr=3e-3"] * b, args.tokens) for b in args.pools}
     move_lora([tok_lm] + [s for v in pools.values() for s in v])
     floors = {b: kernel_floor(model, b, 5) for b in cases}
-    fused = decode._fused
     for r in range(args.repeats + 1):
         keep = r > 0
         for b in cases:
-            order = ["generate", "draft", "unfused", "fast"] if r % 2 else ["fast", "unfused", "draft", "generate"]
+            order = ["generate", "draft", "fast"] if r % 2 else ["fast", "draft", "generate"]
             outs = {}
             for v in order:
                 if b == 1:
@@ -185,12 +182,10 @@ def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
                     if v == "generate":  # plain batched generate: no per-row LoRA
                         continue
                     fn = lambda: torch.stack([t for t, _ in generate_rows(lms, prompts[:b])])  # noqa: E731
-                ZeroSiamLM.fast_greedy_drafts = v in ("fast", "unfused")
-                decode._fused = (lambda *a: None) if v == "unfused" else fused
+                ZeroSiamLM.fast_greedy_drafts = v == "fast"
                 outs[v] = timer.run((b, v), fn, keep)
-            ZeroSiamLM.fast_greedy_drafts, decode._fused = True, fused
-            equal[b] = (equal.get(b, True) and torch.equal(outs["fast"], outs["draft"])
-                        and torch.equal(outs["unfused"], outs["draft"]))
+            ZeroSiamLM.fast_greedy_drafts = True
+            equal[b] = equal.get(b, True) and torch.equal(outs["fast"], outs["draft"])
     roof = bw / nbytes
     print(f"\n## decode, {args.tokens} new tokens, {args.repeats} repeats "
           f"(roofline {roof:.1f} tokens/s per row; floor at batch 1 {1 / floors[1]:.1f} tokens/s)\n")
@@ -198,16 +193,15 @@ def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
           "| tokens equal |")
     print("|---|---|---|---|---|---|---|")
     for b in cases:
-        for v in ("generate", "draft", "unfused", "fast"):
+        for v in ("generate", "draft", "fast"):
             if (b, v) not in timer.wall:
                 continue
             tps = b * args.tokens / timer.med((b, v))
             vs = ""
-            if v in ("fast", "unfused"):
+            if v == "fast":
                 vs = (f"{timer.med((b, 'draft')) / timer.med((b, v)):.2f}x / "
                       f"{timer.med((b, 'draft'), True) / timer.med((b, v), True):.2f}x")
-            name = {"draft": "draft (generate)" if b == 1 else "draft (pool, generate)",
-                    "unfused": "fast, each projection alone"}.get(v, v)
+            name = v if b == 1 or v != "draft" else "draft (pool, generate)"
             print(f"| {b} | {name} | {tps:.1f} | {tps / (b * roof):.2f} | {tps * floors[b] / b:.2f} | {vs} "
                   f"| {equal[b] if v == 'fast' else ''} |")
     return equal

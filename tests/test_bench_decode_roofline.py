@@ -36,9 +36,8 @@ def test_script_prints_every_row_with_equal_tokens():
     text = out.stdout
     assert "fast loop: covers it" in text
     rows = re.findall(r"^\| (\d+) \| (\w[\w (),]*?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|(.*)\|(.*)\|$", text, re.M)
-    assert [(b, p) for b, p, *_ in rows] == [
-        ("1", "generate"), ("1", "draft (generate)"), ("1", "fast, each projection alone"), ("1", "fast"),
-        ("3", "draft (pool, generate)"), ("3", "fast, each projection alone"), ("3", "fast")], text
+    assert [(b, p.split()[0]) for b, p, *_ in rows] == [("1", "generate"), ("1", "draft"), ("1", "fast"),
+                                                          ("3", "draft"), ("3", "fast")], text
     assert all(r[-1].strip() == "True" for r in rows if r[1] == "fast"), text
     e2e = re.findall(r"^\| (one ZeroSiam stream|main command's pool \(3 streams\)) \| ([\d.]+) \| ([\d.]+) \| .* "
                      r"\| (True|False) \|$", text, re.M)

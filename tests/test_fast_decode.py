@@ -172,3 +172,24 @@ def test_streamer_sees_what_generate_hands_it():
     fast, slow = seen
     assert len(fast.got) == len(slow.got) == 13 and fast.ended == slow.ended == 1
     assert all(torch.equal(a, b) for a, b in zip(fast.got, slow.got))
+
+
+def test_folding_puts_every_layer_back_when_it_fails_half_way(monkeypatch):
+    """An error while folding LoRA for a draft (here in layer 1's update) leaves no layer folded:
+    every base weight is the model's own tensor again, unchanged, and drafts still equal generate."""
+    lm = ZeroSiamLM(tiny_model("llama"), char_tokenizer(), AdaptConfig(method="zerosiam", max_new_tokens=12))
+    moved_lora(lm, 0)
+    bases = [(m, m.get_base_layer()) for m in lm.hf.modules() if hasattr(m, "get_delta_weight")]
+    before = [(b.weight, b.weight.detach().clone()) for _, b in bases]
+    ids = lm.encode("Compute 17*3 please")
+    ref = lm.generate_ids(ids, return_logits=True)
+    q = lm.hf.model.layers[1].self_attn.q_proj
+    real = q.get_delta_weight
+    monkeypatch.setattr(q, "get_delta_weight", lambda name: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        lm.generate_ids(ids)
+    assert all(b.weight is w and torch.equal(w, v) for (_, b), (w, v) in zip(bases, before))
+    assert not any(m.merged for m, _ in bases)
+    monkeypatch.setattr(q, "get_delta_weight", real)
+    again = lm.generate_ids(ids, return_logits=True)
+    assert torch.equal(again[0], ref[0]) and torch.equal(again[1], ref[1])

@@ -8,10 +8,6 @@ decodes token by token in a flat loop over the model's own modules' weights:
 
 - the model's linears as plain `F.linear` on their (possibly LoRA-folded) weights, or, for a peft
   layer that is not folded (bf16 base, a pool's per-row routing), that layer's own forward;
-- sibling projections that read the same input (q, k, v; gate, up) as one product each when
-  their weights lie side by side in memory (`ZeroSiamLM` lays them out so on wrapping,
-  `pack_siblings`, and its LoRA folding keeps them so) and the kernel gives the one product the
-  separate products' values bit for bit, checked once per shape, batch size and thread count;
 - its norms' and activations' own `forward` (no `nn.Module.__call__`);
 - a preallocated KV cache written in place, attention through transformers' own sdpa function
   with the mask generate would build (none without padding, a boolean padding mask with it);
@@ -104,110 +100,14 @@ def _as_module(f):
     return lambda x: f(x[:, None])[:, 0]
 
 
-def _dense_of(m: nn.Module) -> nn.Linear | None:
-    """The plain `nn.Linear` whose weight alone computes `m(x)` (m itself, or the base of a peft
-    LoRA layer whose adapters are folded in, disabled or absent), or None."""
-    if _plain(m):
-        return m
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    if (not isinstance(m, LoraLinear) or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__
-            or not _plain(m.get_base_layer())):
-        return None
-    live = [a for a in m.active_adapters if a in m.lora_A]
-    return m.get_base_layer() if m.disable_adapters or not live or m.merged else None
-
-
-#: a decoder layer's sibling projections that read the same input: (parent, names)
-SIBLINGS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
-
-
-def _adjacent(ws: list[torch.Tensor]) -> bool:
-    """Whether `ws` are contiguous, one dtype, device and width, and lie one after another in one storage."""
-    return (len({(w.dtype, w.device, w.shape[1:]) for w in ws}) == 1 and all(w.is_contiguous() for w in ws)
-            and len({w.untyped_storage().data_ptr() for w in ws}) == 1
-            and all(a.storage_offset() + a.numel() == b.storage_offset() for a, b in zip(ws, ws[1:])))
-
-
-def pack_siblings(model: nn.Module) -> int:
-    """Lay each decoder layer's sibling projections (q, k, v; gate, up) side by side in one block
-    of memory, so the draft loop can run each group as one product (`_fused`). The values, the
-    Parameter objects and each weight's 64-byte alignment are unchanged (each parameter's `.data`
-    becomes its slice of the block). Returns the number of groups packed. Left alone: a model
-    outside `FAMILIES`, and groups that are already adjacent or whose weights are not plain
-    `nn.Linear`s (a peft layer's base counts), contiguous, on one real device, one dtype and
-    width, each a multiple of 64 bytes."""
-    if getattr(model.config, "model_type", "") not in FAMILIES:
-        return 0
-    packed = 0
-    with torch.no_grad():
-        for layer in getattr(model.base_model, "layers", []):
-            for parent, names in SIBLINGS:
-                mods = [getattr(getattr(layer, parent, None), n, None) for n in names]
-                lins = [m.get_base_layer() if hasattr(m, "get_base_layer") else m for m in mods]
-                if not all(type(m) is nn.Linear and not hasattr(m, "_hf_hook") for m in lins):
-                    continue
-                ws = [m.weight for m in lins]
-                if (len({(w.dtype, w.device, w.shape[1]) for w in ws}) > 1 or ws[0].device.type == "meta"
-                        or not all(w.is_contiguous() and w.nbytes % 64 == 0 for w in ws) or _adjacent(ws)):
-                    continue
-                block = torch.cat([w.detach().reshape(-1) for w in ws])
-                at = 0
-                for w in ws:
-                    w.data = block[at: at + w.numel()].view(w.shape)
-                    at += w.numel()
-                packed += 1
-    return packed
-
-
-#: (shapes, alignment, dtype, device, batch, bias, threads) -> whether one product over the
-#: adjacent weights gives the separate products' values bit for bit (`_fused`)
-_FUSE_OK: dict = {}
-
-
-def _same_values(fused, parts, x) -> bool:
-    """Whether `fused(x)` equals the parts' outputs side by side, bit for bit."""
-    return bool(torch.equal(fused(x), torch.cat([f(x) for f in parts], 1)))
-
-
-def _fused(mods: list, batch: int):
-    """One callable for sibling linears reading the same input (q, k, v; gate, up), x (B, in) ->
-    (B, sum of outs), when their weights lie side by side in one storage (`pack_siblings`, kept
-    so by `ZeroSiamLM.lora_merged`'s folding) and one product over them gives each part's values
-    bit for bit. Whether it does is the kernel's business (how it splits the
-    reduction can depend on the output width): it is checked once per shape, batch size and
-    thread count on random input, against the separate products; None otherwise."""
-    dense = [_dense_of(m) for m in mods]
-    if any(d is None for d in dense):
-        return None
-    ws = [d.weight for d in dense]
-    w0 = ws[0]
-    if not _adjacent(ws):
-        return None
-    biases = [d.bias for d in dense]
-    if any(b is None for b in biases) != all(b is None for b in biases):
-        return None
-    rows = sum(w.shape[0] for w in ws)
-    weight = w0.as_strided((rows, w0.shape[1]), (w0.shape[1], 1))
-    bias = None if biases[0] is None else torch.cat(biases)
-    fn = _dense(weight, bias)
-    key = (tuple(w.shape[0] for w in ws), w0.shape[1], w0.data_ptr() % 64, w0.dtype, str(w0.device), batch,
-           bias is None, torch.get_num_threads())
-    if key not in _FUSE_OK:
-        x = torch.randn(batch, w0.shape[1], generator=torch.Generator().manual_seed(0)).to(w0)
-        _FUSE_OK[key] = _same_values(fn, [_dense(w, b) for w, b in zip(ws, biases)], x)
-    return fn if _FUSE_OK[key] else None
-
-
 def _linear_fn(m: nn.Module):
     """A callable computing `m(x)` for x (B, in), a linear layer of the model, with as little
     Python as computes the same thing: `_dense` on a plain (or LoRA-folded) layer's weight; an
     unfolded peft LoRA layer as peft computes it (base, input cast to the adapter's dtype,
     + B(A(x)) * scale, cast back); a pool's routed layer through its routing; the module itself
     otherwise (hooks, variants, quantised layers)."""
-    dense = _dense_of(m)
-    if dense is not None:
-        return _dense(dense.weight, dense.bias)
+    if _plain(m):
+        return _dense(m.weight, m.bias)
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     if not isinstance(m, LoraLinear) or m._forward_hooks or m._forward_pre_hooks:
@@ -218,6 +118,8 @@ def _linear_fn(m: nn.Module):
     live = [a for a in m.active_adapters if a in m.lora_A]
     if not _plain(base):
         return _as_module(m.forward)
+    if m.disable_adapters or not live or m.merged:
+        return _dense(base.weight, base.bias)
     if any(a in m.lora_variant or not _plain(m.lora_A[a]) or not _plain(m.lora_B[a])
            or not isinstance(m.lora_dropout[a], nn.Identity) for a in live):
         return _as_module(m.forward)
@@ -238,33 +140,19 @@ def _linear_fn(m: nn.Module):
 
 
 class _Layer:
-    """One decoder layer's callables and KV buffers. `qkv` / `gate_up`: q, k, v (gate, up) as one
-    product where `_fused` allows it, with the widths to split its output at; else None and the
-    parts on their own."""
+    """One decoder layer's callables and KV buffers."""
 
     def __init__(self, layer: nn.Module, cache_shape: tuple, dtype, device):
         a, mlp = layer.self_attn, layer.mlp
         self.groups, self.scale = getattr(a, "num_key_value_groups", 1), a.scaling
         self.ln1, self.ln2 = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
-        projections = [getattr(a, n) for n in ("q_proj", "k_proj", "v_proj")]
-        self.q, self.k, self.v, self.o = (_linear_fn(m) for m in (*projections, a.o_proj))
+        self.q, self.k, self.v, self.o = (_linear_fn(getattr(a, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
         self.q_norm = a.q_norm.forward if hasattr(a, "q_norm") else None
         self.k_norm = a.k_norm.forward if hasattr(a, "k_norm") else None
-        batch = cache_shape[0]
-        self.qkv = _fused(projections, batch)
-        self.widths = [m.out_features for m in projections]
         self.gate, self.up, self.down = (_linear_fn(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
-        self.gate_up = _fused([mlp.gate_proj, mlp.up_proj], batch)
-        self.inner = mlp.gate_proj.out_features
         self.act = mlp.act_fn.forward
         self.keys = torch.empty(cache_shape, dtype=dtype, device=device)  # (B, H_kv, S, D)
         self.values = torch.empty(cache_shape, dtype=dtype, device=device)
-
-
-def _rotate(x: torch.Tensor) -> torch.Tensor:
-    """`x.roll(D // 2, -1)` (the two halves of the last dim swapped) as one copy."""
-    *lead, dim = x.shape
-    return x.unflatten(-1, (2, dim // 2)).flip(-2).flatten(-2)
 
 
 def _attention(q, k, v, mask, groups: int, scale: float):
@@ -306,37 +194,21 @@ def _rope_tables(backbone, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return cos_t[0], torch.cat([-sin_t[0, :, :half], sin_t[0, :, half:]], -1)
 
 
-def _layer_step(lay, x: torch.Tensor, cos, sin, at: int, m, head_dim: int) -> torch.Tensor:
+def _layer_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, m, head_dim: int) -> torch.Tensor:
     """One decoder layer on one token per row (x: (B, H)), its key and value written at column `at`."""
     bsz = x.shape[0]
     h = lay.ln1(x)
-    if lay.qkv is not None:
-        nq, nk, nv = lay.widths
-        if lay.q_norm is None:  # RoPE on q and k together: elementwise, the same values
-            qk, v = lay.qkv(h).split([nq + nk, nv], 1)  # (B, q | k), (B, v)
-            qk = qk.view(bsz, -1, 1, head_dim)
-            q, k = (qk * cos + _rotate(qk) * sin).split([nq // head_dim, nk // head_dim], 1)
-        else:
-            q, k, v = lay.qkv(h).split(lay.widths, 1)
-            q, k = q.view(bsz, -1, 1, head_dim), k.view(bsz, -1, 1, head_dim)
-        v = v.view(bsz, -1, 1, head_dim)
-    else:
-        q = lay.q(h).view(bsz, -1, 1, head_dim)  # (B, H_q, 1, D)
-        k = lay.k(h).view(bsz, -1, 1, head_dim)  # (B, H_kv, 1, D)
-        v = lay.v(h).view(bsz, -1, 1, head_dim)
-    if lay.q_norm is not None or lay.qkv is None:
-        if lay.q_norm is not None:
-            q, k = lay.q_norm(q), lay.k_norm(k)
-        q = q * cos + _rotate(q) * sin
-        k = k * cos + _rotate(k) * sin
-    lay.keys.narrow(2, at, 1).copy_(k)
-    lay.values.narrow(2, at, 1).copy_(v)
-    a = _attention(q, lay.keys.narrow(2, 0, at + 1), lay.values.narrow(2, 0, at + 1), m, lay.groups, lay.scale)
+    q = lay.q(h).view(bsz, -1, 1, head_dim)  # (B, H_q, 1, D)
+    k = lay.k(h).view(bsz, -1, 1, head_dim)  # (B, H_kv, 1, D)
+    if lay.q_norm is not None:
+        q, k = lay.q_norm(q), lay.k_norm(k)
+    q = q * cos + q.roll(half, -1) * sin
+    k = k * cos + k.roll(half, -1) * sin
+    lay.keys[:, :, at: at + 1] = k
+    lay.values[:, :, at: at + 1] = lay.v(h).view(bsz, -1, 1, head_dim)
+    a = _attention(q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m, lay.groups, lay.scale)
     x = x + lay.o(a)
     h = lay.ln2(x)
-    if lay.gate_up is not None:
-        gate, up = lay.gate_up(h).split(lay.inner, 1)
-        return x + lay.down(lay.act(gate) * up)
     return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
 
 
@@ -377,6 +249,7 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     embed = backbone.embed_tokens.forward  # Gemma's scales its rows
     pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
     cos_t, sin_t = _rope_tables(backbone, int(pos0.max()) + max_new_tokens, input_ids.device)
+    half = cos_t.shape[-1] // 2
     norm = backbone.norm.forward
     done = torch.full_like(tok, pad_token_id)
     for step in range(steps):
@@ -386,7 +259,7 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         x = embed(tok)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
         m = None if mask is None else mask[..., : at + 1]
         for lay in layers:
-            x = _layer_step(lay, x, cos, sin, at, m, head_dim)
+            x = _layer_step(lay, x, cos, sin, half, at, m, head_dim)
         out = head(norm(x)[:, None])[:, -1]  # (B, V): the head as a module, its hooks (a method's) included
         scores = out.to(copy=True, dtype=torch.float32)
         if return_logits:

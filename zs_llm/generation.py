@@ -115,11 +115,6 @@ class Generation:
             return out[:, input_ids.shape[1]:]
         return out.sequences[:, input_ids.shape[1]:], torch.stack(out.logits, 1)
 
-    #: on wrapping, lay each decoder layer's q, k, v (gate, up) weights side by side in memory
-    #: (`zs_llm.decode.pack_siblings`: values and parameters unchanged) so greedy drafts run each
-    #: group as one product; False leaves the model's memory layout as it came
-    pack_projections = True
-
     #: greedy drafts through `zs_llm.decode.greedy_decode` (generate's tokens and logits, bit for bit
     #: on the tested kernels, with less per-token overhead) where it covers the model; False: `generate`
     fast_greedy_drafts = True
@@ -150,30 +145,27 @@ class Generation:
         try:
             if self.peft is not None and self.merge_lora_for_generation:
                 with torch.no_grad():
-                    folds = self._foldable()
-                    for base, copy in _fold_copies(self.hf, list(folds)):
-                        m = folds.get(base)
-                        if m is not None:
-                            names = [a for a in m.active_adapters if a in m.lora_A]
-                            for a in names:
-                                copy += m.get_delta_weight(a).to(copy.dtype)
-                        swapped.append((m, base, base.weight))
-                        base.weight = nn.Parameter(copy, requires_grad=False)
-                        if m is not None:
-                            m.merged_adapters = names
+                    for m, base in self._foldable():
+                        w = base.weight
+                        names = [a for a in m.active_adapters if a in m.lora_A]
+                        merged = w.detach().clone()
+                        for a in names:
+                            merged += m.get_delta_weight(a).to(w.dtype)
+                        swapped.append((m, base, w))
+                        base.weight = nn.Parameter(merged, requires_grad=False)
+                        m.merged_adapters = names
             yield
-        finally:
-            for m, base, w in swapped:  # put back even when folding itself failed half way
+        finally:  # also when folding itself failed half way: no layer stays folded
+            for m, base, w in swapped:
                 base.weight = w
-                if m is not None:
-                    m.merged_adapters = []
+                m.merged_adapters = []
 
-    def _foldable(self) -> dict:
-        """{base layer: its peft LoRA layer} for the layers `lora_merged` folds."""
+    def _foldable(self) -> list:
+        """(peft LoRA layer, its base layer) for each layer `lora_merged` folds."""
         from peft.tuners.lora.layer import Linear as LoraLinear
         from transformers.pytorch_utils import Conv1D
 
-        folds = {}
+        out = []
         for m in self.hf.modules():
             if not isinstance(m, LoraLinear) or m.merged or any(m.lora_bias.values()):
                 continue
@@ -182,8 +174,8 @@ class Generation:
                 continue
             if base.weight.dtype.itemsize < 4 and not self.fold_lora_into_low_precision:
                 continue
-            folds[base] = m
-        return folds
+            out.append((m, base))
+        return out
 
     def decode(self, ids: torch.Tensor) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -210,36 +202,6 @@ class Generation:
             outs.extend(self.generate_ids(ids, mask, max_new_tokens))
         return outs
 
-
-def _fold_copies(model: nn.Module, bases: list) -> list:
-    """(layer, copy of its weight) for each of `bases` (the LoRA layers' base layers to fold
-    into), in order. A weight that `zs_llm.decode.pack_siblings` laid side by side with its
-    siblings (a block of memory holding those weights and nothing else) is copied with its whole
-    block, and the siblings that carry no LoRA come along (their copy unchanged), so the folded
-    group stays one block and the draft loop still runs it as one product."""
-    storage = {id(b): b.weight.untyped_storage() for b in bases}
-    blocks: dict = {}
-    for m in model.modules():
-        if type(m) is nn.Linear:
-            blocks.setdefault(m.weight.untyped_storage().data_ptr(), []).append(m)
-    out, done = [], set()
-    for b in bases:
-        if id(b) in done:
-            continue
-        w, st = b.weight, storage[id(b)]
-        group = blocks.get(st.data_ptr(), [])
-        span = sum(m.weight.nbytes for m in group)
-        if (len(group) > 1 and span == st.nbytes() and w.is_contiguous()
-                and all(m.weight.is_contiguous() and m.weight.dtype == w.dtype for m in group)):
-            whole = torch.empty(0, dtype=w.dtype, device=w.device).set_(st).clone()
-            for m in group:
-                mw = m.weight
-                out.append((m, whole[mw.storage_offset(): mw.storage_offset() + mw.numel()].view(mw.shape)))
-                done.add(id(m))
-        else:
-            out.append((b, w.detach().clone()))
-            done.add(id(b))
-    return out
 
 def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     """The text a prompt becomes. Chat messages, or a plain string (as one user message), go

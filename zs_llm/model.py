@@ -14,7 +14,6 @@ from torch import nn
 
 from . import saving
 from .config import AdaptConfig
-from .decode import pack_siblings
 from .generation import CHAT_ROLES, Generation, check_prompt, context_length, prompt_ids, render_prompt, sample_seed  # noqa: F401
 from .guard import CollapseGuard
 from .lora import inject_lora
@@ -115,8 +114,6 @@ class ZeroSiamLM(Generation):
             for p in model.parameters():
                 p.requires_grad_(False)
             model.eval()
-            if self.pack_projections:
-                pack_siblings(model)
         self.peft = None
         if "lora" in self.method.trains:
             if share is None:
