@@ -17,7 +17,7 @@ SPEC = REPO / "studies" / "wild_streams.yaml"
 DOC = (REPO / "docs" / "wild_streams.md").read_text()
 
 #: the Gemma study's archives shipped so far (docs/wild_streams.md section 9b): seed 0 holds both
-#: stages, seed 1 one archive per stage
+#: stages, seeds 1 and 2 one archive per stage
 GEMMA = {"rates": ["gemma_wild_seed0.tar.xz", "gemma_wild_seed1_rates.tar.xz", "gemma_wild_seed2_rates.tar.xz"],
          "tenfold": ["gemma_wild_seed0.tar.xz", "gemma_wild_seed1_tenfold.tar.xz", "gemma_wild_seed2_tenfold.tar.xz"]}
 #: (study file, streams stage) -> the archives that hold its rows (one per seed where the seeds ran
