@@ -281,9 +281,10 @@ def gen_options(rng: random.Random) -> list[Case]:
         value = OUT_OF_RANGE[name](rng)
         cases.append(_option_case(rng, f"{name}={value} out of range", _place(rng, name, value), [name], name,
                                   **({"--methods": "tent"} if name.startswith("lora") else {})))
-    # a huge --limit on a generated stream
+    # a huge --limit on a stream built for the whole limit (arith is a fixed set of 500, cut to the
+    # limit as a read set is: a limit past its end runs the whole set, by design)
     limit = 10 ** rng.randint(9, 18) + rng.randint(0, 999)
-    stream = rng.choice(["arith", "long", "imbalanced"])
+    stream = rng.choice(["long", "imbalanced", "mixed"])
     cases.append(_option_case(rng, f"--limit {limit} on {stream}", {"how": "flag", "argv": ["--limit", str(limit)]},
                               ["limit"], "limit", **{"--datasets": stream}))
     # a YAML alias bomb in a random field: each anchor a list of `width` copies of the one before
