@@ -185,7 +185,11 @@ def test_folding_puts_every_layer_back_when_it_fails_half_way(monkeypatch):
     ref = lm.generate_ids(ids, return_logits=True)
     q = lm.hf.model.layers[1].self_attn.q_proj
     real = q.get_delta_weight
-    monkeypatch.setattr(q, "get_delta_weight", lambda name: (_ for _ in ()).throw(RuntimeError("boom")))
+
+    def boom(name):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(q, "get_delta_weight", boom)
     with pytest.raises(RuntimeError, match="boom"):
         lm.generate_ids(ids)
     assert all(b.weight is w and torch.equal(w, v) for (_, b), (w, v) in zip(bases, before))
