@@ -197,3 +197,176 @@ def test_folding_puts_every_layer_back_when_it_fails_half_way(monkeypatch):
     monkeypatch.setattr(q, "get_delta_weight", real)
     again = lm.generate_ids(ids, return_logits=True)
     assert torch.equal(again[0], ref[0]) and torch.equal(again[1], ref[1])
+
+
+# --- prompt-lookup speculation (greedy_decode's `lookup`, ZeroSiamLM.draft_lookup) -------------------------
+
+def brute_candidates(ids: list[int], k: int, history=(), longest: int = 3) -> list[int]:
+    """What `_Lookup` must propose, searched the slow way: for n from `longest` down, the latest
+    earlier occurrence of the last n tokens (history first, then `ids`) that a token follows."""
+    from zs_llm.decode import _Lookup
+
+    full = [t for seq in history for t in [*seq, _Lookup.END]] + list(ids)
+    for n in range(min(longest, len(ids)), 0, -1):
+        tail = full[-n:]
+        for s in range(len(full) - n - 1, -1, -1):
+            if full[s: s + n] == tail and full[s + n] != _Lookup.END:
+                out = full[s + n: s + n + k]
+                return out[: out.index(_Lookup.END)] if _Lookup.END in out else out
+    return []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lookup_candidates_equal_a_brute_force_search(seed):
+    from zs_llm.decode import _Lookup
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(torch.randint(2, 8, (1,), generator=gen))  # small vocabularies: many repeats
+    history = [torch.randint(vocab, (int(torch.randint(0, 12, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(int(torch.randint(0, 3, (1,), generator=gen)))]
+    ids = torch.randint(vocab, (int(torch.randint(1, 30, (1,), generator=gen)),), generator=gen).tolist()
+    index = _Lookup(ids[:1], history=history)
+    for i in range(1, len(ids) + 1):  # the index grown token by token answers as a search over the prefix
+        for k in (1, 2, 5):
+            assert index.candidates(k) == brute_candidates(ids[:i], k, history), (ids[:i], k, history)
+        if i < len(ids):
+            index.add(ids[i])
+
+
+class Passes:
+    """Counts the decode loop's passes over the layers, and how many verified several rows."""
+
+    def __init__(self, monkeypatch, layers: int):
+        import zs_llm.decode as dec
+
+        self.layers, self.single, self.chunks = layers, 0, []
+        one, chunk = dec._layer_step, dec._chunk_step
+
+        def one_spy(*a, **kw):
+            self.single += 1
+            return one(*a, **kw)
+
+        def chunk_spy(lay, x, *a, **kw):
+            self.chunks.append(x.shape[0])
+            return chunk(lay, x, *a, **kw)
+
+        monkeypatch.setattr(dec, "_layer_step", one_spy)
+        monkeypatch.setattr(dec, "_chunk_step", chunk_spy)
+
+    def passes(self) -> int:
+        return (self.single + len(self.chunks)) // self.layers
+
+
+def rounding_yardstick(m, seq: torch.Tensor, ref_logits: torch.Tensor) -> float:
+    """How far generate's logits are from the model's own forward over the finished sequence (all
+    positions in one pass: the same ops on more rows at once, as a verifying pass does)."""
+    width = seq.shape[1] - ref_logits.shape[1]
+    with torch.no_grad():
+        full = m(input_ids=seq).logits[:, width - 1: -1].float()
+    return float((full - ref_logits).abs().max())
+
+
+def lookup_tol(m, seq, ref_logits) -> float:
+    """The distance a verifying pass's logits may have from generate's: 8 times the yardstick's,
+    and at least 4 ulps of the largest logit (a yardstick that happens to round alike)."""
+    eps = torch.finfo(ref_logits.dtype if ref_logits.dtype != torch.float32 else m.dtype).eps
+    return max(8 * rounding_yardstick(m, seq, ref_logits), 4 * eps * float(ref_logits.abs().max()))
+
+
+def assert_same_choices(got, got_logits, ref, ref_logits, width: int, tol: float):
+    """Up to the first token where the two differ, the logits are within `tol`; there (if anywhere)
+    generate's choice led the other token by at most twice that: a near-tie decided by rounding."""
+    n = min(got.shape[1], ref.shape[1]) - width
+    differ = (got[0, width: width + n] != ref[0, width: width + n]).nonzero()
+    d = int(differ[0]) if differ.numel() else n
+    upto = min(d + 1, n)
+    assert float((got_logits[0, :upto] - ref_logits[0, :upto]).abs().max()) <= tol
+    if d < n:
+        row = ref_logits[0, d]
+        assert float(row.max() - row[got[0, width + d]]) <= 2 * tol
+    else:
+        assert got.shape == ref.shape  # same tokens and the same stop (max_new_tokens or EOS)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3", "gemma"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lookup", [1, 2, 4])
+def test_lookup_keeps_the_models_greedy_choices(arch, dtype, lookup, monkeypatch):
+    m = model_of(arch, dtype)
+    m.generation_config.eos_token_id = None  # run to max_new_tokens: tiny random models loop, so candidates hit
+    ids = IDS[1:2]
+    ref, ref_logits = generate(m, ids, torch.ones_like(ids), 40)
+    tol = lookup_tol(m, ref, ref_logits)
+    spy = Passes(monkeypatch, m.config.num_hidden_layers)
+    got, logits = greedy_decode(m, ids, torch.ones_like(ids), 40, 0, return_logits=True, lookup=lookup)
+    assert_same_choices(got, logits, ref, ref_logits, ids.shape[1], tol)
+    assert spy.chunks and max(spy.chunks) <= lookup + 1
+    assert spy.passes() < 39  # some passes kept several tokens (39: the tokens after generate's first)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lookup_stops_where_generate_stops(arch, monkeypatch):
+    """An EOS among a pass's kept tokens ends the draft there; max_new_tokens caps a pass's rows."""
+    m = model_of(arch)
+    ids = IDS[1:2]
+    m.generation_config.eos_token_id = None
+    free, _ = generate(m, ids, torch.ones_like(ids), 30)
+    spy = Passes(monkeypatch, m.config.num_hidden_layers)
+    tried = 0
+    for eos in dict.fromkeys(free[0, ids.shape[1] + 1:].tolist()):  # every token the draft makes, as the EOS
+        m.generation_config.eos_token_id = eos
+        for n in (2, 5, 30):
+            ref, ref_logits = generate(m, ids, torch.ones_like(ids), n)
+            tol = lookup_tol(m, ref, ref_logits)
+            got, logits = greedy_decode(m, ids, torch.ones_like(ids), n, 0, return_logits=True, lookup=3,
+                                        history=[free[0].tolist()])  # the draft seen before: 4-row passes
+            assert got.shape[1] - ids.shape[1] <= n
+            assert_same_choices(got, logits, ref, ref_logits, ids.shape[1], tol)
+            tried += 1
+    assert tried >= 6 and spy.chunks.count(4) >= tried // 2  # several stops, most within 4-row passes
+
+
+def test_lookup_leaves_batches_and_padding_bit_equal():
+    """Speculation is for one unpadded row; a batch or a padded row decodes as without it."""
+    m = model_of("llama")
+    for ids in (IDS, IDS[2:3], torch.cat([IDS[1:2], IDS[1:2].flip(1)])):
+        mask = (ids != 0).long()
+        ref, ref_logits = generate(m, ids, mask, 16)
+        got, logits = greedy_decode(m, ids, mask, 16, 0, return_logits=True, lookup=2)
+        assert torch.equal(got, ref) and torch.equal(logits, ref_logits)
+
+
+def test_lookup_history_changes_what_is_tried_not_what_is_kept(monkeypatch):
+    m = model_of("llama")
+    m.generation_config.eos_token_id = None
+    ids = torch.tensor([[5, 9, 14, 3]])  # a prompt too short to find much in
+    ref, ref_logits = generate(m, ids, torch.ones_like(ids), 32)
+    tol = lookup_tol(m, ref, ref_logits)
+    passes = []
+    for history in ((), [[7, 7, 7], ref[0].tolist()]):  # the same draft made before: every candidate hits
+        spy = Passes(monkeypatch, m.config.num_hidden_layers)
+        got, logits = greedy_decode(m, ids, torch.ones_like(ids), 32, 0, return_logits=True, lookup=2,
+                                    history=history)
+        assert_same_choices(got, logits, ref, ref_logits, ids.shape[1], tol)
+        passes.append(spy.passes())
+    # 31 tokens after the first: 11 passes if each kept three; the draft's own repeats can send a pass
+    # or two to an earlier continuation of the same tokens
+    assert 11 <= passes[1] <= 13 and passes[1] < passes[0]
+
+
+def test_wrapper_lookup_streams_each_token_and_keeps_its_drafts():
+    lm = ZeroSiamLM(tiny_model("llama"), char_tokenizer(), AdaptConfig(method="zerosiam", max_new_tokens=24))
+    moved_lora(lm, 0)
+    lm.hf.generation_config.eos_token_id = None
+    ids = lm.encode("Compute 17*3 please")
+    exact = lm.generate_ids(ids, return_logits=True)
+    lm.draft_lookup = 2
+    for round_ in range(2):  # the second draft finds the first in the stream's history
+        rec = Recorder()
+        got = lm.generate_ids(ids, return_logits=True, streamer=rec)
+        seq = torch.cat([ids, exact[0]], 1)
+        assert_same_choices(torch.cat([ids, got[0]], 1), got[1], seq, exact[1], ids.shape[1],
+                            lookup_tol(lm.hf, seq, exact[1]))
+        assert torch.equal(torch.cat(rec.got[1:]), got[0][0]) and rec.ended == 1
+        assert len(lm._lookup_history) == round_ + 1
+        assert lm._lookup_history[-1] == torch.cat([ids, got[0]], 1)[0].tolist()

@@ -212,14 +212,83 @@ def _layer_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, m, head_dim:
     return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
 
 
+def _chunk_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, causal, head_dim: int) -> torch.Tensor:
+    """One decoder layer on T consecutive tokens of one sequence (x: (T, H), the rows its positions
+    at..at+T-1), keys and values written at columns at..at+T-1; `causal`: the additive mask
+    (groups x T, at+T), 0 where a row's token sees a column, -inf after it, its T rows repeated for
+    each of a key head's `groups` query heads."""
+    t = x.shape[0]
+    h = lay.ln1(x)
+    q = lay.q(h).view(t, -1, head_dim).transpose(0, 1)[None]  # (1, H_q, T, D)
+    k = lay.k(h).view(t, -1, head_dim).transpose(0, 1)[None]  # (1, H_kv, T, D)
+    if lay.q_norm is not None:
+        q, k = lay.q_norm(q), lay.k_norm(k)
+    q = q * cos + q.roll(half, -1) * sin
+    k = k * cos + k.roll(half, -1) * sin
+    lay.keys[:, :, at: at + t] = k
+    lay.values[:, :, at: at + t] = lay.v(h).view(t, -1, head_dim).transpose(0, 1)[None]
+    heads, groups = q.shape[1], lay.groups
+    if groups > 1:  # query rows (kv head, group, token) against the shared keys (the mask: tiled per group)
+        q = q.reshape(1, heads // groups, groups * t, head_dim)
+    a = F.scaled_dot_product_attention(q, lay.keys[:, :, : at + t], lay.values[:, :, : at + t], attn_mask=causal,
+                                       dropout_p=0.0, scale=lay.scale)
+    x = x + lay.o(a.reshape(heads, t, head_dim).transpose(0, 1).reshape(t, heads * head_dim))
+    h = lay.ln2(x)
+    return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+
+
+class _Lookup:
+    """Prompt-lookup candidates: the tokens that followed the latest earlier occurrence of the
+    sequence's last n tokens (n from `longest` down to 1), from an index kept as tokens arrive.
+    `history`: earlier sequences (a stream's previous drafts), searched too, the sequence's own
+    tokens and then the latest sequences first; a candidate never runs past a sequence's end."""
+
+    END = -1  # between sequences: no token id, so no n-gram across it matches
+
+    def __init__(self, ids: list[int], longest: int = 3, history=()):
+        self.ids, self.longest, self.seen = [], longest, {}
+        for seq in history:
+            for t in seq:
+                self.add(int(t))
+            self.add(self.END)
+        for t in ids:
+            self.add(t)
+
+    def add(self, tok: int) -> None:
+        i = len(self.ids)  # `tok` continues every n-gram ending just before it (a sequence's end does not)
+        for n in range(1, min(self.longest, i) + 1) if tok != self.END else ():
+            self.seen[tuple(self.ids[i - n: i])] = i
+        self.ids.append(tok)
+
+    def candidates(self, k: int) -> list[int]:
+        for n in range(min(self.longest, len(self.ids)), 0, -1):
+            at = self.seen.get(tuple(self.ids[-n:]))
+            if at is not None:
+                out = self.ids[at: at + k]
+                return out[: out.index(self.END)] if self.END in out else out
+        return []
+
+
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                  pad_token_id: int, return_logits: bool = False, streamer=None):
+                  pad_token_id: int, return_logits: bool = False, streamer=None, lookup: int = 0,
+                  history=()):
     """`model.generate(input_ids, attention_mask=..., do_sample=False, max_new_tokens=...,
     pad_token_id=...)`'s sequences (B, T + n), and with `return_logits` also its raw logits
     (B, n, V) fp32, for a model `unsupported` accepts. Forward pre-hooks on the head (a method's
     hook before the head) run as in `generate`; logits processors are not supported (check first).
-    `streamer` gets what generate's would: the prompt ids, each step's tokens (B,), then `end()`."""
+    `streamer` gets what generate's would: the prompt ids, each step's tokens (B,), then `end()`.
+
+    `lookup` > 0 (one unpadded row only): prompt-lookup speculation. Where the sequence's last
+    tokens occurred before, up to `lookup` tokens that followed them are verified in one pass of T
+    rows and every prefix the model itself would have chosen is kept, so a pass can yield several
+    tokens for one read of the weights. The kept tokens are the model's greedy choices, but a pass
+    of T rows rounds differently from T passes of one (a different matrix kernel, about 1e-6 of a
+    logit's size on the tested models): the tokens can differ from `generate`'s where two logits
+    tie that closely (tests/test_fast_decode.py bounds the logits' distance and checks the tokens
+    wherever the margin exceeds it). 0: every step one token, generate's logits bit for bit.
+    `history`: earlier token sequences to look up candidates in as well (a stream's last drafts:
+    they change which tokens are tried, never which are kept)."""
     bsz, width = input_ids.shape
     first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
                            temperature=None, top_p=None, top_k=None, pad_token_id=pad_token_id,
@@ -250,10 +319,45 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
     cos_t, sin_t = _rope_tables(backbone, int(pos0.max()) + max_new_tokens, input_ids.device)
     half = cos_t.shape[-1] // 2
+    x_dtype = layers[0].keys.dtype
     norm = backbone.norm.forward
     done = torch.full_like(tok, pad_token_id)
-    for step in range(steps):
+    index = (_Lookup(input_ids[0].tolist() + tok.tolist(), history=history)
+             if lookup > 0 and bsz == 1 and mask is None else None)
+    step = 0
+    while step < steps:
         at = width + step  # this token's column in the cache
+        cand = index.candidates(min(lookup, steps - step - 1)) if index is not None else []
+        if cand:  # verify tok + cand in one pass; keep the model's choices up to the first miss
+            rows = torch.tensor([int(tok[0]), *cand], device=tok.device)
+            t = rows.shape[0]
+            pos = pos0[0] + step + torch.arange(t, device=tok.device)
+            cos, sin = cos_t[pos][None, None], sin_t[pos][None, None]  # (1, 1, T, D)
+            causal = torch.full((t, at + t), float("-inf"), dtype=x_dtype, device=tok.device).triu(at + 1)
+            causal = causal.repeat(layers[0].groups, 1)
+            x = embed(rows)
+            for lay in layers:
+                x = _chunk_step(lay, x, cos, sin, half, at, causal, head_dim)
+            scores = head(norm(x)[None])[0].to(copy=True, dtype=torch.float32)  # (T, V)
+            chosen = torch.argmax(scores, dim=-1).tolist()
+            kept = 0
+            while kept < len(cand) and cand[kept] == chosen[kept]:
+                kept += 1
+            for j in range(kept + 1):
+                tok = torch.tensor([chosen[j]], device=tok.device)
+                index.add(chosen[j])
+                if return_logits:
+                    logits.append(scores[j: j + 1])
+                seqs.append(tok[:, None])
+                if streamer is not None:
+                    streamer.put(tok.cpu())
+                if eos.numel() and bool(torch.isin(tok, eos).any()):
+                    unfinished[:] = False
+                    break
+            step += kept + 1
+            if not bool(unfinished.any()):
+                break
+            continue
         pos = pos0 + step
         cos, sin = cos_t[pos][:, None, None, :], sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
         x = embed(tok)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
@@ -267,8 +371,11 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         nxt = torch.argmax(scores, dim=-1)
         tok = torch.where(unfinished, nxt, done)
         seqs.append(tok[:, None])
+        if index is not None:
+            index.add(int(tok[0]))
         if streamer is not None:
             streamer.put(tok.cpu())
+        step += 1
         if eos.numel():
             unfinished &= ~torch.isin(tok, eos)
             if not bool(unfinished.any()):

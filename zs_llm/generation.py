@@ -5,6 +5,7 @@ A mixin of `ZeroSiamLM`, kept apart so the wrapper's class holds its state and a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 from typing import Any
@@ -102,7 +103,11 @@ class Generation:
             ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
             with self.lora_merged():
                 if self.fast_greedy(ids.shape[1] + max_new, procs):
-                    out = greedy_decode(self.hf, ids, mask, max_new, pad, return_logits, streamer)
+                    history = self.__dict__.setdefault("_lookup_history", collections.deque(maxlen=8))
+                    out = greedy_decode(self.hf, ids, mask, max_new, pad, return_logits, streamer,
+                                        lookup=self.draft_lookup, history=history)
+                    if self.draft_lookup and ids.shape[0] == 1:
+                        history.append((out[0] if return_logits else out)[0].tolist())
                     return (out[0][:, ids.shape[1]:], out[1]) if return_logits else out[:, ids.shape[1]:]
                 out = self.hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
                                        output_logits=return_logits, return_dict_in_generate=return_logits, **kw)
@@ -118,6 +123,13 @@ class Generation:
     #: greedy drafts through `zs_llm.decode.greedy_decode` (generate's tokens and logits, bit for bit
     #: on the tested kernels, with less per-token overhead) where it covers the model; False: `generate`
     fast_greedy_drafts = True
+    #: > 0: greedy drafts of one row verify up to this many prompt-lookup candidates a pass (tokens
+    #: that followed the same last tokens in the prompt, the draft so far or this stream's last 8
+    #: drafts; `zs_llm.decode.greedy_decode`'s `lookup`). Faster on repetitive text, the tokens
+    #: are the model's greedy choices, but a pass of several rows rounds differently (about 1e-6 of
+    #: a logit), so a near-tie can go the other way: 0 keeps drafts bit-equal to `generate`. 2 suits
+    #: a CPU, whose matrix kernels stay bandwidth-bound up to 3 rows (docs/benchmarks.md).
+    draft_lookup = 0
 
     def fast_greedy(self, total_length: int, processors=()) -> bool:
         """Whether a greedy generation of `total_length` tokens (prompt + new) takes the fast loop:
