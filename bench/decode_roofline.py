@@ -37,12 +37,14 @@ On a GPU (prepared, not yet run: no GPU was lent to the session that wrote it), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 from _common import arith_messages, set_threads
 
+import zs_llm.decode as dec
 from zs_llm import AdaptConfig, Streams, ZeroSiamLM
 from zs_llm.adapt import adapt_round
 from zs_llm.decode import _dense, unsupported
@@ -141,6 +143,51 @@ def plain_generate(lm, ids, tokens: int) -> torch.Tensor:
                               pad_token_id=0)[:, ids.shape[1]:]
 
 
+class Passes:
+    """Passes of the fast loop over the layers (its per-token and verifying steps, each layer's call
+    counted while `count` is on) and the tokens they kept."""
+
+    def __init__(self):
+        self.calls, self.layers, self.tokens = 0, 1, 0
+
+    def per_pass(self) -> float:
+        return self.tokens * self.layers / max(self.calls, 1)
+
+    @contextlib.contextmanager
+    def count(self, layers: int):
+        self.layers = layers
+        real = dec._layer_step, dec._chunk_step
+
+        def spy(fn):
+            def counted(*a, **kw):
+                self.calls += 1
+                return fn(*a, **kw)
+            return counted
+
+        dec._layer_step, dec._chunk_step = (spy(f) for f in real)
+        try:
+            yield
+        finally:
+            dec._layer_step, dec._chunk_step = real
+
+
+def lookup_draft(lm, ids, tokens: int, lookup: int, passes: Passes | None = None, history: bool = False):
+    """`lm.generate_ids` with prompt-lookup speculation (`ZeroSiamLM.draft_lookup`), the stream's
+    draft history cleared first unless `history`; `passes` counts its passes and kept tokens (the
+    first token is generate's own, with the prompt: not counted)."""
+    lm.draft_lookup = lookup
+    if not history:
+        lm.__dict__.pop("_lookup_history", None)
+    try:
+        with passes.count(lm.hf.config.num_hidden_layers) if passes else contextlib.nullcontext():
+            out = lm.generate_ids(ids, max_new_tokens=tokens)
+    finally:
+        lm.draft_lookup = 0
+    if passes is not None:
+        passes.tokens += out.shape[1] - 1
+    return out
+
+
 def streams_for(lm, specs: list[str], tokens: int) -> list[ZeroSiamLM]:
     s = Streams(lm)
     return [s.stream(f"s{i}", AdaptConfig.from_spec(spec, {"max_new_tokens": tokens, "seed": i}))
@@ -160,7 +207,7 @@ def move_lora(lms, seed: int = 0):
 def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
     """Section 3: tokens/s table."""
     prompts = [tok_lm.encode(m) for m in arith_messages(max(args.pools + [1]), style="answer_line")]
-    timer, equal = Timer(model.device), {}
+    timer, equal, passes = Timer(model.device), {}, Passes()
     cases = [1] + args.pools
     pools = {b: streams_for(tok_lm, ["zerosiam:lr=3e-3"] * b, args.tokens) for b in args.pools}
     move_lora([tok_lm] + [s for v in pools.values() for s in v])
@@ -168,24 +215,30 @@ def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
     for r in range(args.repeats + 1):
         keep = r > 0
         for b in cases:
-            order = ["generate", "draft", "fast"] if r % 2 else ["fast", "draft", "generate"]
+            order = ["generate", "draft", "fast", "lookup"] if r % 2 else ["lookup", "fast", "draft", "generate"]
             outs = {}
             for v in order:
                 if b == 1:
                     ids = prompts[0]
                     if v == "generate":  # the model alone: its LoRA layers switched off
                         fn = lambda: plain_generate(tok_lm, ids, args.tokens)  # noqa: E731
+                    elif v == "lookup":
+                        if not args.lookup:
+                            continue
+                        fn = lambda: lookup_draft(tok_lm, ids, args.tokens, args.lookup, passes)  # noqa: E731
                     else:
                         fn = lambda: tok_lm.generate_ids(ids, max_new_tokens=args.tokens)  # noqa: E731
                 else:
                     lms = pools[b]
-                    if v == "generate":  # plain batched generate: no per-row LoRA
+                    if v in ("generate", "lookup"):  # plain batched generate: no per-row LoRA; lookup: one row
                         continue
                     fn = lambda: torch.stack([t for t, _ in generate_rows(lms, prompts[:b])])  # noqa: E731
-                ZeroSiamLM.fast_greedy_drafts = v == "fast"
+                ZeroSiamLM.fast_greedy_drafts = v in ("fast", "lookup")
                 outs[v] = timer.run((b, v), fn, keep)
             ZeroSiamLM.fast_greedy_drafts = True
             equal[b] = equal.get(b, True) and torch.equal(outs["fast"], outs["draft"])
+            if "lookup" in outs:
+                equal["lookup"] = equal.get("lookup", True) and torch.equal(outs["lookup"], outs["draft"])
     roof = bw / nbytes
     print(f"\n## decode, {args.tokens} new tokens, {args.repeats} repeats "
           f"(roofline {roof:.1f} tokens/s per row; floor at batch 1 {1 / floors[1]:.1f} tokens/s)\n")
@@ -193,17 +246,18 @@ def decode_speed(model, tok_lm, args, bw: float, nbytes: int):
           "| tokens equal |")
     print("|---|---|---|---|---|---|---|")
     for b in cases:
-        for v in ("generate", "draft", "fast"):
+        for v in ("generate", "draft", "fast", "lookup"):
             if (b, v) not in timer.wall:
                 continue
             tps = b * args.tokens / timer.med((b, v))
             vs = ""
-            if v == "fast":
+            if v in ("fast", "lookup"):
                 vs = (f"{timer.med((b, 'draft')) / timer.med((b, v)):.2f}x / "
                       f"{timer.med((b, 'draft'), True) / timer.med((b, v), True):.2f}x")
-            name = v if b == 1 or v != "draft" else "draft (pool, generate)"
-            print(f"| {b} | {name} | {tps:.1f} | {tps / (b * roof):.2f} | {tps * floors[b] / b:.2f} | {vs} "
-                  f"| {equal[b] if v == 'fast' else ''} |")
+            name = {"draft": "draft" if b == 1 else "draft (pool, generate)",
+                    "lookup": f"fast + lookup {args.lookup} ({passes.per_pass():.2f} tokens a pass)"}.get(v, v)
+            same = equal["lookup"] if v == "lookup" else equal[b] if v == "fast" else ""
+            print(f"| {b} | {name} | {tps:.1f} | {tps / (b * roof):.2f} | {tps * floors[b] / b:.2f} | {vs} | {same} |")
     return equal
 
 
@@ -217,25 +271,77 @@ def end_to_end(lm, args):
     for r in range(args.repeats // 2 + 2):
         for name, lms in setups.items():
             drafts = {}
-            for v in (["fast", "generate"] if r % 2 else ["generate", "fast"]):
-                ZeroSiamLM.fast_greedy_drafts = v == "fast"
+            variants = ["generate", "fast"] + (["lookup"] if len(lms) == 1 and args.lookup else [])
+            for v in (variants[::-1] if r % 2 else variants):
+                ZeroSiamLM.fast_greedy_drafts = v != "generate"
 
-                def run(lms=lms):
+                def run(lms=lms, k=args.lookup if v == "lookup" else 0):
                     for s in lms:
-                        s.reset()
-                    return [[res.draft for res in adapt_round([(s, m, str(i)) for s in lms])]
-                            for i, m in enumerate(msgs)]
+                        s.reset()  # LoRA, optimizer and the lookup's draft history
+                        s.draft_lookup = k
+                    try:
+                        return [[res.draft for res in adapt_round([(s, m, str(i)) for s in lms])]
+                                for i, m in enumerate(msgs)]
+                    finally:
+                        for s in lms:
+                            s.draft_lookup = 0
 
                 drafts[v] = timer.run((name, v), run, r > 0)
             ZeroSiamLM.fast_greedy_drafts = True
             same[name] = same.get(name, True) and drafts["fast"] == drafts["generate"]
+            if "lookup" in drafts:
+                same[name + " lookup"] = same.get(name + " lookup", True) and drafts["lookup"] == drafts["generate"]
     print(f"\n## end to end: {args.problems} problems, 24 new tokens, one update per problem\n")
     print("| setup | problems/min before (generate) | after (fast loop) | ratio wall / CPU | drafts equal |")
     print("|---|---|---|---|---|")
     for name, lms in setups.items():
-        pm = {v: 60 * args.problems * len(lms) / timer.med((name, v)) for v in ("generate", "fast")}
-        print(f"| {name} | {pm['generate']:.1f} | {pm['fast']:.1f} | {pm['fast'] / pm['generate']:.2f}x / "
-              f"{timer.med((name, 'generate'), True) / timer.med((name, 'fast'), True):.2f}x | {same[name]} |")
+        for v, label in (("fast", name), ("lookup", f"{name}, + lookup {args.lookup}")):
+            if (name, v) not in timer.wall:
+                continue
+            before, after = (60 * args.problems * len(lms) / timer.med((name, x)) for x in ("generate", v))
+            key = name if v == "fast" else name + " lookup"
+            print(f"| {label} | {before:.1f} | {after:.1f} | {after / before:.2f}x / "
+                  f"{timer.med((name, 'generate'), True) / timer.med((name, v), True):.2f}x | {same[key]} |")
+    return same
+
+
+def lookup_stream(lm, args, eos, floor1: float, roof: float):
+    """Section 5: a stream of drafts, each to its end (EOS) or `--stream-tokens`, one after another
+    as a stream drafts them: the fast loop, then with prompt lookup over the stream's own last
+    drafts; tokens/s over all the drafts, the prompts' passes included."""
+    msgs = arith_messages(args.stream, seed=2, style="boxed")
+    prompts = [lm.encode(m) for m in msgs]
+    timer, passes, drafts = Timer(lm.device), Passes(), {}
+    saved = lm.hf.generation_config.eos_token_id
+    lm.hf.generation_config.eos_token_id = eos
+    try:
+        for r in range(3):
+            for v in (["fast", "lookup"] if r % 2 else ["lookup", "fast"]):
+                lm.__dict__.pop("_lookup_history", None)
+                k = args.lookup if v == "lookup" else 0
+
+                def run(k=k):
+                    return [lookup_draft(lm, ids, args.stream_tokens, k, passes if k and r == 2 else None,
+                                         history=True) for ids in prompts]
+
+                out = timer.run(v, run, r > 0)
+                drafts[v] = drafts.get(v, out)
+                if [o.tolist() for o in out] != [o.tolist() for o in drafts[v]]:
+                    raise RuntimeError("a variant's drafts changed between repeats")
+    finally:
+        lm.hf.generation_config.eos_token_id = saved
+    new = sum(o.shape[1] for o in drafts["fast"])
+    same = [o.tolist() for o in drafts["fast"]] == [o.tolist() for o in drafts["lookup"]]
+    print(f"\n## a stream of {args.stream} drafts (boxed arith prompts, each to its end or {args.stream_tokens} tokens, "
+          f"{new} new tokens), batch 1, the prompts' passes included\n")
+    print("| path | tokens/s | of roofline | of kernel floor | vs fast (wall / CPU) | tokens a pass | drafts equal |")
+    print("|---|---|---|---|---|---|---|")
+    for v in ("fast", "lookup"):
+        tps = new / timer.med(v)
+        vs = f"{timer.med('fast') / timer.med(v):.2f}x / {timer.med('fast', True) / timer.med(v, True):.2f}x"
+        name = "fast" if v == "fast" else f"fast + lookup {args.lookup} (the stream's last drafts)"
+        print(f"| {name} | {tps:.1f} | {tps / roof:.2f} | {tps * floor1:.2f} | {vs} | "
+              f"{passes.per_pass() if v == 'lookup' else 1.0:.2f} | {same if v == 'lookup' else ''} |")
     return same
 
 
@@ -247,6 +353,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pools", default="3,8", help="pool sizes besides batch 1 (comma-separated; '' for none)")
     ap.add_argument("--problems", type=int, default=6, help="problems per stream end to end (0 skips it)")
+    ap.add_argument("--lookup", type=int, default=2, help="prompt-lookup candidates a pass for the lookup rows "
+                    "(ZeroSiamLM.draft_lookup; 0 skips them)")
+    ap.add_argument("--stream", type=int, default=8, help="drafts in the stream of section 5 (0 skips it)")
+    ap.add_argument("--stream-tokens", type=int, default=128, help="most new tokens a draft of section 5 makes")
     ap.add_argument("--read-mib", type=int, default=1024)
     ap.add_argument("--model", default="smollm2", choices=["smollm2", "tiny", "llama8b"],
                     help="tiny: a tiny random Llama (checks the script, not a figure); llama8b: random weights of "
@@ -276,6 +386,7 @@ def main(argv=None):
 
             model = llama8b_shaped(dtype, args.device, args.layers)
     load_s = time.perf_counter() - t
+    eos = model.generation_config.eos_token_id
     no_eos(model)
     why = unsupported(model, 4096)
     print(f"model {type(model).__name__} {args.dtype}, {torch.get_num_threads()} threads, loaded in {load_s:.1f} s; "
@@ -288,6 +399,8 @@ def main(argv=None):
           f"({nbytes / floor1 / 1e9:.1f} GB/s, {1 / floor1:.1f} tokens/s)")
     equal = decode_speed(model, lm, args, bw, nbytes)
     same = end_to_end(lm, args) if args.problems else {}
+    if args.stream and args.lookup:
+        same["lookup stream"] = lookup_stream(lm, args, eos, floor1, bw / nbytes)
     return equal, same
 
 

@@ -30,7 +30,7 @@ def test_step_bytes_counts_each_weight_once_and_no_input_embedding_row_table():
 
 def test_script_prints_every_row_with_equal_tokens():
     out = subprocess.run([sys.executable, "bench/decode_roofline.py", "--tiny", "--threads", "1", "--tokens", "6",
-                          "--repeats", "2", "--pools", "3", "--problems", "2"],
+                          "--repeats", "2", "--pools", "3", "--problems", "2", "--stream", "2", "--lookup", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
@@ -42,4 +42,12 @@ def test_script_prints_every_row_with_equal_tokens():
     e2e = re.findall(r"^\| (one ZeroSiam stream|main command's pool \(3 streams\)) \| ([\d.]+) \| ([\d.]+) \| .* "
                      r"\| (True|False) \|$", text, re.M)
     assert [r[0] for r in e2e] == ["one ZeroSiam stream", "main command's pool (3 streams)"], text
+    assert re.search(r"^\| one ZeroSiam stream, \+ lookup 2 \| [\d.]+ \| [\d.]+ \| .* \| True \|$", text, re.M), text
     assert all(r[3] == "True" and float(r[1]) > 0 and float(r[2]) > 0 for r in e2e), text
+    lookup = re.findall(r"^\| 1 \| fast \+ lookup 2 \(([\d.]+) tokens a pass\) \| ([\d.]+) \|.*\| (True|False) \|$", text, re.M)
+    assert len(lookup) == 1 and lookup[0][2] == "True" and float(lookup[0][0]) >= 1, text
+    stream = re.findall(r"^\| (fast|fast \+ lookup 2 \(the stream's last drafts\)) \| ([\d.]+) \| [\d.]+ \| [\d.]+ "
+                        r"\| [\d.]+x / [\d.]+x \| ([\d.]+) \| (True|False|) \|$", text, re.M)
+    assert [r[0].split()[-1] for r in stream] == ["fast", "drafts)"], text
+    # the tiny model's drafts repeat themselves and each other: more than one token a pass, the same drafts
+    assert float(stream[1][2]) > 1 and stream[1][3] == "True", text

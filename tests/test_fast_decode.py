@@ -370,3 +370,5 @@ def test_wrapper_lookup_streams_each_token_and_keeps_its_drafts():
         assert torch.equal(torch.cat(rec.got[1:]), got[0][0]) and rec.ended == 1
         assert len(lm._lookup_history) == round_ + 1
         assert lm._lookup_history[-1] == torch.cat([ids, got[0]], 1)[0].tolist()
+    lm.reset()  # a reset stream starts with no drafts to search
+    assert not getattr(lm, "_lookup_history", ())
