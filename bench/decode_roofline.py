@@ -21,7 +21,12 @@ of the script; `--model llama8b`: random weights of Llama-3.1-8B's shapes, for a
 4. end to end, problems/min before (generate) and after (fast loop) of one ZeroSiam stream and of
    the main command's pool (recipes/smollm2_135m_math.py: Tent, ZeroSiam and ZeroSiam+clip at lr
    3e-3 pooled, 24 new tokens, the `answer_line` prompt) over `--problems` arith problems, every
-   stream reset before each variant so both see the same drafts.
+   stream reset before each variant so both see the same drafts;
+5. with `--lookup K` (2 by default; 0 skips): prompt-lookup speculation (`ZeroSiamLM.draft_lookup`)
+   as a batch-1 row of 3, as a third variant of the one stream of 4, and over a stream of
+   `--stream` drafts (boxed arith prompts, each to its end or `--stream-tokens`, one after another,
+   the stream's earlier drafts searched too): tokens/s against the fast loop, tokens kept a pass,
+   and whether the drafts were equal.
 
 Variants run interleaved, their order alternating between repeats, the first repeat a warm-up;
 figures are medians of wall time, with the fast/old ratio of CPU time (`time.process_time`, all
