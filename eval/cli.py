@@ -27,7 +27,7 @@ def run(argv: list[str]) -> None:
     if not launch.out:
         raise ValueError("--out is required (the run folder; or out: in the YAML)")
     out = Runner(cfg, launch.out, progress=launch.progress, overwrite=launch.overwrite,
-                 report_to=launch.report_to).run()
+                 report_to=launch.report_to, draft_lookup=launch.draft_lookup).run()
     if launch.report:
         from .report import write_report
 

@@ -40,7 +40,7 @@ from transformers import HfArgumentParser
 
 from zs_llm.config import AdaptConfig, check_field
 from zs_llm.methods import METHODS, load_methods
-from zs_llm.settings import check_fields, check_value, parse_text
+from zs_llm.settings import check_fields, check_value, parse_text, setting
 
 from .datasets import DATASETS
 from .prompting import PROMPT_STYLES
@@ -62,6 +62,11 @@ class Launch:
                 "stream's verdict to tensorboard (event files in OUT/tensorboard) or wandb (an offline run in "
                 "OUT/wandb unless WANDB_MODE=online), as trl's --report_to; needs pip install 'zs_llm[track]'.",
         "choices": ("none", "tensorboard", "wandb")})
+    draft_lookup: int = setting(0, "Greedy drafts of a stream decoding alone verify up to this many prompt-lookup "
+                                "candidates a pass (ZeroSiamLM.draft_lookup; 2 suits a CPU): faster on repetitive "
+                                "text, the model's own greedy choices kept, but from logits that round differently "
+                                "(about 1e-6 of their size), so a near-tie can go the other way; 0 keeps drafts "
+                                "bit-equal to generate's. Pooled streams do not use it.", min=0, max=64)
 
     def __post_init__(self):
         check_fields(self)

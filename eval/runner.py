@@ -209,12 +209,13 @@ class Runner(FolderChecks, StreamPlanning, StreamRunning):
     disk, replaying (and checking against the stored rows) from there."""
 
     def __init__(self, cfg: RunConfig, out: str | os.PathLike, rank: int = 0, world: int = 1, progress: bool = True,
-                 overwrite: bool = False, report_to: str = "none"):
+                 overwrite: bool = False, report_to: str = "none", draft_lookup: int = 0):
         from .tracking import check_available
 
         self.cfg, self.out, self.rank, self.world, self.progress = cfg, Path(out), rank, world, progress
         check_available(report_to)  # before anything: a tracker whose package is missing stops here
         self.report_to, self.tracker = report_to, None
+        self.draft_lookup = draft_lookup  # ZeroSiamLM.draft_lookup of every stream (eval.options.Launch)
         self.lock = RunLock(self.out, rank, world)
         self.validate(overwrite)
         self.model = self.tokenizer = None

@@ -80,6 +80,7 @@ class StreamRunning:
             return
         model, tok = self.load_model()
         lm = ZeroSiamLM(model, tok, self.adapt_configs[method])
+        lm.draft_lookup = self.draft_lookup
         try:
             todo, rows_hash = self._start_unit(unit, lm)
             self._stream(lm, unit, todo, rows_hash)
@@ -116,6 +117,7 @@ class StreamRunning:
                     if unit is None:
                         continue
                     lm = streams.stream(f"{method}|{dataset}{shard}", self.adapt_configs[method])
+                    lm.draft_lookup = self.draft_lookup  # used while it is the only live stream
                     todo, rows_hash = self._start_unit(unit, lm)
                     w = _StreamWriter(self, lm, unit, todo, rows_hash)
                     if w.done:

@@ -66,7 +66,7 @@ def process_rank() -> tuple[int, int]:
 
 
 def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progress: bool = True, report_to: str = "none",
-                    poll_s: float = 2.0, report: bool = True) -> Path:
+                    poll_s: float = 2.0, report: bool = True, draft_lookup: int = 0) -> Path:
     """Run this process's share of the work, then (rank 0) wait for every rank, merge, report.
 
     Online adapting streams are sequential, so each rank takes whole (method, dataset)
@@ -87,7 +87,7 @@ def run_distributed(run_cfg: RunConfig, out: str, overwrite: bool = False, progr
         while (Path(out) / "run.json").exists() and not (Path(out) / f".overwritten.{os.getppid()}").exists():
             time.sleep(poll_s)  # let rank 0 clear the folder first
     runner = Runner(run_cfg, out, rank=rank, world=world, progress=progress and rank == 0,
-                    overwrite=overwrite and rank == 0, report_to=report_to)
+                    overwrite=overwrite and rank == 0, report_to=report_to, draft_lookup=draft_lookup)
     path = Path(out)
     if overwrite and rank == 0 and world > 1:
         path.mkdir(parents=True, exist_ok=True)

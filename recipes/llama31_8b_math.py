@@ -53,7 +53,8 @@ def main(cfg: dict) -> Path:
     log(f"model {run_cfg.model}; methods {run_cfg.methods}; datasets {run_cfg.datasets}; out {out}")
     launch = launch_options(cfg)
     return run_distributed(run_cfg, out, overwrite, progress=launch.progress, report=launch.report,
-                           report_to=launch.report_to)
+                           report_to=launch.report_to,
+                           draft_lookup=launch.draft_lookup)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def main(cfg: dict) -> Path:
     torch.set_num_threads(torch_threads)
     launch = launch_options(cfg)
     path = run_distributed(run_cfg, out, overwrite, progress=launch.progress, report=launch.report,
-                           report_to=launch.report_to)
+                           report_to=launch.report_to,
+                           draft_lookup=launch.draft_lookup)
     if not launch.report:
         return path
     report = (path / "report.md").read_text()

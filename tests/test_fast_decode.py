@@ -372,3 +372,11 @@ def test_wrapper_lookup_streams_each_token_and_keeps_its_drafts():
         assert lm._lookup_history[-1] == torch.cat([ids, got[0]], 1)[0].tolist()
     lm.reset()  # a reset stream starts with no drafts to search
     assert not getattr(lm, "_lookup_history", ())
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True])
+def test_lookup_refuses_what_is_not_a_count(bad):
+    lm = ZeroSiamLM(tiny_model("llama"), char_tokenizer(), AdaptConfig(method="zerosiam", max_new_tokens=4))
+    lm.draft_lookup = bad
+    with pytest.raises(ValueError, match="draft_lookup"):
+        lm.generate_ids(lm.encode("2+3"))

@@ -140,7 +140,7 @@ def test_a_recipe_yaml_is_a_cli_config_and_back(recipe, tmp_path, monkeypatch):
     seen = []
 
     class FakeRunner:
-        def __init__(self, cfg, out, progress=True, overwrite=False, report_to="none"):
+        def __init__(self, cfg, out, progress=True, overwrite=False, report_to="none", draft_lookup=0):
             seen.append((cfg, str(out), overwrite))
 
         def run(self):

@@ -90,3 +90,29 @@ def test_killed_pooled_run_resumes_every_stream(tiny_dir, tmp_path, monkeypatch)
           {"arith": 2, "arith_dev": 2}).run()
     short(Runner(c, seq, progress=False), lengths).run()
     assert_same_rows(load_run(full), load_run(seq))
+
+
+def test_draft_lookup_speeds_drafts_without_changing_rows(tiny_dir, tmp_path, monkeypatch):
+    """`--draft_lookup`: every stream's lone greedy drafts verify lookup candidates (several tokens a
+    pass), and the run's rows are those of a run without it (the tiny model has no near-ties here)."""
+    import zs_llm.decode as dec
+
+    rows_at = {"arith": 3}
+    chunks = []
+    real = dec._chunk_step
+    monkeypatch.setattr(dec, "_chunk_step", lambda lay, x, *a: chunks.append(x.shape[0]) or real(lay, x, *a))
+    c = cfg(tiny_dir, methods=["noadapt", "zerosiam"], datasets=["arith"], stream_batch=1,
+            adapt={"max_new_tokens": 16, "lr": 5e-2, "predictor_lr": 5e-2})
+    plain = short(Runner(c, tmp_path / "plain", progress=False), rows_at).run()
+    assert not chunks
+    fast = short(Runner(c, tmp_path / "lookup", progress=False, draft_lookup=2), rows_at).run()
+    assert chunks and max(chunks) == 3
+    assert_same_rows(load_run(plain), load_run(fast))
+
+
+def test_draft_lookup_option_is_checked():
+    from eval.options import parse_options, run_config
+
+    assert run_config(parse_options(["--model", "m", "--draft_lookup", "2"]))[1].draft_lookup == 2
+    with pytest.raises(ValueError, match="draft_lookup"):
+        run_config(parse_options(["--model", "m", "--draft_lookup", "-1"]))

@@ -289,6 +289,9 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     wherever the margin exceeds it). 0: every step one token, generate's logits bit for bit.
     `history`: earlier token sequences to look up candidates in as well (a stream's last drafts:
     they change which tokens are tried, never which are kept)."""
+    if isinstance(lookup, bool) or not isinstance(lookup, int) or lookup < 0:
+        raise ValueError(f"lookup={lookup!r}: give a whole number of candidate tokens a pass, 0 or more "
+                         "(ZeroSiamLM.draft_lookup; 0 turns speculation off)")
     bsz, width = input_ids.shape
     first = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False,
                            temperature=None, top_p=None, top_k=None, pad_token_id=pad_token_id,
