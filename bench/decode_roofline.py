@@ -25,8 +25,8 @@ of the script; `--model llama8b`: random weights of Llama-3.1-8B's shapes, for a
 5. with `--lookup K` (2 by default; 0 skips): prompt-lookup speculation (`ZeroSiamLM.draft_lookup`)
    as a batch-1 row of 3, as a third variant of the one stream of 4, and over a stream of
    `--stream` drafts (boxed arith prompts, each to its end or `--stream-tokens`, one after another,
-   the stream's earlier drafts searched too): tokens/s against the fast loop, tokens kept a pass,
-   and whether the drafts were equal.
+   the stream's earlier drafts searched too) beside the draft path as it was and the fast loop:
+   tokens/s, tokens kept a pass, and whether the drafts were equal.
 
 Variants run interleaved, their order alternating between repeats, the first repeat a warm-up;
 figures are medians of wall time, with the fast/old ratio of CPU time (`time.process_time`, all
@@ -312,42 +312,46 @@ def end_to_end(lm, args):
 
 def lookup_stream(lm, args, eos, floor1: float, roof: float):
     """Section 5: a stream of drafts, each to its end (EOS) or `--stream-tokens`, one after another
-    as a stream drafts them: the fast loop, then with prompt lookup over the stream's own last
-    drafts; tokens/s over all the drafts, the prompts' passes included."""
+    as a stream drafts them: the draft path as it was (`generate`), the fast loop, and the fast loop
+    with prompt lookup over the stream's own last drafts; tokens/s over all the drafts, the prompts'
+    passes included."""
     msgs = arith_messages(args.stream, seed=2, style="boxed")
     prompts = [lm.encode(m) for m in msgs]
     timer, passes, drafts = Timer(lm.device), Passes(), {}
     saved = lm.hf.generation_config.eos_token_id
     lm.hf.generation_config.eos_token_id = eos
+    variants = ["draft", "fast", "lookup"]
     try:
         for r in range(3):
-            for v in (["fast", "lookup"] if r % 2 else ["lookup", "fast"]):
+            for v in (variants[::-1] if r % 2 else variants):
                 lm.__dict__.pop("_lookup_history", None)
                 k = args.lookup if v == "lookup" else 0
+                ZeroSiamLM.fast_greedy_drafts = v != "draft"
 
                 def run(k=k):
                     return [lookup_draft(lm, ids, args.stream_tokens, k, passes if k and r == 2 else None,
                                          history=True) for ids in prompts]
 
-                out = timer.run(v, run, r > 0)
-                drafts[v] = drafts.get(v, out)
-                if [o.tolist() for o in out] != [o.tolist() for o in drafts[v]]:
-                    raise RuntimeError("a variant's drafts changed between repeats")
+                out = [o.tolist() for o in timer.run(v, run, r > 0)]
+                if drafts.setdefault(v, out) != out:
+                    raise RuntimeError(f"the {v} drafts changed between repeats")
     finally:
         lm.hf.generation_config.eos_token_id = saved
-    new = sum(o.shape[1] for o in drafts["fast"])
-    same = [o.tolist() for o in drafts["fast"]] == [o.tolist() for o in drafts["lookup"]]
+        ZeroSiamLM.fast_greedy_drafts = True
+    new = sum(len(o[0]) for o in drafts["draft"])
     print(f"\n## a stream of {args.stream} drafts (boxed arith prompts, each to its end or {args.stream_tokens} tokens, "
           f"{new} new tokens), batch 1, the prompts' passes included\n")
-    print("| path | tokens/s | of roofline | of kernel floor | vs fast (wall / CPU) | tokens a pass | drafts equal |")
+    print("| path | tokens/s | of roofline | of kernel floor | vs draft (wall / CPU) | tokens a pass | drafts equal |")
     print("|---|---|---|---|---|---|---|")
-    for v in ("fast", "lookup"):
+    names = {"draft": "draft (generate)", "fast": "fast",
+             "lookup": f"fast + lookup {args.lookup} (the stream's last drafts)"}
+    for v in variants:
         tps = new / timer.med(v)
-        vs = f"{timer.med('fast') / timer.med(v):.2f}x / {timer.med('fast', True) / timer.med(v, True):.2f}x"
-        name = "fast" if v == "fast" else f"fast + lookup {args.lookup} (the stream's last drafts)"
-        print(f"| {name} | {tps:.1f} | {tps / roof:.2f} | {tps * floor1:.2f} | {vs} | "
-              f"{passes.per_pass() if v == 'lookup' else 1.0:.2f} | {same if v == 'lookup' else ''} |")
-    return same
+        vs = f"{timer.med('draft') / timer.med(v):.2f}x / {timer.med('draft', True) / timer.med(v, True):.2f}x"
+        per_pass = f"{passes.per_pass():.2f}" if v == "lookup" else "1.00" if v == "fast" else ""
+        same = "" if v == "draft" else drafts[v] == drafts["draft"]
+        print(f"| {names[v]} | {tps:.1f} | {tps / roof:.2f} | {tps * floor1:.2f} | {vs} | {per_pass} | {same} |")
+    return drafts["lookup"] == drafts["draft"] and drafts["fast"] == drafts["draft"]
 
 
 def main(argv=None):
