@@ -269,6 +269,62 @@ class _Lookup:
         return []
 
 
+class _Net:
+    """The model as the loop runs it: each layer's callables and KV buffers (holding the prompt's
+    keys and values from `generate`'s cache, sized for `total` columns), the embedding, the final
+    norm, the head (a module: its hooks run), RoPE tables and generate's padding mask."""
+
+    def __init__(self, model: nn.Module, cache, total: int, attention_mask: torch.Tensor):
+        backbone = model.base_model
+        self.layers = _cached_layers(backbone.layers[: model.config.num_hidden_layers], cache, total)
+        self.head_dim, self.groups = self.layers[0].keys.shape[3], self.layers[0].groups
+        bsz, width = attention_mask.shape
+        new = total - width
+        self.mask = None if bool(attention_mask.bool().all()) else torch.cat(  # (B, 1, 1, S) as generate's
+            [attention_mask.bool(), attention_mask.new_ones(bsz, new, dtype=torch.bool)], 1)[:, None, None, :]
+        self.embed = backbone.embed_tokens.forward  # Gemma's scales its rows
+        self.pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token
+        self.cos_t, self.sin_t = _rope_tables(backbone, int(self.pos0.max()) + new, attention_mask.device)
+        self.half = self.cos_t.shape[-1] // 2
+        self.norm, self.head = backbone.norm.forward, model.get_output_embeddings()
+
+    def decode(self, tok: torch.Tensor, at: int, pos: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) fp32 after one token per row (tok (B,), at positions `pos` (B,)), its keys
+        and values written at column `at`."""
+        cos, sin = self.cos_t[pos][:, None, None, :], self.sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
+        x = self.embed(tok)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
+        m = None if self.mask is None else self.mask[..., : at + 1]
+        for lay in self.layers:
+            x = _layer_step(lay, x, cos, sin, self.half, at, m, self.head_dim)
+        out = self.head(self.norm(x)[:, None])[:, -1]  # (B, V): the head as a module, its hooks included
+        return out.to(copy=True, dtype=torch.float32)
+
+    def verify(self, rows: torch.Tensor, at: int, pos: int) -> torch.Tensor:
+        """Logits (T, V) fp32 after each of T consecutive tokens of one unpadded row (rows (T,),
+        the first at position `pos` and column `at`)."""
+        t = rows.shape[0]
+        at_pos = pos + torch.arange(t, device=rows.device)
+        cos, sin = self.cos_t[at_pos][None, None], self.sin_t[at_pos][None, None]  # (1, 1, T, D)
+        dtype = self.layers[0].keys.dtype
+        causal = torch.full((t, at + t), float("-inf"), dtype=dtype, device=rows.device).triu(at + 1)
+        causal = causal.repeat(self.groups, 1)
+        x = self.embed(rows)
+        for lay in self.layers:
+            x = _chunk_step(lay, x, cos, sin, self.half, at, causal, self.head_dim)
+        return self.head(self.norm(x)[None])[0].to(copy=True, dtype=torch.float32)
+
+
+def _kept(cand: list[int], scores: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(token (1,), its logits (1, V)) for each greedy choice a verifying pass keeps (scores (T, V)
+    after the token and `cand`): every choice up to and including the first that is not the next
+    candidate (the model's own token there)."""
+    chosen = torch.argmax(scores, dim=-1)
+    kept = 0
+    while kept < len(cand) and cand[kept] == int(chosen[kept]):
+        kept += 1
+    return [(chosen[j: j + 1], scores[j: j + 1]) for j in range(kept + 1)]
+
+
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   pad_token_id: int, return_logits: bool = False, streamer=None, lookup: int = 0,
@@ -311,78 +367,37 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             streamer.end()
         return (torch.cat(seqs, 1), torch.stack(logits, 1)) if return_logits else torch.cat(seqs, 1)
 
-    backbone, head = model.base_model, model.get_output_embeddings()
-    layers = _cached_layers(backbone.layers[: model.config.num_hidden_layers], first.cache, width + max_new_tokens)
-    head_dim = layers[0].keys.shape[3]
+    net = _Net(model, first.cache, width + max_new_tokens, attention_mask)
     del first
-
-    mask = None if bool(attention_mask.bool().all()) else torch.cat(  # (B, 1, 1, S) as generate's
-        [attention_mask.bool(), attention_mask.new_ones(bsz, max_new_tokens, dtype=torch.bool)], 1)[:, None, None, :]
-    embed = backbone.embed_tokens.forward  # Gemma's scales its rows
-    pos0 = attention_mask.long().sum(-1)  # (B,) the position of the first decoded token (cumsum - 1, plus 1)
-    cos_t, sin_t = _rope_tables(backbone, int(pos0.max()) + max_new_tokens, input_ids.device)
-    half = cos_t.shape[-1] // 2
-    x_dtype = layers[0].keys.dtype
-    norm = backbone.norm.forward
     done = torch.full_like(tok, pad_token_id)
     index = (_Lookup(input_ids[0].tolist() + tok.tolist(), history=history)
-             if lookup > 0 and bsz == 1 and mask is None else None)
+             if lookup > 0 and bsz == 1 and net.mask is None else None)
     step = 0
     while step < steps:
         at = width + step  # this token's column in the cache
         cand = index.candidates(min(lookup, steps - step - 1)) if index is not None else []
         if cand:  # verify tok + cand in one pass; keep the model's choices up to the first miss
-            rows = torch.tensor([int(tok[0]), *cand], device=tok.device)
-            t = rows.shape[0]
-            pos = pos0[0] + step + torch.arange(t, device=tok.device)
-            cos, sin = cos_t[pos][None, None], sin_t[pos][None, None]  # (1, 1, T, D)
-            causal = torch.full((t, at + t), float("-inf"), dtype=x_dtype, device=tok.device).triu(at + 1)
-            causal = causal.repeat(layers[0].groups, 1)
-            x = embed(rows)
-            for lay in layers:
-                x = _chunk_step(lay, x, cos, sin, half, at, causal, head_dim)
-            scores = head(norm(x)[None])[0].to(copy=True, dtype=torch.float32)  # (T, V)
-            chosen = torch.argmax(scores, dim=-1).tolist()
-            kept = 0
-            while kept < len(cand) and cand[kept] == chosen[kept]:
-                kept += 1
-            for j in range(kept + 1):
-                tok = torch.tensor([chosen[j]], device=tok.device)
-                index.add(chosen[j])
-                if return_logits:
-                    logits.append(scores[j: j + 1])
-                seqs.append(tok[:, None])
-                if streamer is not None:
-                    streamer.put(tok.cpu())
-                if eos.numel() and bool(torch.isin(tok, eos).any()):
-                    unfinished[:] = False
+            scores = net.verify(torch.tensor([int(tok[0]), *cand], device=tok.device), at, int(net.pos0[0]) + step)
+            made = _kept(cand, scores)
+        else:
+            scores = net.decode(tok, at, net.pos0 + step)
+            made = [(torch.argmax(scores, dim=-1), scores)]
+        for nxt, row_scores in made:
+            if return_logits:
+                logits.append(row_scores)
+            tok = torch.where(unfinished, nxt, done)
+            seqs.append(tok[:, None])
+            if index is not None:
+                index.add(int(tok[0]))
+            if streamer is not None:
+                streamer.put(tok.cpu())
+            step += 1
+            if eos.numel():
+                unfinished &= ~torch.isin(tok, eos)
+                if not bool(unfinished.any()):
                     break
-            step += kept + 1
-            if not bool(unfinished.any()):
-                break
-            continue
-        pos = pos0 + step
-        cos, sin = cos_t[pos][:, None, None, :], sin_t[pos][:, None, None, :]  # (B, 1, 1, D)
-        x = embed(tok)  # (B, H): one token per row, kept 2-D (the same values as (B, 1, H))
-        m = None if mask is None else mask[..., : at + 1]
-        for lay in layers:
-            x = _layer_step(lay, x, cos, sin, half, at, m, head_dim)
-        out = head(norm(x)[:, None])[:, -1]  # (B, V): the head as a module, its hooks (a method's) included
-        scores = out.to(copy=True, dtype=torch.float32)
-        if return_logits:
-            logits.append(scores)
-        nxt = torch.argmax(scores, dim=-1)
-        tok = torch.where(unfinished, nxt, done)
-        seqs.append(tok[:, None])
-        if index is not None:
-            index.add(int(tok[0]))
-        if streamer is not None:
-            streamer.put(tok.cpu())
-        step += 1
-        if eos.numel():
-            unfinished &= ~torch.isin(tok, eos)
-            if not bool(unfinished.any()):
-                break
+        if eos.numel() and not bool(unfinished.any()):
+            break
     if streamer is not None:
         streamer.end()
     ids = torch.cat(seqs, 1)
