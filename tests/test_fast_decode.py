@@ -380,3 +380,20 @@ def test_lookup_refuses_what_is_not_a_count(bad):
     lm.draft_lookup = bad
     with pytest.raises(ValueError, match="draft_lookup"):
         lm.generate_ids(lm.encode("2+3"))
+
+
+def test_lookup_below_fp32_warns_once_that_drafts_will_differ():
+    import warnings
+
+    lm = ZeroSiamLM(tiny_model("llama").to(torch.bfloat16), char_tokenizer(),
+                    AdaptConfig(method="zerosiam", max_new_tokens=6))
+    ids = lm.encode("2+3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm.generate_ids(ids)  # lookup off: nothing to warn about
+    lm.draft_lookup = 2
+    with pytest.warns(UserWarning, match="draft_lookup=2 with torch.bfloat16"):
+        lm.generate_ids(ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm.generate_ids(ids)  # once per wrapper
