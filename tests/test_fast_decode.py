@@ -352,6 +352,11 @@ def test_lookup_history_changes_what_is_tried_not_what_is_kept(monkeypatch):
     # 31 tokens after the first: 11 passes if each kept three; the draft's own repeats can send a pass
     # or two to an earlier continuation of the same tokens
     assert 11 <= passes[1] <= 13 and passes[1] < passes[0]
+    # ids the model does not have (another tokenizer's history) are never tried: they end a sequence
+    vocab = m.config.vocab_size
+    foreign = [[vocab + 5, *ref[0, :20].tolist(), -7, vocab, *ref[0, 20:].tolist(), 10**9]]
+    got, logits = greedy_decode(m, ids, torch.ones_like(ids), 32, 0, return_logits=True, lookup=2, history=foreign)
+    assert_same_choices(got, logits, ref, ref_logits, ids.shape[1], tol)
 
 
 def test_wrapper_lookup_streams_each_token_and_keeps_its_drafts():

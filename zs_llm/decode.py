@@ -245,11 +245,12 @@ class _Lookup:
 
     END = -1  # between sequences: no token id, so no n-gram across it matches
 
-    def __init__(self, ids: list[int], longest: int = 3, history=()):
+    def __init__(self, ids: list[int], longest: int = 3, history=(), vocab: int | None = None):
         self.ids, self.longest, self.seen = [], longest, {}
-        for seq in history:
+        for seq in history:  # a token the model does not have (another tokenizer's) ends a sequence there
             for t in seq:
-                self.add(int(t))
+                t = int(t)
+                self.add(t if 0 <= t and (vocab is None or t < vocab) else self.END)
             self.add(self.END)
         for t in ids:
             self.add(t)
@@ -370,7 +371,7 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     net = _Net(model, first.cache, width + max_new_tokens, attention_mask)
     del first
     done = torch.full_like(tok, pad_token_id)
-    index = (_Lookup(input_ids[0].tolist() + tok.tolist(), history=history)
+    index = (_Lookup(input_ids[0].tolist() + tok.tolist(), history=history, vocab=net.head.weight.shape[0])
              if lookup > 0 and bsz == 1 and net.mask is None else None)
     step = 0
     while step < steps:
