@@ -36,7 +36,10 @@ On a GPU (prepared, not yet run: no GPU was lent to the session that wrote it), 
 5 minutes on an H200:
 
     python bench/decode_roofline.py --model llama8b --dtype bfloat16 --device cuda --tokens 128 \
-        --repeats 3 --pools 4,8 --problems 2
+        --repeats 3 --pools 4,8 --problems 2 --stream 2 --stream-tokens 64
+
+(random weights draft no text worth looking up: the lookup rows there time the verifying passes,
+not a gain; `--stream 2 --stream-tokens 64` keeps the run inside one 10-minute device call.)
 """
 
 from __future__ import annotations
