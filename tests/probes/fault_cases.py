@@ -189,7 +189,8 @@ def gen_archs(rng: random.Random) -> list[Case]:
 
 # --- options ------------------------------------------------------------------------------------------
 INT_FIELDS = {"limit": "run", "batch_size": "run", "checkpoint_every": "run", "n_samples": "run",
-              "max_new_tokens": "adapt", "lora_r": "adapt", "steps": "adapt", "chunk_size": "adapt"}
+              "max_new_tokens": "adapt", "lora_r": "adapt", "steps": "adapt", "chunk_size": "adapt",
+              "draft_lookup": "run"}  # a launch option: flat, like the run's
 OUT_OF_RANGE = {  # field -> values outside its range
     "lora_alpha": lambda rng: -rng.randint(1, 64),
     "lora_dropout": lambda rng: round(rng.uniform(1.01, 5), 2),
@@ -199,6 +200,7 @@ OUT_OF_RANGE = {  # field -> values outside its range
     "temperature": lambda rng: -round(rng.uniform(0.01, 2), 2),
     "momentum": lambda rng: -round(rng.uniform(0.01, 2), 2),
     "lr": lambda rng: -rng.choice([1e-4, 1e-3, 1e-2]),
+    "draft_lookup": lambda rng: rng.choice([-rng.randint(1, 9), rng.randint(65, 10 ** 6)]),
 }
 TWO_VALUES = {"lr": ("1e-3", "1e-2"), "max_new_tokens": ("3", "4"), "momentum": ("0.5", "0.9"), "lora_r": ("4", "8"),
               "temperature": ("0.0", "0.5"), "lora_alpha": ("8", "16"), "steps": ("1", "2")}
@@ -279,7 +281,9 @@ def gen_options(rng: random.Random) -> list[Case]:
     # out-of-range values
     for name in rng.sample(sorted(OUT_OF_RANGE), 2):
         value = OUT_OF_RANGE[name](rng)
-        cases.append(_option_case(rng, f"{name}={value} out of range", _place(rng, name, value), [name], name,
+        cases.append(_option_case(rng, f"{name}={value} out of range", _place(rng, name, value,
+                                                                               INT_FIELDS.get(name, "adapt")),
+                                  [name], name,
                                   **({"--methods": "tent"} if name.startswith("lora") else {})))
     # a huge --limit on a stream built for the whole limit (arith is a fixed set of 500, cut to the
     # limit as a read set is: a limit past its end runs the whole set, by design)
