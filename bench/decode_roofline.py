@@ -185,7 +185,7 @@ def lookup_draft(lm, ids, tokens: int, lookup: int, passes: Passes | None = None
     first token is generate's own, with the prompt: not counted)."""
     lm.draft_lookup = lookup
     if not history:
-        lm.__dict__.pop("_lookup_history", None)
+        lm.clear_draft_history()
     try:
         with passes.count(lm.hf.config.num_hidden_layers) if passes else contextlib.nullcontext():
             out = lm.generate_ids(ids, max_new_tokens=tokens)
@@ -327,7 +327,7 @@ def lookup_stream(lm, args, eos, floor1: float, roof: float):
     try:
         for r in range(3):
             for v in (variants[::-1] if r % 2 else variants):
-                lm.__dict__.pop("_lookup_history", None)
+                lm.clear_draft_history()
                 k = args.lookup if v == "lookup" else 0
                 ZeroSiamLM.fast_greedy_drafts = v != "draft"
 

@@ -194,6 +194,12 @@ def _rope_tables(backbone, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return cos_t[0], torch.cat([-sin_t[0, :, :half], sin_t[0, :, half:]], -1)
 
 
+def _mlp_residual(lay, x: torch.Tensor) -> torch.Tensor:
+    """x plus the layer's gated MLP on its post-attention norm, row by row (both steps' tail)."""
+    h = lay.ln2(x)
+    return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+
+
 def _layer_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, m, head_dim: int) -> torch.Tensor:
     """One decoder layer on one token per row (x: (B, H)), its key and value written at column `at`."""
     bsz = x.shape[0]
@@ -208,8 +214,7 @@ def _layer_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, m, head_dim:
     lay.values[:, :, at: at + 1] = lay.v(h).view(bsz, -1, 1, head_dim)
     a = _attention(q, lay.keys[:, :, : at + 1], lay.values[:, :, : at + 1], m, lay.groups, lay.scale)
     x = x + lay.o(a)
-    h = lay.ln2(x)
-    return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+    return _mlp_residual(lay, x)
 
 
 def _chunk_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, causal, head_dim: int) -> torch.Tensor:
@@ -233,8 +238,7 @@ def _chunk_step(lay, x: torch.Tensor, cos, sin, half: int, at: int, causal, head
     a = F.scaled_dot_product_attention(q, lay.keys[:, :, : at + t], lay.values[:, :, : at + t], attn_mask=causal,
                                        dropout_p=0.0, scale=lay.scale)
     x = x + lay.o(a.reshape(heads, t, head_dim).transpose(0, 1).reshape(t, heads * head_dim))
-    h = lay.ln2(x)
-    return x + lay.down(lay.act(lay.gate(h)) * lay.up(h))
+    return _mlp_residual(lay, x)
 
 
 class _Lookup:

@@ -134,6 +134,10 @@ class Generation:
     #: a CPU, whose matrix kernels stay bandwidth-bound up to 3 rows (docs/benchmarks.md).
     draft_lookup = 0
 
+    def clear_draft_history(self) -> None:
+        """Forget the drafts `draft_lookup` searches for candidates (`reset` does too)."""
+        self.__dict__.pop("_lookup_history", None)
+
     def _warn_lookup_precision(self) -> None:
         """Once per wrapper: lookup with weights below fp32 changes drafts often, not at rare near-ties."""
         if not self.__dict__.get("_lookup_warned"):

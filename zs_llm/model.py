@@ -309,7 +309,7 @@ class ZeroSiamLM(Generation):
         self.adapt_enabled = True
         if self.guard is not None:
             self.guard = CollapseGuard(self)
-        self.__dict__.pop("_lookup_history", None)  # the drafts `draft_lookup` searches (generation.py)
+        self.clear_draft_history()
 
     def set_lr_scale(self, scale: float) -> None:
         """Multiply every optimizer group's learning rate (the collapse guard lowers it)."""
